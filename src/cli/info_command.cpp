@@ -1,0 +1,250 @@
+// `kestrel info [-m FILE|DIR] [-c CTX] [--json]`: what a model file holds and what it needs on
+// the GPU, before anyone waits for a load.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "io/model_files.h"
+#include "models/model_config.h"
+#include "ops/gpu_info.h"
+#include "runtime/memory_plan.h"
+
+namespace kestrel::cli {
+namespace {
+
+struct InfoOptions {
+    std::string model;
+    int64_t context = 0;
+    bool json = false;
+};
+
+std::string human_bytes(int64_t bytes) {
+    const double value = static_cast<double>(bytes);
+    if (bytes >= (int64_t{1} << 30)) return fmt::format("{:.2f} GiB", value / (1 << 30));
+    if (bytes >= (int64_t{1} << 20)) return fmt::format("{:.1f} MiB", value / (1 << 20));
+    if (bytes >= (int64_t{1} << 10)) return fmt::format("{:.1f} KiB", value / (1 << 10));
+    return fmt::format("{} B", bytes);
+}
+
+std::string human_count(int64_t count) {
+    const double value = static_cast<double>(count);
+    if (count >= 1'000'000'000) return fmt::format("{:.2f} B", value / 1e9);
+    if (count >= 1'000'000) return fmt::format("{:.2f} M", value / 1e6);
+    return fmt::format("{}", count);
+}
+
+// Tokenizer model and chat-template presence, from GGUF metadata or the HF folder's files.
+struct TokenizerFacts {
+    std::string model = "none";
+    int64_t n_tokens = 0;
+    bool chat_template = false;
+};
+
+nlohmann::json read_json_file(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) return nullptr;
+    return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+}
+
+TokenizerFacts tokenizer_facts(const ModelFiles& files) {
+    TokenizerFacts facts;
+    if (files.gguf) {
+        Result<std::string> model = files.gguf->get_string("tokenizer.ggml.model");
+        if (model.ok()) facts.model = *model;
+        if (const GgufValue* tokens = files.gguf->find("tokenizer.ggml.tokens"); tokens && tokens->as_array()) {
+            facts.n_tokens = static_cast<int64_t>(tokens->as_array()->elements.size());
+        }
+        facts.chat_template = files.gguf->find("tokenizer.chat_template") != nullptr;
+        return facts;
+    }
+    const nlohmann::json tokenizer = read_json_file(files.path / "tokenizer.json");
+    if (tokenizer.is_object() && tokenizer.contains("model") && tokenizer["model"].is_object()) {
+        facts.model = tokenizer["model"].value("type", std::string("unknown"));
+        if (tokenizer["model"].contains("vocab")) facts.n_tokens = static_cast<int64_t>(tokenizer["model"]["vocab"].size());
+        if (tokenizer.contains("added_tokens") && tokenizer["added_tokens"].is_array()) {
+            facts.n_tokens += static_cast<int64_t>(tokenizer["added_tokens"].size());
+        }
+    }
+    const nlohmann::json tokenizer_config = read_json_file(files.path / "tokenizer_config.json");
+    facts.chat_template = (tokenizer_config.is_object() && tokenizer_config.contains("chat_template")) ||
+                          std::filesystem::exists(files.path / "chat_template.jinja") ||
+                          std::filesystem::exists(files.path / "chat_template.json");
+    return facts;
+}
+
+struct TypeTotals {
+    int64_t count = 0;
+    int64_t bytes = 0;
+};
+
+int run_info(const InfoOptions& options) {
+    std::filesystem::path path = options.model;
+    if (path.empty()) {
+        Result<std::filesystem::path> found = default_model_path();
+        if (!found.ok()) return fail(found.status().message());
+        path = *found;
+    }
+    if (options.context < 0) return fail(fmt::format("-c {}: the context must be a positive number of tokens", options.context));
+    Result<ModelFiles> opened = open_model_files(path);
+    if (!opened.ok()) return fail(opened.status().message());
+    const ModelFiles& files = *opened;
+
+    nlohmann::json info;
+    info["file"] = path.string();
+    info["format"] = files.format == ModelFormat::kGguf ? "gguf" : "hf_folder";
+    if (files.gguf) info["gguf_version"] = files.gguf->version();
+
+    std::map<std::string, TypeTotals> by_type;
+    int64_t total_bytes = 0;
+    int64_t total_elements = 0;
+    for (const WeightInfo& tensor : files.weights->tensors()) {
+        TypeTotals& totals = by_type[std::string(dtype_name(tensor.dtype))];
+        ++totals.count;
+        totals.bytes += tensor.n_bytes;
+        total_bytes += tensor.n_bytes;
+        total_elements += tensor.n_elements;
+    }
+    info["tensors"] = {{"count", files.weights->tensors().size()}, {"bytes", total_bytes}};
+    for (const auto& [type, totals] : by_type) {
+        info["tensors"]["by_type"][type] = {{"count", totals.count}, {"bytes", totals.bytes}};
+    }
+    const TokenizerFacts tokenizer = tokenizer_facts(files);
+    info["tokenizer"] = {{"model", tokenizer.model}, {"tokens", tokenizer.n_tokens}};
+    info["chat_template"] = tokenizer.chat_template;
+
+    Result<ModelConfig> config_result =
+        files.gguf ? model_config_from_gguf(*files.gguf) : model_config_from_hf(*files.hf_config);
+    Status config_status = config_result.ok() ? Status() : config_result.status();
+    if (config_result.ok()) {
+        const ModelConfig& config = *config_result;
+        int64_t parameters = 0;
+        for (const WeightInfo& tensor : files.weights->tensors()) {
+            if (is_loaded_tensor(config, tensor.name)) parameters += tensor.n_elements;
+        }
+        info["architecture"] = config.architecture;
+        info["name"] = config.name;
+        info["parameters"] = parameters;
+        if (config.n_experts > 0) {
+            // Per token only n_experts_used of the routed experts' gate, up and down run.
+            const int64_t idle = config.n_layers * (config.n_experts - config.n_experts_used) * 3 *
+                                 config.hidden_size * config.expert_ffn_size;
+            info["active_parameters"] = parameters - idle;
+            info["experts"] = {{"count", config.n_experts}, {"used", config.n_experts_used}};
+        }
+        info["context_length"] = config.context_length;
+        info["vocab_size"] = config.vocab_size;
+        info["hidden_size"] = config.hidden_size;
+        info["layers"] = {{"count", config.n_layers},
+                          {"sliding", config.count_layers(LayerKind::kSliding)},
+                          {"full", config.count_layers(LayerKind::kFull)},
+                          {"linear", config.count_layers(LayerKind::kLinear)},
+                          {"pattern", config.layer_pattern()}};
+        info["sliding_window"] = config.sliding_window;
+
+        const MemoryPlan plan = plan_memory(config, *files.weights, {.context = options.context});
+        info["memory"] = {{"context", plan.context},
+                          {"weights", plan.weight_bytes},
+                          {"kv_cache", plan.kv_cache_bytes},
+                          {"kv_bytes_per_token", kv_bytes_per_token(config)},
+                          {"sliding_ring_entries", plan.sliding_ring_entries},
+                          {"recurrent_state", plan.recurrent_state_bytes},
+                          {"workspace", plan.workspace_bytes},
+                          {"runtime", plan.runtime_bytes},
+                          {"total", plan.total_bytes()}};
+    } else {
+        Result<std::string> architecture =
+            files.gguf ? files.gguf->get_string("general.architecture") : Result<std::string>(files.hf_config->model_type);
+        info["architecture"] = architecture.ok() ? *architecture : "unknown";
+        info["error"] = config_status.message();
+    }
+    Result<GpuInfo> gpu = gpu_info();
+    if (gpu.ok()) {
+        info["gpu"] = {{"name", gpu->name}, {"total", gpu->total_bytes}, {"free", gpu->free_bytes}};
+    } else {
+        info["gpu"] = nullptr;
+    }
+
+    if (options.json) {
+        std::printf("%s\n", info.dump(2).c_str());
+        return config_status.ok() ? 0 : fail(config_status.message());
+    }
+
+    std::string text;
+    const auto line = [&](std::string_view label, const std::string& value) {
+        text += fmt::format("{:<16}{}\n", label, value);
+    };
+    line("file", fmt::format("{} ({}{}, {})", path.string(), files.gguf ? "GGUF v" : "Hugging Face folder",
+                             files.gguf ? std::to_string(files.gguf->version()) : "", human_bytes(total_bytes)));
+    line("architecture", info["architecture"].get<std::string>() +
+                             (info.contains("name") ? fmt::format(" ({})", info["name"].get<std::string>()) : ""));
+    if (config_result.ok()) {
+        const ModelConfig& config = *config_result;
+        std::string parameters = human_count(info["parameters"].get<int64_t>());
+        if (info.contains("active_parameters")) {
+            parameters += fmt::format(", {} active ({} of {} experts per token)",
+                                      human_count(info["active_parameters"].get<int64_t>()), config.n_experts_used,
+                                      config.n_experts);
+        }
+        line("parameters", parameters);
+        line("context", fmt::format("{} tokens (trained)", config.context_length));
+        std::string layers = fmt::format("{}:", config.n_layers);
+        for (const auto& [kind, label] : {std::pair{LayerKind::kSliding, "sliding"}, std::pair{LayerKind::kFull, "full"},
+                                          std::pair{LayerKind::kLinear, "linear (Gated DeltaNet)"}}) {
+            if (const int64_t n = config.count_layers(kind); n > 0) layers += fmt::format(" {} {},", n, label);
+        }
+        layers.pop_back();
+        if (config.sliding_window > 0) layers += fmt::format("; sliding window {}", config.sliding_window);
+        line("layers", layers);
+        line("layer pattern", config.layer_pattern());
+    }
+    line("tokenizer", tokenizer.n_tokens > 0 ? fmt::format("{}, {} tokens", tokenizer.model, tokenizer.n_tokens)
+                                             : tokenizer.model);
+    line("chat template", tokenizer.chat_template ? "yes" : "no");
+    line("tensors", fmt::format("{}, {}", files.weights->tensors().size(), human_bytes(total_bytes)));
+    for (const auto& [type, totals] : by_type) {
+        line("", fmt::format("{:<8}{:>6}  {:>12}", type, totals.count, human_bytes(totals.bytes)));
+    }
+    if (config_result.ok()) {
+        const nlohmann::json& memory = info["memory"];
+        line("GPU memory", fmt::format("at context {} (bf16 KV cache)", memory["context"].get<int64_t>()));
+        line("  weights", human_bytes(memory["weights"]));
+        line("  KV cache", fmt::format("{} ({} per token in full layers{})", human_bytes(memory["kv_cache"]),
+                                       human_bytes(memory["kv_bytes_per_token"]),
+                                       memory["sliding_ring_entries"].get<int64_t>() > 0
+                                           ? fmt::format(", sliding rings of {} entries",
+                                                         memory["sliding_ring_entries"].get<int64_t>())
+                                           : ""));
+        if (memory["recurrent_state"].get<int64_t>() > 0) line("  recurrent", human_bytes(memory["recurrent_state"]));
+        line("  workspace", human_bytes(memory["workspace"]));
+        line("  runtime", human_bytes(memory["runtime"]) + " (CUDA context, estimate)");
+        line("  total", human_bytes(memory["total"]));
+        if (gpu.ok()) {
+            const int64_t total = memory["total"];
+            line("GPU", fmt::format("{}: {} free of {}: {}", gpu->name, human_bytes(static_cast<int64_t>(gpu->free_bytes)),
+                                    human_bytes(static_cast<int64_t>(gpu->total_bytes)),
+                                    total <= static_cast<int64_t>(gpu->free_bytes) ? "fits" : "does NOT fit"));
+        } else {
+            line("GPU", "none (" + gpu.status().message() + ")");
+        }
+    }
+    std::fputs(text.c_str(), stdout);
+    return config_status.ok() ? 0 : fail(config_status.message());
+}
+
+}  // namespace
+
+Command add_info_command(CLI::App& app) {
+    auto options = std::make_shared<InfoOptions>();
+    CLI::App* info = app.add_subcommand("info", "Describe a model: architecture, tensors, memory needed");
+    info->add_option("-m,--model", options->model, "GGUF file or Hugging Face folder (default: the installed default model)");
+    info->add_option("-c,--ctx-size", options->context, "Context length to plan memory for (default: the model's)");
+    info->add_flag("--json", options->json, "Print JSON instead of a table");
+    return [options] { return run_info(*options); };
+}
+
+}  // namespace kestrel::cli

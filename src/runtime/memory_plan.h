@@ -1,0 +1,47 @@
+// What a model needs on the GPU at a given context, computed before anything is loaded, so an
+// engine can refuse up front (with a suggested -c) instead of running out of memory mid-way.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "io/weight_source.h"
+#include "models/model_config.h"
+
+namespace kestrel {
+
+struct MemoryPlanOptions {
+    int64_t context = 0;                // tokens per session; 0 = the model's trained context
+    int64_t prefill_chunk = 512;        // tokens per prefill step
+    int64_t kv_bytes_per_element = 2;   // bf16 K/V
+};
+
+struct MemoryPlan {
+    int64_t context = 0;
+    int64_t weight_bytes = 0;           // in the engine's GPU formats (see engine_weight_bytes)
+    int64_t kv_cache_bytes = 0;         // full layers: context entries; sliding: a ring
+    int64_t sliding_ring_entries = 0;   // window + chunk - 1, capped by the context
+    int64_t recurrent_state_bytes = 0;  // Gated DeltaNet conv + recurrent state, fp32
+    int64_t workspace_bytes = 0;        // activations of one prefill chunk and the logits
+    int64_t runtime_bytes = 0;          // CUDA context and library workspaces (an estimate)
+    int64_t total_bytes() const {
+        return weight_bytes + kv_cache_bytes + recurrent_state_bytes + workspace_bytes + runtime_bytes;
+    }
+};
+
+// Bytes a stored tensor takes once converted to the engine's GPU format. DESIGN.md "The Ops
+// interface": 1-D tensors (norms, scalars) stay fp32; float matrices become bf16; block types of
+// at most 4.5 bits/weight become W4 (int4, group 32, fp16 scale + min = 5 bits/weight) and
+// wider block types W8 (int8, group 32, fp16 scale = 8.5 bits/weight).
+int64_t engine_weight_bytes(const WeightInfo& tensor);
+
+// Whether the engine loads this tensor (vision towers, audio towers and the multi-token
+// prediction head are skipped).
+bool is_loaded_tensor(const ModelConfig& config, std::string_view name);
+
+MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, const MemoryPlanOptions& options);
+
+// KV-cache bytes one token adds across the full-attention layers (the part that grows with context).
+int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element = 2);
+
+}  // namespace kestrel
