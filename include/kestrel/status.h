@@ -43,9 +43,8 @@ template <class T>
 class [[nodiscard]] Result {
 public:
     Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
-    Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
-        if (status_.ok()) status_ = Status(StatusCode::kInternal, "Result built from an ok Status");
-    }
+    Result(Status status)  // NOLINT(google-explicit-constructor)
+        : status_(status.ok() ? Status(StatusCode::kInternal, "Result built from an ok Status") : std::move(status)) {}
 
     bool ok() const { return value_.has_value(); }
     const Status& status() const { return status_; }

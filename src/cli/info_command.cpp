@@ -2,6 +2,7 @@
 // the GPU, before anyone waits for a load.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -122,18 +123,12 @@ int run_info(const InfoOptions& options) {
     Status config_status = config_result.ok() ? Status() : config_result.status();
     if (config_result.ok()) {
         const ModelConfig& config = *config_result;
-        int64_t parameters = 0;
-        for (const WeightInfo& tensor : files.weights->tensors()) {
-            if (is_loaded_tensor(config, tensor.name)) parameters += tensor.n_elements;
-        }
+        const ParameterCount parameters = count_parameters(config, *files.weights);
         info["architecture"] = config.architecture;
         info["name"] = config.name;
-        info["parameters"] = parameters;
+        info["parameters"] = parameters.total;
         if (config.n_experts > 0) {
-            // Per token only n_experts_used of the routed experts' gate, up and down run.
-            const int64_t idle = config.n_layers * (config.n_experts - config.n_experts_used) * 3 *
-                                 config.hidden_size * config.expert_ffn_size;
-            info["active_parameters"] = parameters - idle;
+            info["active_parameters"] = parameters.active;
             info["experts"] = {{"count", config.n_experts}, {"used", config.n_experts_used}};
         }
         info["context_length"] = config.context_length;
@@ -201,6 +196,14 @@ int run_info(const InfoOptions& options) {
         if (config.sliding_window > 0) layers += fmt::format("; sliding window {}", config.sliding_window);
         line("layers", layers);
         line("layer pattern", config.layer_pattern());
+        for (const LayerKind kind : {LayerKind::kSliding, LayerKind::kFull}) {
+            const auto layer = std::find_if(config.layers.begin(), config.layers.end(),
+                                            [&](const LayerConfig& l) { return l.kind == kind; });
+            if (layer == config.layers.end()) continue;
+            line(kind == LayerKind::kSliding ? "attention (S)" : "attention (F)",
+                 fmt::format("{} q heads, {} kv heads, head dim {}{}", config.n_heads, layer->n_kv_heads,
+                             layer->head_dim, layer->k_eq_v ? ", V = K projection" : ""));
+        }
     }
     line("tokenizer", tokenizer.n_tokens > 0 ? fmt::format("{}, {} tokens", tokenizer.model, tokenizer.n_tokens)
                                              : tokenizer.model);

@@ -18,4 +18,12 @@ std::string printable(std::string_view text, size_t max_length) {
     return out;
 }
 
+std::string quote_name(std::string_view text) {
+    // Appending, not "'" + ...: GCC 12 warns (-Wrestrict) on operator+ with a literal first.
+    std::string out = "'";
+    out += printable(text);
+    out += '\'';
+    return out;
+}
+
 }  // namespace kestrel

@@ -3,6 +3,7 @@
 
 #include <limits>
 
+#include "core/printable.h"
 #include "io/gguf.h"
 
 namespace kestrel {
@@ -54,7 +55,7 @@ const GgufValue* GgufFile::find(std::string_view key) const {
 namespace {
 
 Status missing(const GgufFile& file, std::string_view key) {
-    return Status(StatusCode::kNotFound, fmt::format("{}: metadata key '{}' is missing", file.display_name(), key));
+    return Status(StatusCode::kNotFound, fmt::format("{}: metadata key '{}' is missing", file.display_name(), printable(key)));
 }
 
 Status wrong_type(const GgufFile& file, std::string_view key, const GgufValue& value, std::string_view expected) {
@@ -63,7 +64,7 @@ Status wrong_type(const GgufFile& file, std::string_view key, const GgufValue& v
         stored = fmt::format("array of {}", gguf_value_type_name(array->element_type));
     }
     return Status(StatusCode::kCorruptFile,
-                  fmt::format("{}: metadata key '{}' is {}, expected {}", file.display_name(), key, stored, expected));
+                  fmt::format("{}: metadata key '{}' is {}, expected {}", file.display_name(), printable(key), stored, expected));
 }
 
 // Converts every element of an array with `convert` (returning optional); fails on the first

@@ -8,7 +8,8 @@
 #include <utility>
 
 #include "core/mapped_file.h"
-#include "io/safetensors.h"  // parse_json_strict, escape_for_message
+#include "core/printable.h"
+#include "io/strict_json.h"
 
 namespace kestrel {
 
@@ -94,7 +95,7 @@ std::optional<std::string> to_string(const json& value) {
 }  // namespace
 
 Result<HfConfig> HfConfig::parse(std::string_view json_text, std::string display_name) {
-    const std::string where = escape_for_message(display_name);
+    const std::string where = printable_full(display_name);
     Result<json> parsed = parse_json_strict(json_text, kMaxConfigDepth, /*allow_duplicate_keys=*/true);
     if (!parsed.ok()) {
         return Status(parsed.status().code(), fmt::format("{}: {}", where, parsed.status().message()));
@@ -156,7 +157,7 @@ bool HfConfig::has(std::string_view path) const {
 }
 
 std::string HfConfig::field_name(std::string_view path) const {
-    return escape_for_message(nested_text ? "text_config." + std::string(path) : std::string(path));
+    return printable_full(nested_text ? "text_config." + std::string(path) : std::string(path));
 }
 
 namespace {
@@ -168,12 +169,12 @@ Result<T> get_typed(const HfConfig& config, std::string_view path, std::string_v
     const json* value = config.find(path);
     if (!value || value->is_null()) {
         return Status(StatusCode::kNotFound,
-                      fmt::format("{}: field '{}' is {}, expected {}", escape_for_message(config.display_name),
+                      fmt::format("{}: field '{}' is {}, expected {}", printable_full(config.display_name),
                                   field, value ? "null" : "missing", expected));
     }
     if (std::optional<T> converted = convert(*value)) return std::move(*converted);
     return Status(StatusCode::kCorruptFile,
-                  fmt::format("{}: field '{}' is {} {}, expected {}", escape_for_message(config.display_name),
+                  fmt::format("{}: field '{}' is {} {}, expected {}", printable_full(config.display_name),
                               field, json_kind(*value), brief_dump(*value), expected));
 }
 
@@ -255,14 +256,14 @@ Result<HfConfig> load_hf_config(const std::filesystem::path& folder_or_file) {
         if (file.status().code() == StatusCode::kNotFound) {
             return Status(StatusCode::kNotFound,
                           fmt::format("{}: no such file (expected a Hugging Face config.json)",
-                                      escape_for_message(path.string())));
+                                      printable_full(path.string())));
         }
-        return Status(file.status().code(), escape_for_message(file.status().message()));
+        return Status(file.status().code(), printable_full(file.status().message()));
     }
     if (file->size() > kMaxConfigBytes) {
         return Status(StatusCode::kCorruptFile,
                       fmt::format("{}: {} bytes is too large for a config.json (limit {})",
-                                  escape_for_message(path.string()), file->size(), kMaxConfigBytes));
+                                  printable_full(path.string()), file->size(), kMaxConfigBytes));
     }
     const std::span<const uint8_t> bytes = file->bytes();
     return HfConfig::parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()),

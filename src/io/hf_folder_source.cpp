@@ -11,6 +11,8 @@
 
 #include "core/log.h"
 #include "core/mapped_file.h"
+#include "core/printable.h"
+#include "io/strict_json.h"
 
 namespace kestrel {
 
@@ -36,7 +38,7 @@ Result<std::unique_ptr<HfFolderSource>> HfFolderSource::open(const std::filesyst
         return Status(StatusCode::kNotFound,
                       fmt::format("{}: no such folder (expected a Hugging Face checkpoint folder with {} "
                                   "or {})",
-                                  escape_for_message(folder.string()), kSingleFileName, kIndexFileName));
+                                  printable_full(folder.string()), kSingleFileName, kIndexFileName));
     }
     std::unique_ptr<HfFolderSource> source(new HfFolderSource());
     source->folder_ = folder;
@@ -54,7 +56,7 @@ Result<std::unique_ptr<HfFolderSource>> HfFolderSource::open(const std::filesyst
 }
 
 std::string HfFolderSource::description() const {
-    return "Hugging Face folder " + escape_for_message(folder_.string());
+    return "Hugging Face folder " + printable_full(folder_.string());
 }
 
 Status HfFolderSource::open_single() {
@@ -66,7 +68,7 @@ Status HfFolderSource::open_single() {
 
 Status HfFolderSource::open_sharded(const std::filesystem::path& index_path) {
     sharded_ = true;
-    const std::string where = escape_for_message(index_path.string());
+    const std::string where = printable_full(index_path.string());
 
     KESTREL_ASSIGN_OR_RETURN(MappedFile index_file, MappedFile::open(index_path));
     if (index_file.size() > kMaxIndexBytes) {
@@ -102,14 +104,14 @@ Status HfFolderSource::open_sharded(const std::filesystem::path& index_path) {
         if (!shard.is_string()) {
             return Status(StatusCode::kCorruptFile,
                           fmt::format("{}: weight_map entry {} is not a string (expected a shard file name)",
-                                      where, quote_for_message(name)));
+                                      where, quote_name(name)));
         }
         const std::string& shard_name = shard.get_ref<const std::string&>();
         if (!is_plain_file_name(shard_name)) {
             return Status(StatusCode::kCorruptFile,
                           fmt::format("{}: weight_map entry {} names shard {}, which is not a plain file "
                                       "name in the folder (no '/', '\\', '.' or '..')",
-                                      where, quote_for_message(name), quote_for_message(shard_name)));
+                                      where, quote_name(name), quote_name(shard_name)));
         }
         wanted[shard_name].push_back(name);
     }
@@ -122,8 +124,8 @@ Status HfFolderSource::open_sharded(const std::filesystem::path& index_path) {
             if (shard.status().code() != StatusCode::kNotFound) return shard.status();
             return Status(StatusCode::kNotFound,
                           fmt::format("{}: shard {} (holding {} tensors, e.g. {}) does not exist in the folder",
-                                      where, quote_for_message(shard_name), names.size(),
-                                      quote_for_message(names.front())));
+                                      where, quote_name(shard_name), names.size(),
+                                      quote_name(names.front())));
         }
         const size_t shard_index = shards_.size();
         shards_.push_back(std::move(shard).value());
@@ -133,7 +135,7 @@ Status HfFolderSource::open_sharded(const std::filesystem::path& index_path) {
             if (!file.find_tensor(name)) {
                 return Status(StatusCode::kCorruptFile,
                               fmt::format("{}: maps tensor {} to shard {}, which has no such tensor", where,
-                                          quote_for_message(name), quote_for_message(shard_name)));
+                                          quote_name(name), quote_name(shard_name)));
             }
         }
         // In the shard's data order: `names` came sorted by name.
@@ -148,7 +150,7 @@ Status HfFolderSource::open_sharded(const std::filesystem::path& index_path) {
         }
         if (unlisted > 0) {
             log_warning("{}: shard {} holds {} tensors the index does not list; leaving them out", where,
-                        quote_for_message(shard_name), unlisted);
+                        quote_name(shard_name), unlisted);
         }
     }
     return ok_status();

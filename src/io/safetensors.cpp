@@ -14,6 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/half.h"
+#include "core/printable.h"
+#include "io/strict_json.h"
 
 namespace kestrel {
 
@@ -100,121 +102,7 @@ std::string shape_string(const std::vector<int64_t>& shape) {
     return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
-// Checks depth and repeated keys while nlohmann reads the text, building nothing, so that a
-// hostile header cannot make the DOM parse below build something deep or ambiguous.
-class StrictJsonChecker {
-public:
-    StrictJsonChecker(int max_depth, bool allow_duplicate_keys)
-        : max_depth_(max_depth), allow_duplicate_keys_(allow_duplicate_keys) {}
-
-    bool null() { return true; }
-    bool boolean(bool) { return true; }
-    bool number_integer(json::number_integer_t) { return true; }
-    bool number_unsigned(json::number_unsigned_t) { return true; }
-    bool number_float(json::number_float_t, const json::string_t&) { return true; }
-    bool string(json::string_t&) { return true; }
-    bool binary(json::binary_t&) { return true; }
-    bool start_object(std::size_t) { return push(true); }
-    bool end_object() { return pop(); }
-    bool start_array(std::size_t) { return push(false); }
-    bool end_array() { return pop(); }
-
-    bool key(json::string_t& key) {
-        Frame& frame = frames_.back();
-        if (!allow_duplicate_keys_ && !frame.keys.insert(key).second) {
-            error_ = fmt::format("duplicate key {} in {}", quote_for_message(key),
-                                 frame.name.empty() ? std::string("the top-level object")
-                                                    : "object " + quote_for_message(frame.name));
-            return false;
-        }
-        frame.last_key = key;
-        return true;
-    }
-
-    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& error) {
-        // "[json.exception.parse_error.101] parse error at line 1, column 5: ..." -> drop the tag
-        std::string_view what = error.what();
-        if (const size_t tag_end = what.find("] "); !what.empty() && what[0] == '[' &&
-                                                   tag_end != std::string_view::npos) {
-            what.remove_prefix(tag_end + 2);
-        }
-        error_ = "invalid JSON: " + escape_for_message(what.substr(0, 300));
-        return false;
-    }
-
-    const std::string& error() const { return error_; }
-
-private:
-    struct Frame {
-        bool is_object;
-        std::string name;      // the key this container sits under, for messages
-        std::string last_key;  // objects: the key whose value comes next
-        std::unordered_set<std::string> keys;
-    };
-
-    bool push(bool is_object) {
-        if (static_cast<int>(frames_.size()) >= max_depth_) {
-            error_ = fmt::format("JSON nested deeper than {} levels", max_depth_);
-            return false;
-        }
-        std::string name;
-        if (!frames_.empty()) name = frames_.back().is_object ? frames_.back().last_key : frames_.back().name;
-        frames_.push_back({is_object, std::move(name), {}, {}});
-        return true;
-    }
-
-    bool pop() {
-        frames_.pop_back();
-        return true;
-    }
-
-    int max_depth_;
-    bool allow_duplicate_keys_;
-    std::vector<Frame> frames_;
-    std::string error_;
-};
-
 }  // namespace
-
-std::string escape_for_message(std::string_view text) {
-    std::string out;
-    out.reserve(text.size());
-    for (const char ch : text) {
-        const unsigned char c = static_cast<unsigned char>(ch);
-        if (c < 0x20 || c == 0x7f) {
-            out += fmt::format("\\x{:02x}", c);
-        } else {
-            out += ch;
-        }
-    }
-    return out;
-}
-
-std::string quote_for_message(std::string_view text) {
-    constexpr size_t kMaxBytes = 200;
-    // Appending, not "'" + ...: GCC 12 warns (-Wrestrict) on operator+ with a literal first.
-    std::string out = "'";
-    out += escape_for_message(text.substr(0, kMaxBytes));
-    if (text.size() > kMaxBytes) out += "...";
-    out += '\'';
-    return out;
-}
-
-Result<json> parse_json_strict(std::string_view text, int max_depth, bool allow_duplicate_keys) {
-    try {
-        StrictJsonChecker checker(max_depth, allow_duplicate_keys);
-        if (!json::sax_parse(text, &checker)) {
-            return Status(StatusCode::kCorruptFile,
-                          checker.error().empty() ? std::string("invalid JSON") : checker.error());
-        }
-        return json::parse(text);
-    } catch (const std::bad_alloc&) {
-        return Status(StatusCode::kOutOfMemory, "out of memory while parsing JSON");
-    } catch (const std::exception& error) {  // the checker accepted it, so this is not expected
-        return Status(StatusCode::kCorruptFile,
-                      "invalid JSON: " + escape_for_message(std::string_view(error.what()).substr(0, 300)));
-    }
-}
 
 std::string_view safetensors_dtype_name(DType dtype) {
     for (const DTypeName& entry : kDTypes) {
@@ -227,7 +115,7 @@ std::string_view safetensors_dtype_name(DType dtype) {
 class SafetensorsParser {
 public:
     explicit SafetensorsParser(SafetensorsFile& file)
-        : file_(file), where_(escape_for_message(file.display_name_)) {}
+        : file_(file), where_(printable_full(file.display_name_)) {}
 
     Status run() {
         const std::span<const uint8_t> bytes = file_.bytes_;
@@ -291,7 +179,7 @@ public:
                     fmt::format("data_offsets [{}, {}] overlap tensor {} at [{}, {}] (each tensor "
                                 "needs its own bytes)",
                                 tensor.offset, tensor.offset + tensor.n_bytes,
-                                quote_for_message(furthest->name), furthest->offset,
+                                quote_name(furthest->name), furthest->offset,
                                 furthest->offset + furthest->n_bytes));
             }
             if (!furthest || tensor.offset + tensor.n_bytes > furthest->offset + furthest->n_bytes) {
@@ -308,7 +196,7 @@ private:
     }
 
     Status tensor_error(StatusCode code, std::string_view name, std::string_view what) const {
-        return Status(code, fmt::format("{}: tensor {}: {}", where_, quote_for_message(name), what));
+        return Status(code, fmt::format("{}: tensor {}: {}", where_, quote_name(name), what));
     }
 
     Status parse_metadata(const json& entry) {
@@ -319,7 +207,7 @@ private:
         for (const auto& [key, value] : entry.items()) {
             if (!value.is_string()) {
                 return corrupt(fmt::format("'__metadata__' entry {} is {}, expected a string",
-                                           quote_for_message(key), json_kind(value)));
+                                           quote_name(key), json_kind(value)));
             }
             file_.metadata_.emplace(key, value.get<std::string>());
         }
@@ -353,7 +241,7 @@ private:
         if (!dtype) {
             return tensor_error(StatusCode::kUnsupported, name,
                                 fmt::format("dtype {} is not supported (Kestrel reads {})",
-                                            quote_for_message(dtype_name), supported_dtype_list()));
+                                            quote_name(dtype_name), supported_dtype_list()));
         }
 
         // shape
@@ -443,11 +331,11 @@ Result<SafetensorsFile> SafetensorsFile::parse(std::span<const uint8_t> bytes, s
         KESTREL_RETURN_IF_ERROR(SafetensorsParser(file).run());
     } catch (const std::bad_alloc&) {
         return Status(StatusCode::kOutOfMemory, fmt::format("{}: out of memory while reading the header",
-                                                            escape_for_message(file.display_name_)));
+                                                            printable_full(file.display_name_)));
     } catch (const std::exception& error) {  // a nlohmann accessor we did not guard: still a value
         return Status(StatusCode::kCorruptFile,
-                      fmt::format("{}: header: {}", escape_for_message(file.display_name_),
-                                  quote_for_message(error.what())));
+                      fmt::format("{}: header: {}", printable_full(file.display_name_),
+                                  quote_name(error.what())));
     }
     return file;
 }

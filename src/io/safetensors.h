@@ -77,17 +77,5 @@ private:
 // The safetensors dtype string ("BF16") for a DType, or "" for one safetensors cannot hold.
 std::string_view safetensors_dtype_name(DType dtype);
 
-// `text` (a name read from a file) in single quotes for a one-line message: control bytes
-// escaped as \xNN and the text cut after 200 bytes, so a hostile name cannot break the line.
-std::string quote_for_message(std::string_view text);
-// `text` (a path) with control bytes escaped as \xNN, not cut or quoted.
-std::string escape_for_message(std::string_view text);
-
-// Parses JSON read from a file, stricter than nlohmann's defaults: containers nested deeper
-// than `max_depth` are an error (copying or walking them would recurse), and so is a key
-// repeated within one object unless `allow_duplicate_keys` (then the last wins, as in Python's
-// json module). Never throws. The kCorruptFile message does not name the file: callers prefix it.
-Result<nlohmann::json> parse_json_strict(std::string_view text, int max_depth,
-                                         bool allow_duplicate_keys = false);
 
 }  // namespace kestrel

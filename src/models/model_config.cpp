@@ -27,8 +27,8 @@ int64_t ModelConfig::count_layers(LayerKind kind) const {
 }
 
 std::string ModelConfig::layer_pattern() const {
-    // Group by the distance between full-attention layers (6 for Gemma, 4 for Qwen3.5) so the
-    // repetition is visible; no grouping when there is no full layer or it does not repeat.
+    // Group by the position of the first full-attention layer (6 for Gemma, 4 for Qwen3.5) so
+    // the repetition is visible; no grouping when there is no full layer.
     int64_t period = 0;
     for (size_t i = 0; i < layers.size(); ++i) {
         if (layers[i].kind == LayerKind::kFull) {
@@ -299,9 +299,14 @@ Result<std::vector<LayerKind>> hf_layer_kinds(const HfConfig& config, int64_t n_
 
 double hf_rope_theta(HfFields& fields, std::string_view layer_type, double fallback) {
     // transformers 5 nests rope settings per layer type (Gemma) or keeps one dict (Qwen3.5);
-    // older configs have a top-level rope_theta.
-    for (const std::string& path : {fmt::format("rope_parameters.{}.rope_theta", layer_type),
-                                    std::string("rope_parameters.rope_theta"), std::string("rope_theta")}) {
+    // older configs have a top-level rope_theta, which is the full layers' (Gemma 3 keeps the
+    // sliding layers' in rope_local_base_freq).
+    std::vector<std::string> paths = {fmt::format("rope_parameters.{}.rope_theta", layer_type)};
+    if (layer_type == "full_attention") {
+        paths.push_back("rope_parameters.rope_theta");
+        paths.push_back("rope_theta");
+    }
+    for (const std::string& path : paths) {
         const double theta = fields.float_or(path, 0.0);
         if (theta > 0.0) return theta;
     }
@@ -338,6 +343,9 @@ Result<ModelConfig> model_config_from_hf(const HfConfig& hf) {
         config.sliding_window = fields.int_or("sliding_window", 0);
         if (kinds.empty()) {  // transformers' default: 5 sliding then 1 full
             const int64_t period = fields.int_or("sliding_window_pattern", 6);
+            if (period <= 0) {
+                return invalid(source, fmt::format("sliding_window_pattern is {}, expected a positive number", period));
+            }
             for (int64_t i = 0; i < config.n_layers; ++i) {
                 kinds.push_back((i + 1) % period != 0 ? LayerKind::kSliding : LayerKind::kFull);
             }
@@ -361,11 +369,14 @@ Result<ModelConfig> model_config_from_hf(const HfConfig& hf) {
                     fields.int_or(fmt::format("per_layer_config.{}.num_key_value_heads", index), layer.n_kv_heads);
             }
             layer.v_head_dim = layer.head_dim;
-            layer.k_eq_v = full && k_eq_v;
+            layer.k_eq_v = full && k_eq_v && architecture == "gemma4";
         }
     } else {  // qwen35moe
         if (kinds.empty()) {
             const int64_t interval = fields.int_or("full_attention_interval", 4);
+            if (interval <= 0) {
+                return invalid(source, fmt::format("full_attention_interval is {}, expected a positive number", interval));
+            }
             for (int64_t i = 0; i < config.n_layers; ++i) {
                 kinds.push_back((i + 1) % interval == 0 ? LayerKind::kFull : LayerKind::kLinear);
             }

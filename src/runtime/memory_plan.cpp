@@ -68,6 +68,17 @@ bool is_loaded_tensor(const ModelConfig& config, std::string_view name) {
     return true;
 }
 
+ParameterCount count_parameters(const ModelConfig& config, const WeightSource& weights) {
+    ParameterCount count;
+    for (const WeightInfo& tensor : weights.tensors()) {
+        if (is_loaded_tensor(config, tensor.name)) count.total += tensor.n_elements;
+    }
+    // Each layer runs n_experts_used of its n_experts routed experts (gate, up and down).
+    const int64_t idle_experts = std::max<int64_t>(config.n_experts - config.n_experts_used, 0);
+    count.active = count.total - config.n_layers * idle_experts * 3 * config.hidden_size * config.expert_ffn_size;
+    return count;
+}
+
 int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element) {
     int64_t bytes = 0;
     for (const LayerConfig& layer : config.layers) {

@@ -39,6 +39,13 @@ int64_t engine_weight_bytes(const WeightInfo& tensor);
 // prediction head are skipped).
 bool is_loaded_tensor(const ModelConfig& config, std::string_view name);
 
+struct ParameterCount {
+    int64_t total = 0;   // elements of every loaded tensor
+    int64_t active = 0;  // per token: total less the routed experts a token does not use
+};
+
+ParameterCount count_parameters(const ModelConfig& config, const WeightSource& weights);
+
 MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, const MemoryPlanOptions& options);
 
 // KV-cache bytes one token adds across the full-attention layers (the part that grows with context).

@@ -113,6 +113,19 @@ TEST(GgufReader, RandomMutationsNeverCrash) {
     EXPECT_GT(refused, 1000);  // the mutations do reach the checks
 }
 
+// Found by the fuzzer: a key holding a newline must not split the error message.
+TEST(GgufReader, NamesFromTheFileAreEscapedInMessages) {
+    testing::GgufBytes b;
+    b.header(0, 1).kv_string("bad\nkey\x1b[31m", "value");
+    Result<GgufFile> file = GgufFile::parse(b.bytes, "escape.gguf");
+    ASSERT_TRUE(file.ok()) << file.status().message();
+    Result<int64_t> wrong = file->get_int("bad\nkey\x1b[31m");
+    ASSERT_FALSE(wrong.ok());
+    EXPECT_EQ(wrong.status().message().find('\n'), std::string::npos);
+    EXPECT_EQ(wrong.status().message().find('\x1b'), std::string::npos);
+    EXPECT_NE(wrong.status().message().find("bad\\x0akey\\x1b[31m"), std::string::npos) << wrong.status().message();
+}
+
 TEST(GgufReader, OpensFromDisk) {
     const std::filesystem::path path = std::filesystem::temp_directory_path() / "kestrel_gguf_reader_test.gguf";
     const std::vector<uint8_t> bytes = testing::valid_gguf_bytes();

@@ -7,10 +7,12 @@ namespace kestrel {
 Result<GpuInfo> gpu_info(int index) {
     int count = 0;
     cudaError_t error = cudaGetDeviceCount(&count);
-    if (error != cudaSuccess || count == 0) {
-        return Status(StatusCode::kNotFound,
-                      std::string("no CUDA device: ") +
-                          (error != cudaSuccess ? cudaGetErrorString(error) : "none present"));
+    if (error == cudaErrorInsufficientDriver || error == cudaErrorNoDevice || (error == cudaSuccess && count == 0)) {
+        // A machine without an NVIDIA GPU or driver: the common case on CPU-only hosts.
+        return Status(StatusCode::kNotFound, "no CUDA device on this machine");
+    }
+    if (error != cudaSuccess) {
+        return Status(StatusCode::kNotFound, std::string("no CUDA device: ") + cudaGetErrorString(error));
     }
     if (index < 0 || index >= count) {
         return Status(StatusCode::kNotFound, "no CUDA device " + std::to_string(index) + " (" +
