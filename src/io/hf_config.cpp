@@ -23,21 +23,6 @@ constexpr int kMaxConfigDepth = 64;
 // Real configs are a few KB.
 constexpr size_t kMaxConfigBytes = 64u << 20;
 
-std::string_view json_kind(const json& value) {
-    switch (value.type()) {
-        case json::value_t::null: return "null";
-        case json::value_t::object: return "an object";
-        case json::value_t::array: return "an array";
-        case json::value_t::string: return "a string";
-        case json::value_t::boolean: return "a boolean";
-        case json::value_t::number_integer:
-        case json::value_t::number_unsigned: return "an integer";
-        case json::value_t::number_float: return "a fractional number";
-        case json::value_t::binary: return "binary";
-        case json::value_t::discarded: return "invalid";
-    }
-    return "invalid";
-}
 
 std::string brief_dump(const json& value) {
     std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);

@@ -62,22 +62,6 @@ std::string supported_dtype_list() {
     return list;
 }
 
-// "a string", "an array", ...: for "field 'x' is <this>, expected ..." messages.
-std::string_view json_kind(const json& value) {
-    switch (value.type()) {
-        case json::value_t::null: return "null";
-        case json::value_t::object: return "an object";
-        case json::value_t::array: return "an array";
-        case json::value_t::string: return "a string";
-        case json::value_t::boolean: return "a boolean";
-        case json::value_t::number_integer:
-        case json::value_t::number_unsigned: return "an integer";
-        case json::value_t::number_float: return "a fractional number";
-        case json::value_t::binary: return "binary";
-        case json::value_t::discarded: return "invalid";
-    }
-    return "invalid";
-}
 
 // A JSON integer in [0, max], or nothing (negative, fractional, too large, not a number).
 std::optional<uint64_t> as_unsigned(const json& value, uint64_t max) {

@@ -107,4 +107,20 @@ Result<json> parse_json_strict(std::string_view text, int max_depth, bool allow_
     }
 }
 
+std::string_view json_kind(const json& value) {
+    switch (value.type()) {
+        case json::value_t::null: return "null";
+        case json::value_t::object: return "an object";
+        case json::value_t::array: return "an array";
+        case json::value_t::string: return "a string";
+        case json::value_t::boolean: return "a boolean";
+        case json::value_t::number_integer:
+        case json::value_t::number_unsigned: return "an integer";
+        case json::value_t::number_float: return "a fractional number";
+        case json::value_t::binary: return "binary";
+        case json::value_t::discarded: return "invalid";
+    }
+    return "invalid";
+}
+
 }  // namespace kestrel

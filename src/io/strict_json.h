@@ -15,4 +15,7 @@ namespace kestrel {
 Result<nlohmann::json> parse_json_strict(std::string_view text, int max_depth,
                                          bool allow_duplicate_keys = false);
 
+// "a string", "an array", ...: for "field 'x' is <this>, expected ..." messages.
+std::string_view json_kind(const nlohmann::json& value);
+
 }  // namespace kestrel

@@ -1,59 +1,19 @@
 // `kestrel info` as a user runs it: on the default model, as JSON, and on every corrupt file
 // (exit code 1, exactly one line on stderr, never a signal).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "gguf_cases.h"
+#include "test_support.h"
 #include "io/gguf_writer.h"
 
 namespace kestrel {
 namespace {
 
-struct CommandResult {
-    bool exited = false;  // false: killed by a signal
-    int exit_code = -1;
-    std::string out;
-    std::string err;
-};
-
-std::string read_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-CommandResult run_kestrel(const std::string& arguments) {
-    // Unique per process: ctest runs tests in parallel.
-    const std::string stem = (std::filesystem::temp_directory_path() / "kestrel_cli_").string() +
-                             std::to_string(::getpid());
-    const std::filesystem::path out = stem + ".out";
-    const std::filesystem::path err = stem + ".err";
-    const std::string command =
-        std::string("'") + KESTREL_BINARY + "' " + arguments + " >'" + out.string() + "' 2>'" + err.string() + "'";
-    const int status = std::system(command.c_str());
-    CommandResult result;
-    result.exited = WIFEXITED(status);
-    result.exit_code = result.exited ? WEXITSTATUS(status) : -1;
-    result.out = read_file(out);
-    result.err = read_file(err);
-    std::filesystem::remove(out);
-    std::filesystem::remove(err);
-    return result;
-}
-
-std::filesystem::path write_temp(const std::string& name, const std::vector<uint8_t>& bytes) {
-    const std::filesystem::path path =
-        std::filesystem::temp_directory_path() / ("kestrel_cli_" + std::to_string(::getpid()) + "_" + name + ".gguf");
-    std::ofstream out(path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    return path;
-}
+using testing::CommandResult;
+using testing::run_kestrel;
 
 int count_lines(const std::string& text) { return static_cast<int>(std::count(text.begin(), text.end(), '\n')); }
 
@@ -95,7 +55,7 @@ TEST(CliInfo, JsonAtAGivenContext) {
 TEST(CliInfo, EveryCorruptFileExitsWithOneLine) {
     for (const testing::CorruptCase& c : testing::corrupt_gguf_cases()) {
         SCOPED_TRACE(c.name);
-        const std::filesystem::path path = write_temp(c.name, c.bytes);
+        const std::filesystem::path path = testing::write_temp_file(c.name + ".gguf", c.bytes);
         CommandResult result = run_kestrel("info -m '" + path.string() + "'");
         ASSERT_TRUE(result.exited) << "killed by a signal";
         EXPECT_EQ(result.exit_code, 1);
@@ -111,7 +71,7 @@ TEST(CliInfo, UnsupportedArchitectureIsNamed) {
     GgufWriter writer;
     writer.set("general.architecture", gguf_string("llama"));
     writer.set("llama.block_count", gguf_u32(2));
-    const std::filesystem::path path = write_temp("llama", *writer.to_bytes());
+    const std::filesystem::path path = testing::write_temp_file("llama.gguf", *writer.to_bytes());
     CommandResult result = run_kestrel("info -m '" + path.string() + "'");
     ASSERT_TRUE(result.exited);
     EXPECT_EQ(result.exit_code, 1);

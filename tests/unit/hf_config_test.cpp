@@ -2,6 +2,8 @@
 // small configs written inline.
 #include <gtest/gtest.h>
 
+#include "test_support.h"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -15,18 +17,12 @@
 namespace kestrel {
 namespace {
 
+using testing::expect_error;
+
 namespace fs = std::filesystem;
 
 const fs::path kFixture = fs::path(KESTREL_SOURCE_DIR) / "tests" / "fixtures" / "hf_tiny";
 
-template <class T>
-void expect_error(const Result<T>& result, StatusCode code, std::initializer_list<std::string> mentions) {
-    ASSERT_FALSE(result.ok());
-    const std::string& message = result.status().message();
-    EXPECT_EQ(result.status().code(), code) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-    for (const std::string& text : mentions) EXPECT_NE(message.find(text), std::string::npos) << message;
-}
 
 HfConfig parse_ok(const std::string& text) {
     Result<HfConfig> config = HfConfig::parse(text, "test/config.json");

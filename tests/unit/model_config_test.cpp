@@ -3,14 +3,12 @@
 // ../shared/specs/qwen35-moe.md §1.1, ../shared/specs/gguf-layouts.md), the errors a bad file
 // gives, and `kestrel info` on the tiny HF fixture folder.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
+
+#include "test_support.h"
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,6 +21,8 @@
 
 namespace kestrel {
 namespace {
+
+using testing::expect_error;
 
 using nlohmann::json;
 using namespace test_support;
@@ -49,13 +49,6 @@ void add_tiny_tensor(GgufWriter& writer, const std::string& name) {
     ASSERT_TRUE(status.ok()) << status.message();
 }
 
-template <class T>
-void expect_error(const Result<T>& result, std::initializer_list<std::string> mentions) {
-    ASSERT_FALSE(result.ok()) << "expected an error mentioning " << *mentions.begin();
-    const std::string& message = result.status().message();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-    for (const std::string& text : mentions) EXPECT_NE(message.find(text), std::string::npos) << message;
-}
 
 std::string repeat_group(const std::string& group, int times) {
     std::string out;
@@ -424,38 +417,8 @@ TEST(ModelConfigErrors, KvHeadsThatDoNotDivideTheQueryHeads) {
 
 const std::filesystem::path kTinyFixture = std::filesystem::path(KESTREL_SOURCE_DIR) / "tests" / "fixtures" / "hf_tiny";
 
-struct CommandResult {
-    bool exited = false;
-    int exit_code = -1;
-    std::string out;
-    std::string err;
-};
-
-std::string slurp(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-CommandResult run_kestrel(const std::string& arguments) {
-    // Unique per process: ctest runs tests in parallel.
-    const std::string stem = (std::filesystem::temp_directory_path() / "kestrel_model_config_").string() +
-                             std::to_string(::getpid());
-    const std::filesystem::path out = stem + ".out";
-    const std::filesystem::path err = stem + ".err";
-    const std::string command =
-        std::string("'") + KESTREL_BINARY + "' " + arguments + " >'" + out.string() + "' 2>'" + err.string() + "'";
-    const int status = std::system(command.c_str());
-    CommandResult result;
-    result.exited = WIFEXITED(status);
-    result.exit_code = result.exited ? WEXITSTATUS(status) : -1;
-    result.out = slurp(out);
-    result.err = slurp(err);
-    std::filesystem::remove(out);
-    std::filesystem::remove(err);
-    return result;
-}
+using testing::CommandResult;
+using testing::run_kestrel;
 
 TEST(ModelConfigHfFixture, TinyConfigIsAValidGemma3TextConfig) {
     Result<HfConfig> hf = load_hf_config(kTinyFixture);
@@ -498,7 +461,7 @@ TEST(ModelConfigHfFixture, KestrelInfoJson) {
     EXPECT_EQ(info["vocab_size"], 32);
     // Parameters: every element of every tensor the fixture's generator wrote (expected.json),
     // none of them in a vision tower.
-    const json expected = json::parse(slurp(kTinyFixture / "expected.json"));
+    const json expected = json::parse(testing::read_text_file(kTinyFixture / "expected.json"));
     int64_t elements = 0;
     for (const auto& [name, tensor] : expected["tensors"].items()) {
         int64_t n = 1;

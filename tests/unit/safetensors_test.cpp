@@ -3,6 +3,8 @@
 // here from the fixture's bytes.
 #include <gtest/gtest.h>
 
+#include "test_support.h"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -22,6 +24,8 @@
 
 namespace kestrel {
 namespace {
+
+using testing::expect_error;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -79,15 +83,6 @@ Parts split(const std::vector<uint8_t>& file) {
 
 std::vector<uint8_t> join(const Parts& parts) { return make_file(parts.header.dump(), parts.data); }
 
-// The error contract: not ok, the expected code, one line, names the file (and more).
-template <class T>
-void expect_error(const Result<T>& result, StatusCode code, std::initializer_list<std::string> mentions) {
-    ASSERT_FALSE(result.ok());
-    const std::string& message = result.status().message();
-    EXPECT_EQ(result.status().code(), code) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-    for (const std::string& text : mentions) EXPECT_NE(message.find(text), std::string::npos) << message;
-}
 
 Result<SafetensorsFile> parse_bytes(const std::vector<uint8_t>& bytes) {
     return SafetensorsFile::parse(bytes, "bad.safetensors");
