@@ -11,6 +11,10 @@ namespace kestrel::cli {
 using Command = std::function<int()>;
 
 Command add_info_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
+Command add_chat_command(CLI::App& app);
+Command add_tokenize_command(CLI::App& app);
+Command add_perplexity_command(CLI::App& app);
 
 // Prints "error: <message>" on stderr and returns 1.
 int fail(const std::string& message);

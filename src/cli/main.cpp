@@ -25,7 +25,11 @@ int main(int argc, char** argv) {
     app.add_flag("-q,--quiet", quiet, "Log errors only");
 
     std::map<std::string, kestrel::cli::Command> commands;
+    commands["run"] = kestrel::cli::add_run_command(app);
+    commands["chat"] = kestrel::cli::add_chat_command(app);
     commands["info"] = kestrel::cli::add_info_command(app);
+    commands["tokenize"] = kestrel::cli::add_tokenize_command(app);
+    commands["perplexity"] = kestrel::cli::add_perplexity_command(app);
 
     try {
         app.parse(argc, argv);

@@ -1,0 +1,44 @@
+// Flags and loading shared by the verbs that run a model (run, chat, perplexity, tokenize).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "chat/chat_template.h"
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kestrel::cli {
+
+struct ModelOptions {
+    std::string model;            // -m; empty: the default model
+    int64_t context = 4096;       // -c; 0: the model's trained context. Capped by it.
+    int64_t prefill_chunk = 512;  // -b
+    int threads = 0;              // -t; 0: every hardware thread
+};
+
+void add_model_options(CLI::App& command, ModelOptions& options);
+
+// -s is a flag of its own: without it the seed is random (and logged, so a run can be repeated).
+struct SamplingOptions {
+    SamplingParams params;
+    int64_t seed = -1;
+};
+
+void add_sampling_options(CLI::App& command, SamplingOptions& options);
+// The parameters with the seed resolved, or the first invalid flag.
+Result<SamplingParams> resolve_sampling(const SamplingOptions& options);
+
+Result<std::unique_ptr<Engine>> load_engine(const ModelOptions& options);
+// Only the tokenizer, for verbs that need no weights.
+Result<Tokenizer> load_tokenizer(const ModelOptions& options);
+// The context a session gets: -c, 0 meaning the trained context, capped by it.
+int64_t session_context(const ModelOptions& options, const ModelConfig& config);
+// The chat format of the loaded files (template text if present, else the architecture).
+Result<ChatFormat> chat_format_of(const ModelFiles& files, const ModelConfig& config);
+
+}  // namespace kestrel::cli

@@ -1,0 +1,321 @@
+// Gemma 3 (text): weights and forward pass. Follows HF transformers' Gemma3ForCausalLM
+// (modeling_gemma3.py) and llama.cpp's src/models/gemma3.cpp; spec: shared/specs/
+// gemma4-and-gemma3.md §2 and §8.
+//
+//   x = E[tok] * sqrt(d_model)
+//   per layer (5 sliding : 1 full):
+//     h = rms_norm(x, attn_norm)
+//     q, k, v = h Wq^T, h Wk^T, h Wv^T
+//     q, k = rope(rms_norm_head(q, q_norm)), rope(rms_norm_head(k, k_norm))   # QK-norm, then RoPE
+//     o = softmax(q k^T * query_pre_attn_scalar^-0.5 + mask) v                # GQA, sliding mask
+//     x = x + rms_norm(o Wo^T, post_attention_norm)
+//     h = rms_norm(x, ffn_norm)
+//     x = x + rms_norm((gelu_tanh(h Wg^T) * h Wu^T) Wd^T, post_ffw_norm)
+//   logits = rms_norm(x, output_norm) E^T                                      # tied lm_head
+//
+// Norms are (1 + w) RMSNorms (HF Gemma3RMSNorm). GGUF files store 1 + w already (llama.cpp's
+// converter adds 1); HF checkpoints store w, so the loader adds 1 there.
+#include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/log.h"
+#include "models/model.h"
+
+namespace kestrel {
+
+namespace {
+
+// ---- weights ------------------------------------------------------------------------------------
+// Dequantised to fp32 at load (the CPU reference). d = d_model, hd = head_dim, f = ffn_size.
+
+struct Gemma3Layer {
+    std::vector<float> attn_norm;       // [d]              1 + w
+    std::vector<float> wq;              // [n_heads * hd, d]
+    std::vector<float> wk;              // [n_kv_heads * hd, d]
+    std::vector<float> wv;              // [n_kv_heads * hd, d]
+    std::vector<float> q_norm;          // [hd]             1 + w, shared by every head
+    std::vector<float> k_norm;          // [hd]             1 + w
+    std::vector<float> wo;              // [d, n_heads * hd]
+    std::vector<float> post_attn_norm;  // [d]              1 + w
+    std::vector<float> ffn_norm;        // [d]              1 + w (HF pre_feedforward_layernorm)
+    std::vector<float> w_gate;          // [f, d]
+    std::vector<float> w_up;            // [f, d]
+    std::vector<float> w_down;          // [d, f]
+    std::vector<float> post_ffn_norm;   // [d]              1 + w
+};
+
+struct Gemma3Weights {
+    std::vector<float> token_embd;   // [vocab, d]
+    std::vector<float> output_norm;  // [d]                 1 + w
+    std::vector<float> output;       // [vocab, d]; empty when tied to token_embd (every Gemma 3)
+    std::vector<Gemma3Layer> layers;
+};
+
+// ---- the name table: one place that knows what each tensor is called -----------------------
+
+struct TensorName {
+    std::string_view gguf;  // llama.cpp (spec §7.2); "{}" is the layer index
+    std::string_view hf;    // transformers, under the text model's prefix
+    bool is_norm;           // HF stores w of a (1 + w) norm
+};
+
+constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight", false};
+constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", true};
+constexpr TensorName kOutput = {"output.weight", "lm_head.weight", false};
+
+struct LayerTensor {
+    TensorName name;
+    std::vector<float> Gemma3Layer::*field;
+};
+
+constexpr LayerTensor kLayerTensors[] = {
+    {{"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight", true}, &Gemma3Layer::attn_norm},
+    {{"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight", false}, &Gemma3Layer::wq},
+    {{"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight", false}, &Gemma3Layer::wk},
+    {{"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight", false}, &Gemma3Layer::wv},
+    {{"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight", true}, &Gemma3Layer::q_norm},
+    {{"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight", true}, &Gemma3Layer::k_norm},
+    {{"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight", false}, &Gemma3Layer::wo},
+    {{"blk.{}.post_attention_norm.weight", "layers.{}.post_attention_layernorm.weight", true},
+     &Gemma3Layer::post_attn_norm},
+    {{"blk.{}.ffn_norm.weight", "layers.{}.pre_feedforward_layernorm.weight", true}, &Gemma3Layer::ffn_norm},
+    {{"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight", false}, &Gemma3Layer::w_gate},
+    {{"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight", false}, &Gemma3Layer::w_up},
+    {{"blk.{}.ffn_down.weight", "layers.{}.mlp.down_proj.weight", false}, &Gemma3Layer::w_down},
+    {{"blk.{}.post_ffw_norm.weight", "layers.{}.post_feedforward_layernorm.weight", true},
+     &Gemma3Layer::post_ffn_norm},
+};
+
+// Reads tensors by their GGUF or HF name, checks shapes, and turns HF's w into 1 + w.
+class WeightReader {
+public:
+    explicit WeightReader(const ModelFiles& files) : files_(files) {
+        if (files.format == ModelFormat::kHfFolder) {
+            // Text-only checkpoints use "model."; multimodal ones nest the language model.
+            for (std::string_view prefix : {"model.", "model.language_model.", "language_model.model."}) {
+                if (files.weights->find(fmt::format("{}embed_tokens.weight", prefix)) != nullptr) {
+                    hf_prefix_ = prefix;
+                    break;
+                }
+            }
+        }
+    }
+
+    std::string name_of(const TensorName& name, int64_t layer) const {
+        if (files_.format == ModelFormat::kGguf) return fmt::format(fmt::runtime(name.gguf), layer);
+        // lm_head sits outside the text model in every HF layout.
+        if (name.hf == kOutput.hf) return std::string(name.hf);
+        return hf_prefix_ + fmt::format(fmt::runtime(name.hf), layer);
+    }
+
+    bool has(const TensorName& name) const { return files_.weights->find(name_of(name, -1)) != nullptr; }
+
+    Result<std::vector<float>> read(const TensorName& name, int64_t layer, std::vector<int64_t> shape) const {
+        const std::string full = name_of(name, layer);
+        const WeightInfo* info = files_.weights->find(full);
+        if (info == nullptr) {
+            return Status(StatusCode::kNotFound,
+                          fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
+        }
+        if (info->shape != shape) {
+            return Status(StatusCode::kCorruptFile,
+                          fmt::format("{}: tensor '{}' has shape [{}], expected [{}]", files_.weights->description(),
+                                      full, fmt::join(info->shape, ", "), fmt::join(shape, ", ")));
+        }
+        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read_tensor_f32(*files_.weights, *info));
+        if (name.is_norm && files_.format == ModelFormat::kHfFolder) {
+            for (float& w : data) w += 1.0f;  // HF Gemma3RMSNorm multiplies by (1 + w)
+        }
+        return data;
+    }
+
+private:
+    const ModelFiles& files_;
+    std::string hf_prefix_ = "model.";
+};
+
+// ---- the model ----------------------------------------------------------------------------------
+
+class Gemma3 final : public Model {
+public:
+    Gemma3(ModelConfig config, Gemma3Weights weights, float query_scale)
+        : config_(std::move(config)), w_(std::move(weights)), query_scale_(query_scale) {}
+
+    const ModelConfig& config() const override { return config_; }
+
+    std::vector<KvLayerSpec> kv_layout() const override {
+        std::vector<KvLayerSpec> layout;
+        for (const LayerConfig& layer : config_.layers) {
+            layout.push_back({layer.n_kv_heads, layer.head_dim, layer.v_head_dim,
+                              layer.kind == LayerKind::kSliding ? config_.sliding_window : 0});
+        }
+        return layout;
+    }
+
+    Status forward(Ops& ops, const Batch& batch, std::span<const KvLayerView> kv, const ForwardOptions& options,
+                   std::span<float> logits) const override;
+
+private:
+    LinearWeight linear(const std::vector<float>& w, int64_t out, int64_t in) const {
+        return LinearWeight{WeightFormat::kF32, w.data(), out, in};
+    }
+
+    ModelConfig config_;
+    Gemma3Weights w_;
+    float query_scale_;  // query_pre_attn_scalar^-0.5
+};
+
+Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView> kv, const ForwardOptions& options,
+                       std::span<float> logits) const {
+    const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
+    const int64_t d = config_.hidden_size;
+    const int64_t f = config_.ffn_size;
+    const int64_t n_heads = config_.n_heads;
+    const int64_t vocab = config_.vocab_size;
+    const float eps = static_cast<float>(config_.rms_norm_eps);
+    const int64_t n_logit_rows =
+        options.logits == LogitRows::kAll ? n_tokens : (options.logits == LogitRows::kLast ? 1 : 0);
+    if (n_tokens == 0 || static_cast<int64_t>(batch.positions.size()) != n_tokens ||
+        static_cast<int64_t>(kv.size()) != config_.n_layers ||
+        static_cast<int64_t>(logits.size()) != n_logit_rows * vocab) {
+        return Status(StatusCode::kInternal, "gemma3 forward: batch, KV views or logits buffer of the wrong size");
+    }
+    auto dump = [&](std::string_view name, int64_t layer, const std::vector<float>& data, int64_t cols) {
+        if (options.debug != nullptr) (*options.debug)(name, layer, data.data(), n_tokens, cols);
+    };
+
+    // Gemma: the embedding is scaled by sqrt(d_model), a float32 constant (HF Gemma3TextScaledWordEmbedding).
+    std::vector<float> x(static_cast<size_t>(n_tokens * d));  // [T, d], the residual stream
+    ops.embed(batch.tokens, w_.token_embd.data(), d, static_cast<float>(std::sqrt(static_cast<double>(d))), x.data());
+    dump("inp_scaled", -1, x, d);
+
+    std::vector<float> attn_norm(x.size()), attn_proj(x.size()), ffn_norm(x.size()), ffn_out(x.size());
+    std::vector<float> gate(static_cast<size_t>(n_tokens * f)), up(gate.size()), ffn_act(gate.size());
+    std::vector<float> q, k, v, attn_out;
+
+    for (int64_t il = 0; il < config_.n_layers; ++il) {
+        const Gemma3Layer& layer = w_.layers[il];
+        const LayerConfig& lc = config_.layers[il];
+        const bool sliding = lc.kind == LayerKind::kSliding;
+        const int64_t hd = lc.head_dim;
+        const int64_t n_kv = lc.n_kv_heads;
+        // Gemma 3: sliding layers use the local base frequency (1e4), full layers the global (1e6).
+        const double theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
+
+        // ---- attention ----
+        ops.rms_norm(x.data(), layer.attn_norm.data(), n_tokens, d, eps, attn_norm.data());
+        dump("attn_norm", il, attn_norm, d);
+
+        q.resize(static_cast<size_t>(n_tokens * n_heads * hd));
+        k.resize(static_cast<size_t>(n_tokens * n_kv * hd));
+        v.resize(static_cast<size_t>(n_tokens * n_kv * lc.v_head_dim));
+        ops.linear(attn_norm.data(), n_tokens, linear(layer.wq, n_heads * hd, d), q.data());
+        ops.linear(attn_norm.data(), n_tokens, linear(layer.wk, n_kv * hd, d), k.data());
+        ops.linear(attn_norm.data(), n_tokens, linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
+        dump("Vcur", il, v, n_kv * lc.v_head_dim);
+
+        // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor rotated.
+        ops.head_norm_rope(q.data(), layer.q_norm.data(), batch.positions, n_heads, hd, eps, theta);
+        ops.head_norm_rope(k.data(), layer.k_norm.data(), batch.positions, n_kv, hd, eps, theta);
+        dump("Qcur", il, q, n_heads * hd);
+        dump("Kcur", il, k, n_kv * hd);
+
+        ops.kv_write(kv[il], batch.positions, k.data(), v.data());
+        attn_out.resize(static_cast<size_t>(n_tokens * n_heads * lc.v_head_dim));
+        // Gemma 3: scores = q·k * query_pre_attn_scalar^-0.5; sliding layers see the last `window` positions.
+        const AttentionParams params{n_heads, query_scale_, sliding ? config_.sliding_window : 0, 0.0f};
+        ops.attention(q.data(), batch.positions, kv[il], params, attn_out.data());
+        dump("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
+
+        ops.linear(attn_out.data(), n_tokens, linear(layer.wo, d, n_heads * lc.v_head_dim), attn_proj.data());
+        dump("attn_proj", il, attn_proj, d);
+        // Sandwich norm: x = x + rms_norm(attn, post_attention_norm).
+        ops.rms_norm_add(attn_proj.data(), layer.post_attn_norm.data(), n_tokens, d, eps, x.data());
+        dump("attn_residual", il, x, d);
+
+        // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
+        ops.rms_norm(x.data(), layer.ffn_norm.data(), n_tokens, d, eps, ffn_norm.data());
+        dump("ffn_norm", il, ffn_norm, d);
+        ops.linear(ffn_norm.data(), n_tokens, linear(layer.w_gate, f, d), gate.data());
+        ops.linear(ffn_norm.data(), n_tokens, linear(layer.w_up, f, d), up.data());
+        ops.gelu_tanh_and_mul(gate.data(), up.data(), n_tokens * f, ffn_act.data());
+        dump("ffn_act", il, ffn_act, f);
+        ops.linear(ffn_act.data(), n_tokens, linear(layer.w_down, d, f), ffn_out.data());
+        dump("ffn_out", il, ffn_out, d);
+        ops.rms_norm_add(ffn_out.data(), layer.post_ffn_norm.data(), n_tokens, d, eps, x.data());
+        dump("l_out", il, x, d);
+    }
+
+    // ---- output: final norm, tied lm_head (only the rows whose logits are asked for) ----
+    if (n_logit_rows == 0) return ok_status();
+    const float* last_rows = x.data() + (n_tokens - n_logit_rows) * d;
+    std::vector<float> out_norm(static_cast<size_t>(n_logit_rows * d));
+    ops.rms_norm(last_rows, w_.output_norm.data(), n_logit_rows, d, eps, out_norm.data());
+    if (options.debug != nullptr) (*options.debug)("result_norm", -1, out_norm.data(), n_logit_rows, d);
+    const std::vector<float>& lm_head = w_.output.empty() ? w_.token_embd : w_.output;
+    ops.logits(out_norm.data(), n_logit_rows, linear(lm_head, vocab, d),
+               static_cast<float>(config_.final_logit_softcap), logits.data());
+    return ok_status();
+}
+
+// llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): GGUF files carry no query_pre_attn_scalar;
+// it is head_dim for every size except 27B (62 layers), where it is d_model / n_heads.
+// HF configs state it.
+Result<float> query_scale(const ModelConfig& config, const ModelFiles& files) {
+    double scalar = static_cast<double>(config.layers.front().head_dim);
+    if (files.format == ModelFormat::kHfFolder && files.hf_config.has_value()) {
+        KESTREL_ASSIGN_OR_RETURN(scalar, files.hf_config->get_float_or("query_pre_attn_scalar", scalar));
+    } else if (config.n_layers == 62) {
+        scalar = static_cast<double>(config.hidden_size / config.n_heads);
+    }
+    return static_cast<float>(1.0 / std::sqrt(scalar));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const ModelFiles& files) {
+    if (config.n_layers <= 0 || static_cast<int64_t>(config.layers.size()) != config.n_layers) {
+        return Status(StatusCode::kCorruptFile, "gemma3: the config has no layers");
+    }
+    const int64_t d = config.hidden_size;
+    const int64_t f = config.ffn_size;
+    const int64_t vocab = config.vocab_size;
+    WeightReader reader(files);
+    Gemma3Weights w;
+    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
+    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));
+    if (reader.has(kOutput)) {
+        KESTREL_ASSIGN_OR_RETURN(w.output, reader.read(kOutput, -1, {vocab, d}));
+    }
+
+    w.layers.resize(static_cast<size_t>(config.n_layers));
+    for (int64_t il = 0; il < config.n_layers; ++il) {
+        const LayerConfig& lc = config.layers[il];
+        if (lc.kind == LayerKind::kLinear || lc.k_eq_v) {
+            return Status(StatusCode::kCorruptFile, fmt::format("gemma3: layer {} is not a softmax attention layer", il));
+        }
+        const int64_t q_dim = config.n_heads * lc.head_dim;
+        const int64_t k_dim = lc.n_kv_heads * lc.head_dim;
+        const int64_t v_dim = lc.n_kv_heads * lc.v_head_dim;
+        const int64_t o_in = config.n_heads * lc.v_head_dim;
+        for (const LayerTensor& tensor : kLayerTensors) {
+            std::vector<int64_t> shape;
+            auto field = tensor.field;
+            if (field == &Gemma3Layer::wq) shape = {q_dim, d};
+            else if (field == &Gemma3Layer::wk) shape = {k_dim, d};
+            else if (field == &Gemma3Layer::wv) shape = {v_dim, d};
+            else if (field == &Gemma3Layer::q_norm || field == &Gemma3Layer::k_norm) shape = {lc.head_dim};
+            else if (field == &Gemma3Layer::wo) shape = {d, o_in};
+            else if (field == &Gemma3Layer::w_gate || field == &Gemma3Layer::w_up) shape = {f, d};
+            else if (field == &Gemma3Layer::w_down) shape = {d, f};
+            else shape = {d};
+            KESTREL_ASSIGN_OR_RETURN(w.layers[il].*field, reader.read(tensor.name, il, shape));
+        }
+    }
+    KESTREL_ASSIGN_OR_RETURN(float scale, query_scale(config, files));
+    return std::unique_ptr<Model>(std::make_unique<Gemma3>(config, std::move(w), scale));
+}
+
+}  // namespace kestrel

@@ -1,0 +1,37 @@
+// Architecture name (GGUF spelling) -> the factory that loads its weights.
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include "models/model.h"
+
+namespace kestrel {
+
+namespace {
+
+using Factory = Result<std::unique_ptr<Model>> (*)(const ModelConfig&, const ModelFiles&);
+
+struct Entry {
+    std::string_view architecture;
+    Factory factory;
+};
+
+constexpr Entry kRegistry[] = {
+    {"gemma3", &load_gemma3},
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const ModelFiles& files) {
+    for (const Entry& entry : kRegistry) {
+        if (entry.architecture == config.architecture) return entry.factory(config, files);
+    }
+    std::string known;
+    for (const Entry& entry : kRegistry) known += fmt::format("{}{}", known.empty() ? "" : ", ", entry.architecture);
+    return Status(StatusCode::kUnsupported,
+                  fmt::format("{}: architecture '{}' has no forward pass yet (implemented: {})",
+                              files.weights ? files.weights->description() : files.path.string(),
+                              config.architecture, known));
+}
+
+}  // namespace kestrel

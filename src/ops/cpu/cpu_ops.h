@@ -1,0 +1,110 @@
+// The CPU reference backend: one free function per op (one file per op family), and CpuOps,
+// which implements the Ops interface with them. Tests call the free functions directly.
+//
+// Summation order is fixed (see dot()), so a row's result does not depend on how many rows are
+// computed together, on the thread count, or on how a prompt is chunked.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+
+#include "ops/ops.h"
+
+namespace kestrel::cpu {
+
+// Eight fp32 lanes. GCC/Clang vector extensions keep the summation order explicit (lane by
+// lane, the same whether the compiler emits one AVX op or two SSE ops, so results do not depend
+// on the CPU); with -ffp-contract=off a * b + c is a multiply then an add, exactly as written.
+// F8 values only pass between inlined helpers inside the CPU kernels, never across a library
+// boundary, so GCC's note that a 32-byte vector is passed differently with and without AVX
+// does not apply; it is silenced for the files that include this header.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float F8 __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+
+inline F8 load8(const float* p) {
+    F8 v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// The reduction of the lanes, in one fixed order.
+inline float reduce8(F8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+// sum_i a[i] * b[i] with fp32 accumulation: lane l sums the products with i % 8 == l in order,
+// then the lanes are reduced. Every kernel that computes a dot product uses this order.
+inline float dot(const float* a, const float* b, int64_t n) {
+    F8 acc = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) acc += load8(a + i) * load8(b + i);
+    for (int64_t l = 0; i < n; ++i, ++l) acc[l] += a[i] * b[i];
+    return reduce8(acc);
+}
+
+// Hot loops are compiled twice, for AVX2 and for baseline x86-64, and picked at load time
+// (GCC/Clang function multiversioning). Both clones compute the same lanes in the same order.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
+#define KESTREL_HOT_LOOP __attribute__((target_clones("avx2", "default")))
+#else
+#define KESTREL_HOT_LOOP
+#endif
+
+// embed.cpp
+void embed(std::span<const int32_t> ids, const float* table, int64_t dim, float scale, float* out);
+
+// norm.cpp
+void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out);
+
+// linear.cpp. y [rows, w.out] = x [rows, w.in] · W^T, rows split over `threads`.
+void linear(const float* x, int64_t rows, const LinearWeight& w, float* y, int threads);
+
+// rope.cpp
+void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim, double theta);
+
+// attention.cpp
+void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k, const float* v);
+void attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
+               const AttentionParams& params, float* out, int threads);
+// softmax in place over n scores (max-subtracted, fp32 sums in order).
+void softmax(float* x, int64_t n);
+// The first key position a query at `position` sees: 0 for full attention, else
+// max(0, position - window + 1) (HF sliding mask: q_pos - k_pos < window).
+int64_t first_visible_position(int64_t position, int64_t window);
+
+// elementwise.cpp
+float gelu_tanh(float x);
+void gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out);
+void add(const float* a, const float* b, int64_t n, float* out);
+void scale(float* x, int64_t n, float s);
+void softcap(float* x, int64_t n, float cap);
+
+class CpuOps final : public Ops {
+public:
+    explicit CpuOps(int threads);
+    const char* name() const override { return "cpu"; }
+    int threads() const { return threads_; }
+
+    void embed(std::span<const int32_t> ids, const float* table, int64_t dim, float scale, float* out) override;
+    void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) override;
+    void linear(const float* x, int64_t rows, const LinearWeight& w, float* y) override;
+    void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                   double theta) override;
+    void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
+                  const float* v) override;
+    void attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
+                   const AttentionParams& params, float* out) override;
+    void gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
+    void add(const float* a, const float* b, int64_t n, float* out) override;
+    void scale(float* x, int64_t n, float s) override;
+    void logits(const float* x, int64_t rows, const LinearWeight& lm_head, float softcap, float* out) override;
+    void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                      float* residual) override;
+    void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
+                        int64_t head_dim, float eps, double theta) override;
+
+private:
+    int threads_;
+};
+
+}  // namespace kestrel::cpu

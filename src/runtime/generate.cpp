@@ -1,0 +1,82 @@
+#include "runtime/generate.h"
+
+#include <chrono>
+
+#include "runtime/stop_strings.h"
+
+namespace kestrel {
+
+const char* stop_reason_name(StopReason reason) {
+    switch (reason) {
+        case StopReason::kEndOfGeneration: return "end of generation";
+        case StopReason::kStopString: return "stop string";
+        case StopReason::kMaxTokens: return "token limit";
+        case StopReason::kContextFull: return "context full";
+        case StopReason::kCancelled: return "cancelled";
+    }
+    return "unknown";
+}
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+Result<GenerateResult> generate(Session& session, const Tokenizer& tokenizer, Sampler& sampler,
+                                std::span<const int32_t> prompt, const GenerateOptions& options,
+                                const TextSink& on_text) {
+    GenerateResult result;
+    result.prompt_tokens = static_cast<int64_t>(prompt.size());
+    auto start = std::chrono::steady_clock::now();
+    KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits, session.prefill(prompt));
+    result.prompt_seconds = seconds_since(start);
+    for (int32_t token : prompt) sampler.accept(token);
+
+    TokenStreamDecoder decoder(tokenizer, /*skip_special=*/true);
+    StopStringFilter stops(options.stop_strings);
+    const auto emit = [&](const std::string& text) {
+        if (text.empty()) return true;
+        result.text += text;
+        return on_text ? on_text(text) : true;
+    };
+
+    start = std::chrono::steady_clock::now();
+    result.stop_reason = StopReason::kMaxTokens;
+    while (options.max_tokens < 0 || static_cast<int64_t>(result.tokens.size()) < options.max_tokens) {
+        const int32_t token = sampler.sample(logits);
+        sampler.accept(token);
+        result.tokens.push_back(token);
+        if (tokenizer.is_end_of_generation(token)) {
+            result.stop_reason = StopReason::kEndOfGeneration;
+            break;
+        }
+        if (!emit(stops.push(decoder.push(token)))) {
+            result.stop_reason = StopReason::kCancelled;
+            break;
+        }
+        if (stops.stopped()) {
+            result.stop_reason = StopReason::kStopString;
+            break;
+        }
+        // The sampled token is shown; it needs a cache slot only if another one follows.
+        const bool budget_left = options.max_tokens < 0 || static_cast<int64_t>(result.tokens.size()) < options.max_tokens;
+        if (!budget_left) break;
+        if (session.position() >= session.context()) {
+            result.stop_reason = StopReason::kContextFull;
+            break;
+        }
+        KESTREL_ASSIGN_OR_RETURN(logits, session.decode(token));
+        ++result.generated_tokens;
+    }
+    if (result.stop_reason != StopReason::kStopString && result.stop_reason != StopReason::kCancelled) {
+        emit(stops.push(decoder.flush()));
+        emit(stops.flush());
+    }
+    result.generate_seconds = seconds_since(start);
+    return result;
+}
+
+}  // namespace kestrel
