@@ -22,6 +22,16 @@ namespace kestrel {
 struct Batch {
     std::span<const int32_t> tokens;     // [T]
     std::span<const int64_t> positions;  // [T]
+    // The sequence's Gated DeltaNet state, one view per layer (null pointers for attention
+    // layers), updated in place; empty for models without linear layers (recurrent_layout()).
+    std::span<const RecurrentLayerView> recurrent = {};
+};
+
+// What one Gated DeltaNet layer's state holds, so the runtime can size it (zeros: no state).
+struct RecurrentLayerSpec {
+    int64_t conv_kernel = 0;
+    int64_t conv_channels = 0;
+    int64_t state_floats = 0;  // n_v_heads * k_head_dim * v_head_dim
 };
 
 // What one layer's KV cache must hold, so the runtime can size it (flat or ring).
@@ -56,6 +66,8 @@ public:
     virtual const ModelConfig& config() const = 0;
     // One entry per layer.
     virtual std::vector<KvLayerSpec> kv_layout() const = 0;
+    // One entry per layer when the model has recurrent (Gated DeltaNet) layers; empty otherwise.
+    virtual std::vector<RecurrentLayerSpec> recurrent_layout() const { return {}; }
     // Runs the batch, appending its keys and values to `kv` (one view per layer), and writes the
     // logits to `logits` (sized as ForwardOptions::logits says).
     virtual Status forward(Ops& ops, const Batch& batch, std::span<const KvLayerView> kv,
@@ -68,5 +80,11 @@ Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const Model
 
 // gemma3.cpp
 Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const ModelFiles& files);
+
+// gemma4.cpp
+Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const ModelFiles& files);
+
+// qwen35_moe.cpp
+Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files);
 
 }  // namespace kestrel

@@ -226,6 +226,7 @@ Result<ModelConfig> model_config_from_gguf(const GgufFile& file) {
         config.linear_k_heads = keys.int_or("ssm.group_count", 0);
         config.linear_v_heads = keys.int_or("ssm.time_step_rank", 0);
         const int64_t inner_size = keys.int_or("ssm.inner_size", 0);
+        config.rope_dim = keys.int_or("rope.dimension_count", 0);
         config.linear_v_head_dim = config.linear_v_heads > 0 ? inner_size / config.linear_v_heads : 0;
         for (int64_t i = 0; i < config.n_layers; ++i) {
             LayerConfig& layer = config.layers[i];
@@ -391,6 +392,10 @@ Result<ModelConfig> model_config_from_hf(const HfConfig& hf) {
         config.linear_v_heads = fields.int_or("linear_num_value_heads", 0);
         config.linear_k_head_dim = fields.int_or("linear_key_head_dim", 0);
         config.linear_v_head_dim = fields.int_or("linear_value_head_dim", 0);
+        // transformers 5 keeps partial_rotary_factor in rope_parameters; older configs at the top level.
+        const double rotary_factor =
+            fields.float_or("rope_parameters.partial_rotary_factor", fields.float_or("partial_rotary_factor", 1.0));
+        config.rope_dim = static_cast<int64_t>(static_cast<double>(head_dim) * rotary_factor);
         for (int64_t i = 0; i < config.n_layers; ++i) {
             LayerConfig& layer = config.layers.emplace_back();
             layer.kind = kinds[i];

@@ -57,6 +57,7 @@ struct ModelConfig {
     double rms_norm_eps = 1e-6;
     double rope_theta = 10000.0;          // full-attention layers
     double rope_theta_sliding = 10000.0;  // sliding layers
+    int64_t rope_dim = 0;                 // rotated dims of each head (partial RoPE, Qwen3.5: 64 of 256); 0: all
     double final_logit_softcap = 0.0;     // 0: none
 
     int64_t count_layers(LayerKind kind) const;

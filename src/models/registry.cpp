@@ -18,6 +18,8 @@ struct Entry {
 
 constexpr Entry kRegistry[] = {
     {"gemma3", &load_gemma3},
+    {"gemma4", &load_gemma4},
+    {"qwen35moe", &load_qwen35_moe},
 };
 
 }  // namespace

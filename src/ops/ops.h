@@ -45,6 +45,38 @@ struct AttentionParams {
     float softcap = 0.0f; // 0: none; else scores = softcap * tanh(scores / softcap)
 };
 
+// One Gated DeltaNet layer's state of one sequence (Qwen3.5 "linear_attention" layers).
+struct RecurrentLayerView {
+    float* conv = nullptr;   // [conv_kernel - 1, conv_channels]: the last raw (pre-conv) inputs, oldest first
+    float* state = nullptr;  // [n_v_heads, k_head_dim, v_head_dim]: S[h][i][j]
+    int64_t conv_kernel = 0;
+    int64_t conv_channels = 0;
+};
+
+// Which key head a Gated DeltaNet value head reads (n_v_heads = r * n_k_heads). HF checkpoints
+// group value heads by key head (v head h reads k head h / r, `repeat_interleave`); llama.cpp's
+// converter reorders them to tiled order (v head h reads k head h % n_k_heads).
+enum class GdnHeadOrder { kGrouped, kTiled };
+
+struct GatedDeltaParams {
+    int64_t n_k_heads = 0;
+    int64_t n_v_heads = 0;
+    int64_t k_head_dim = 0;
+    int64_t v_head_dim = 0;
+    GdnHeadOrder order = GdnHeadOrder::kGrouped;
+    int64_t chunk = 0;  // 0: the recurrent form, token by token; C: the chunked (WY) form, C tokens per chunk
+};
+
+// The routed experts of one MoE layer, stacked. f = expert_ffn_size, d = d_model.
+struct MoeExpertWeights {
+    const float* gate = nullptr;  // [n_experts, f, d]
+    const float* up = nullptr;    // [n_experts, f, d]
+    const float* down = nullptr;  // [n_experts, d, f]
+    int64_t n_experts = 0;
+    int64_t ffn = 0;
+    int64_t dim = 0;
+};
+
 class Ops {
 public:
     virtual ~Ops() = default;
@@ -91,6 +123,56 @@ public:
     // embedding table.
     virtual void logits(const float* x, int64_t rows, const LinearWeight& lm_head, float softcap,
                         float* out) = 0;
+
+    // ---- Qwen3.5 (hybrid Gated DeltaNet + gated attention + MoE) --------------------------------
+
+    // out[i] = silu(gate[i]) * up[i]   (SwiGLU).   gate, up, out [n]
+    virtual void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) = 0;
+    // out[i] = x[i] * sigmoid(gate[i])   (Qwen3.5 attention output gate); out may alias x.
+    virtual void sigmoid_mul(const float* x, const float* gate, int64_t n, float* out) = 0;
+    // out[t, :] += sigmoid(gate[t]) * x[t, :]   (Qwen3.5 shared expert's scalar gate).   x, out [T, D]
+    virtual void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out) = 0;
+    // rope_neox on the first rotary_dim of each head's head_dim values, frequencies
+    // theta^(-2j / rotary_dim); the rest pass through (HF partial_rotary_factor).
+    virtual void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads,
+                                   int64_t head_dim, int64_t rotary_dim, double theta) = 0;
+    // out[r, :] = weight * rms_norm(x[r, :]) * silu(z[r, :])   (HF Qwen3_5MoeRMSNormGated; plain w).
+    virtual void rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows, int64_t dim,
+                                float eps, float* out) = 0;
+    // Causal depthwise conv1d over time with state, then optional SiLU:
+    // out[t, c] = act(sum_j w[c, j] * in[t - K + 1 + j, c]), where inputs before the batch come
+    // from state.conv, which is then updated to the last K - 1 inputs.   x, out [T, C], w [C, K]
+    virtual void conv1d_causal(const float* x, int64_t rows, const float* weight, const RecurrentLayerView& state,
+                               bool silu, float* out) = 0;
+    // One Gated DeltaNet core over T tokens, continuing state.state (HF Qwen3_5MoeGatedDeltaNet
+    // between the conv and the gated norm, with torch_recurrent_gated_delta_rule /
+    // torch_chunk_gated_delta_rule):
+    //   q, k = l2norm(q), l2norm(k) (eps 1e-6);  q *= dk^-0.5
+    //   beta = sigmoid(b);  g = a_neg * softplus(a + dt_bias)      (a_neg = -exp(A_log))
+    //   per value head: S = exp(g_t) S;  S += k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T q_t
+    // qkv [T, 2 * n_k_heads * dk + n_v_heads * dv] (q | k | v, the conv's output), a, b [T, n_v_heads],
+    // a_neg, dt_bias [n_v_heads], out [T, n_v_heads, dv]
+    virtual void gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg,
+                                  const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
+                                  const RecurrentLayerView& state, float* out) = 0;
+    // Router: probabilities = softmax over all n_experts of logits[t, :], then the top k of them
+    // renormalised to sum 1 (HF Qwen3_5MoeTopKRouter). Ties go to the lower expert id.
+    // logits [T, n_experts], ids, weights [T, k]
+    virtual void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
+                           float* weights) = 0;
+    // out[t, :] = sum_j weights[t, j] * down_e(silu(gate_e x[t]) * up_e x[t]), e = ids[t, j], summed
+    // in fp32 in j order.   x, out [T, d]
+    virtual void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
+                             const MoeExpertWeights& experts, float* out) = 0;
+
+    // ---- Gemma 4 ------------------------------------------------------------------------------------
+
+    // In place, proportional RoPE (HF rope_type "proportional", Gemma 4 full layers): rope_neox
+    // over the whole head, (x[j], x[j + D/2]) rotated by pos * theta^(-2j / D) (denominator D =
+    // head_dim, not the rotated width), but only for j < rotary_pairs; the other pairs have
+    // inv_freq 0 and pass through. rotary_pairs = head_dim / 2 is rope_neox.   x [T, n_heads, head_dim]
+    virtual void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads,
+                                   int64_t head_dim, int64_t rotary_pairs, double theta) = 0;
 
     // ---- fused ops (the CPU backend composes the simple ones) -----------------------------------
 

@@ -11,6 +11,7 @@ namespace kestrel {
 Session::Session(const Engine& engine, KvCache cache, int64_t context, int64_t prefill_chunk)
     : engine_(engine),
       cache_(std::move(cache)),
+      recurrent_(engine.model().recurrent_layout()),
       context_(context),
       prefill_chunk_(prefill_chunk),
       logits_(static_cast<size_t>(engine.config().vocab_size)) {}
@@ -38,7 +39,7 @@ Status Session::check(std::span<const int32_t> tokens) const {
 Status Session::step(std::span<const int32_t> tokens, LogitRows rows, std::span<float> logits) {
     positions_.resize(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) positions_[i] = position_ + static_cast<int64_t>(i);
-    const Batch batch{tokens, positions_};
+    const Batch batch{tokens, positions_, recurrent_.views()};
     ForwardOptions options;
     options.logits = rows;
     options.debug = debug_;

@@ -8,6 +8,7 @@
 
 #include "kestrel/status.h"
 #include "runtime/kv_cache.h"
+#include "runtime/recurrent_state.h"
 
 namespace kestrel {
 
@@ -35,9 +36,13 @@ public:
     int64_t context() const { return context_; }
     int64_t prefill_chunk() const { return prefill_chunk_; }
     const KvCache& kv_cache() const { return cache_; }
+    const RecurrentState& recurrent_state() const { return recurrent_; }
 
-    // Forgets every token; the next call starts at position 0.
-    void reset() { position_ = 0; }
+    // Forgets every token (and zeroes the Gated DeltaNet state); the next call starts at position 0.
+    void reset() {
+        position_ = 0;
+        recurrent_.reset();
+    }
 
     // Sees the named intermediates of every later forward (null: none).
     void set_debug_hook(const DebugHook* hook) { debug_ = hook; }
@@ -49,6 +54,7 @@ private:
 
     const Engine& engine_;
     KvCache cache_;
+    RecurrentState recurrent_;  // Gated DeltaNet conv + delta-rule state (empty for attention-only models)
     int64_t context_;
     int64_t prefill_chunk_;
     int64_t position_ = 0;

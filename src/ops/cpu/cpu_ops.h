@@ -79,6 +79,37 @@ void add(const float* a, const float* b, int64_t n, float* out);
 void scale(float* x, int64_t n, float s);
 void softcap(float* x, int64_t n, float cap);
 
+// rope_proportional.cpp
+void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                       int64_t rotary_pairs, double theta);
+
+// qwen35_elementwise.cpp (Qwen3.5's small ops)
+float silu(float x);
+float sigmoid(float x);
+float softplus(float x);  // PyTorch F.softplus: x for x > 20, else log1p(exp(x))
+void silu_and_mul(const float* gate, const float* up, int64_t n, float* out);
+void sigmoid_mul(const float* x, const float* gate, int64_t n, float* out);
+void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out);
+void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                       int64_t rotary_dim, double theta);
+void l2_norm(const float* x, int64_t rows, int64_t dim, float eps, float* out);
+void rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows, int64_t dim, float eps,
+                    float* out);
+
+// conv1d.cpp
+void conv1d_causal(const float* x, int64_t rows, const float* weight, const RecurrentLayerView& state, bool silu,
+                   float* out);
+
+// gated_delta.cpp. chunk 0: recurrent form; else the chunked form. Heads split over `threads`.
+void gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg, const float* dt_bias,
+                      int64_t rows, const GatedDeltaParams& params, const RecurrentLayerView& state, float* out,
+                      int threads);
+
+// moe.cpp
+void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids, float* weights);
+void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
+                 const MoeExpertWeights& experts, float* out, int threads);
+
 class CpuOps final : public Ops {
 public:
     explicit CpuOps(int threads);
@@ -102,6 +133,24 @@ public:
                       float* residual) override;
     void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
                         int64_t head_dim, float eps, double theta) override;
+    void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
+    void sigmoid_mul(const float* x, const float* gate, int64_t n, float* out) override;
+    void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out) override;
+    void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                           int64_t rotary_dim, double theta) override;
+    void rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows, int64_t dim, float eps,
+                        float* out) override;
+    void conv1d_causal(const float* x, int64_t rows, const float* weight, const RecurrentLayerView& state, bool silu,
+                       float* out) override;
+    void gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg, const float* dt_bias,
+                          int64_t rows, const GatedDeltaParams& params, const RecurrentLayerView& state,
+                          float* out) override;
+    void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
+                   float* weights) override;
+    void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
+                     const MoeExpertWeights& experts, float* out) override;
+    void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                           int64_t rotary_pairs, double theta) override;
 
 private:
     int threads_;

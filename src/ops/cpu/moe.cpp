@@ -1,0 +1,71 @@
+// Mixture of experts (Qwen3.5-MoE): softmax top-k routing and the routed SwiGLU experts.
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "ops/cpu/cpu_ops.h"
+
+namespace kestrel::cpu {
+
+// HF Qwen3_5MoeTopKRouter: probs = softmax(logits) over every expert (fp32), top-k of probs,
+// divided by their sum. (transformers 5 renormalises unconditionally; Qwen3.5 configs set
+// norm_topk_prob = true, so older code paths that read the flag agree.)
+void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids, float* weights) {
+    std::vector<float> probs(static_cast<size_t>(n_experts));
+    std::vector<int32_t> order(static_cast<size_t>(n_experts));
+    for (int64_t t = 0; t < rows; ++t) {
+        std::copy(logits + t * n_experts, logits + (t + 1) * n_experts, probs.begin());
+        softmax(probs.data(), n_experts);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return probs[a] > probs[b]; });
+        float sum = 0.0f;
+        for (int64_t j = 0; j < k; ++j) sum += probs[order[j]];
+        for (int64_t j = 0; j < k; ++j) {
+            ids[t * k + j] = order[j];
+            weights[t * k + j] = probs[order[j]] / sum;
+        }
+    }
+}
+
+// Experts run one at a time over the rows routed to them (so each expert's weights are read
+// once per call), then each row sums its k weighted outputs in j order in fp32. A row's result
+// does not depend on which other rows share the call.
+void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
+                 const MoeExpertWeights& e, float* out, int threads) {
+    const int64_t d = e.dim, f = e.ffn;
+    std::vector<float> routed(static_cast<size_t>(rows * k * d));  // [T, k, d], weighted outputs
+    std::vector<float> xs, gate, up, act, y;
+    std::vector<int64_t> slots;  // t * k + j of the rows routed to this expert
+    for (int64_t expert = 0; expert < e.n_experts; ++expert) {
+        slots.clear();
+        for (int64_t i = 0; i < rows * k; ++i)
+            if (ids[i] == expert) slots.push_back(i);
+        if (slots.empty()) continue;
+        const int64_t n = static_cast<int64_t>(slots.size());
+        xs.resize(static_cast<size_t>(n * d));
+        for (int64_t r = 0; r < n; ++r) std::copy(x + (slots[r] / k) * d, x + (slots[r] / k + 1) * d, xs.begin() + r * d);
+        gate.resize(static_cast<size_t>(n * f));
+        up.resize(gate.size());
+        act.resize(gate.size());
+        y.resize(static_cast<size_t>(n * d));
+        linear(xs.data(), n, LinearWeight{WeightFormat::kF32, e.gate + expert * f * d, f, d}, gate.data(), threads);
+        linear(xs.data(), n, LinearWeight{WeightFormat::kF32, e.up + expert * f * d, f, d}, up.data(), threads);
+        silu_and_mul(gate.data(), up.data(), n * f, act.data());
+        linear(act.data(), n, LinearWeight{WeightFormat::kF32, e.down + expert * d * f, d, f}, y.data(), threads);
+        for (int64_t r = 0; r < n; ++r) {
+            const float w = weights[slots[r]];
+            float* dst = routed.data() + slots[r] * d;
+            for (int64_t i = 0; i < d; ++i) dst[i] = y[r * d + i] * w;
+        }
+    }
+    for (int64_t t = 0; t < rows; ++t) {
+        float* o = out + t * d;
+        std::fill(o, o + d, 0.0f);
+        for (int64_t j = 0; j < k; ++j) {
+            const float* src = routed.data() + (t * k + j) * d;
+            for (int64_t i = 0; i < d; ++i) o[i] += src[i];
+        }
+    }
+}
+
+}  // namespace kestrel::cpu
