@@ -22,6 +22,7 @@
 
 #include "core/log.h"
 #include "models/model.h"
+#include "models/weight_reader.h"
 
 namespace kestrel {
 
@@ -55,15 +56,10 @@ struct Gemma3Weights {
 
 // ---- the name table: one place that knows what each tensor is called -----------------------
 
-struct TensorName {
-    std::string_view gguf;  // llama.cpp (spec §7.2); "{}" is the layer index
-    std::string_view hf;    // transformers, under the text model's prefix
-    bool is_norm;           // HF stores w of a (1 + w) norm
-};
 
-constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight", false};
-constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", true};
-constexpr TensorName kOutput = {"output.weight", "lm_head.weight", false};
+constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight"};
+constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", HfConvert::kAddOne};
+constexpr TensorName kOutput = {"output.weight", kHfLmHead};
 
 struct LayerTensor {
     TensorName name;
@@ -71,69 +67,21 @@ struct LayerTensor {
 };
 
 constexpr LayerTensor kLayerTensors[] = {
-    {{"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight", true}, &Gemma3Layer::attn_norm},
-    {{"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight", false}, &Gemma3Layer::wq},
-    {{"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight", false}, &Gemma3Layer::wk},
-    {{"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight", false}, &Gemma3Layer::wv},
-    {{"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight", true}, &Gemma3Layer::q_norm},
-    {{"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight", true}, &Gemma3Layer::k_norm},
-    {{"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight", false}, &Gemma3Layer::wo},
-    {{"blk.{}.post_attention_norm.weight", "layers.{}.post_attention_layernorm.weight", true},
+    {{"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight", HfConvert::kAddOne}, &Gemma3Layer::attn_norm},
+    {{"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight"}, &Gemma3Layer::wq},
+    {{"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight"}, &Gemma3Layer::wk},
+    {{"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight"}, &Gemma3Layer::wv},
+    {{"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight", HfConvert::kAddOne}, &Gemma3Layer::q_norm},
+    {{"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight", HfConvert::kAddOne}, &Gemma3Layer::k_norm},
+    {{"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight"}, &Gemma3Layer::wo},
+    {{"blk.{}.post_attention_norm.weight", "layers.{}.post_attention_layernorm.weight", HfConvert::kAddOne},
      &Gemma3Layer::post_attn_norm},
-    {{"blk.{}.ffn_norm.weight", "layers.{}.pre_feedforward_layernorm.weight", true}, &Gemma3Layer::ffn_norm},
-    {{"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight", false}, &Gemma3Layer::w_gate},
-    {{"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight", false}, &Gemma3Layer::w_up},
-    {{"blk.{}.ffn_down.weight", "layers.{}.mlp.down_proj.weight", false}, &Gemma3Layer::w_down},
-    {{"blk.{}.post_ffw_norm.weight", "layers.{}.post_feedforward_layernorm.weight", true},
+    {{"blk.{}.ffn_norm.weight", "layers.{}.pre_feedforward_layernorm.weight", HfConvert::kAddOne}, &Gemma3Layer::ffn_norm},
+    {{"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight"}, &Gemma3Layer::w_gate},
+    {{"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight"}, &Gemma3Layer::w_up},
+    {{"blk.{}.ffn_down.weight", "layers.{}.mlp.down_proj.weight"}, &Gemma3Layer::w_down},
+    {{"blk.{}.post_ffw_norm.weight", "layers.{}.post_feedforward_layernorm.weight", HfConvert::kAddOne},
      &Gemma3Layer::post_ffn_norm},
-};
-
-// Reads tensors by their GGUF or HF name, checks shapes, and turns HF's w into 1 + w.
-class WeightReader {
-public:
-    explicit WeightReader(const ModelFiles& files) : files_(files) {
-        if (files.format == ModelFormat::kHfFolder) {
-            // Text-only checkpoints use "model."; multimodal ones nest the language model.
-            for (std::string_view prefix : {"model.", "model.language_model.", "language_model.model."}) {
-                if (files.weights->find(fmt::format("{}embed_tokens.weight", prefix)) != nullptr) {
-                    hf_prefix_ = prefix;
-                    break;
-                }
-            }
-        }
-    }
-
-    std::string name_of(const TensorName& name, int64_t layer) const {
-        if (files_.format == ModelFormat::kGguf) return fmt::format(fmt::runtime(name.gguf), layer);
-        // lm_head sits outside the text model in every HF layout.
-        if (name.hf == kOutput.hf) return std::string(name.hf);
-        return hf_prefix_ + fmt::format(fmt::runtime(name.hf), layer);
-    }
-
-    bool has(const TensorName& name) const { return files_.weights->find(name_of(name, -1)) != nullptr; }
-
-    Result<std::vector<float>> read(const TensorName& name, int64_t layer, std::vector<int64_t> shape) const {
-        const std::string full = name_of(name, layer);
-        const WeightInfo* info = files_.weights->find(full);
-        if (info == nullptr) {
-            return Status(StatusCode::kNotFound,
-                          fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
-        }
-        if (info->shape != shape) {
-            return Status(StatusCode::kCorruptFile,
-                          fmt::format("{}: tensor '{}' has shape [{}], expected [{}]", files_.weights->description(),
-                                      full, fmt::join(info->shape, ", "), fmt::join(shape, ", ")));
-        }
-        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read_tensor_f32(*files_.weights, *info));
-        if (name.is_norm && files_.format == ModelFormat::kHfFolder) {
-            for (float& w : data) w += 1.0f;  // HF Gemma3RMSNorm multiplies by (1 + w)
-        }
-        return data;
-    }
-
-private:
-    const ModelFiles& files_;
-    std::string hf_prefix_ = "model.";
 };
 
 // ---- the model ----------------------------------------------------------------------------------
@@ -286,7 +234,7 @@ Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const Mode
     Gemma3Weights w;
     KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
     KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));
-    if (reader.has(kOutput)) {
+    if (reader.find(kOutput, -1) != nullptr) {
         KESTREL_ASSIGN_OR_RETURN(w.output, reader.read(kOutput, -1, {vocab, d}));
     }
 

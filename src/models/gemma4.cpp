@@ -27,6 +27,7 @@
 
 #include "core/log.h"
 #include "models/model.h"
+#include "models/weight_reader.h"
 
 namespace kestrel {
 
@@ -61,10 +62,6 @@ struct Gemma4Weights {
 
 // ---- the name table: one place that knows what each tensor is called -----------------------
 
-struct TensorName {
-    std::string_view gguf;  // llama.cpp (spec §7.1); "{}" is the layer index
-    std::string_view hf;    // transformers, under the text model's prefix
-};
 
 constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight"};
 constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight"};
@@ -98,58 +95,6 @@ constexpr LayerTensor kLayerTensors[] = {
      Shape::kD},
     // HF's per-layer buffer `layer_scalar`; llama.cpp's converter appends ".weight" and renames it.
     {{"blk.{}.layer_output_scale.weight", "layers.{}.layer_scalar"}, &Gemma4Layer::layer_scalar, Shape::kScalar},
-};
-
-// Reads tensors by their GGUF or HF name and checks shapes.
-class WeightReader {
-public:
-    explicit WeightReader(const ModelFiles& files) : files_(files) {
-        if (files.format != ModelFormat::kHfFolder) return;
-        // Text-only checkpoints (Gemma4ForCausalLM) use "model."; Gemma4ForConditionalGeneration
-        // nests the language model next to the vision and audio towers.
-        for (std::string_view prefix : {"model.language_model.", "model.", "language_model.model."}) {
-            if (files.weights->find(fmt::format("{}embed_tokens.weight", prefix)) != nullptr) {
-                hf_prefix_ = prefix;
-                break;
-            }
-        }
-        int64_t skipped = 0;
-        for (const WeightInfo& tensor : files.weights->tensors()) {
-            if (!tensor.name.starts_with(hf_prefix_) && tensor.name != "lm_head.weight") ++skipped;
-        }
-        if (skipped > 0) {
-            log_info("gemma4: skipping {} tensors outside the language model (vision/audio towers, embedders)",
-                     skipped);
-        }
-    }
-
-    std::string name_of(const TensorName& name, int64_t layer) const {
-        if (files_.format == ModelFormat::kGguf) return fmt::format(fmt::runtime(name.gguf), layer);
-        return hf_prefix_ + fmt::format(fmt::runtime(name.hf), layer);
-    }
-
-    const WeightInfo* find(const TensorName& name, int64_t layer) const {
-        return files_.weights->find(name_of(name, layer));
-    }
-
-    Result<std::vector<float>> read(const TensorName& name, int64_t layer, const std::vector<int64_t>& shape) const {
-        const std::string full = name_of(name, layer);
-        const WeightInfo* info = files_.weights->find(full);
-        if (info == nullptr) {
-            return Status(StatusCode::kNotFound,
-                          fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
-        }
-        if (info->shape != shape) {
-            return Status(StatusCode::kCorruptFile,
-                          fmt::format("{}: tensor '{}' has shape [{}], expected [{}]", files_.weights->description(),
-                                      full, fmt::join(info->shape, ", "), fmt::join(shape, ", ")));
-        }
-        return read_tensor_f32(*files_.weights, *info);
-    }
-
-private:
-    const ModelFiles& files_;
-    std::string hf_prefix_ = "model.";
 };
 
 // ---- the model ----------------------------------------------------------------------------------
@@ -348,6 +293,9 @@ Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const Mode
     const int64_t f = config.ffn_size;
     const int64_t vocab = config.vocab_size;
     WeightReader reader(files);
+    if (const int64_t skipped = reader.count_outside_text_model(); skipped > 0) {
+        log_info("gemma4: skipping {} tensors outside the language model (vision/audio towers, embedders)", skipped);
+    }
     Gemma4Weights w;
     KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
     KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));

@@ -33,6 +33,7 @@
 
 #include "core/log.h"
 #include "models/model.h"
+#include "models/weight_reader.h"
 
 namespace kestrel {
 
@@ -85,49 +86,35 @@ struct Qwen35Weights {
 
 // ---- the name table: one place that knows what each tensor is called -----------------------
 
-enum class Convert {
-    kNone,
-    kNorm,   // HF w -> 1 + w
-    kALog,   // HF A_log -> -exp(A_log)
-};
 
-struct TensorName {
-    std::string_view gguf;  // llama.cpp; "{}" is the layer index
-    std::string_view hf;    // transformers, under the text model's prefix
-    Convert hf_convert;
-};
 
-constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight", Convert::kNone};
-constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", Convert::kNorm};
-constexpr TensorName kOutput = {"output.weight", "lm_head.weight", Convert::kNone};
+constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight"};
+constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", HfConvert::kAddOne};
+constexpr TensorName kOutput = {"output.weight", kHfLmHead};
 
-constexpr TensorName kAttnNorm = {"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight", Convert::kNorm};
+constexpr TensorName kAttnNorm = {"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight", HfConvert::kAddOne};
 constexpr TensorName kPostAttnNorm = {"blk.{}.post_attention_norm.weight", "layers.{}.post_attention_layernorm.weight",
-                                      Convert::kNorm};
-constexpr TensorName kSsmQkv = {"blk.{}.attn_qkv.weight", "layers.{}.linear_attn.in_proj_qkv.weight", Convert::kNone};
-constexpr TensorName kSsmZ = {"blk.{}.attn_gate.weight", "layers.{}.linear_attn.in_proj_z.weight", Convert::kNone};
-constexpr TensorName kSsmB = {"blk.{}.ssm_beta.weight", "layers.{}.linear_attn.in_proj_b.weight", Convert::kNone};
-constexpr TensorName kSsmA = {"blk.{}.ssm_alpha.weight", "layers.{}.linear_attn.in_proj_a.weight", Convert::kNone};
-constexpr TensorName kSsmConv = {"blk.{}.ssm_conv1d.weight", "layers.{}.linear_attn.conv1d.weight", Convert::kNone};
-constexpr TensorName kSsmANeg = {"blk.{}.ssm_a", "layers.{}.linear_attn.A_log", Convert::kALog};
-constexpr TensorName kSsmDt = {"blk.{}.ssm_dt.bias", "layers.{}.linear_attn.dt_bias", Convert::kNone};
-constexpr TensorName kSsmNorm = {"blk.{}.ssm_norm.weight", "layers.{}.linear_attn.norm.weight", Convert::kNone};
-constexpr TensorName kSsmOut = {"blk.{}.ssm_out.weight", "layers.{}.linear_attn.out_proj.weight", Convert::kNone};
-constexpr TensorName kAttnQ = {"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight", Convert::kNone};
-constexpr TensorName kAttnK = {"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight", Convert::kNone};
-constexpr TensorName kAttnV = {"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight", Convert::kNone};
-constexpr TensorName kAttnQNorm = {"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight", Convert::kNorm};
-constexpr TensorName kAttnKNorm = {"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight", Convert::kNorm};
-constexpr TensorName kAttnOut = {"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight", Convert::kNone};
-constexpr TensorName kRouter = {"blk.{}.ffn_gate_inp.weight", "layers.{}.mlp.gate.weight", Convert::kNone};
-constexpr TensorName kShGate = {"blk.{}.ffn_gate_shexp.weight", "layers.{}.mlp.shared_expert.gate_proj.weight",
-                                Convert::kNone};
-constexpr TensorName kShUp = {"blk.{}.ffn_up_shexp.weight", "layers.{}.mlp.shared_expert.up_proj.weight",
-                              Convert::kNone};
-constexpr TensorName kShDown = {"blk.{}.ffn_down_shexp.weight", "layers.{}.mlp.shared_expert.down_proj.weight",
-                                Convert::kNone};
-constexpr TensorName kShGateInp = {"blk.{}.ffn_gate_inp_shexp.weight", "layers.{}.mlp.shared_expert_gate.weight",
-                                   Convert::kNone};
+                                      HfConvert::kAddOne};
+constexpr TensorName kSsmQkv = {"blk.{}.attn_qkv.weight", "layers.{}.linear_attn.in_proj_qkv.weight"};
+constexpr TensorName kSsmZ = {"blk.{}.attn_gate.weight", "layers.{}.linear_attn.in_proj_z.weight"};
+constexpr TensorName kSsmB = {"blk.{}.ssm_beta.weight", "layers.{}.linear_attn.in_proj_b.weight"};
+constexpr TensorName kSsmA = {"blk.{}.ssm_alpha.weight", "layers.{}.linear_attn.in_proj_a.weight"};
+constexpr TensorName kSsmConv = {"blk.{}.ssm_conv1d.weight", "layers.{}.linear_attn.conv1d.weight"};
+constexpr TensorName kSsmANeg = {"blk.{}.ssm_a", "layers.{}.linear_attn.A_log", HfConvert::kNegativeExp};
+constexpr TensorName kSsmDt = {"blk.{}.ssm_dt.bias", "layers.{}.linear_attn.dt_bias"};
+constexpr TensorName kSsmNorm = {"blk.{}.ssm_norm.weight", "layers.{}.linear_attn.norm.weight"};
+constexpr TensorName kSsmOut = {"blk.{}.ssm_out.weight", "layers.{}.linear_attn.out_proj.weight"};
+constexpr TensorName kAttnQ = {"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight"};
+constexpr TensorName kAttnK = {"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight"};
+constexpr TensorName kAttnV = {"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight"};
+constexpr TensorName kAttnQNorm = {"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight", HfConvert::kAddOne};
+constexpr TensorName kAttnKNorm = {"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight", HfConvert::kAddOne};
+constexpr TensorName kAttnOut = {"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight"};
+constexpr TensorName kRouter = {"blk.{}.ffn_gate_inp.weight", "layers.{}.mlp.gate.weight"};
+constexpr TensorName kShGate = {"blk.{}.ffn_gate_shexp.weight", "layers.{}.mlp.shared_expert.gate_proj.weight"};
+constexpr TensorName kShUp = {"blk.{}.ffn_up_shexp.weight", "layers.{}.mlp.shared_expert.up_proj.weight"};
+constexpr TensorName kShDown = {"blk.{}.ffn_down_shexp.weight", "layers.{}.mlp.shared_expert.down_proj.weight"};
+constexpr TensorName kShGateInp = {"blk.{}.ffn_gate_inp_shexp.weight", "layers.{}.mlp.shared_expert_gate.weight"};
 // Routed experts. GGUF: stacked [E, f, d] / [E, d, f]. HF: transformers 5 writes one tensor per
 // expert (experts.<e>.gate_proj.weight ...); fused checkpoints have experts.gate_up_proj
 // [E, 2f, d] (gate rows, then up rows) and experts.down_proj [E, d, f].
@@ -137,71 +124,6 @@ constexpr std::string_view kGgufExpDown = "blk.{}.ffn_down_exps.weight";
 constexpr std::string_view kHfExpert = "layers.{}.mlp.experts.{}.{}.weight";  // layer, expert, gate_proj|up_proj|down_proj
 constexpr std::string_view kHfExpGateUp = "layers.{}.mlp.experts.gate_up_proj";
 constexpr std::string_view kHfExpDown = "layers.{}.mlp.experts.down_proj";
-
-class WeightReader {
-public:
-    explicit WeightReader(const ModelFiles& files) : files_(files) {
-        if (files.format == ModelFormat::kHfFolder) {
-            // Multimodal checkpoints (every Qwen3.5 release) nest the language model.
-            for (std::string_view prefix : {"model.language_model.", "model.", "language_model.model."}) {
-                if (files.weights->find(fmt::format("{}embed_tokens.weight", prefix)) != nullptr) {
-                    hf_prefix_ = prefix;
-                    break;
-                }
-            }
-        }
-    }
-
-    bool gguf() const { return files_.format == ModelFormat::kGguf; }
-    const std::string& hf_prefix() const { return hf_prefix_; }
-
-    std::string name_of(const TensorName& name, int64_t layer) const {
-        if (gguf()) return fmt::format(fmt::runtime(name.gguf), layer);
-        if (name.hf == kOutput.hf) return std::string(name.hf);  // lm_head sits outside the text model
-        return hf_prefix_ + fmt::format(fmt::runtime(name.hf), layer);
-    }
-
-    bool has(const std::string& full) const { return files_.weights->find(full) != nullptr; }
-    bool has(const TensorName& name) const { return has(name_of(name, -1)); }
-
-    // Reads `full`, checking its element count against `shape` (so [C, 1, K] reads as [C, K])
-    // and, for GGUF and 2-D+ HF tensors, the shape itself.
-    Result<std::vector<float>> read_raw(const std::string& full, const std::vector<int64_t>& shape) const {
-        const WeightInfo* info = files_.weights->find(full);
-        if (info == nullptr) {
-            return Status(StatusCode::kNotFound,
-                          fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
-        }
-        int64_t count = 1;
-        for (int64_t n : shape) count *= n;
-        std::vector<int64_t> squeezed;
-        for (int64_t n : info->shape) {
-            if (n != 1 || info->shape.size() <= shape.size()) squeezed.push_back(n);
-        }
-        if (info->n_elements != count || squeezed != shape) {
-            return Status(StatusCode::kCorruptFile,
-                          fmt::format("{}: tensor '{}' has shape [{}], expected [{}]", files_.weights->description(),
-                                      full, fmt::join(info->shape, ", "), fmt::join(shape, ", ")));
-        }
-        return read_tensor_f32(*files_.weights, *info);
-    }
-
-    Result<std::vector<float>> read(const TensorName& name, int64_t layer, const std::vector<int64_t>& shape) const {
-        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read_raw(name_of(name, layer), shape));
-        if (!gguf()) {
-            if (name.hf_convert == Convert::kNorm) {
-                for (float& w : data) w += 1.0f;  // HF Qwen3_5MoeRMSNorm multiplies by (1 + w)
-            } else if (name.hf_convert == Convert::kALog) {
-                for (float& w : data) w = -std::exp(w);  // g = -exp(A_log) * softplus(...)
-            }
-        }
-        return data;
-    }
-
-private:
-    const ModelFiles& files_;
-    std::string hf_prefix_ = "model.";
-};
 
 // ---- the model ----------------------------------------------------------------------------------
 
@@ -411,14 +333,14 @@ void split_query_gate(const std::vector<float>& w, int64_t nh, int64_t hd, int64
 
 Status read_experts(const WeightReader& reader, int64_t il, int64_t n_exp, int64_t f, int64_t d, Qwen35Layer& layer) {
     if (reader.gguf()) {
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_gate, reader.read_raw(fmt::format(fmt::runtime(kGgufExpGate), il), {n_exp, f, d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_up, reader.read_raw(fmt::format(fmt::runtime(kGgufExpUp), il), {n_exp, f, d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_down, reader.read_raw(fmt::format(fmt::runtime(kGgufExpDown), il), {n_exp, d, f}));
+        KESTREL_ASSIGN_OR_RETURN(layer.exp_gate, reader.read(fmt::format(fmt::runtime(kGgufExpGate), il), {n_exp, f, d}));
+        KESTREL_ASSIGN_OR_RETURN(layer.exp_up, reader.read(fmt::format(fmt::runtime(kGgufExpUp), il), {n_exp, f, d}));
+        KESTREL_ASSIGN_OR_RETURN(layer.exp_down, reader.read(fmt::format(fmt::runtime(kGgufExpDown), il), {n_exp, d, f}));
         return ok_status();
     }
     const std::string fused = reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpGateUp), il);
-    if (reader.has(fused)) {
-        KESTREL_ASSIGN_OR_RETURN(std::vector<float> gate_up, reader.read_raw(fused, {n_exp, 2 * f, d}));
+    if (reader.find(fused) != nullptr) {
+        KESTREL_ASSIGN_OR_RETURN(std::vector<float> gate_up, reader.read(fused, {n_exp, 2 * f, d}));
         layer.exp_gate.resize(static_cast<size_t>(n_exp * f * d));
         layer.exp_up.resize(layer.exp_gate.size());
         for (int64_t e = 0; e < n_exp; ++e) {
@@ -426,7 +348,7 @@ Status read_experts(const WeightReader& reader, int64_t il, int64_t n_exp, int64
             std::copy(src, src + f * d, layer.exp_gate.begin() + e * f * d);
             std::copy(src + f * d, src + 2 * f * d, layer.exp_up.begin() + e * f * d);
         }
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_down, reader.read_raw(reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpDown), il),
+        KESTREL_ASSIGN_OR_RETURN(layer.exp_down, reader.read(reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpDown), il),
                                                                  {n_exp, d, f}));
         return ok_status();
     }
@@ -442,7 +364,7 @@ Status read_experts(const WeightReader& reader, int64_t il, int64_t n_exp, int64
         for (const Part& part : {Part{"gate_proj", &layer.exp_gate, f, d}, Part{"up_proj", &layer.exp_up, f, d},
                                  Part{"down_proj", &layer.exp_down, d, f}}) {
             KESTREL_ASSIGN_OR_RETURN(std::vector<float> w,
-                                     reader.read_raw(reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpert), il, e, part.name),
+                                     reader.read(reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpert), il, e, part.name),
                                                      {part.rows, part.cols}));
             std::copy(w.begin(), w.end(), part.dst->begin() + e * part.rows * part.cols);
         }
@@ -497,7 +419,7 @@ Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const 
     Qwen35Weights w;
     KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
     KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));
-    if (reader.has(kOutput)) {
+    if (reader.find(kOutput, -1) != nullptr) {
         KESTREL_ASSIGN_OR_RETURN(w.output, reader.read(kOutput, -1, {vocab, d}));
     }
 

@@ -1,0 +1,58 @@
+// Reads a model's tensors by name from either layout Kestrel loads: llama.cpp's GGUF names or
+// transformers' names under the text model's prefix. One place checks shapes, dequantises to
+// fp32 and undoes what HF stores differently from GGUF (norm offsets, A_log).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "io/model_files.h"
+#include "kestrel/status.h"
+
+namespace kestrel {
+
+// How an HF tensor differs from its GGUF twin (llama.cpp's converters apply these on export).
+enum class HfConvert {
+    kNone,
+    kAddOne,       // (1 + w) RMSNorms store w in HF, 1 + w in GGUF (Gemma 3, Qwen3.5)
+    kNegativeExp,  // Gated DeltaNet A_log in HF, -exp(A_log) in GGUF (ssm_a)
+};
+
+struct TensorName {
+    std::string_view gguf;  // llama.cpp; "{}" is the layer index
+    std::string_view hf;    // transformers, under the text model's prefix; "{}" is the layer index
+    HfConvert hf_convert = HfConvert::kNone;
+};
+
+// lm_head sits outside the text model in every HF layout.
+inline constexpr std::string_view kHfLmHead = "lm_head.weight";
+
+class WeightReader {
+public:
+    explicit WeightReader(const ModelFiles& files);
+
+    bool gguf() const { return files_.format == ModelFormat::kGguf; }
+    // "model." (text-only checkpoints) or "model.language_model." (multimodal ones).
+    const std::string& hf_prefix() const { return hf_prefix_; }
+    const WeightSource& source() const { return *files_.weights; }
+
+    std::string name_of(const TensorName& name, int64_t layer) const;
+    const WeightInfo* find(const std::string& full) const { return files_.weights->find(full); }
+    const WeightInfo* find(const TensorName& name, int64_t layer) const { return find(name_of(name, layer)); }
+    // HF tensors outside the text model (vision and audio towers, projectors): 0 for GGUF.
+    int64_t count_outside_text_model() const;
+
+    // Reads `full` as fp32, requiring `shape` (size-1 dimensions HF adds, e.g. a depthwise conv's
+    // [C, 1, K], are dropped before comparing). No conversion.
+    Result<std::vector<float>> read(const std::string& full, const std::vector<int64_t>& shape) const;
+    // Reads a named tensor and applies its HfConvert when it comes from an HF folder.
+    Result<std::vector<float>> read(const TensorName& name, int64_t layer, const std::vector<int64_t>& shape) const;
+
+private:
+    const ModelFiles& files_;
+    std::string hf_prefix_ = "model.";
+};
+
+}  // namespace kestrel
