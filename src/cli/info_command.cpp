@@ -1,17 +1,23 @@
-// `kestrel info [-m FILE|DIR] [-c CTX] [--json]`: what a model file holds and what it needs on
-// the GPU, before anyone waits for a load.
+// `kestrel info [-m FILE|DIR | --dummy NAME] [-c CTX] [--json]`: what a model file holds and what
+// it needs on the GPU, before anyone waits for a load. Without weights (--dummy, or a folder with
+// a config.json and no safetensors) the tensors are the shapes the config implies.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "io/hf_folder_source.h"
 #include "io/model_files.h"
+#include "models/dummy_configs.h"
 #include "models/model_config.h"
+#include "models/model_shapes.h"
 #include "ops/gpu_info.h"
 #include "runtime/memory_plan.h"
 
@@ -20,6 +26,7 @@ namespace {
 
 struct InfoOptions {
     std::string model;
+    std::string dummy;  // a built-in config (dummy_configs.h) with shape-only weights
     int64_t context = 0;
     bool json = false;
 };
@@ -78,6 +85,53 @@ TokenizerFacts tokenizer_facts(const ModelFiles& files) {
     return facts;
 }
 
+// What a plan without weights assumes, for a model planned from its shapes alone.
+struct Synthetic {
+    std::string source;   // "built-in gemma4-31b config.json" or the folder's config.json
+    std::string weights;  // the engine format the plan assumes, "W4" or "BF16"
+    std::string assumes;  // one line for people
+};
+
+// --dummy NAME: the built-in config.json, weights as shapes in Q4_K (a Q4_K_M-like file, which
+// the engine loads as W4).
+Result<ModelFiles> open_dummy(const std::string& name, Synthetic& synthetic) {
+    KESTREL_ASSIGN_OR_RETURN(std::string text, dummy_config_json(name));
+    KESTREL_ASSIGN_OR_RETURN(HfConfig hf, HfConfig::parse(text, fmt::format("built-in {} config.json", name)));
+    KESTREL_ASSIGN_OR_RETURN(ModelConfig config, model_config_from_hf(hf));
+    ModelFiles files;
+    files.format = ModelFormat::kHfFolder;
+    files.hf_config = std::move(hf);
+    files.weights = std::make_unique<ShapeOnlySource>(name, model_tensor_shapes(config, DType::kQ4_K));
+    synthetic = {fmt::format("built-in {} config.json", name), "W4",
+                 "W4 weights: int4 matrices, group 32, fp16 scale + min (as the engine loads a Q4_K file); fp32 "
+                 "norms"};
+    return files;
+}
+
+// A folder with config.json but no safetensors: plan from the shapes, in bf16 as a Hugging Face
+// checkpoint of it would hold them. Anything else opens as usual.
+Result<ModelFiles> open_for_info(const std::filesystem::path& path, std::optional<Synthetic>& synthetic) {
+    std::error_code error;
+    bool config_only = std::filesystem::is_directory(path, error) && std::filesystem::exists(path / "config.json", error) &&
+                       !std::filesystem::exists(path / HfFolderSource::kIndexFileName, error);
+    for (std::filesystem::directory_iterator entry(path, error), end; config_only && !error && entry != end;
+         entry.increment(error)) {
+        if (entry->path().extension() == ".safetensors") config_only = false;
+    }
+    if (!config_only) return open_model_files(path);
+    KESTREL_ASSIGN_OR_RETURN(HfConfig hf, load_hf_config(path));
+    Result<ModelConfig> config = model_config_from_hf(hf);  // an error is reported with the rest
+    ModelFiles files;
+    files.format = ModelFormat::kHfFolder;
+    files.path = path;
+    files.hf_config = std::move(hf);
+    files.weights = std::make_unique<ShapeOnlySource>(
+        path.string(), config.ok() ? model_tensor_shapes(*config, DType::kBF16) : std::vector<WeightInfo>{});
+    synthetic = Synthetic{(path / "config.json").string(), "BF16",
+                          "bf16 weights, as a Hugging Face checkpoint of this config holds them"};
+    return files;
+}
+
 struct TypeTotals {
     int64_t count = 0;
     int64_t bytes = 0;
@@ -85,20 +139,25 @@ struct TypeTotals {
 
 int run_info(const InfoOptions& options) {
     std::filesystem::path path = options.model;
-    if (path.empty()) {
+    if (path.empty() && options.dummy.empty()) {
         Result<std::filesystem::path> found = default_model_path();
         if (!found.ok()) return fail(found.status().message());
         path = *found;
     }
     if (options.context < 0) return fail(fmt::format("-c {}: the context must be a positive number of tokens", options.context));
-    Result<ModelFiles> opened = open_model_files(path);
+    std::optional<Synthetic> synthetic;
+    if (!options.dummy.empty()) synthetic.emplace();
+    Result<ModelFiles> opened = synthetic ? open_dummy(options.dummy, *synthetic) : open_for_info(path, synthetic);
     if (!opened.ok()) return fail(opened.status().message());
     const ModelFiles& files = *opened;
 
     nlohmann::json info;
-    info["file"] = path.string();
-    info["format"] = files.format == ModelFormat::kGguf ? "gguf" : "hf_folder";
+    info["file"] = options.dummy.empty() ? nlohmann::json(path.string()) : nlohmann::json(nullptr);
+    info["format"] = !options.dummy.empty() ? "synthetic" : files.format == ModelFormat::kGguf ? "gguf" : "hf_folder";
     if (files.gguf) info["gguf_version"] = files.gguf->version();
+    if (synthetic) {
+        info["synthetic"] = {{"source", synthetic->source}, {"weights", synthetic->weights}, {"assumes", synthetic->assumes}};
+    }
 
     std::map<std::string, TypeTotals> by_type;
     int64_t total_bytes = 0;
@@ -114,12 +173,13 @@ int run_info(const InfoOptions& options) {
     for (const auto& [type, totals] : by_type) {
         info["tensors"]["by_type"][type] = {{"count", totals.count}, {"bytes", totals.bytes}};
     }
-    const TokenizerFacts tokenizer = tokenizer_facts(files);
+    const TokenizerFacts tokenizer = options.dummy.empty() ? tokenizer_facts(files) : TokenizerFacts{};
     info["tokenizer"] = {{"model", tokenizer.model}, {"tokens", tokenizer.n_tokens}};
     info["chat_template"] = tokenizer.chat_template;
 
     Result<ModelConfig> config_result =
         files.gguf ? model_config_from_gguf(*files.gguf) : model_config_from_hf(*files.hf_config);
+    if (config_result.ok() && !options.dummy.empty()) config_result->name = options.dummy;
     Status config_status = config_result.ok() ? Status() : config_result.status();
     if (config_result.ok()) {
         const ModelConfig& config = *config_result;
@@ -173,8 +233,14 @@ int run_info(const InfoOptions& options) {
     const auto line = [&](std::string_view label, const std::string& value) {
         text += fmt::format("{:<16}{}\n", label, value);
     };
-    line("file", fmt::format("{} ({}{}, {})", path.string(), files.gguf ? "GGUF v" : "Hugging Face folder",
-                             files.gguf ? std::to_string(files.gguf->version()) : "", human_bytes(total_bytes)));
+    if (!options.dummy.empty()) {
+        line("file", fmt::format("none: synthetic {} ({}, shapes only)", options.dummy, synthetic->source));
+    } else if (synthetic) {
+        line("file", fmt::format("{} (Hugging Face folder: config.json only, the folder holds no weights)", path.string()));
+    } else {
+        line("file", fmt::format("{} ({}{}, {})", path.string(), files.gguf ? "GGUF v" : "Hugging Face folder",
+                                 files.gguf ? std::to_string(files.gguf->version()) : "", human_bytes(total_bytes)));
+    }
     line("architecture", info["architecture"].get<std::string>() +
                              (info.contains("name") ? fmt::format(" ({})", info["name"].get<std::string>()) : ""));
     if (config_result.ok()) {
@@ -208,14 +274,17 @@ int run_info(const InfoOptions& options) {
     line("tokenizer", tokenizer.n_tokens > 0 ? fmt::format("{}, {} tokens", tokenizer.model, tokenizer.n_tokens)
                                              : tokenizer.model);
     line("chat template", tokenizer.chat_template ? "yes" : "no");
-    line("tensors", fmt::format("{}, {}", files.weights->tensors().size(), human_bytes(total_bytes)));
+    line("tensors", fmt::format("{}, {}{}", files.weights->tensors().size(), human_bytes(total_bytes),
+                                synthetic ? fmt::format(" (synthetic: as a {} file would hold them)",
+                                                        synthetic->weights == "W4" ? "Q4_K" : "bf16")
+                                          : ""));
     for (const auto& [type, totals] : by_type) {
         line("", fmt::format("{:<8}{:>6}  {:>12}", type, totals.count, human_bytes(totals.bytes)));
     }
     if (config_result.ok()) {
         const nlohmann::json& memory = info["memory"];
         line("GPU memory", fmt::format("at context {} (bf16 KV cache)", memory["context"].get<int64_t>()));
-        line("  weights", human_bytes(memory["weights"]));
+        line("  weights", human_bytes(memory["weights"]) + (synthetic ? " (" + synthetic->assumes + ")" : ""));
         line("  KV cache", fmt::format("{} ({} per token in full layers{})", human_bytes(memory["kv_cache"]),
                                        human_bytes(memory["kv_bytes_per_token"]),
                                        memory["sliding_ring_entries"].get<int64_t>() > 0
@@ -244,7 +313,13 @@ int run_info(const InfoOptions& options) {
 Command add_info_command(CLI::App& app) {
     auto options = std::make_shared<InfoOptions>();
     CLI::App* info = app.add_subcommand("info", "Describe a model: architecture, tensors, memory needed");
-    info->add_option("-m,--model", options->model, "GGUF file or Hugging Face folder (default: the installed default model)");
+    CLI::Option* model =
+        info->add_option("-m,--model", options->model, "GGUF file or Hugging Face folder (default: the installed default model)");
+    info->add_option("--dummy", options->dummy,
+                     fmt::format("Describe a built-in full-size model without its weights: {} (memory planned for W4 "
+                                 "weights)",
+                                 fmt::join(dummy_model_names(), ", ")))
+        ->excludes(model);
     info->add_option("-c,--ctx-size", options->context, "Context length to plan memory for (default: the model's)");
     info->add_flag("--json", options->json, "Print JSON instead of a table");
     return [options] { return run_info(*options); };
