@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, builds, runs every
-# test under the sanitizers, fuzzes the GGUF and safetensors parsers, then runs every test of the
+# unit test but the slow model-numerics ones under the sanitizers, fuzzes the GGUF and safetensors
+# parsers, then runs every test of the
 # release build.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
