@@ -31,6 +31,11 @@ void CpuOps::rope_neox(float* x, std::span<const int64_t> positions, int64_t n_h
     cpu::rope_neox(x, positions, n_heads, head_dim, theta);
 }
 
+void CpuOps::rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                               int64_t rotary_pairs, double theta) {
+    cpu::rope_proportional(x, positions, n_heads, head_dim, rotary_pairs, theta);
+}
+
 void CpuOps::kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
                       const float* v) {
     cpu::kv_write(cache, positions, k, v);

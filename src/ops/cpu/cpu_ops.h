@@ -61,6 +61,10 @@ void linear(const float* x, int64_t rows, const LinearWeight& w, float* y, int t
 
 // rope.cpp
 void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim, double theta);
+void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                       int64_t rotary_dim, double theta);
+void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                       int64_t rotary_pairs, double theta);
 
 // attention.cpp
 void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k, const float* v);
@@ -79,10 +83,6 @@ void add(const float* a, const float* b, int64_t n, float* out);
 void scale(float* x, int64_t n, float s);
 void softcap(float* x, int64_t n, float cap);
 
-// rope_proportional.cpp
-void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
-                       int64_t rotary_pairs, double theta);
-
 // qwen35_elementwise.cpp (Qwen3.5's small ops)
 float silu(float x);
 float sigmoid(float x);
@@ -90,8 +90,6 @@ float softplus(float x);  // PyTorch F.softplus: x for x > 20, else log1p(exp(x)
 void silu_and_mul(const float* gate, const float* up, int64_t n, float* out);
 void sigmoid_mul(const float* x, const float* gate, int64_t n, float* out);
 void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out);
-void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
-                       int64_t rotary_dim, double theta);
 void l2_norm(const float* x, int64_t rows, int64_t dim, float eps, float* out);
 void rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows, int64_t dim, float eps,
                     float* out);

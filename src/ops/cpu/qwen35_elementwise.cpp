@@ -1,4 +1,4 @@
-// Qwen3.5's small ops: SwiGLU, sigmoid gates, partial RoPE, L2 norm, gated RMSNorm.
+// Qwen3.5's small ops: SwiGLU, sigmoid gates, L2 norm, gated RMSNorm (partial RoPE is in rope.cpp).
 // Formulas from transformers' modeling_qwen3_5_moe.py (5.x), computed in fp32 as there.
 #include <cmath>
 #include <vector>
@@ -29,36 +29,6 @@ void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t
     for (int64_t r = 0; r < rows; ++r) {
         const float s = sigmoid(gate[r]);
         for (int64_t i = 0; i < dim; ++i) out[r * dim + i] += s * x[r * dim + i];
-    }
-}
-
-// HF apply_rotary_pos_emb with partial_rotary_factor: the first rotary_dim values of a head are
-// rotated in rotate-half layout, inv_freq[j] = 1 / theta^(2j / rotary_dim) (fp32, as
-// compute_default_rope_parameters). Qwen3.5's interleaved M-RoPE sections select, per frequency,
-// the t, h or w position; for text all three are the token position, so it is this.
-void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
-                       int64_t rotary_dim, double theta) {
-    const int64_t half = rotary_dim / 2;
-    std::vector<float> inv_freq(static_cast<size_t>(half)), cos_table(inv_freq.size()), sin_table(inv_freq.size());
-    for (int64_t j = 0; j < half; ++j) {
-        const float exponent = static_cast<float>(2 * j) / static_cast<float>(rotary_dim);
-        inv_freq[j] = 1.0f / std::pow(static_cast<float>(theta), exponent);
-    }
-    for (size_t t = 0; t < positions.size(); ++t) {
-        for (int64_t j = 0; j < half; ++j) {
-            const float angle = static_cast<float>(positions[t]) * inv_freq[j];
-            cos_table[j] = static_cast<float>(std::cos(static_cast<double>(angle)));
-            sin_table[j] = static_cast<float>(std::sin(static_cast<double>(angle)));
-        }
-        for (int64_t h = 0; h < n_heads; ++h) {
-            float* v = x + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
-            for (int64_t j = 0; j < half; ++j) {
-                const float a = v[j];
-                const float b = v[j + half];
-                v[j] = a * cos_table[j] - b * sin_table[j];
-                v[j + half] = b * cos_table[j] + a * sin_table[j];
-            }
-        }
     }
 }
 
