@@ -74,11 +74,7 @@ int run_chat(const ChatCommandOptions& options) {
         turn_sampling.seed += turn;  // a different draw each turn, still reproducible with -s
         Sampler sampler(turn_sampling);
         Result<GenerateResult> reply = generate(session, tokenizer, sampler, fresh, {.max_tokens = options.max_tokens, .stop_strings = {}},
-                                                [](std::string_view piece) {
-                                                    std::fwrite(piece.data(), 1, piece.size(), stdout);
-                                                    std::fflush(stdout);
-                                                    return true;
-                                                });
+                                                print_to_stdout);
         std::fputc('\n', stdout);
         if (!reply.ok()) {
             // Most often the conversation outgrew the context: say so and let the user go on.

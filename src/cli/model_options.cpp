@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <random>
 
 #include "core/log.h"
@@ -69,6 +70,12 @@ int64_t session_context(const ModelOptions& options, const ModelConfig& config) 
         return config.context_length;
     }
     return options.context;
+}
+
+bool print_to_stdout(std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return true;
 }
 
 Result<ChatFormat> chat_format_of(const ModelFiles& files, const ModelConfig& config) {

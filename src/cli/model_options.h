@@ -38,6 +38,8 @@ Result<std::unique_ptr<Engine>> load_engine(const ModelOptions& options);
 Result<Tokenizer> load_tokenizer(const ModelOptions& options);
 // The context a session gets: -c, 0 meaning the trained context, capped by it.
 int64_t session_context(const ModelOptions& options, const ModelConfig& config);
+// A generate() text sink that streams to stdout.
+bool print_to_stdout(std::string_view text);
 // The chat format of the loaded files (template text if present, else the architecture).
 Result<ChatFormat> chat_format_of(const ModelFiles& files, const ModelConfig& config);
 

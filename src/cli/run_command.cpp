@@ -76,11 +76,7 @@ int run(const RunOptions& options) {
     Sampler sampler(*sampling);
     Result<GenerateResult> result = generate(**session, tokenizer, sampler, tokens,
                                              {.max_tokens = options.max_tokens, .stop_strings = options.stop},
-                                             [](std::string_view piece) {
-                                                 std::fwrite(piece.data(), 1, piece.size(), stdout);
-                                                 std::fflush(stdout);
-                                                 return true;
-                                             });
+                                             print_to_stdout);
     if (!result.ok()) return fail(result.status().message());
     std::fputc('\n', stdout);
     std::fprintf(stderr, "prompt: %lld tokens, %.1f tok/s; generation: %lld tokens, %.1f tok/s (%s)\n",
