@@ -161,13 +161,11 @@ int run_info(const InfoOptions& options) {
 
     std::map<std::string, TypeTotals> by_type;
     int64_t total_bytes = 0;
-    int64_t total_elements = 0;
     for (const WeightInfo& tensor : files.weights->tensors()) {
         TypeTotals& totals = by_type[std::string(dtype_name(tensor.dtype))];
         ++totals.count;
         totals.bytes += tensor.n_bytes;
         total_bytes += tensor.n_bytes;
-        total_elements += tensor.n_elements;
     }
     info["tensors"] = {{"count", files.weights->tensors().size()}, {"bytes", total_bytes}};
     for (const auto& [type, totals] : by_type) {

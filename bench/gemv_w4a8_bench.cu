@@ -1,0 +1,220 @@
+// Microbenchmark of the W4A8 decode GEMV (src/ops/cuda/gemv_w4a8.cu) on the Gemma 4 31B
+// shapes: GB/s of the GEMV alone (weights + (scale, min) + Q8 activations + fp32 output, each
+// counted once) against a device-to-device copy measured in the same run (bytes read + written).
+// Each shape holds enough weight copies to exceed 4x the L2 (rotated, so every launch reads
+// DRAM); the launches are captured in a CUDA graph (as decode runs), timed with events after
+// warm-up, median of the repeats. Random data, never zeros.
+// Usage: gemv_w4a8_bench [repeats=30]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "ops/cuda/gemv_w4a8.h"
+
+namespace {
+
+#define CHECK(expr)                                                                                  \
+    do {                                                                                             \
+        cudaError_t e_ = (expr);                                                                     \
+        if (e_ != cudaSuccess) {                                                                     \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                            \
+        }                                                                                            \
+    } while (0)
+#define CHECK_STATUS(expr)                                                                 \
+    do {                                                                                   \
+        kestrel::Status s_ = (expr);                                                       \
+        if (!s_.ok()) {                                                                    \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.message().c_str()); \
+            std::exit(1);                                                                  \
+        }                                                                                  \
+    } while (0)
+
+__global__ void fill_random(uint32_t* p, int64_t words, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words; i += int64_t{gridDim.x} * blockDim.x) {
+        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+        p[i] = x;
+    }
+}
+
+// (scale, min) pairs: scale in [2^-9, 2^-8), min in [0, 2^-5): finite fp16 bits.
+__global__ void fill_scale_min(uint32_t* p, int64_t words, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words; i += int64_t{gridDim.x} * blockDim.x) {
+        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15;
+        const uint32_t scale = (6u << 10) | (x & 0x3ffu);          // 2^-9 * (1 + f)
+        const uint32_t min = (((x >> 10) % 10u) << 10) | ((x >> 20) & 0x3ffu);  // < 2^-5
+        p[i] = scale | (min << 16);
+    }
+}
+
+__global__ void fill_normalish(float* p, int64_t n, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+        p[i] = (static_cast<float>(x & 0xffffff) / 16777216.0f - 0.5f) * 4.0f;
+    }
+}
+
+// A plain 16-byte copy kernel: the second copy ceiling (cudaMemcpy's own kernel can fall short of it).
+__global__ void copy_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+        dst[i] = src[i];
+    }
+}
+
+float median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// Median over `repeats` of the time of one replay of `graph`, in ms.
+float time_graph(cudaGraphExec_t graph, cudaStream_t stream, int repeats) {
+    cudaEvent_t start, stop;
+    CHECK(cudaEventCreate(&start));
+    CHECK(cudaEventCreate(&stop));
+    for (int i = 0; i < 3; ++i) CHECK(cudaGraphLaunch(graph, stream));
+    std::vector<float> times;
+    for (int i = 0; i < repeats; ++i) {
+        CHECK(cudaEventRecord(start, stream));
+        CHECK(cudaGraphLaunch(graph, stream));
+        CHECK(cudaEventRecord(stop, stream));
+        CHECK(cudaEventSynchronize(stop));
+        float ms = 0;
+        CHECK(cudaEventElapsedTime(&ms, start, stop));
+        times.push_back(ms);
+    }
+    CHECK(cudaEventDestroy(start));
+    CHECK(cudaEventDestroy(stop));
+    return median(times);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const int repeats = argc > 1 ? std::atoi(argv[1]) : 30;
+    cudaDeviceProp prop{};
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t stream;
+    CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+
+    // Copy ceiling: 1 GiB device-to-device, 10 copies per graph.
+    const size_t copy_bytes = size_t{1} << 30;
+    void *src, *dst;
+    CHECK(cudaMalloc(&src, copy_bytes));
+    CHECK(cudaMalloc(&dst, copy_bytes));
+    fill_random<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(src), copy_bytes / 4, 1);
+    CHECK(cudaGetLastError());
+    cudaGraph_t g;
+    cudaGraphExec_t copy_graph;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < 10; ++i) CHECK(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, stream));
+    CHECK(cudaStreamEndCapture(stream, &g));
+    CHECK(cudaGraphInstantiate(&copy_graph, g, 0));
+    CHECK(cudaGraphDestroy(g));
+    const float copy_ms = time_graph(copy_graph, stream, std::max(5, repeats / 3)) / 10;
+    const double memcpy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
+    CHECK(cudaGraphExecDestroy(copy_graph));
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < 10; ++i) {
+        copy_kernel<<<prop.multiProcessorCount * 8, 256, 0, stream>>>(static_cast<const uint4*>(src),
+                                                                       static_cast<uint4*>(dst), copy_bytes / 16);
+    }
+    CHECK(cudaStreamEndCapture(stream, &g));
+    CHECK(cudaGraphInstantiate(&copy_graph, g, 0));
+    CHECK(cudaGraphDestroy(g));
+    const float kernel_ms = time_graph(copy_graph, stream, std::max(5, repeats / 3)) / 10;
+    const double kernel_gbs = 2.0 * copy_bytes / (kernel_ms * 1e-3) / 1e9;
+    CHECK(cudaGraphExecDestroy(copy_graph));
+    const double copy_gbs = std::max(memcpy_gbs, kernel_gbs);
+    std::printf("device-to-device copy, 1 GiB (read + write): cudaMemcpy %.1f GB/s, 16-byte copy kernel %.1f GB/s; "
+                "ceiling used: %.1f GB/s\n", memcpy_gbs, kernel_gbs, copy_gbs);
+    CHECK(cudaFree(src));
+    CHECK(cudaFree(dst));
+
+    const int64_t shapes[][2] = {{5376, 8192}, {5376, 16384}, {5376, 4096}, {5376, 21504},
+                                 {21504, 5376}, {8192, 5376},  {16384, 5376}};
+    const int ms[] = {1, 2, 4, 8};
+    std::printf("%-16s %2s %10s %10s %8s\n", "K -> N", "M", "us", "GB/s", "of copy");
+    std::vector<double> m1_fraction;
+    for (const auto& shape : shapes) {
+        const int64_t k = shape[0], n = shape[1], groups = k / 32;
+        const int64_t qs_bytes = n * k / 2, sm_bytes = n * groups * 4;
+        const int64_t set_bytes = qs_bytes + sm_bytes;
+        const int copies = static_cast<int>(std::max<int64_t>(2, (4 * int64_t{prop.l2CacheSize} + set_bytes - 1) / set_bytes));
+        std::vector<void*> qs(copies), sm(copies);
+        for (int c = 0; c < copies; ++c) {
+            CHECK(cudaMalloc(&qs[c], qs_bytes));
+            CHECK(cudaMalloc(&sm[c], sm_bytes));
+            fill_random<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(qs[c]), qs_bytes / 4, 17 + c);
+            fill_scale_min<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(sm[c]), sm_bytes / 4, 99 + c);
+            CHECK(cudaGetLastError());
+        }
+        float* x;
+        kestrel::Q8Block* a;
+        float* y;
+        CHECK(cudaMalloc(&x, 8 * k * 4));
+        CHECK(cudaMalloc(&a, 8 * groups * sizeof(kestrel::Q8Block)));
+        CHECK(cudaMalloc(&y, 8 * n * 4));
+        fill_normalish<<<256, 256, 0, stream>>>(x, 8 * k, 5);
+        CHECK(cudaGetLastError());
+        CHECK_STATUS(kestrel::cuda::quantize_q8(x, 8, k, k, a, stream));
+        for (int m : ms) {
+            CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+            for (int c = 0; c < copies; ++c) {
+                kestrel::cuda::W4DeviceView view{static_cast<const uint8_t*>(qs[c]), static_cast<const uint32_t*>(sm[c]), n, k};
+                CHECK_STATUS(kestrel::cuda::gemv_w4a8(view, a, m, y, stream));
+            }
+            CHECK(cudaStreamEndCapture(stream, &g));
+            cudaGraphExec_t exec;
+            CHECK(cudaGraphInstantiate(&exec, g, 0));
+            CHECK(cudaGraphDestroy(g));
+            const float ms_per = time_graph(exec, stream, repeats) / copies;
+            CHECK(cudaGraphExecDestroy(exec));
+            const double bytes = static_cast<double>(set_bytes) + m * groups * 48.0 + m * n * 4.0;
+            const double gbs = bytes / (ms_per * 1e-3) / 1e9;
+            char name[32];
+            std::snprintf(name, sizeof name, "%lld -> %lld", static_cast<long long>(k), static_cast<long long>(n));
+            std::printf("%-16s %2d %10.2f %10.1f %7.1f%%\n", name, m, ms_per * 1e3, gbs, 100.0 * gbs / copy_gbs);
+            if (m == 1) m1_fraction.push_back(gbs / copy_gbs);
+        }
+        for (int c = 0; c < copies; ++c) {
+            CHECK(cudaFree(qs[c]));
+            CHECK(cudaFree(sm[c]));
+        }
+        CHECK(cudaFree(x));
+        CHECK(cudaFree(a));
+        CHECK(cudaFree(y));
+    }
+    // Activation quantisation alone (K = 5376 and 21504, M = 1), for the step budget.
+    for (int64_t k : {int64_t{5376}, int64_t{21504}}) {
+        float* x;
+        kestrel::Q8Block* a;
+        CHECK(cudaMalloc(&x, k * 4));
+        CHECK(cudaMalloc(&a, (k / 32) * sizeof(kestrel::Q8Block)));
+        fill_normalish<<<64, 256, 0, stream>>>(x, k, 3);
+        CHECK(cudaGetLastError());
+        CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        for (int i = 0; i < 20; ++i) CHECK_STATUS(kestrel::cuda::quantize_q8(x, 1, k, k, a, stream));
+        CHECK(cudaStreamEndCapture(stream, &g));
+        cudaGraphExec_t exec;
+        CHECK(cudaGraphInstantiate(&exec, g, 0));
+        CHECK(cudaGraphDestroy(g));
+        std::printf("quantize_q8 K=%lld M=1: %.2f us per launch (graph)\n", static_cast<long long>(k),
+                    time_graph(exec, stream, repeats) / 20 * 1e3);
+        CHECK(cudaGraphExecDestroy(exec));
+        CHECK(cudaFree(x));
+        CHECK(cudaFree(a));
+    }
+    double worst = 1e9;
+    for (double f : m1_fraction) worst = std::min(worst, f);
+    std::printf("M=1: worst shape at %.1f%% of copy bandwidth (target >= 80%%)\n", 100.0 * worst);
+    CHECK(cudaStreamDestroy(stream));
+    return 0;
+}

@@ -1,0 +1,257 @@
+#include "ops/weight_format.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "core/half.h"
+
+namespace kestrel {
+namespace {
+
+Status check_shape(const char* what, int64_t n, int64_t k, int64_t k_multiple) {
+    if (n <= 0 || k <= 0 || k % k_multiple != 0) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": shape [" + std::to_string(n) + ", " + std::to_string(k) +
+                          "] needs n > 0 and k a positive multiple of " + std::to_string(k_multiple));
+    }
+    return ok_status();
+}
+
+W4Weights make_w4(int64_t n, int64_t k) {
+    W4Weights w;
+    w.n = n;
+    w.k = k;
+    w.qs.assign(static_cast<size_t>(n * (k / 2)), 0);
+    w.scale_min.assign(static_cast<size_t>(n * (k / kW4Group) * 2), 0);
+    return w;
+}
+
+// Stores the 32 values q[0..31] (each 0..15) as group `g` of row `row`.
+void put_group(W4Weights& w, int64_t row, int64_t g, const uint8_t* q) {
+    uint8_t* dst = w.qs.data() + row * (w.k / 2) + g * 16;
+    for (int b = 0; b < 16; ++b) dst[b] = static_cast<uint8_t>(q[b] | (q[b + 16] << 4));
+}
+
+void put_scale_min(W4Weights& w, int64_t row, int64_t g, uint16_t scale, uint16_t min) {
+    uint16_t* dst = w.scale_min.data() + (row * w.groups() + g) * 2;
+    dst[0] = scale;
+    dst[1] = min;
+}
+
+bool fp16_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
+
+}  // namespace
+
+std::vector<float> w4_dequantize(const W4Weights& w) {
+    std::vector<float> out(static_cast<size_t>(w.n * w.k));
+    for (int64_t row = 0; row < w.n; ++row) {
+        for (int64_t g = 0; g < w.groups(); ++g) {
+            const uint16_t* sm = w.scale_min.data() + (row * w.groups() + g) * 2;
+            const float scale = fp16_to_fp32(sm[0]);
+            const float min = fp16_to_fp32(sm[1]);
+            for (int64_t i = 0; i < kW4Group; ++i) {
+                const int64_t col = g * kW4Group + i;
+                out[static_cast<size_t>(row * w.k + col)] = scale * static_cast<float>(w4_q(w, row, col)) - min;
+            }
+        }
+    }
+    return out;
+}
+
+// block_q4_K (ggml-common.h; src/io/dequantize_kquants.cpp): d fp16 [0,2), dmin fp16 [2,4),
+// 6-bit sub-block scales/mins [4,16), qs [16,144): sub-block j's weight l is nibble j % 2 of
+// qs[32 (j / 2) + l]. weight = (d sc_j) q - (dmin m_j).
+Result<W4Weights> w4_from_q4_k(std::span<const uint8_t> src, int64_t n, int64_t k) {
+    KESTREL_RETURN_IF_ERROR(check_shape("w4_from_q4_k", n, k, 256));
+    constexpr int64_t kBlockBytes = 144;
+    const int64_t blocks_per_row = k / 256;
+    if (static_cast<int64_t>(src.size()) != n * blocks_per_row * kBlockBytes) {
+        return Status(StatusCode::kInvalidArgument,
+                      "w4_from_q4_k: " + std::to_string(src.size()) + " bytes, expected " +
+                          std::to_string(n * blocks_per_row * kBlockBytes));
+    }
+    W4Weights w = make_w4(n, k);
+    uint8_t q[32];
+    for (int64_t row = 0; row < n; ++row) {
+        for (int64_t b = 0; b < blocks_per_row; ++b) {
+            const uint8_t* block = src.data() + (row * blocks_per_row + b) * kBlockBytes;
+            const float d = fp16_to_fp32(load_le<uint16_t>(block + 0));
+            const float dmin = fp16_to_fp32(load_le<uint16_t>(block + 2));
+            const uint8_t* s = block + 4;
+            const uint8_t* qs = block + 16;
+            for (int j = 0; j < 8; ++j) {
+                int sc, m;
+                if (j < 4) {
+                    sc = s[j] & 0x3F;
+                    m = s[j + 4] & 0x3F;
+                } else {
+                    sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+                    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+                }
+                // d * sc and dmin * m are exact in fp32 (11-bit by 6-bit products): one rounding, to fp16.
+                const uint16_t scale = fp32_to_fp16(d * static_cast<float>(sc));
+                const uint16_t min = fp32_to_fp16(dmin * static_cast<float>(m));
+                if (!fp16_finite(scale) || !fp16_finite(min)) {
+                    return Status(StatusCode::kInvalidArgument,
+                                  "w4_from_q4_k: row " + std::to_string(row) + " block " + std::to_string(b) +
+                                      ": d * sc or dmin * m is not a finite fp16");
+                }
+                const uint8_t* qsrc = qs + 32 * (j / 2);
+                const int shift = 4 * (j % 2);
+                for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>((qsrc[l] >> shift) & 0x0F);
+                const int64_t g = b * 8 + j;
+                put_group(w, row, g, q);
+                put_scale_min(w, row, g, scale, min);
+            }
+        }
+    }
+    return w;
+}
+
+// block_q4_0: d fp16 [0,2), qs [2,18) with byte b = weight b (low) | weight b+16 (high): our
+// group byte order already. weight = d (q - 8) = d q - 8 d; 8 d is exact in fp16 (an exponent
+// step) unless it overflows, and d q - 8 d = d (q - 8) is exact in fp32 (a representable result).
+Result<W4Weights> w4_from_q4_0(std::span<const uint8_t> src, int64_t n, int64_t k) {
+    KESTREL_RETURN_IF_ERROR(check_shape("w4_from_q4_0", n, k, 32));
+    constexpr int64_t kBlockBytes = 18;
+    const int64_t groups = k / 32;
+    if (static_cast<int64_t>(src.size()) != n * groups * kBlockBytes) {
+        return Status(StatusCode::kInvalidArgument,
+                      "w4_from_q4_0: " + std::to_string(src.size()) + " bytes, expected " +
+                          std::to_string(n * groups * kBlockBytes));
+    }
+    W4Weights w = make_w4(n, k);
+    for (int64_t row = 0; row < n; ++row) {
+        for (int64_t g = 0; g < groups; ++g) {
+            const uint8_t* block = src.data() + (row * groups + g) * kBlockBytes;
+            const uint16_t d = load_le<uint16_t>(block);
+            const uint16_t min = fp32_to_fp16(8.0f * fp16_to_fp32(d));
+            if (!fp16_finite(d) || !fp16_finite(min)) {
+                return Status(StatusCode::kInvalidArgument,
+                              "w4_from_q4_0: row " + std::to_string(row) + " block " + std::to_string(g) +
+                                  ": 8 d is not a finite fp16");
+            }
+            std::copy(block + 2, block + 18, w.qs.data() + row * (k / 2) + g * 16);
+            put_scale_min(w, row, g, d, min);
+        }
+    }
+    return w;
+}
+
+Result<W4Weights> w4_from_f32(std::span<const float> src, int64_t n, int64_t k) {
+    KESTREL_RETURN_IF_ERROR(check_shape("w4_from_f32", n, k, 32));
+    if (static_cast<int64_t>(src.size()) != n * k) {
+        return Status(StatusCode::kInvalidArgument, "w4_from_f32: " + std::to_string(src.size()) +
+                                                        " values, expected " + std::to_string(n * k));
+    }
+    W4Weights w = make_w4(n, k);
+    uint8_t q[32];
+    for (int64_t row = 0; row < n; ++row) {
+        for (int64_t g = 0; g < k / 32; ++g) {
+            const float* x = src.data() + row * k + g * 32;
+            float lo = x[0], hi = x[0];
+            for (int i = 0; i < 32; ++i) {
+                if (!std::isfinite(x[i]) || std::fabs(x[i]) > 65504.0f) {
+                    return Status(StatusCode::kInvalidArgument,
+                                  "w4_from_f32: weight [" + std::to_string(row) + ", " +
+                                      std::to_string(g * 32 + i) + "] is not finite in fp16");
+                }
+                lo = std::min(lo, x[i]);
+                hi = std::max(hi, x[i]);
+            }
+            // Quantise against the fp16 values the format stores, so rounding stays to nearest.
+            const uint16_t scale_h = fp32_to_fp16((hi - lo) / 15.0f);
+            const uint16_t min_h = fp32_to_fp16(-lo);
+            const float scale = fp16_to_fp32(scale_h);
+            const float min = fp16_to_fp32(min_h);
+            for (int i = 0; i < 32; ++i) {
+                const float v = scale > 0.0f ? std::nearbyint((x[i] + min) / scale) : 0.0f;
+                q[i] = static_cast<uint8_t>(std::clamp(v, 0.0f, 15.0f));
+            }
+            put_group(w, row, g, q);
+            put_scale_min(w, row, g, scale_h, min_h);
+        }
+    }
+    return w;
+}
+
+void quantize_q8_row(const float* x, int64_t k, Q8Block* out) {
+    for (int64_t b = 0; b < k / 32; ++b) {
+        const float* v = x + b * 32;
+        Q8Block& blk = out[b];
+        float amax = 0.0f;
+        bool finite = true;
+        for (int i = 0; i < 32; ++i) {
+            finite = finite && std::isfinite(v[i]);
+            amax = std::max(amax, std::fabs(v[i]));
+        }
+        blk = Q8Block{};
+        if (!finite) {
+            blk.d = std::numeric_limits<float>::quiet_NaN();
+            continue;
+        }
+        const float d = amax / 127.0f;
+        blk.d = d;
+        int32_t sum = 0;
+        for (int i = 0; i < 32; ++i) {
+            int q = 0;
+            if (d > 0.0f) q = std::clamp(static_cast<int>(std::nearbyint(v[i] / d)), -127, 127);
+            blk.qs[i] = static_cast<int8_t>(q);
+            sum += q;
+        }
+        blk.sum = sum;
+    }
+}
+
+void matvec_w4_f32(const W4Weights& w, const float* x, int64_t m_rows, float* y) {
+    std::vector<float> row_w(static_cast<size_t>(w.k));
+    for (int64_t row = 0; row < w.n; ++row) {
+        for (int64_t g = 0; g < w.groups(); ++g) {
+            const uint16_t* sm = w.scale_min.data() + (row * w.groups() + g) * 2;
+            const float scale = fp16_to_fp32(sm[0]);
+            const float min = fp16_to_fp32(sm[1]);
+            for (int64_t i = 0; i < 32; ++i) {
+                row_w[static_cast<size_t>(g * 32 + i)] =
+                    scale * static_cast<float>(w4_q(w, row, g * 32 + i)) - min;
+            }
+        }
+        for (int64_t m = 0; m < m_rows; ++m) {
+            double acc = 0.0;
+            const float* xm = x + m * w.k;
+            for (int64_t c = 0; c < w.k; ++c) acc += static_cast<double>(row_w[static_cast<size_t>(c)]) * xm[c];
+            y[m * w.n + row] = static_cast<float>(acc);
+        }
+    }
+}
+
+void matvec_w4a8(const W4Weights& w, const Q8Block* a, int64_t m_rows, float* y, float* magnitude) {
+    const int64_t groups = w.groups();
+    for (int64_t row = 0; row < w.n; ++row) {
+        for (int64_t m = 0; m < m_rows; ++m) {
+            float acc = 0.0f;
+            float mag = 0.0f;
+            for (int64_t g = 0; g < groups; ++g) {
+                const uint16_t* sm = w.scale_min.data() + (row * groups + g) * 2;
+                const float scale = fp16_to_fp32(sm[0]);
+                const float min = fp16_to_fp32(sm[1]);
+                const Q8Block& blk = a[m * groups + g];
+                const uint8_t* qw = w.qs.data() + row * (w.k / 2) + g * 16;
+                int32_t dot = 0;
+                for (int b = 0; b < 16; ++b) {
+                    dot += static_cast<int32_t>(qw[b] & 0x0F) * blk.qs[b];
+                    dot += static_cast<int32_t>(qw[b] >> 4) * blk.qs[b + 16];
+                }
+                const float t = scale * static_cast<float>(dot) - min * static_cast<float>(blk.sum);
+                acc += blk.d * t;
+                mag += std::fabs(blk.d) * (std::fabs(scale * static_cast<float>(dot)) +
+                                           std::fabs(min * static_cast<float>(blk.sum)));
+            }
+            y[m * w.n + row] = acc;
+            if (magnitude != nullptr) magnitude[m * w.n + row] = mag;
+        }
+    }
+}
+
+}  // namespace kestrel
