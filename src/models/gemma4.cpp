@@ -106,14 +106,7 @@ public:
 
     const ModelConfig& config() const override { return config_; }
 
-    std::vector<KvLayerSpec> kv_layout() const override {
-        std::vector<KvLayerSpec> layout;
-        for (const LayerConfig& layer : config_.layers) {
-            layout.push_back({layer.n_kv_heads, layer.head_dim, layer.v_head_dim,
-                              layer.kind == LayerKind::kSliding ? config_.sliding_window : 0});
-        }
-        return layout;
-    }
+    std::vector<KvLayerSpec> kv_layout() const override { return kv_layout_of(config_); }
 
     Status forward(Ops& ops, const Batch& batch, std::span<const KvLayerView> kv, const ForwardOptions& options,
                    std::span<float> logits) const override;

@@ -42,6 +42,10 @@ struct KvLayerSpec {
     int64_t window = 0;  // 0: full attention (flat cache); W: sliding (ring of >= W + chunk - 1)
 };
 
+// The cache every layer of `config` needs: full layers flat, sliding layers a ring of their window,
+// linear (Gated DeltaNet) layers none (their state is a RecurrentLayerSpec).
+std::vector<KvLayerSpec> kv_layout_of(const ModelConfig& config);
+
 // Sees every named intermediate of a forward: name as in the model card / llama.cpp's graph
 // ("attn_norm", "ffn_out"), layer (-1 outside the layer stack), data [rows, cols] on the host.
 using DebugHook =

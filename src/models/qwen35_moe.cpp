@@ -134,17 +134,7 @@ public:
 
     const ModelConfig& config() const override { return config_; }
 
-    std::vector<KvLayerSpec> kv_layout() const override {
-        std::vector<KvLayerSpec> layout;
-        for (const LayerConfig& layer : config_.layers) {
-            if (layer.kind == LayerKind::kLinear) {
-                layout.push_back({0, 0, 0, 0});  // no KV cache: the recurrent state instead
-            } else {
-                layout.push_back({layer.n_kv_heads, layer.head_dim, layer.v_head_dim, 0});
-            }
-        }
-        return layout;
-    }
+    std::vector<KvLayerSpec> kv_layout() const override { return kv_layout_of(config_); }
 
     std::vector<RecurrentLayerSpec> recurrent_layout() const override {
         std::vector<RecurrentLayerSpec> layout;

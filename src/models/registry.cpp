@@ -36,4 +36,17 @@ Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const Model
                               config.architecture, known));
 }
 
+std::vector<KvLayerSpec> kv_layout_of(const ModelConfig& config) {
+    std::vector<KvLayerSpec> layout;
+    for (const LayerConfig& layer : config.layers) {
+        if (layer.kind == LayerKind::kLinear) {
+            layout.push_back({});
+        } else {
+            layout.push_back({layer.n_kv_heads, layer.head_dim, layer.v_head_dim,
+                              layer.kind == LayerKind::kSliding ? config.sliding_window : 0});
+        }
+    }
+    return layout;
+}
+
 }  // namespace kestrel
