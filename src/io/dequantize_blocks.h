@@ -20,6 +20,18 @@ void q5_0(const uint8_t* src, int64_t n_blocks, float* dst);
 void q5_1(const uint8_t* src, int64_t n_blocks, float* dst);
 void q8_0(const uint8_t* src, int64_t n_blocks, float* dst);
 
+// Q4_K and Q5_K pack eight 6-bit scales and eight 6-bit minimums into 12 bytes
+// (ggml-quants.c get_scale_min_k4; letters are the bits of sub-blocks 0..7):
+//   bytes 0-3   [sc4..7 bits 4-5 | sc0..3 bits 0-5]
+//   bytes 4-7   [m4..7  bits 4-5 | m0..3  bits 0-5]
+//   bytes 8-11  [m4..7 bits 0-3  | sc4..7 bits 0-3]
+// Also used by the engine's W4 conversion (src/ops/weight_format.cpp).
+struct ScaleMin {
+    int scale;
+    int min;
+};
+ScaleMin k4_scale_min(const uint8_t* scales, int j);
+
 // dequantize_kquants.cpp: 256-element super-blocks with quantised sub-block scales.
 void q2_k(const uint8_t* src, int64_t n_blocks, float* dst);
 void q3_k(const uint8_t* src, int64_t n_blocks, float* dst);

@@ -14,24 +14,16 @@
 #include "io/dequantize_blocks.h"
 
 namespace kestrel::dequant {
-namespace {
 
-constexpr int kSuper = 256;  // QK_K
-
-// Q4_K and Q5_K pack eight 6-bit scales and eight 6-bit minimums into 12 bytes
-// (ggml-quants.c get_scale_min_k4; letters are the bits of sub-blocks 0..7):
-//   bytes 0-3   [sc4..7 bits 4-5 | sc0..3 bits 0-5]
-//   bytes 4-7   [m4..7  bits 4-5 | m0..3  bits 0-5]
-//   bytes 8-11  [m4..7 bits 0-3  | sc4..7 bits 0-3]
-struct ScaleMin {
-    int scale;
-    int min;
-};
 ScaleMin k4_scale_min(const uint8_t* scales, int j) {
     if (j < 4) return {scales[j] & 0x3F, scales[j + 4] & 0x3F};
     return {(scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
             (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)};
 }
+
+namespace {
+
+constexpr int kSuper = 256;  // QK_K
 
 // block_q2_K, 84 bytes:
 //   [0, 16)    scales[16]  sub-block i (weights 16i .. 16i+15): low nibble sc, high nibble m

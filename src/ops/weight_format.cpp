@@ -1,5 +1,7 @@
 #include "ops/weight_format.h"
 
+#include "io/dequantize_blocks.h"  // k4_scale_min: the Q4_K scale packing, one place
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -82,14 +84,7 @@ Result<W4Weights> w4_from_q4_k(std::span<const uint8_t> src, int64_t n, int64_t 
             const uint8_t* s = block + 4;
             const uint8_t* qs = block + 16;
             for (int j = 0; j < 8; ++j) {
-                int sc, m;
-                if (j < 4) {
-                    sc = s[j] & 0x3F;
-                    m = s[j + 4] & 0x3F;
-                } else {
-                    sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
-                    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-                }
+                const auto [sc, m] = dequant::k4_scale_min(s, j);
                 // d * sc and dmin * m are exact in fp32 (11-bit by 6-bit products): one rounding, to fp16.
                 const uint16_t scale = fp32_to_fp16(d * static_cast<float>(sc));
                 const uint16_t min = fp32_to_fp16(dmin * static_cast<float>(m));
