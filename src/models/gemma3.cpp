@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "core/log.h"
+#include "models/forward_common.h"
 #include "models/model.h"
 #include "models/weight_reader.h"
 
@@ -99,10 +100,6 @@ public:
                    std::span<float> logits) const override;
 
 private:
-    LinearWeight linear(const std::vector<float>& w, int64_t out, int64_t in) const {
-        return LinearWeight{WeightFormat::kF32, w.data(), out, in};
-    }
-
     ModelConfig config_;
     Gemma3Weights w_;
     float query_scale_;  // query_pre_attn_scalar^-0.5
@@ -114,15 +111,8 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     const int64_t d = config_.hidden_size;
     const int64_t f = config_.ffn_size;
     const int64_t n_heads = config_.n_heads;
-    const int64_t vocab = config_.vocab_size;
     const float eps = static_cast<float>(config_.rms_norm_eps);
-    const int64_t n_logit_rows =
-        options.logits == LogitRows::kAll ? n_tokens : (options.logits == LogitRows::kLast ? 1 : 0);
-    if (n_tokens == 0 || static_cast<int64_t>(batch.positions.size()) != n_tokens ||
-        static_cast<int64_t>(kv.size()) != config_.n_layers ||
-        static_cast<int64_t>(logits.size()) != n_logit_rows * vocab) {
-        return Status(StatusCode::kInternal, "gemma3 forward: batch, KV views or logits buffer of the wrong size");
-    }
+    KESTREL_RETURN_IF_ERROR(check_forward_arguments("gemma3", config_, batch, kv, options.logits, logits));
     auto dump = [&](std::string_view name, int64_t layer, const std::vector<float>& data, int64_t cols) {
         if (options.debug != nullptr) (*options.debug)(name, layer, data.data(), n_tokens, cols);
     };
@@ -152,9 +142,9 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         q.resize(static_cast<size_t>(n_tokens * n_heads * hd));
         k.resize(static_cast<size_t>(n_tokens * n_kv * hd));
         v.resize(static_cast<size_t>(n_tokens * n_kv * lc.v_head_dim));
-        ops.linear(attn_norm.data(), n_tokens, linear(layer.wq, n_heads * hd, d), q.data());
-        ops.linear(attn_norm.data(), n_tokens, linear(layer.wk, n_kv * hd, d), k.data());
-        ops.linear(attn_norm.data(), n_tokens, linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
+        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq, n_heads * hd, d), q.data());
+        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wk, n_kv * hd, d), k.data());
+        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
         dump("Vcur", il, v, n_kv * lc.v_head_dim);
 
         // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor rotated.
@@ -170,7 +160,7 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         ops.attention(q.data(), batch.positions, kv[il], params, attn_out.data());
         dump("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
 
-        ops.linear(attn_out.data(), n_tokens, linear(layer.wo, d, n_heads * lc.v_head_dim), attn_proj.data());
+        ops.linear(attn_out.data(), n_tokens, f32_linear(layer.wo, d, n_heads * lc.v_head_dim), attn_proj.data());
         dump("attn_proj", il, attn_proj, d);
         // Sandwich norm: x = x + rms_norm(attn, post_attention_norm).
         ops.rms_norm_add(attn_proj.data(), layer.post_attn_norm.data(), n_tokens, d, eps, x.data());
@@ -179,25 +169,19 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
         ops.rms_norm(x.data(), layer.ffn_norm.data(), n_tokens, d, eps, ffn_norm.data());
         dump("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm.data(), n_tokens, linear(layer.w_gate, f, d), gate.data());
-        ops.linear(ffn_norm.data(), n_tokens, linear(layer.w_up, f, d), up.data());
+        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.w_gate, f, d), gate.data());
+        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.w_up, f, d), up.data());
         ops.gelu_tanh_and_mul(gate.data(), up.data(), n_tokens * f, ffn_act.data());
         dump("ffn_act", il, ffn_act, f);
-        ops.linear(ffn_act.data(), n_tokens, linear(layer.w_down, d, f), ffn_out.data());
+        ops.linear(ffn_act.data(), n_tokens, f32_linear(layer.w_down, d, f), ffn_out.data());
         dump("ffn_out", il, ffn_out, d);
         ops.rms_norm_add(ffn_out.data(), layer.post_ffn_norm.data(), n_tokens, d, eps, x.data());
         dump("l_out", il, x, d);
     }
 
     // ---- output: final norm, tied lm_head (only the rows whose logits are asked for) ----
-    if (n_logit_rows == 0) return ok_status();
-    const float* last_rows = x.data() + (n_tokens - n_logit_rows) * d;
-    std::vector<float> out_norm(static_cast<size_t>(n_logit_rows * d));
-    ops.rms_norm(last_rows, w_.output_norm.data(), n_logit_rows, d, eps, out_norm.data());
-    if (options.debug != nullptr) (*options.debug)("result_norm", -1, out_norm.data(), n_logit_rows, d);
-    const std::vector<float>& lm_head = w_.output.empty() ? w_.token_embd : w_.output;
-    ops.logits(out_norm.data(), n_logit_rows, linear(lm_head, vocab, d),
-               static_cast<float>(config_.final_logit_softcap), logits.data());
+    output_head(ops, config_, x, n_tokens, w_.output_norm, w_.output.empty() ? w_.token_embd : w_.output, options,
+                logits);
     return ok_status();
 }
 

@@ -32,6 +32,7 @@
 #include <fmt/format.h>
 
 #include "core/log.h"
+#include "models/forward_common.h"
 #include "models/model.h"
 #include "models/weight_reader.h"
 
@@ -156,10 +157,6 @@ private:
     int64_t conv_dim() const {
         return 2 * config_.linear_k_heads * config_.linear_k_head_dim + config_.linear_v_heads * config_.linear_v_head_dim;
     }
-    static LinearWeight linear(const std::vector<float>& w, int64_t out, int64_t in) {
-        return LinearWeight{WeightFormat::kF32, w.data(), out, in};
-    }
-
     ModelConfig config_;
     Qwen35Weights w_;
     GdnHeadOrder order_;  // kGrouped from HF folders, kTiled from llama.cpp GGUFs
@@ -169,17 +166,8 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
                           const ForwardOptions& options, std::span<float> logits) const {
     const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
     const int64_t d = config_.hidden_size;
-    const int64_t vocab = config_.vocab_size;
     const float eps = static_cast<float>(config_.rms_norm_eps);
-    const int64_t n_logit_rows =
-        options.logits == LogitRows::kAll ? n_tokens : (options.logits == LogitRows::kLast ? 1 : 0);
-    if (n_tokens == 0 || static_cast<int64_t>(batch.positions.size()) != n_tokens ||
-        static_cast<int64_t>(kv.size()) != config_.n_layers ||
-        static_cast<int64_t>(batch.recurrent.size()) != config_.n_layers ||
-        static_cast<int64_t>(logits.size()) != n_logit_rows * vocab) {
-        return Status(StatusCode::kInternal,
-                      "qwen35moe forward: batch, KV views, recurrent state or logits buffer of the wrong size");
-    }
+    KESTREL_RETURN_IF_ERROR(check_forward_arguments("qwen35moe", config_, batch, kv, options.logits, logits));
     auto dump = [&](std::string_view name, int64_t layer, const std::vector<float>& data, int64_t cols) {
         if (options.debug != nullptr) (*options.debug)(name, layer, data.data(), n_tokens, cols);
     };
@@ -225,10 +213,10 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
             b.resize(a.size());
             core.resize(z.size());
             gated.resize(z.size());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.w_qkv, cdim, d), qkv.data());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.w_z, value_dim, d), z.data());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.w_b, nv, d), b.data());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.w_a, nv, d), a.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_qkv, cdim, d), qkv.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_z, value_dim, d), z.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_b, nv, d), b.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_a, nv, d), a.data());
             dump("linear_attn_qkv_mixed", il, qkv, cdim);
             dump("z", il, z, value_dim);
             // HF: mixed_qkv = silu(conv1d(mixed_qkv)) over [conv_state | new inputs].
@@ -242,7 +230,7 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
             dump("attn_output", il, core, value_dim);
             ops.rms_norm_gated(core.data(), z.data(), layer.ssm_norm.data(), n_tokens * nv, dv, eps, gated.data());
             dump("final_output", il, gated, value_dim);
-            ops.linear(gated.data(), n_tokens, linear(layer.w_out, d, value_dim), attn_out.data());
+            ops.linear(gated.data(), n_tokens, f32_linear(layer.w_out, d, value_dim), attn_out.data());
         } else {
             // ---- gated full attention ----
             const int64_t hd = lc.head_dim, n_kv = lc.n_kv_heads;
@@ -251,10 +239,10 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
             k.resize(static_cast<size_t>(n_tokens * n_kv * hd));
             v.resize(static_cast<size_t>(n_tokens * n_kv * lc.v_head_dim));
             kqv.resize(static_cast<size_t>(n_tokens * nh * lc.v_head_dim));
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.wq, nh * hd, d), q.data());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.wq_gate, nh * hd, d), gate.data());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.wk, n_kv * hd, d), k.data());
-            ops.linear(attn_norm.data(), n_tokens, linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq, nh * hd, d), q.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq_gate, nh * hd, d), gate.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wk, n_kv * hd, d), k.data());
+            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
             // HF: q_norm / k_norm per head (1 + w), then partial rotate-half RoPE (M-RoPE with
             // equal text positions), on the first rope_dim values of each head.
             const int64_t rope_dim = config_.rope_dim > 0 ? config_.rope_dim : hd;
@@ -271,7 +259,7 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
             // HF: attn_output * sigmoid(gate), elementwise over [T, nh * hd].
             ops.sigmoid_mul(kqv.data(), gate.data(), n_tokens * nh * lc.v_head_dim, kqv.data());
             dump("kqv_out", il, kqv, nh * lc.v_head_dim);
-            ops.linear(kqv.data(), n_tokens, linear(layer.wo, d, nh * lc.v_head_dim), attn_out.data());
+            ops.linear(kqv.data(), n_tokens, f32_linear(layer.wo, d, nh * lc.v_head_dim), attn_out.data());
         }
         dump("attn_proj", il, attn_out, d);
         ops.add(x.data(), attn_out.data(), n_tokens * d, x.data());
@@ -280,17 +268,17 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
         // ---- MoE: softmax top-k routed experts + sigmoid-gated shared expert ----
         ops.rms_norm(x.data(), layer.post_attn_norm.data(), n_tokens, d, eps, ffn_norm.data());
         dump("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm.data(), n_tokens, linear(layer.router, n_exp, d), router_logits.data());
+        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.router, n_exp, d), router_logits.data());
         dump("ffn_moe_logits", il, router_logits, n_exp);
         ops.moe_route(router_logits.data(), n_tokens, n_exp, k_used, route_ids.data(), route_w.data());
         const MoeExpertWeights experts{layer.exp_gate.data(), layer.exp_up.data(), layer.exp_down.data(), n_exp, f, d};
         ops.moe_experts(ffn_norm.data(), n_tokens, route_ids.data(), route_w.data(), k_used, experts, moe_out.data());
         dump("ffn_moe_out", il, moe_out, d);
-        ops.linear(ffn_norm.data(), n_tokens, linear(layer.sh_gate, fs, d), sh_g.data());
-        ops.linear(ffn_norm.data(), n_tokens, linear(layer.sh_up, fs, d), sh_u.data());
+        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.sh_gate, fs, d), sh_g.data());
+        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.sh_up, fs, d), sh_u.data());
         ops.silu_and_mul(sh_g.data(), sh_u.data(), n_tokens * fs, sh_act.data());
-        ops.linear(sh_act.data(), n_tokens, linear(layer.sh_down, d, fs), shared_out.data());
-        ops.linear(ffn_norm.data(), n_tokens, linear(layer.sh_gate_inp, 1, d), sh_gate_logit.data());
+        ops.linear(sh_act.data(), n_tokens, f32_linear(layer.sh_down, d, fs), shared_out.data());
+        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.sh_gate_inp, 1, d), sh_gate_logit.data());
         dump("ffn_shexp", il, shared_out, d);
         ops.add_sigmoid_scaled(shared_out.data(), sh_gate_logit.data(), n_tokens, d, moe_out.data());
         dump("ffn_out", il, moe_out, d);
@@ -299,13 +287,8 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
     }
 
     // ---- output: final norm, lm_head (only the rows whose logits are asked for) ----
-    if (n_logit_rows == 0) return ok_status();
-    const float* last_rows = x.data() + (n_tokens - n_logit_rows) * d;
-    std::vector<float> out_norm(static_cast<size_t>(n_logit_rows * d));
-    ops.rms_norm(last_rows, w_.output_norm.data(), n_logit_rows, d, eps, out_norm.data());
-    if (options.debug != nullptr) (*options.debug)("result_norm", -1, out_norm.data(), n_logit_rows, d);
-    const std::vector<float>& lm_head = w_.output.empty() ? w_.token_embd : w_.output;
-    ops.logits(out_norm.data(), n_logit_rows, linear(lm_head, vocab, d), 0.0f, logits.data());
+    output_head(ops, config_, x, n_tokens, w_.output_norm, w_.output.empty() ? w_.token_embd : w_.output, options,
+                logits);
     return ok_status();
 }
 

@@ -1,0 +1,44 @@
+#include "models/forward_common.h"
+
+#include <fmt/format.h>
+
+namespace kestrel {
+
+int64_t logit_row_count(LogitRows rows, int64_t n_tokens) {
+    switch (rows) {
+        case LogitRows::kAll: return n_tokens;
+        case LogitRows::kLast: return 1;
+        case LogitRows::kNone: return 0;
+    }
+    return 0;
+}
+
+Status check_forward_arguments(std::string_view model, const ModelConfig& config, const Batch& batch,
+                               std::span<const KvLayerView> kv, LogitRows rows, std::span<const float> logits) {
+    const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
+    const bool has_linear_layers = config.count_layers(LayerKind::kLinear) > 0;
+    if (n_tokens == 0 || static_cast<int64_t>(batch.positions.size()) != n_tokens ||
+        static_cast<int64_t>(kv.size()) != config.n_layers ||
+        (has_linear_layers && static_cast<int64_t>(batch.recurrent.size()) != config.n_layers) ||
+        static_cast<int64_t>(logits.size()) != logit_row_count(rows, n_tokens) * config.vocab_size) {
+        return Status(StatusCode::kInternal,
+                      fmt::format("{} forward: batch, KV views, recurrent state or logits buffer of the wrong size", model));
+    }
+    return ok_status();
+}
+
+void output_head(Ops& ops, const ModelConfig& config, const std::vector<float>& x, int64_t n_tokens,
+                 const std::vector<float>& norm_weight, const std::vector<float>& lm_head,
+                 const ForwardOptions& options, std::span<float> logits) {
+    const int64_t rows = logit_row_count(options.logits, n_tokens);
+    if (rows == 0) return;
+    const int64_t d = config.hidden_size;
+    std::vector<float> out_norm(static_cast<size_t>(rows * d));
+    ops.rms_norm(x.data() + (n_tokens - rows) * d, norm_weight.data(), rows, d,
+                 static_cast<float>(config.rms_norm_eps), out_norm.data());
+    if (options.debug != nullptr) (*options.debug)("result_norm", -1, out_norm.data(), rows, d);
+    ops.logits(out_norm.data(), rows, f32_linear(lm_head, config.vocab_size, d),
+               static_cast<float>(config.final_logit_softcap), logits.data());
+}
+
+}  // namespace kestrel

@@ -1,0 +1,31 @@
+// Pieces every model's forward() shares: argument checks, fp32 weight views, and the output head.
+#pragma once
+
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "models/model.h"
+
+namespace kestrel {
+
+// Rows of logits a forward writes for `rows`: all tokens, the last one, or none.
+int64_t logit_row_count(LogitRows rows, int64_t n_tokens);
+
+// kInternal naming `model` when the batch, the KV views, the recurrent views (models with linear
+// layers) or the logits buffer do not fit `config`.
+Status check_forward_arguments(std::string_view model, const ModelConfig& config, const Batch& batch,
+                               std::span<const KvLayerView> kv, LogitRows rows, std::span<const float> logits);
+
+// A dequantised fp32 weight [out, in] as the Ops interface takes it.
+inline LinearWeight f32_linear(const std::vector<float>& w, int64_t out, int64_t in) {
+    return LinearWeight{WeightFormat::kF32, w.data(), out, in};
+}
+
+// The head every model ends with: RMSNorm of the last logit rows of the residual stream
+// x [T, d] (dumped as "result_norm"), then lm_head [vocab, d] with config.final_logit_softcap.
+void output_head(Ops& ops, const ModelConfig& config, const std::vector<float>& x, int64_t n_tokens,
+                 const std::vector<float>& norm_weight, const std::vector<float>& lm_head,
+                 const ForwardOptions& options, std::span<float> logits);
+
+}  // namespace kestrel
