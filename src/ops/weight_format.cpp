@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 
+#include "core/dtype.h"
 #include "core/half.h"
 
 namespace kestrel {
@@ -17,6 +19,19 @@ Status check_shape(const char* what, int64_t n, int64_t k, int64_t k_multiple) {
         return Status(StatusCode::kInvalidArgument,
                       std::string(what) + ": shape [" + std::to_string(n) + ", " + std::to_string(k) +
                           "] needs n > 0 and k a positive multiple of " + std::to_string(k_multiple));
+    }
+    return ok_status();
+}
+
+// A GGUF source tensor [n, k] of `type`: whole blocks per row and exactly its byte size
+// (the block table in core/dtype.h).
+Status check_source(const char* what, DType type, std::span<const uint8_t> src, int64_t n, int64_t k) {
+    const DTypeInfo& info = dtype_info(type);
+    KESTREL_RETURN_IF_ERROR(check_shape(what, n, k, info.block_elements));
+    const std::optional<int64_t> bytes = dtype_bytes(type, n * k);
+    if (!bytes || static_cast<int64_t>(src.size()) != *bytes) {
+        return Status(StatusCode::kInvalidArgument, std::string(what) + ": " + std::to_string(src.size()) +
+                                                        " bytes, expected " + std::to_string(bytes.value_or(-1)));
     }
     return ok_status();
 }
@@ -66,19 +81,14 @@ std::vector<float> w4_dequantize(const W4Weights& w) {
 // 6-bit sub-block scales/mins [4,16), qs [16,144): sub-block j's weight l is nibble j % 2 of
 // qs[32 (j / 2) + l]. weight = (d sc_j) q - (dmin m_j).
 Result<W4Weights> w4_from_q4_k(std::span<const uint8_t> src, int64_t n, int64_t k) {
-    KESTREL_RETURN_IF_ERROR(check_shape("w4_from_q4_k", n, k, 256));
-    constexpr int64_t kBlockBytes = 144;
+    KESTREL_RETURN_IF_ERROR(check_source("w4_from_q4_k", DType::kQ4_K, src, n, k));
+    const int64_t block_bytes = dtype_info(DType::kQ4_K).block_bytes;
     const int64_t blocks_per_row = k / 256;
-    if (static_cast<int64_t>(src.size()) != n * blocks_per_row * kBlockBytes) {
-        return Status(StatusCode::kInvalidArgument,
-                      "w4_from_q4_k: " + std::to_string(src.size()) + " bytes, expected " +
-                          std::to_string(n * blocks_per_row * kBlockBytes));
-    }
     W4Weights w = make_w4(n, k);
     uint8_t q[32];
     for (int64_t row = 0; row < n; ++row) {
         for (int64_t b = 0; b < blocks_per_row; ++b) {
-            const uint8_t* block = src.data() + (row * blocks_per_row + b) * kBlockBytes;
+            const uint8_t* block = src.data() + (row * blocks_per_row + b) * block_bytes;
             const float d = fp16_to_fp32(load_le<uint16_t>(block + 0));
             const float dmin = fp16_to_fp32(load_le<uint16_t>(block + 2));
             const uint8_t* s = block + 4;
@@ -109,18 +119,13 @@ Result<W4Weights> w4_from_q4_k(std::span<const uint8_t> src, int64_t n, int64_t 
 // group byte order already. weight = d (q - 8) = d q - 8 d; 8 d is exact in fp16 (an exponent
 // step) unless it overflows, and d q - 8 d = d (q - 8) is exact in fp32 (a representable result).
 Result<W4Weights> w4_from_q4_0(std::span<const uint8_t> src, int64_t n, int64_t k) {
-    KESTREL_RETURN_IF_ERROR(check_shape("w4_from_q4_0", n, k, 32));
-    constexpr int64_t kBlockBytes = 18;
+    KESTREL_RETURN_IF_ERROR(check_source("w4_from_q4_0", DType::kQ4_0, src, n, k));
+    const int64_t block_bytes = dtype_info(DType::kQ4_0).block_bytes;
     const int64_t groups = k / 32;
-    if (static_cast<int64_t>(src.size()) != n * groups * kBlockBytes) {
-        return Status(StatusCode::kInvalidArgument,
-                      "w4_from_q4_0: " + std::to_string(src.size()) + " bytes, expected " +
-                          std::to_string(n * groups * kBlockBytes));
-    }
     W4Weights w = make_w4(n, k);
     for (int64_t row = 0; row < n; ++row) {
         for (int64_t g = 0; g < groups; ++g) {
-            const uint8_t* block = src.data() + (row * groups + g) * kBlockBytes;
+            const uint8_t* block = src.data() + (row * groups + g) * block_bytes;
             const uint16_t d = load_le<uint16_t>(block);
             const uint16_t min = fp32_to_fp16(8.0f * fp16_to_fp32(d));
             if (!fp16_finite(d) || !fp16_finite(min)) {
