@@ -1,6 +1,7 @@
-// Microbenchmark of the W4A8 decode GEMV (src/ops/cuda/gemv_w4a8.cu) on the Gemma 4 31B
-// shapes: GB/s of the GEMV alone (weights + (scale, min) + Q8 activations + fp32 output, each
-// counted once) against a device-to-device copy measured in the same run (bytes read + written).
+// Microbenchmark of the W4A8 and W8A8 decode GEMVs (src/ops/cuda/gemv_w4a8.cu, gemv_w8a8.cu) on
+// the Gemma 4 31B shapes: GB/s of the GEMV alone (weights + (scale, min) + Q8 activations + fp32
+// output, each counted once) against a device-to-device copy measured in the same run (bytes
+// read + written).
 // Each shape holds enough weight copies to exceed 4x the L2 (rotated, so every launch reads
 // DRAM); the launches are captured in a CUDA graph (as decode runs), timed with events after
 // warm-up, median of the repeats. Random data, never zeros.
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "ops/cuda/gemv_w4a8.h"
+#include "ops/cuda/gemv_w8a8.h"
 
 namespace {
 
@@ -138,24 +140,14 @@ int main(int argc, char** argv) {
     CHECK(cudaFree(src));
     CHECK(cudaFree(dst));
 
+    // The 31B linears, then the tied output head (vocab 262144; W8 when token_embd is Q6_K).
     const int64_t shapes[][2] = {{5376, 8192}, {5376, 16384}, {5376, 4096}, {5376, 21504},
-                                 {21504, 5376}, {8192, 5376},  {16384, 5376}};
+                                 {21504, 5376}, {8192, 5376},  {16384, 5376}, {5376, 262144}};
     const int ms[] = {1, 2, 4, 8};
-    std::printf("%-16s %2s %10s %10s %8s\n", "K -> N", "M", "us", "GB/s", "of copy");
-    std::vector<double> m1_fraction;
+    std::printf("%-3s %-16s %2s %10s %10s %8s\n", "fmt", "K -> N", "M", "us", "GB/s", "of copy");
+    std::vector<double> m1_fraction[2];  // [W4, W8]
     for (const auto& shape : shapes) {
         const int64_t k = shape[0], n = shape[1], groups = k / 32;
-        const int64_t qs_bytes = n * k / 2, sm_bytes = n * groups * 4;
-        const int64_t set_bytes = qs_bytes + sm_bytes;
-        const int copies = static_cast<int>(std::max<int64_t>(2, (4 * int64_t{prop.l2CacheSize} + set_bytes - 1) / set_bytes));
-        std::vector<void*> qs(copies), sm(copies);
-        for (int c = 0; c < copies; ++c) {
-            CHECK(cudaMalloc(&qs[c], qs_bytes));
-            CHECK(cudaMalloc(&sm[c], sm_bytes));
-            fill_random<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(qs[c]), qs_bytes / 4, 17 + c);
-            fill_scale_min<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(sm[c]), sm_bytes / 4, 99 + c);
-            CHECK(cudaGetLastError());
-        }
         float* x;
         kestrel::Q8Block* a;
         float* y;
@@ -165,28 +157,48 @@ int main(int argc, char** argv) {
         fill_normalish<<<256, 256, 0, stream>>>(x, 8 * k, 5);
         CHECK(cudaGetLastError());
         CHECK_STATUS(kestrel::cuda::quantize_q8(x, 8, k, k, a, stream));
-        for (int m : ms) {
-            CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        for (int w8 = 0; w8 < 2; ++w8) {
+            // W4: 4-bit q, W8: int8 q; both one (scale, min) word per 32 weights.
+            const int64_t qs_bytes = w8 ? n * k : n * k / 2, sm_bytes = n * groups * 4;
+            const int64_t set_bytes = qs_bytes + sm_bytes;
+            const int copies = static_cast<int>(std::max<int64_t>(2, (4 * int64_t{prop.l2CacheSize} + set_bytes - 1) / set_bytes));
+            std::vector<void*> qs(copies), sm(copies);
             for (int c = 0; c < copies; ++c) {
-                kestrel::cuda::W4DeviceView view{static_cast<const uint8_t*>(qs[c]), static_cast<const uint32_t*>(sm[c]), n, k};
-                CHECK_STATUS(kestrel::cuda::gemv_w4a8(view, a, m, y, stream));
+                CHECK(cudaMalloc(&qs[c], qs_bytes));
+                CHECK(cudaMalloc(&sm[c], sm_bytes));
+                fill_random<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(qs[c]), qs_bytes / 4, 17 + c);
+                fill_scale_min<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(sm[c]), sm_bytes / 4, 99 + c);
+                CHECK(cudaGetLastError());
             }
-            CHECK(cudaStreamEndCapture(stream, &g));
-            cudaGraphExec_t exec;
-            CHECK(cudaGraphInstantiate(&exec, g, 0));
-            CHECK(cudaGraphDestroy(g));
-            const float ms_per = time_graph(exec, stream, repeats) / copies;
-            CHECK(cudaGraphExecDestroy(exec));
-            const double bytes = static_cast<double>(set_bytes) + m * groups * 48.0 + m * n * 4.0;
-            const double gbs = bytes / (ms_per * 1e-3) / 1e9;
-            char name[32];
-            std::snprintf(name, sizeof name, "%lld -> %lld", static_cast<long long>(k), static_cast<long long>(n));
-            std::printf("%-16s %2d %10.2f %10.1f %7.1f%%\n", name, m, ms_per * 1e3, gbs, 100.0 * gbs / copy_gbs);
-            if (m == 1) m1_fraction.push_back(gbs / copy_gbs);
-        }
-        for (int c = 0; c < copies; ++c) {
-            CHECK(cudaFree(qs[c]));
-            CHECK(cudaFree(sm[c]));
+            for (int m : ms) {
+                CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+                for (int c = 0; c < copies; ++c) {
+                    if (w8) {
+                        kestrel::cuda::W8DeviceView view{static_cast<const int8_t*>(qs[c]), static_cast<const uint32_t*>(sm[c]), n, k};
+                        CHECK_STATUS(kestrel::cuda::gemv_w8a8(view, a, m, y, stream));
+                    } else {
+                        kestrel::cuda::W4DeviceView view{static_cast<const uint8_t*>(qs[c]), static_cast<const uint32_t*>(sm[c]), n, k};
+                        CHECK_STATUS(kestrel::cuda::gemv_w4a8(view, a, m, y, stream));
+                    }
+                }
+                CHECK(cudaStreamEndCapture(stream, &g));
+                cudaGraphExec_t exec;
+                CHECK(cudaGraphInstantiate(&exec, g, 0));
+                CHECK(cudaGraphDestroy(g));
+                const float ms_per = time_graph(exec, stream, repeats) / copies;
+                CHECK(cudaGraphExecDestroy(exec));
+                const double bytes = static_cast<double>(set_bytes) + m * groups * 48.0 + m * n * 4.0;
+                const double gbs = bytes / (ms_per * 1e-3) / 1e9;
+                char name[32];
+                std::snprintf(name, sizeof name, "%lld -> %lld", static_cast<long long>(k), static_cast<long long>(n));
+                std::printf("%-3s %-16s %2d %10.2f %10.1f %7.1f%%\n", w8 ? "W8" : "W4", name, m, ms_per * 1e3, gbs,
+                            100.0 * gbs / copy_gbs);
+                if (m == 1) m1_fraction[w8].push_back(gbs / copy_gbs);
+            }
+            for (int c = 0; c < copies; ++c) {
+                CHECK(cudaFree(qs[c]));
+                CHECK(cudaFree(sm[c]));
+            }
         }
         CHECK(cudaFree(x));
         CHECK(cudaFree(a));
@@ -212,9 +224,11 @@ int main(int argc, char** argv) {
         CHECK(cudaFree(x));
         CHECK(cudaFree(a));
     }
-    double worst = 1e9;
-    for (double f : m1_fraction) worst = std::min(worst, f);
-    std::printf("M=1: worst shape at %.1f%% of copy bandwidth (target >= 80%%)\n", 100.0 * worst);
+    for (int w8 = 0; w8 < 2; ++w8) {
+        double worst = 1e9;
+        for (double f : m1_fraction[w8]) worst = std::min(worst, f);
+        std::printf("%s M=1: worst shape at %.1f%% of copy bandwidth (target >= 80%%)\n", w8 ? "W8" : "W4", 100.0 * worst);
+    }
     CHECK(cudaStreamDestroy(stream));
     return 0;
 }

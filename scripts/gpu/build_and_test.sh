@@ -27,14 +27,15 @@ export PATH="$PATH:/usr/local/cuda/bin"
     echo "== machine"; nvidia-smi -L; nvcc --version | tail -1; g++ --version | head -1; cmake --version | head -1
 } 2>&1 | tee "$out/machine.txt"
 cmake -S "$root" -B "$root/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKESTREL_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90a -DKESTREL_WERROR=ON ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} \
+    -DCMAKE_CUDA_ARCHITECTURES=90a -DKESTREL_WERROR=ON -DKESTREL_COMMIT="${KESTREL_COMMIT:-unknown}" ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} \
     >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
 cmake --build "$root/build-gpu" -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "== built"
-# Tests that read the default model (models/default.gguf) cannot run there.
+# Tests that read the default model (models/default.gguf) run only when it is there.
 needs_default_model="DefaultModel|CliRun|CliChat|CliTokenize|CliPerplexity|CliInfo.DescribesTheDefaultModel|CliInfo.JsonAtAGivenContext|Gemma3Reference|GemmaTokenizer"
+[ -f "$root/models/default.gguf" ] && needs_default_model="^$"
 ctest --test-dir "$root/build-gpu" -E "$needs_default_model" ${1:+-R "$1"} -j 8 --output-on-failure >"$out/ctest.log" 2>&1
 status=$?
-tail -5 "$out/ctest.log"
+grep -E "tests passed|\(Failed\)|\(Timeout\)" "$out/ctest.log" | head -30
 "$root/build-gpu/kestrel" info -m "$root/tests/fixtures/gemma4_tiny/model.gguf" 2>&1 | tee "$out/info.txt" | tail -4
 exit $status

@@ -15,6 +15,8 @@ Command add_run_command(CLI::App& app);
 Command add_chat_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app);
 Command add_perplexity_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
+Command add_make_gguf_command(CLI::App& app);
 
 // Prints "error: <message>" on stderr and returns 1.
 int fail(const std::string& message);

@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
     commands["info"] = kestrel::cli::add_info_command(app);
     commands["tokenize"] = kestrel::cli::add_tokenize_command(app);
     commands["perplexity"] = kestrel::cli::add_perplexity_command(app);
+    commands["bench"] = kestrel::cli::add_bench_command(app);
+    commands["make-gguf"] = kestrel::cli::add_make_gguf_command(app);
 
     try {
         app.parse(argc, argv);

@@ -18,6 +18,14 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     command.add_option("-t,--threads", options.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+    command.add_option("--device", options.device, "auto (CUDA when there is a GPU), cpu (the fp32 reference) or cuda")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+    command.add_option("--weights", options.weights,
+                       "Engine format of float (F32/F16/BF16) matrices on CUDA: w4, w8 or bf16 (quantised GGUF "
+                       "types keep their nearest format)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"w4", "w8", "bf16"}));
 }
 
 void add_sampling_options(CLI::App& command, SamplingOptions& options) {
@@ -50,7 +58,12 @@ Result<SamplingParams> resolve_sampling(const SamplingOptions& options) {
 }
 
 Result<std::unique_ptr<Engine>> load_engine(const ModelOptions& options) {
-    return Engine::load({.model = options.model, .threads = options.threads});
+    EngineOptions engine;
+    engine.model = options.model;
+    engine.threads = options.threads;
+    KESTREL_ASSIGN_OR_RETURN(engine.device, parse_device(options.device));
+    KESTREL_ASSIGN_OR_RETURN(engine.float_weights, parse_weight_format(options.weights));
+    return Engine::load(engine);
 }
 
 Result<Tokenizer> load_tokenizer(const ModelOptions& options) {

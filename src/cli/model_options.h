@@ -19,6 +19,8 @@ struct ModelOptions {
     int64_t context = 4096;       // -c; 0: the model's trained context. Capped by it.
     int64_t prefill_chunk = 512;  // -b
     int threads = 0;              // -t; 0: every hardware thread
+    std::string device = "auto";  // --device auto|cpu|cuda
+    std::string weights = "w4";   // --weights w4|w8|bf16: float matrices on CUDA
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);

@@ -27,18 +27,25 @@ Status check_forward_arguments(std::string_view model, const ModelConfig& config
     return ok_status();
 }
 
-void output_head(Ops& ops, const ModelConfig& config, const std::vector<float>& x, int64_t n_tokens,
-                 const std::vector<float>& norm_weight, const std::vector<float>& lm_head,
-                 const ForwardOptions& options, std::span<float> logits) {
+void dump(Ops& ops, const ForwardOptions& options, std::string_view name, int64_t layer, const float* data,
+          int64_t rows, int64_t cols) {
+    if (options.debug == nullptr) return;
+    std::vector<float> host(static_cast<size_t>(rows * cols));
+    const Status copied = ops.copy_to_host(host.data(), data, host.size() * sizeof(float));
+    if (!copied.ok()) return;  // the forward's own error check reports the backend's failure
+    (*options.debug)(name, layer, host.data(), rows, cols);
+}
+
+Status output_head(Ops& ops, const ModelConfig& config, const float* x, int64_t n_tokens, const float* norm_weight,
+                   const Weight& lm_head, const ForwardOptions& options, std::span<float> logits) {
     const int64_t rows = logit_row_count(options.logits, n_tokens);
-    if (rows == 0) return;
+    if (rows == 0) return ok_status();
     const int64_t d = config.hidden_size;
-    std::vector<float> out_norm(static_cast<size_t>(rows * d));
-    ops.rms_norm(x.data() + (n_tokens - rows) * d, norm_weight.data(), rows, d,
-                 static_cast<float>(config.rms_norm_eps), out_norm.data());
-    if (options.debug != nullptr) (*options.debug)("result_norm", -1, out_norm.data(), rows, d);
-    ops.logits(out_norm.data(), rows, f32_linear(lm_head, config.vocab_size, d),
-               static_cast<float>(config.final_logit_softcap), logits.data());
+    KESTREL_ASSIGN_OR_RETURN(float* out_norm, ops.workspace().floats(rows * d));
+    ops.rms_norm(x + (n_tokens - rows) * d, norm_weight, rows, d, static_cast<float>(config.rms_norm_eps), out_norm);
+    dump(ops, options, "result_norm", -1, out_norm, rows, d);
+    ops.logits(out_norm, rows, lm_head, static_cast<float>(config.final_logit_softcap), logits.data());
+    return ok_status();
 }
 
 }  // namespace kestrel

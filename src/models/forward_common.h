@@ -17,15 +17,18 @@ int64_t logit_row_count(LogitRows rows, int64_t n_tokens);
 Status check_forward_arguments(std::string_view model, const ModelConfig& config, const Batch& batch,
                                std::span<const KvLayerView> kv, LogitRows rows, std::span<const float> logits);
 
-// A dequantised fp32 weight [out, in] as the Ops interface takes it.
-inline LinearWeight f32_linear(const std::vector<float>& w, int64_t out, int64_t in) {
-    return LinearWeight{WeightFormat::kF32, w.data(), out, in};
-}
+// A borrowed view of a host fp32 weight [out, in] (models that keep their weights on the host).
+inline Weight f32_linear(const std::vector<float>& w, int64_t out, int64_t in) { return f32_view(w.data(), out, in); }
+
+// Hands data [rows, cols] (backend memory) to options.debug as `name`, copied to the host first
+// when the backend's memory is not the host's. Nothing without a hook.
+void dump(Ops& ops, const ForwardOptions& options, std::string_view name, int64_t layer, const float* data,
+          int64_t rows, int64_t cols);
 
 // The head every model ends with: RMSNorm of the last logit rows of the residual stream
-// x [T, d] (dumped as "result_norm"), then lm_head [vocab, d] with config.final_logit_softcap.
-void output_head(Ops& ops, const ModelConfig& config, const std::vector<float>& x, int64_t n_tokens,
-                 const std::vector<float>& norm_weight, const std::vector<float>& lm_head,
-                 const ForwardOptions& options, std::span<float> logits);
+// x [T, d] (dumped as "result_norm"), then lm_head [vocab, d] with config.final_logit_softcap,
+// into logits (backend memory).
+Status output_head(Ops& ops, const ModelConfig& config, const float* x, int64_t n_tokens, const float* norm_weight,
+                   const Weight& lm_head, const ForwardOptions& options, std::span<float> logits);
 
 }  // namespace kestrel

@@ -15,6 +15,7 @@
 //
 // Norms are (1 + w) RMSNorms (HF Gemma3RMSNorm). GGUF files store 1 + w already (llama.cpp's
 // converter adds 1); HF checkpoints store w, so the loader adds 1 there.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -30,28 +31,29 @@ namespace kestrel {
 namespace {
 
 // ---- weights ------------------------------------------------------------------------------------
-// Dequantised to fp32 at load (the CPU reference). d = d_model, hd = head_dim, f = ffn_size.
+// In backend memory: matrices in the backend's engine format (fp32 on the CPU reference, W4/W8/BF16
+// on CUDA), vectors fp32. d = d_model, hd = head_dim, f = ffn_size.
 
 struct Gemma3Layer {
-    std::vector<float> attn_norm;       // [d]              1 + w
-    std::vector<float> wq;              // [n_heads * hd, d]
-    std::vector<float> wk;              // [n_kv_heads * hd, d]
-    std::vector<float> wv;              // [n_kv_heads * hd, d]
-    std::vector<float> q_norm;          // [hd]             1 + w, shared by every head
-    std::vector<float> k_norm;          // [hd]             1 + w
-    std::vector<float> wo;              // [d, n_heads * hd]
-    std::vector<float> post_attn_norm;  // [d]              1 + w
-    std::vector<float> ffn_norm;        // [d]              1 + w (HF pre_feedforward_layernorm)
-    std::vector<float> w_gate;          // [f, d]
-    std::vector<float> w_up;            // [f, d]
-    std::vector<float> w_down;          // [d, f]
-    std::vector<float> post_ffn_norm;   // [d]              1 + w
+    Weight attn_norm;       // [d]              1 + w
+    Weight wq;              // [n_heads * hd, d]
+    Weight wk;              // [n_kv_heads * hd, d]
+    Weight wv;              // [n_kv_heads * hd, d]
+    Weight q_norm;          // [hd]             1 + w, shared by every head
+    Weight k_norm;          // [hd]             1 + w
+    Weight wo;              // [d, n_heads * hd]
+    Weight post_attn_norm;  // [d]              1 + w
+    Weight ffn_norm;        // [d]              1 + w (HF pre_feedforward_layernorm)
+    Weight w_gate;          // [f, d]
+    Weight w_up;            // [f, d]
+    Weight w_down;          // [d, f]
+    Weight post_ffn_norm;   // [d]              1 + w
 };
 
 struct Gemma3Weights {
-    std::vector<float> token_embd;   // [vocab, d]
-    std::vector<float> output_norm;  // [d]                 1 + w
-    std::vector<float> output;       // [vocab, d]; empty when tied to token_embd (every Gemma 3)
+    Weight token_embd;   // [vocab, d]
+    Weight output_norm;  // [d]                 1 + w
+    Weight output;       // [vocab, d]; empty when tied to token_embd (every Gemma 3)
     std::vector<Gemma3Layer> layers;
 };
 
@@ -64,7 +66,7 @@ constexpr TensorName kOutput = {"output.weight", kHfLmHead};
 
 struct LayerTensor {
     TensorName name;
-    std::vector<float> Gemma3Layer::*field;
+    Weight Gemma3Layer::*field;
 };
 
 constexpr LayerTensor kLayerTensors[] = {
@@ -113,18 +115,35 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     const int64_t n_heads = config_.n_heads;
     const float eps = static_cast<float>(config_.rms_norm_eps);
     KESTREL_RETURN_IF_ERROR(check_forward_arguments("gemma3", config_, batch, kv, options.logits, logits));
-    auto dump = [&](std::string_view name, int64_t layer, const std::vector<float>& data, int64_t cols) {
-        if (options.debug != nullptr) (*options.debug)(name, layer, data.data(), n_tokens, cols);
+    auto show = [&](std::string_view name, int64_t layer, const float* data, int64_t cols) {
+        dump(ops, options, name, layer, data, n_tokens, cols);
     };
 
-    // Gemma: the embedding is scaled by sqrt(d_model), a float32 constant (HF Gemma3TextScaledWordEmbedding).
-    std::vector<float> x(static_cast<size_t>(n_tokens * d));  // [T, d], the residual stream
-    ops.embed(batch.tokens, w_.token_embd.data(), d, static_cast<float>(std::sqrt(static_cast<double>(d))), x.data());
-    dump("inp_scaled", -1, x, d);
+    // Intermediates in the backend's workspace; q, k, v sized for the widest layer.
+    int64_t max_q = 0, max_k = 0, max_v = 0;
+    for (const LayerConfig& lc : config_.layers) {
+        max_q = std::max(max_q, n_heads * std::max(lc.head_dim, lc.v_head_dim));
+        max_k = std::max(max_k, lc.n_kv_heads * lc.head_dim);
+        max_v = std::max(max_v, lc.n_kv_heads * lc.v_head_dim);
+    }
+    Workspace& ws = ops.workspace();
+    ws.reset();
+    KESTREL_ASSIGN_OR_RETURN(float* x, ws.floats(n_tokens * d));  // [T, d], the residual stream
+    KESTREL_ASSIGN_OR_RETURN(float* attn_norm, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* attn_proj, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_norm, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_out, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* gate, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* up, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_act, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* q, ws.floats(n_tokens * max_q));
+    KESTREL_ASSIGN_OR_RETURN(float* k, ws.floats(n_tokens * max_k));
+    KESTREL_ASSIGN_OR_RETURN(float* v, ws.floats(n_tokens * max_v));
+    KESTREL_ASSIGN_OR_RETURN(float* attn_out, ws.floats(n_tokens * max_q));
 
-    std::vector<float> attn_norm(x.size()), attn_proj(x.size()), ffn_norm(x.size()), ffn_out(x.size());
-    std::vector<float> gate(static_cast<size_t>(n_tokens * f)), up(gate.size()), ffn_act(gate.size());
-    std::vector<float> q, k, v, attn_out;
+    // Gemma: the embedding is scaled by sqrt(d_model), a float32 constant (HF Gemma3TextScaledWordEmbedding).
+    ops.embed(batch.tokens, w_.token_embd, static_cast<float>(std::sqrt(static_cast<double>(d))), x);
+    show("inp_scaled", -1, x, d);
 
     for (int64_t il = 0; il < config_.n_layers; ++il) {
         const Gemma3Layer& layer = w_.layers[il];
@@ -136,53 +155,49 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         const double theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
 
         // ---- attention ----
-        ops.rms_norm(x.data(), layer.attn_norm.data(), n_tokens, d, eps, attn_norm.data());
-        dump("attn_norm", il, attn_norm, d);
+        ops.rms_norm(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm);
+        show("attn_norm", il, attn_norm, d);
 
-        q.resize(static_cast<size_t>(n_tokens * n_heads * hd));
-        k.resize(static_cast<size_t>(n_tokens * n_kv * hd));
-        v.resize(static_cast<size_t>(n_tokens * n_kv * lc.v_head_dim));
-        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq, n_heads * hd, d), q.data());
-        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wk, n_kv * hd, d), k.data());
-        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
-        dump("Vcur", il, v, n_kv * lc.v_head_dim);
+        ops.linear(attn_norm, n_tokens, layer.wq, q);
+        ops.linear(attn_norm, n_tokens, layer.wk, k);
+        ops.linear(attn_norm, n_tokens, layer.wv, v);
+        show("Vcur", il, v, n_kv * lc.v_head_dim);
 
         // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor rotated.
-        ops.head_norm_rope(q.data(), layer.q_norm.data(), batch.positions, n_heads, hd, eps, theta);
-        ops.head_norm_rope(k.data(), layer.k_norm.data(), batch.positions, n_kv, hd, eps, theta);
-        dump("Qcur", il, q, n_heads * hd);
-        dump("Kcur", il, k, n_kv * hd);
+        ops.head_norm_rope(q, layer.q_norm.f32(), batch.positions, n_heads, hd, eps, theta);
+        ops.head_norm_rope(k, layer.k_norm.f32(), batch.positions, n_kv, hd, eps, theta);
+        show("Qcur", il, q, n_heads * hd);
+        show("Kcur", il, k, n_kv * hd);
 
-        ops.kv_write(kv[il], batch.positions, k.data(), v.data());
-        attn_out.resize(static_cast<size_t>(n_tokens * n_heads * lc.v_head_dim));
+        ops.kv_write(kv[il], batch.positions, k, v);
         // Gemma 3: scores = q·k * query_pre_attn_scalar^-0.5; sliding layers see the last `window` positions.
         const AttentionParams params{n_heads, query_scale_, sliding ? config_.sliding_window : 0, 0.0f};
-        ops.attention(q.data(), batch.positions, kv[il], params, attn_out.data());
-        dump("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
+        ops.attention(q, batch.positions, kv[il], params, attn_out);
+        show("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
 
-        ops.linear(attn_out.data(), n_tokens, f32_linear(layer.wo, d, n_heads * lc.v_head_dim), attn_proj.data());
-        dump("attn_proj", il, attn_proj, d);
+        ops.linear(attn_out, n_tokens, layer.wo, attn_proj);
+        show("attn_proj", il, attn_proj, d);
         // Sandwich norm: x = x + rms_norm(attn, post_attention_norm).
-        ops.rms_norm_add(attn_proj.data(), layer.post_attn_norm.data(), n_tokens, d, eps, x.data());
-        dump("attn_residual", il, x, d);
+        ops.rms_norm_add(attn_proj, layer.post_attn_norm.f32(), n_tokens, d, eps, x);
+        show("attn_residual", il, x, d);
 
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
-        ops.rms_norm(x.data(), layer.ffn_norm.data(), n_tokens, d, eps, ffn_norm.data());
-        dump("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.w_gate, f, d), gate.data());
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.w_up, f, d), up.data());
-        ops.gelu_tanh_and_mul(gate.data(), up.data(), n_tokens * f, ffn_act.data());
-        dump("ffn_act", il, ffn_act, f);
-        ops.linear(ffn_act.data(), n_tokens, f32_linear(layer.w_down, d, f), ffn_out.data());
-        dump("ffn_out", il, ffn_out, d);
-        ops.rms_norm_add(ffn_out.data(), layer.post_ffn_norm.data(), n_tokens, d, eps, x.data());
-        dump("l_out", il, x, d);
+        ops.rms_norm(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm);
+        show("ffn_norm", il, ffn_norm, d);
+        ops.linear(ffn_norm, n_tokens, layer.w_gate, gate);
+        ops.linear(ffn_norm, n_tokens, layer.w_up, up);
+        ops.gelu_tanh_and_mul(gate, up, n_tokens * f, ffn_act);
+        show("ffn_act", il, ffn_act, f);
+        ops.linear(ffn_act, n_tokens, layer.w_down, ffn_out);
+        show("ffn_out", il, ffn_out, d);
+        ops.rms_norm_add(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, x);
+        show("l_out", il, x, d);
     }
 
     // ---- output: final norm, tied lm_head (only the rows whose logits are asked for) ----
-    output_head(ops, config_, x, n_tokens, w_.output_norm, w_.output.empty() ? w_.token_embd : w_.output, options,
-                logits);
-    return ok_status();
+    KESTREL_RETURN_IF_ERROR(output_head(ops, config_, x, n_tokens, w_.output_norm.f32(),
+                                        w_.output.empty() ? w_.token_embd : w_.output, options, logits));
+    return ops.take_error();
 }
 
 // llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3): GGUF files carry no query_pre_attn_scalar;
@@ -200,19 +215,20 @@ Result<float> query_scale(const ModelConfig& config, const ModelFiles& files) {
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const ModelFiles& files) {
+Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                           const WeightLoadOptions& options) {
     if (config.n_layers <= 0 || static_cast<int64_t>(config.layers.size()) != config.n_layers) {
         return Status(StatusCode::kCorruptFile, "gemma3: the config has no layers");
     }
     const int64_t d = config.hidden_size;
     const int64_t f = config.ffn_size;
     const int64_t vocab = config.vocab_size;
-    WeightReader reader(files);
+    WeightReader reader(files, ops, options);
     Gemma3Weights w;
-    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
-    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));
+    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read_matrix(kTokenEmbd, -1, vocab, d));
+    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read_vector(kOutputNorm, -1, {d}));
     if (reader.find(kOutput, -1) != nullptr) {
-        KESTREL_ASSIGN_OR_RETURN(w.output, reader.read(kOutput, -1, {vocab, d}));
+        KESTREL_ASSIGN_OR_RETURN(w.output, reader.read_matrix(kOutput, -1, vocab, d));
     }
 
     w.layers.resize(static_cast<size_t>(config.n_layers));
@@ -226,8 +242,8 @@ Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const Mode
         const int64_t v_dim = lc.n_kv_heads * lc.v_head_dim;
         const int64_t o_in = config.n_heads * lc.v_head_dim;
         for (const LayerTensor& tensor : kLayerTensors) {
-            std::vector<int64_t> shape;
             auto field = tensor.field;
+            std::vector<int64_t> shape;  // [out, in] for matrices, [n] for vectors
             if (field == &Gemma3Layer::wq) shape = {q_dim, d};
             else if (field == &Gemma3Layer::wk) shape = {k_dim, d};
             else if (field == &Gemma3Layer::wv) shape = {v_dim, d};
@@ -236,7 +252,11 @@ Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const Mode
             else if (field == &Gemma3Layer::w_gate || field == &Gemma3Layer::w_up) shape = {f, d};
             else if (field == &Gemma3Layer::w_down) shape = {d, f};
             else shape = {d};
-            KESTREL_ASSIGN_OR_RETURN(w.layers[il].*field, reader.read(tensor.name, il, shape));
+            if (shape.size() == 2) {
+                KESTREL_ASSIGN_OR_RETURN(w.layers[il].*field, reader.read_matrix(tensor.name, il, shape[0], shape[1]));
+            } else {
+                KESTREL_ASSIGN_OR_RETURN(w.layers[il].*field, reader.read_vector(tensor.name, il, shape));
+            }
         }
     }
     KESTREL_ASSIGN_OR_RETURN(float scale, query_scale(config, files));

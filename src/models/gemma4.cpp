@@ -19,6 +19,7 @@
 // head_dim 512 (twice), "proportional" RoPE theta 1e6 where only the first
 // partial_rotary_factor * head_dim / 2 frequency pairs rotate (Ops::rope_proportional).
 // Norms multiply by w (Gemma4RMSNorm, no 1 + w); GGUF stores them as they are.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -35,29 +36,30 @@ namespace kestrel {
 namespace {
 
 // ---- weights ------------------------------------------------------------------------------------
-// Dequantised to fp32 at load (the CPU reference). d = d_model, hd = the layer's head_dim
-// (sliding or global), f = ffn_size, kv = the layer's kv heads.
+// In backend memory: matrices in the backend's engine format (fp32 on the CPU reference, W4/W8/
+// BF16 on CUDA), vectors fp32. d = d_model, hd = the layer's head_dim (sliding or global),
+// f = ffn_size, kv = the layer's kv heads.
 
 struct Gemma4Layer {
-    std::vector<float> attn_norm;       // [d]
-    std::vector<float> wq;              // [n_heads * hd, d]
-    std::vector<float> wk;              // [kv * hd, d]
-    std::vector<float> wv;              // [kv * hd, d]; empty on K=V layers (V is the k projection)
-    std::vector<float> q_norm;          // [hd], shared by every head
-    std::vector<float> k_norm;          // [hd]
-    std::vector<float> wo;              // [d, n_heads * hd]
-    std::vector<float> post_attn_norm;  // [d]
-    std::vector<float> ffn_norm;        // [d] (HF pre_feedforward_layernorm)
-    std::vector<float> w_gate;          // [f, d]
-    std::vector<float> w_up;            // [f, d]
-    std::vector<float> w_down;          // [d, f]
-    std::vector<float> post_ffn_norm;   // [d]
-    std::vector<float> layer_scalar;    // [1]
+    Weight attn_norm;       // [d]
+    Weight wq;              // [n_heads * hd, d]
+    Weight wk;              // [kv * hd, d]
+    Weight wv;              // [kv * hd, d]; empty on K=V layers (V is the k projection)
+    Weight q_norm;          // [hd], shared by every head
+    Weight k_norm;          // [hd]
+    Weight wo;              // [d, n_heads * hd]
+    Weight post_attn_norm;  // [d]
+    Weight ffn_norm;        // [d] (HF pre_feedforward_layernorm)
+    Weight w_gate;          // [f, d]
+    Weight w_up;            // [f, d]
+    Weight w_down;          // [d, f]
+    Weight post_ffn_norm;   // [d]
+    float layer_scalar = 1.0f;
 };
 
 struct Gemma4Weights {
-    std::vector<float> token_embd;   // [vocab, d], also the lm_head (tied)
-    std::vector<float> output_norm;  // [d]
+    Weight token_embd;   // [vocab, d], also the lm_head (tied)
+    Weight output_norm;  // [d]
     std::vector<Gemma4Layer> layers;
 };
 
@@ -70,13 +72,16 @@ constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight"};
 // (1 for a rotating pair, 1e30 for a still one); HF configs state partial_rotary_factor.
 constexpr TensorName kRopeFreqs = {"rope_freqs.weight", ""};
 
-enum class Shape { kD, kQ, kK, kHeadDim, kO, kUp, kDown, kScalar };
+enum class Shape { kD, kQ, kK, kHeadDim, kO, kUp, kDown };
 
 struct LayerTensor {
     TensorName name;
-    std::vector<float> Gemma4Layer::*field;
+    Weight Gemma4Layer::*field;
     Shape shape;
 };
+
+// HF's per-layer buffer `layer_scalar`; llama.cpp's converter appends ".weight" and renames it.
+constexpr TensorName kLayerScalar = {"blk.{}.layer_output_scale.weight", "layers.{}.layer_scalar"};
 
 constexpr LayerTensor kLayerTensors[] = {
     {{"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight"}, &Gemma4Layer::attn_norm, Shape::kD},
@@ -94,8 +99,6 @@ constexpr LayerTensor kLayerTensors[] = {
     {{"blk.{}.ffn_down.weight", "layers.{}.mlp.down_proj.weight"}, &Gemma4Layer::w_down, Shape::kDown},
     {{"blk.{}.post_ffw_norm.weight", "layers.{}.post_feedforward_layernorm.weight"}, &Gemma4Layer::post_ffn_norm,
      Shape::kD},
-    // HF's per-layer buffer `layer_scalar`; llama.cpp's converter appends ".weight" and renames it.
-    {{"blk.{}.layer_output_scale.weight", "layers.{}.layer_scalar"}, &Gemma4Layer::layer_scalar, Shape::kScalar},
 };
 
 // ---- the model ----------------------------------------------------------------------------------
@@ -126,19 +129,35 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     const int64_t n_heads = config_.n_heads;
     const float eps = static_cast<float>(config_.rms_norm_eps);
     KESTREL_RETURN_IF_ERROR(check_forward_arguments("gemma4", config_, batch, kv, options.logits, logits));
-    auto dump = [&](std::string_view name, int64_t layer, const std::vector<float>& data, int64_t cols) {
-        if (options.debug != nullptr) (*options.debug)(name, layer, data.data(), n_tokens, cols);
+    auto show = [&](std::string_view name, int64_t layer, const float* data, int64_t cols) {
+        dump(ops, options, name, layer, data, n_tokens, cols);
     };
+
+    // Intermediates in the backend's workspace; q, k, v sized for the widest (full) layers.
+    int64_t max_hd = 0, max_kv = 0;
+    for (const LayerConfig& lc : config_.layers) {
+        max_hd = std::max(max_hd, lc.head_dim);
+        max_kv = std::max(max_kv, lc.n_kv_heads * lc.head_dim);
+    }
+    Workspace& ws = ops.workspace();
+    ws.reset();
+    KESTREL_ASSIGN_OR_RETURN(float* x, ws.floats(n_tokens * d));  // [T, d], the residual stream
+    KESTREL_ASSIGN_OR_RETURN(float* attn_norm, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* attn_proj, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_norm, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_out, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* gate, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* up, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_act, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* q, ws.floats(n_tokens * n_heads * max_hd));
+    KESTREL_ASSIGN_OR_RETURN(float* k, ws.floats(n_tokens * max_kv));
+    KESTREL_ASSIGN_OR_RETURN(float* v, ws.floats(n_tokens * max_kv));
+    KESTREL_ASSIGN_OR_RETURN(float* attn_out, ws.floats(n_tokens * n_heads * max_hd));
 
     // HF Gemma4TextScaledWordEmbedding: E[tok] * sqrt(d_model). HF casts the scale to the weight
     // dtype (bf16(sqrt(5376)) = 73.5 for the bf16 31B); we keep it in fp32 like llama.cpp.
-    std::vector<float> x(static_cast<size_t>(n_tokens * d));  // [T, d], the residual stream
-    ops.embed(batch.tokens, w_.token_embd.data(), d, static_cast<float>(std::sqrt(static_cast<double>(d))), x.data());
-    dump("inp_scaled", -1, x, d);
-
-    std::vector<float> attn_norm(x.size()), attn_proj(x.size()), ffn_norm(x.size()), ffn_out(x.size());
-    std::vector<float> gate(static_cast<size_t>(n_tokens * f)), up(gate.size()), ffn_act(gate.size());
-    std::vector<float> q, k, v, attn_out;
+    ops.embed(batch.tokens, w_.token_embd, static_cast<float>(std::sqrt(static_cast<double>(d))), x);
+    show("inp_scaled", -1, x, d);
 
     for (int64_t il = 0; il < config_.n_layers; ++il) {
         const Gemma4Layer& layer = w_.layers[il];
@@ -148,69 +167,66 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         const int64_t n_kv = lc.n_kv_heads;
 
         // ---- attention ----
-        ops.rms_norm(x.data(), layer.attn_norm.data(), n_tokens, d, eps, attn_norm.data());
-        dump("attn_norm", il, attn_norm, d);
+        ops.rms_norm(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm);
+        show("attn_norm", il, attn_norm, d);
 
-        q.resize(static_cast<size_t>(n_tokens * n_heads * hd));
-        k.resize(static_cast<size_t>(n_tokens * n_kv * hd));
-        v.resize(static_cast<size_t>(n_tokens * n_kv * lc.v_head_dim));
-        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq, n_heads * hd, d), q.data());
-        ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wk, n_kv * hd, d), k.data());
+        ops.linear(attn_norm, n_tokens, layer.wq, q);
+        ops.linear(attn_norm, n_tokens, layer.wk, k);
         if (lc.k_eq_v) {
-            v = k;  // Gemma 4 K=V (attention_k_eq_v): V is the raw k projection, before k_norm and RoPE
+            // Gemma 4 K=V (attention_k_eq_v): V is the raw k projection, before k_norm and RoPE.
+            KESTREL_RETURN_IF_ERROR(ops.copy_within(v, k, static_cast<size_t>(n_tokens * n_kv * hd) * sizeof(float)));
         } else {
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
+            ops.linear(attn_norm, n_tokens, layer.wv, v);
         }
 
         // QK-norm (per head, learned weight) before RoPE; V gets an RMSNorm without weight and no RoPE.
-        ops.rms_norm(q.data(), layer.q_norm.data(), n_tokens * n_heads, hd, eps, q.data());
-        ops.rms_norm(k.data(), layer.k_norm.data(), n_tokens * n_kv, hd, eps, k.data());
-        ops.rms_norm(v.data(), nullptr, n_tokens * n_kv, lc.v_head_dim, eps, v.data());
+        ops.rms_norm(q, layer.q_norm.f32(), n_tokens * n_heads, hd, eps, q);
+        ops.rms_norm(k, layer.k_norm.f32(), n_tokens * n_kv, hd, eps, k);
+        ops.rms_norm(v, nullptr, n_tokens * n_kv, lc.v_head_dim, eps, v);
         if (sliding) {
             // Sliding layers: default RoPE over the whole head (theta 1e4).
-            ops.rope_neox(q.data(), batch.positions, n_heads, hd, config_.rope_theta_sliding);
-            ops.rope_neox(k.data(), batch.positions, n_kv, hd, config_.rope_theta_sliding);
+            ops.rope_neox(q, batch.positions, n_heads, hd, config_.rope_theta_sliding);
+            ops.rope_neox(k, batch.positions, n_kv, hd, config_.rope_theta_sliding);
         } else {
             // Full layers: proportional RoPE (theta 1e6), only the first pairs rotate.
-            ops.rope_proportional(q.data(), batch.positions, n_heads, hd, full_rotary_pairs_, config_.rope_theta);
-            ops.rope_proportional(k.data(), batch.positions, n_kv, hd, full_rotary_pairs_, config_.rope_theta);
+            ops.rope_proportional(q, batch.positions, n_heads, hd, full_rotary_pairs_, config_.rope_theta);
+            ops.rope_proportional(k, batch.positions, n_kv, hd, full_rotary_pairs_, config_.rope_theta);
         }
-        dump("Qcur", il, q, n_heads * hd);
-        dump("Kcur", il, k, n_kv * hd);
-        dump("Vcur", il, v, n_kv * lc.v_head_dim);
+        show("Qcur", il, q, n_heads * hd);
+        show("Kcur", il, k, n_kv * hd);
+        show("Vcur", il, v, n_kv * lc.v_head_dim);
 
-        ops.kv_write(kv[il], batch.positions, k.data(), v.data());
-        attn_out.resize(static_cast<size_t>(n_tokens * n_heads * lc.v_head_dim));
+        ops.kv_write(kv[il], batch.positions, k, v);
         // Gemma 4: scores = q·k * 1.0 (HF `self.scaling = 1.0`); sliding layers see the last `window` positions.
         const AttentionParams params{n_heads, 1.0f, sliding ? config_.sliding_window : 0, 0.0f};
-        ops.attention(q.data(), batch.positions, kv[il], params, attn_out.data());
-        dump("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
+        ops.attention(q, batch.positions, kv[il], params, attn_out);
+        show("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
 
-        ops.linear(attn_out.data(), n_tokens, f32_linear(layer.wo, d, n_heads * lc.v_head_dim), attn_proj.data());
-        dump("attn_proj", il, attn_proj, d);
+        ops.linear(attn_out, n_tokens, layer.wo, attn_proj);
+        show("attn_proj", il, attn_proj, d);
         // Sandwich norm: x = x + rms_norm(attn, post_attention_norm).
-        ops.rms_norm_add(attn_proj.data(), layer.post_attn_norm.data(), n_tokens, d, eps, x.data());
-        dump("attn_residual", il, x, d);
+        ops.rms_norm_add(attn_proj, layer.post_attn_norm.f32(), n_tokens, d, eps, x);
+        show("attn_residual", il, x, d);
 
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
-        ops.rms_norm(x.data(), layer.ffn_norm.data(), n_tokens, d, eps, ffn_norm.data());
-        dump("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.w_gate, f, d), gate.data());
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.w_up, f, d), up.data());
-        ops.gelu_tanh_and_mul(gate.data(), up.data(), n_tokens * f, ffn_act.data());
-        dump("ffn_act", il, ffn_act, f);
-        ops.linear(ffn_act.data(), n_tokens, f32_linear(layer.w_down, d, f), ffn_out.data());
-        dump("ffn_out", il, ffn_out, d);
-        ops.rms_norm_add(ffn_out.data(), layer.post_ffn_norm.data(), n_tokens, d, eps, x.data());
+        ops.rms_norm(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm);
+        show("ffn_norm", il, ffn_norm, d);
+        ops.linear(ffn_norm, n_tokens, layer.w_gate, gate);
+        ops.linear(ffn_norm, n_tokens, layer.w_up, up);
+        ops.gelu_tanh_and_mul(gate, up, n_tokens * f, ffn_act);
+        show("ffn_act", il, ffn_act, f);
+        ops.linear(ffn_act, n_tokens, layer.w_down, ffn_out);
+        show("ffn_out", il, ffn_out, d);
+        ops.rms_norm_add(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, x);
 
         // HF Gemma4TextDecoderLayer: `hidden_states *= self.layer_scalar`, after both residual adds.
-        ops.scale(x.data(), n_tokens * d, layer.layer_scalar[0]);
-        dump("l_out", il, x, d);
+        ops.scale(x, n_tokens * d, layer.layer_scalar);
+        show("l_out", il, x, d);
     }
 
     // ---- output: final norm, tied lm_head, softcap (only the rows whose logits are asked for) ----
-    output_head(ops, config_, x, n_tokens, w_.output_norm, w_.token_embd, options, logits);
-    return ok_status();
+    KESTREL_RETURN_IF_ERROR(output_head(ops, config_, x, n_tokens, w_.output_norm.f32(), w_.token_embd, options, logits));
+    return ops.take_error();
 }
 
 // How many frequency pairs of a full layer's head rotate. HF: rope_parameters.full_attention
@@ -262,20 +278,21 @@ Result<int64_t> full_rotary_pairs(const ModelConfig& config, const ModelFiles& f
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const ModelFiles& files) {
+Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                           const WeightLoadOptions& options) {
     if (config.n_layers <= 0 || static_cast<int64_t>(config.layers.size()) != config.n_layers) {
         return Status(StatusCode::kCorruptFile, "gemma4: the config has no layers");
     }
     const int64_t d = config.hidden_size;
     const int64_t f = config.ffn_size;
     const int64_t vocab = config.vocab_size;
-    WeightReader reader(files);
+    WeightReader reader(files, ops, options);
     if (const int64_t skipped = reader.count_outside_text_model(); skipped > 0) {
         log_info("gemma4: skipping {} tensors outside the language model (vision/audio towers, embedders)", skipped);
     }
     Gemma4Weights w;
-    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
-    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));
+    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read_matrix(kTokenEmbd, -1, vocab, d));
+    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read_vector(kOutputNorm, -1, {d}));
 
     w.layers.resize(static_cast<size_t>(config.n_layers));
     for (int64_t il = 0; il < config.n_layers; ++il) {
@@ -286,21 +303,43 @@ Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const Mode
                                       "dims",
                                       il));
         }
+        Gemma4Layer& layer = w.layers[il];
         for (const LayerTensor& tensor : kLayerTensors) {
             if (tensor.field == &Gemma4Layer::wv && lc.k_eq_v) continue;  // K=V: no v_proj
-            std::vector<int64_t> shape;
+            Weight& field = layer.*tensor.field;
             switch (tensor.shape) {
-                case Shape::kD: shape = {d}; break;
-                case Shape::kQ: shape = {config.n_heads * lc.head_dim, d}; break;
-                case Shape::kK: shape = {lc.n_kv_heads * lc.head_dim, d}; break;
-                case Shape::kHeadDim: shape = {lc.head_dim}; break;
-                case Shape::kO: shape = {d, config.n_heads * lc.head_dim}; break;
-                case Shape::kUp: shape = {f, d}; break;
-                case Shape::kDown: shape = {d, f}; break;
-                case Shape::kScalar: shape = {1}; break;
+                case Shape::kD: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_vector(tensor.name, il, {d}));
+                    break;
+                }
+                case Shape::kHeadDim: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_vector(tensor.name, il, {lc.head_dim}));
+                    break;
+                }
+                case Shape::kQ: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, config.n_heads * lc.head_dim, d));
+                    break;
+                }
+                case Shape::kK: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, lc.n_kv_heads * lc.head_dim, d));
+                    break;
+                }
+                case Shape::kO: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, d, config.n_heads * lc.head_dim));
+                    break;
+                }
+                case Shape::kUp: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, f, d));
+                    break;
+                }
+                case Shape::kDown: {
+                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, d, f));
+                    break;
+                }
             }
-            KESTREL_ASSIGN_OR_RETURN(w.layers[il].*tensor.field, reader.read(tensor.name, il, shape));
         }
+        KESTREL_ASSIGN_OR_RETURN(std::vector<float> scalar, reader.read(kLayerScalar, il, {1}));
+        layer.layer_scalar = scalar[0];
     }
     KESTREL_ASSIGN_OR_RETURN(int64_t pairs, full_rotary_pairs(config, files, reader));
     return std::unique_ptr<Model>(std::make_unique<Gemma4>(config, std::move(w), pairs));

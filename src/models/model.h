@@ -13,6 +13,7 @@
 #include "io/model_files.h"
 #include "kestrel/status.h"
 #include "models/model_config.h"
+#include "models/weight_load_options.h"
 #include "ops/ops.h"
 
 namespace kestrel {
@@ -80,15 +81,21 @@ public:
 
 // registry.cpp: the architecture's factory. kUnsupported for an architecture we do not run
 // (the message model_config gives), kNotFound/kCorruptFile naming a missing or misshapen tensor.
-Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const ModelFiles& files);
+// Weights go into `ops`'s memory and formats; `files` may have no weight source when
+// options.dummy asks for synthetic weights.
+Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                          const WeightLoadOptions& options);
 
 // gemma3.cpp
-Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const ModelFiles& files);
+Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                           const WeightLoadOptions& options);
 
 // gemma4.cpp
-Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const ModelFiles& files);
+Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                           const WeightLoadOptions& options);
 
-// qwen35_moe.cpp
-Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files);
+// qwen35_moe.cpp (the CPU reference backend only, for now)
+Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                               const WeightLoadOptions& options);
 
 }  // namespace kestrel

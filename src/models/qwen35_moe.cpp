@@ -184,7 +184,8 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
     const int64_t f = config_.expert_ffn_size, fs = config_.shared_expert_ffn_size;
 
     std::vector<float> x(static_cast<size_t>(n_tokens * d));  // [T, d], the residual stream
-    ops.embed(batch.tokens, w_.token_embd.data(), d, 1.0f, x.data());
+    ops.workspace().reset();
+    ops.embed(batch.tokens, f32_linear(w_.token_embd, config_.vocab_size, d), 1.0f, x.data());
     dump("inp_embd", -1, x, d);
 
     std::vector<float> attn_norm(x.size()), attn_out(x.size()), ffn_norm(x.size()), moe_out(x.size()),
@@ -287,9 +288,9 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
     }
 
     // ---- output: final norm, lm_head (only the rows whose logits are asked for) ----
-    output_head(ops, config_, x, n_tokens, w_.output_norm, w_.output.empty() ? w_.token_embd : w_.output, options,
-                logits);
-    return ok_status();
+    return output_head(ops, config_, x.data(), n_tokens, w_.output_norm.data(),
+                       f32_linear(w_.output.empty() ? w_.token_embd : w_.output, config_.vocab_size, d), options,
+                       logits);
 }
 
 // Splits HF/GGUF q_proj rows [nh, (q hd | gate hd), d] into the query rows and the gate rows.
@@ -363,7 +364,16 @@ void log_skipped(const ModelFiles& files, int64_t n_layers) {
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files) {
+Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                               const WeightLoadOptions& options) {
+    // The forward below keeps fp32 weights and activations on the host: the CPU reference. The
+    // CUDA path (fused MoE and Gated DeltaNet kernels) is issue 7.
+    if (!ops.accepts(WeightFormat::kF32) || options.dummy || files.weights == nullptr) {
+        return Status(StatusCode::kUnsupported,
+                      fmt::format("qwen35moe runs on the CPU backend from a model file only for now (asked: {} "
+                                  "backend{}); use --device cpu",
+                                  ops.name(), options.dummy ? ", synthetic weights" : ""));
+    }
     const std::string source = files.weights->description();
     if (config.n_layers <= 0 || static_cast<int64_t>(config.layers.size()) != config.n_layers) {
         return Status(StatusCode::kCorruptFile, fmt::format("{}: qwen35moe config has no layers", source));

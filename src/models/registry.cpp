@@ -9,7 +9,8 @@ namespace kestrel {
 
 namespace {
 
-using Factory = Result<std::unique_ptr<Model>> (*)(const ModelConfig&, const ModelFiles&);
+using Factory = Result<std::unique_ptr<Model>> (*)(const ModelConfig&, const ModelFiles&, Ops&,
+                                                   const WeightLoadOptions&);
 
 struct Entry {
     std::string_view architecture;
@@ -24,9 +25,10 @@ constexpr Entry kRegistry[] = {
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const ModelFiles& files) {
+Result<std::unique_ptr<Model>> load_model(const ModelConfig& config, const ModelFiles& files, Ops& ops,
+                                          const WeightLoadOptions& options) {
     for (const Entry& entry : kRegistry) {
-        if (entry.architecture == config.architecture) return entry.factory(config, files);
+        if (entry.architecture == config.architecture) return entry.factory(config, files, ops, options);
     }
     std::string known;
     for (const Entry& entry : kRegistry) known += fmt::format("{}{}", known.empty() ? "" : ", ", entry.architecture);

@@ -5,10 +5,22 @@
 
 #include <cmath>
 
+#include "core/log.h"
+#include "ops/weight_format_w8.h"
+
 namespace kestrel {
 
+WeightReader::WeightReader(const ModelFiles& files, Ops& ops, const WeightLoadOptions& options)
+    : WeightReader(files) {
+    ops_ = &ops;
+    options_ = options;
+    if (files_.weights != nullptr) {
+        for (const WeightInfo& tensor : files_.weights->tensors()) total_bytes_ += tensor.n_bytes;
+    }
+}
+
 WeightReader::WeightReader(const ModelFiles& files) : files_(files) {
-    if (gguf()) return;
+    if (gguf() || files.weights == nullptr) return;
     for (std::string_view prefix : {"model.language_model.", "model.", "language_model.model."}) {
         if (files.weights->find(fmt::format("{}embed_tokens.weight", prefix)) != nullptr) {
             hf_prefix_ = prefix;
@@ -24,7 +36,7 @@ std::string WeightReader::name_of(const TensorName& name, int64_t layer) const {
 }
 
 int64_t WeightReader::count_outside_text_model() const {
-    if (gguf()) return 0;
+    if (gguf() || files_.weights == nullptr) return 0;
     int64_t outside = 0;
     for (const WeightInfo& tensor : files_.weights->tensors()) {
         if (!tensor.name.starts_with(hf_prefix_) && tensor.name != kHfLmHead) ++outside;
@@ -33,6 +45,21 @@ int64_t WeightReader::count_outside_text_model() const {
 }
 
 Result<std::vector<float>> WeightReader::read(const std::string& full, const std::vector<int64_t>& shape) const {
+    if (options_.dummy) {
+        // Synthetic vectors: norm weights near 1 (every Gemma/Qwen norm multiplies by its stored
+        // weight), decays of Gated DeltaNet negative so the recurrence stays bounded.
+        int64_t count = 1;
+        for (int64_t n : shape) count *= n;
+        std::vector<float> data(static_cast<size_t>(count));
+        uint64_t state = seed_of(full);
+        const bool decay = full.ends_with("ssm_a");
+        for (float& value : data) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            const float unit = static_cast<float>(state >> 40) * (1.0f / 16777216.0f);
+            value = decay ? -(0.5f + unit) : 1.0f + 0.1f * (unit - 0.5f);
+        }
+        return data;
+    }
     const WeightInfo* info = files_.weights->find(full);
     if (info == nullptr) {
         return Status(StatusCode::kNotFound, fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
@@ -54,7 +81,7 @@ Result<std::vector<float>> WeightReader::read(const std::string& full, const std
 Result<std::vector<float>> WeightReader::read(const TensorName& name, int64_t layer,
                                               const std::vector<int64_t>& shape) const {
     KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(name_of(name, layer), shape));
-    if (gguf()) return data;
+    if (gguf() || options_.dummy) return data;
     switch (name.hf_convert) {
         case HfConvert::kNone: break;
         case HfConvert::kAddOne:
@@ -65,6 +92,79 @@ Result<std::vector<float>> WeightReader::read(const TensorName& name, int64_t la
             break;
     }
     return data;
+}
+
+uint64_t WeightReader::seed_of(const std::string& full) const {
+    uint64_t hash = 1469598103934665603ull ^ options_.dummy_seed;  // FNV-1a over the name
+    for (char c : full) hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+    return hash;
+}
+
+void WeightReader::note_progress(int64_t bytes) {
+    done_bytes_ += bytes;
+    if (total_bytes_ < (int64_t{1} << 30)) return;  // smaller files load in a moment
+    const int percent = static_cast<int>(100 * done_bytes_ / total_bytes_);
+    if (percent < next_percent_) return;
+    log_info("weights: {}% ({:.1f} of {:.1f} GB)", percent, static_cast<double>(done_bytes_) / 1e9,
+             static_cast<double>(total_bytes_) / 1e9);
+    next_percent_ = (percent / 10 + 1) * 10;
+}
+
+Result<Weight> WeightReader::upload_f32(const std::vector<float>& data, int64_t out, int64_t in) {
+    return ops_->upload(WeightFormat::kF32, out, in,
+                        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()),
+                                                 data.size() * sizeof(float)));
+}
+
+Result<Weight> WeightReader::read_vector(const TensorName& name, int64_t layer, const std::vector<int64_t>& shape) {
+    KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(name, layer, shape));
+    if (const WeightInfo* info = find(name, layer); info != nullptr) note_progress(info->n_bytes);
+    return upload_f32(data, static_cast<int64_t>(data.size()), 1);
+}
+
+Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, int64_t out, int64_t in) {
+    const std::string full = name_of(name, layer);
+    const bool fp32_backend = ops_->accepts(WeightFormat::kF32);
+    if (options_.dummy) {
+        return ops_->random_weight(fp32_backend ? WeightFormat::kF32 : options_.float_weights, out, in, seed_of(full));
+    }
+    if (fp32_backend) {
+        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(full, {out, in}));
+        note_progress(find(full)->n_bytes);
+        return upload_f32(data, out, in);
+    }
+    const WeightInfo* info = find(full);
+    if (info == nullptr) {
+        return Status(StatusCode::kNotFound, fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
+    }
+    if (info->shape != std::vector<int64_t>{out, in}) {
+        return Status(StatusCode::kCorruptFile,
+                      fmt::format("{}: tensor '{}' has shape [{}], expected [{}, {}]", files_.weights->description(),
+                                  full, fmt::join(info->shape, ", "), out, in));
+    }
+    // --weights applies to float matrices; quantised types keep their nearest engine format
+    // (Q5_K, Q6_K, Q8_0 -> W8: requantising them to 4 bits would lose what the file kept).
+    const bool float_source = info->dtype == DType::kF32 || info->dtype == DType::kF16 || info->dtype == DType::kBF16;
+    EngineWeightFormat preferred = EngineWeightFormat::kW8;
+    if (float_source) {
+        preferred = options_.float_weights == WeightFormat::kBF16 ? EngineWeightFormat::kBf16
+                    : options_.float_weights == WeightFormat::kW8 ? EngineWeightFormat::kW8
+                                                                   : EngineWeightFormat::kW4;
+    }
+    KESTREL_ASSIGN_OR_RETURN(EngineWeights converted,
+                             convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred));
+    note_progress(info->n_bytes);
+    const auto bytes_of = [](const auto& v) {
+        return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(v[0]));
+    };
+    if (const auto* w4 = std::get_if<W4Weights>(&converted)) {
+        return ops_->upload(WeightFormat::kW4, out, in, bytes_of(w4->qs), bytes_of(w4->scale_min));
+    }
+    if (const auto* w8 = std::get_if<W8Weights>(&converted)) {
+        return ops_->upload(WeightFormat::kW8, out, in, bytes_of(w8->qs), bytes_of(w8->scale_min));
+    }
+    const auto& bf16 = std::get<Bf16Weights>(converted);
+    return ops_->upload(WeightFormat::kBF16, out, in, bytes_of(bf16.values));
 }
 
 }  // namespace kestrel

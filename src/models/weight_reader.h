@@ -10,6 +10,8 @@
 
 #include "io/model_files.h"
 #include "kestrel/status.h"
+#include "models/weight_load_options.h"
+#include "ops/ops.h"
 
 namespace kestrel {
 
@@ -31,15 +33,21 @@ inline constexpr std::string_view kHfLmHead = "lm_head.weight";
 
 class WeightReader {
 public:
+    // Reads fp32 host tensors only (no backend): the CPU-side callers and tests.
     explicit WeightReader(const ModelFiles& files);
+    // Also reads matrices and vectors into `ops`'s memory and formats.
+    WeightReader(const ModelFiles& files, Ops& ops, const WeightLoadOptions& options);
 
     bool gguf() const { return files_.format == ModelFormat::kGguf; }
     // "model." (text-only checkpoints) or "model.language_model." (multimodal ones).
     const std::string& hf_prefix() const { return hf_prefix_; }
-    const WeightSource& source() const { return *files_.weights; }
+    bool dummy() const { return options_.dummy; }
 
     std::string name_of(const TensorName& name, int64_t layer) const;
-    const WeightInfo* find(const std::string& full) const { return files_.weights->find(full); }
+    // nullptr when absent (always, for a synthetic model: optional tensors take their defaults).
+    const WeightInfo* find(const std::string& full) const {
+        return files_.weights == nullptr ? nullptr : files_.weights->find(full);
+    }
     const WeightInfo* find(const TensorName& name, int64_t layer) const { return find(name_of(name, layer)); }
     // HF tensors outside the text model (vision and audio towers, projectors): 0 for GGUF.
     int64_t count_outside_text_model() const;
@@ -50,9 +58,25 @@ public:
     // Reads a named tensor and applies its HfConvert when it comes from an HF folder.
     Result<std::vector<float>> read(const TensorName& name, int64_t layer, const std::vector<int64_t>& shape) const;
 
+    // A vector (a norm's weight, a bias) as fp32 in backend memory: shape [n] (or any shape of
+    // n elements), HfConvert applied.
+    Result<Weight> read_vector(const TensorName& name, int64_t layer, const std::vector<int64_t>& shape);
+    // A matrix [out, in] in the backend's engine format: fp32 on the CPU, W4/W8/BF16 converted
+    // from the file's type on CUDA (ops/weight_format_w8.h: convert_for_engine). Logs progress.
+    Result<Weight> read_matrix(const TensorName& name, int64_t layer, int64_t out, int64_t in);
+
 private:
+    Result<Weight> upload_f32(const std::vector<float>& data, int64_t out, int64_t in);
+    uint64_t seed_of(const std::string& full) const;
+    void note_progress(int64_t bytes);
+
     const ModelFiles& files_;
+    Ops* ops_ = nullptr;
+    WeightLoadOptions options_;
     std::string hf_prefix_ = "model.";
+    int64_t total_bytes_ = 0;  // of the source, for progress
+    int64_t done_bytes_ = 0;
+    int next_percent_ = 10;
 };
 
 }  // namespace kestrel

@@ -4,38 +4,134 @@
 // with fp32 accumulation, results independent of the thread count and of how a prompt is split
 // into chunks (each output element is computed by the same sequence of operations).
 //
-// Pointers are in the backend's memory space (host for the CPU backend). Shapes are row-major,
-// outermost first: `x [T, D]` is T rows of D floats.
+// Pointers and spans are in the backend's memory space (host for the CPU backend, device for
+// CUDA: the host never reads them there). Shapes are row-major, outermost first: `x [T, D]` is
+// T rows of D floats. Token ids and positions are in backend memory too, so that a captured
+// CUDA graph replays a decode step at any position by changing only device contents.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kestrel/status.h"
 
 namespace kestrel {
 
-// A linear layer's weight in the engine's format. Only fp32 for now (the CPU reference); the
-// CUDA backend adds BF16/W8/W4 (DESIGN.md) and `linear` dispatches on `format`.
-enum class WeightFormat { kF32 };
+// ---- backend memory ------------------------------------------------------------------------------
 
-struct LinearWeight {
+// An allocation in a backend's memory space (host memory for the CPU backend, device memory for
+// CUDA), freed by `release` when the Buffer dies; with no `release` it borrows memory someone
+// else owns (a view). Move-only.
+class Buffer {
+public:
+    using Release = void (*)(void*);
+    Buffer() = default;
+    Buffer(void* data, size_t bytes, Release release) : data_(data), bytes_(bytes), release_(release) {}
+    static Buffer view(const void* data, size_t bytes) { return Buffer(const_cast<void*>(data), bytes, nullptr); }
+    Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+    Buffer& operator=(Buffer&& other) noexcept {
+        if (this != &other) {
+            reset();
+            data_ = std::exchange(other.data_, nullptr);
+            bytes_ = std::exchange(other.bytes_, 0);
+            release_ = std::exchange(other.release_, nullptr);
+        }
+        return *this;
+    }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    ~Buffer() { reset(); }
+
+    void* data() const { return data_; }
+    size_t bytes() const { return bytes_; }
+    bool empty() const { return data_ == nullptr; }
+    float* floats() const { return static_cast<float*>(data_); }
+
+private:
+    void reset() {
+        if (data_ != nullptr && release_ != nullptr) release_(data_);
+        data_ = nullptr;
+        bytes_ = 0;
+    }
+    void* data_ = nullptr;
+    size_t bytes_ = 0;
+    Release release_ = nullptr;
+};
+
+// The engine's weight formats (DESIGN.md "The Ops interface"; ops/weight_format.h and
+// ops/weight_format_w8.h define W4 and W8 bit for bit). The CPU reference holds everything in
+// fp32; the CUDA backend holds linear weights as W4/W8/BF16 and vectors (norms) as fp32.
+enum class WeightFormat {
+    kF32,   // data: float [out, in]
+    kBF16,  // data: bf16 bits [out, in]
+    kW8,    // data: int8 [out, in];         scales: fp16 (scale, min) pairs [out, in / 32]
+    kW4,    // data: uint8 [out, in / 2];    scales: fp16 (scale, min) pairs [out, in / 32]
+};
+
+const char* weight_format_name(WeightFormat format);
+
+// A model tensor in backend memory: a linear layer's weight [out, in] (y = x W^T), or a vector
+// (a norm's weight: out = its length, in = 1, always kF32).
+struct Weight {
     WeightFormat format = WeightFormat::kF32;
-    const float* data = nullptr;  // [out, in] row-major
     int64_t out = 0;
     int64_t in = 0;
+    Buffer data;
+    Buffer scales;  // kW8, kW4
+
+    const float* f32() const { return static_cast<const float*>(data.data()); }
+    bool empty() const { return data.empty(); }
 };
+
+// A borrowed fp32 view of host data [out, in] (the CPU backend, and tests).
+inline Weight f32_view(const float* data, int64_t out, int64_t in) {
+    return Weight{WeightFormat::kF32, out, in, Buffer::view(data, static_cast<size_t>(out * in) * sizeof(float)), {}};
+}
+
+// One forward's intermediates: a bump allocator over backend memory, reset at the start of each
+// forward. Blocks are kept until the workspace dies and a forward of the same shape gets the same
+// addresses every time, so a CUDA graph captured over one forward stays valid (DESIGN.md "CUDA
+// rules": no allocation inside a captured step).
+class Ops;
+class Workspace {
+public:
+    explicit Workspace(Ops& ops) : ops_(ops) {}
+    void reset() {
+        block_ = 0;
+        used_ = 0;
+    }
+    // n floats, 256-byte aligned; kOutOfMemory naming the size when the backend has no more.
+    Result<float*> floats(int64_t n);
+    int64_t bytes_reserved() const;
+
+private:
+    Ops& ops_;
+    std::vector<Buffer> blocks_;
+    size_t block_ = 0;  // the block being filled
+    size_t used_ = 0;   // bytes used in it
+};
+
+// The KV cache's element type: fp32 on the CPU reference, bf16 (raw bits) on CUDA.
+enum class KvDtype { kF32, kBF16 };
 
 // One attention layer's KV cache of one sequence. Position p lives in slot p % capacity: a flat
 // cache has capacity >= every position it will hold; a sliding layer's ring has capacity
 // >= window + chunk - 1, so that writing a chunk never overwrites a key an earlier query of the
 // same chunk still needs (spec §10.6).
 struct KvLayerView {
-    float* k = nullptr;  // [capacity, n_kv_heads, head_dim]
-    float* v = nullptr;  // [capacity, n_kv_heads, v_head_dim]
+    void* k = nullptr;  // [capacity, n_kv_heads, head_dim] of `dtype`
+    void* v = nullptr;  // [capacity, n_kv_heads, v_head_dim]
     int64_t capacity = 0;
     int64_t n_kv_heads = 0;
     int64_t head_dim = 0;
     int64_t v_head_dim = 0;
+    KvDtype dtype = KvDtype::kF32;
 };
 
 struct AttentionParams {
@@ -77,16 +173,68 @@ struct MoeExpertWeights {
     int64_t dim = 0;
 };
 
+// A forward step captured once and replayed (a CUDA graph). Replays read the same backend
+// addresses (token ids, positions, KV cache, workspace); the caller changes their contents.
+class CapturedStep {
+public:
+    virtual ~CapturedStep() = default;
+    virtual Status replay() = 0;
+};
+
+// Time spent in one op (family) over the steps run while profiling was on.
+struct OpTiming {
+    std::string op;
+    int64_t calls = 0;
+    double microseconds = 0.0;
+};
+
 class Ops {
 public:
     virtual ~Ops() = default;
     virtual const char* name() const = 0;
 
+    // ---- memory, errors, capture -----------------------------------------------------------------
+
+    virtual Result<Buffer> allocate(size_t bytes) = 0;
+    // Host <-> backend copies, ordered with the ops (the CPU backend: memcpy).
+    virtual Status copy_to_backend(void* dst, const void* src, size_t bytes) = 0;
+    virtual Status copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+    virtual Status fill_zero(void* dst, size_t bytes) = 0;
+    // Backend to backend (dst and src do not overlap).
+    virtual Status copy_within(void* dst, const void* src, size_t bytes) = 0;
+    // The first error any op hit since the last call (ops return void so that a forward reads
+    // like the paper; a backend that can fail records its first error and the forward returns it).
+    virtual Status take_error() { return ok_status(); }
+    // Waits for every op issued so far.
+    virtual Status synchronize() { return ok_status(); }
+    virtual KvDtype kv_dtype() const { return KvDtype::kF32; }
+    // The formats linear(), logits() and embed() take; a loader converts every matrix into one of
+    // them (vectors are always kF32).
+    virtual bool accepts(WeightFormat format) const { return format == WeightFormat::kF32; }
+    // The intermediates of one forward (reset by the forward).
+    virtual Workspace& workspace() = 0;
+    // Runs `step` once while recording it, and returns the recording to replay (nullptr result:
+    // this backend has no graphs; the caller runs the step eagerly).
+    virtual Result<std::unique_ptr<CapturedStep>> capture(const std::function<Status()>& step) {
+        (void)step;
+        return std::unique_ptr<CapturedStep>();
+    }
+
+    // Per-op timing of the ops run eagerly while enabled (the CUDA backend: events around each
+    // launch; captured steps are not timed). take_profile waits for the ops and resets the tally.
+    virtual void set_profiling(bool enabled) { (void)enabled; }
+    virtual std::vector<OpTiming> take_profile() { return {}; }
+
+    // A weight from host bytes already in `format` (data, and scales for W8/W4); and random
+    // weights of the right scale for synthetic models (`--dummy`), made where they will live.
+    Result<Weight> upload(WeightFormat format, int64_t out, int64_t in, std::span<const uint8_t> data,
+                          std::span<const uint8_t> scales = {});
+    virtual Result<Weight> random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed);
+
     // ---- simple ops ----------------------------------------------------------------------------
 
-    // out[t, :] = table[ids[t], :] * scale.   table [vocab, D], out [T, D]
-    virtual void embed(std::span<const int32_t> ids, const float* table, int64_t dim, float scale,
-                       float* out) = 0;
+    // out[t, :] = table[ids[t], :] * scale.   table [vocab, D] (any format linear() takes), out [T, D]
+    virtual void embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) = 0;
 
     // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight   (weight null: no weight).
     // x, out [rows, dim]; out may equal x. Per-head norms are rows = T * n_heads, dim = head_dim.
@@ -94,7 +242,7 @@ public:
                           float* out) = 0;
 
     // y [T, out] = x [T, in] · W^T.
-    virtual void linear(const float* x, int64_t rows, const LinearWeight& w, float* y) = 0;
+    virtual void linear(const float* x, int64_t rows, const Weight& w, float* y) = 0;
 
     // In place, NeoX / rotate-half RoPE (HF `apply_rotary_pos_emb`): for j < head_dim / 2,
     // (x[j], x[j + D/2]) is rotated by angle pos * theta^(-2j / D).   x [T, n_heads, head_dim]
@@ -121,8 +269,7 @@ public:
 
     // logits [T, vocab] = x [T, D] · table^T, then softcap (0: none). A tied lm_head passes the
     // embedding table.
-    virtual void logits(const float* x, int64_t rows, const LinearWeight& lm_head, float softcap,
-                        float* out) = 0;
+    virtual void logits(const float* x, int64_t rows, const Weight& lm_head, float softcap, float* out) = 0;
 
     // ---- Qwen3.5 (hybrid Gated DeltaNet + gated attention + MoE) --------------------------------
 
@@ -188,5 +335,9 @@ public:
 
 // The reference backend. threads <= 0: std::thread::hardware_concurrency().
 std::unique_ptr<Ops> make_cpu_ops(int threads = 0);
+
+// The CUDA backend on device 0 (ops/cuda/cuda_ops.cpp); kUnsupported in a build without CUDA or
+// on a machine without a CUDA device.
+Result<std::unique_ptr<Ops>> make_cuda_ops();
 
 }  // namespace kestrel

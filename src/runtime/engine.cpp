@@ -5,38 +5,90 @@
 #include <fmt/format.h>
 
 #include "core/log.h"
+#include "models/dummy_configs.h"
 #include "runtime/session.h"
 
 namespace kestrel {
 
+Result<Device> parse_device(std::string_view name) {
+    if (name == "auto") return Device::kAuto;
+    if (name == "cpu") return Device::kCpu;
+    if (name == "cuda") return Device::kCuda;
+    return Status(StatusCode::kInvalidArgument, fmt::format("unknown device '{}' (auto, cpu or cuda)", name));
+}
+
+Result<WeightFormat> parse_weight_format(std::string_view name) {
+    if (name == "w4") return WeightFormat::kW4;
+    if (name == "w8") return WeightFormat::kW8;
+    if (name == "bf16") return WeightFormat::kBF16;
+    return Status(StatusCode::kInvalidArgument, fmt::format("unknown weight format '{}' (w4, w8 or bf16)", name));
+}
+
+namespace {
+
+Result<std::unique_ptr<Ops>> make_backend(const EngineOptions& options) {
+    if (options.device == Device::kCpu) return make_cpu_ops(options.threads);
+    Result<std::unique_ptr<Ops>> cuda = make_cuda_ops();
+    if (cuda.ok() || options.device == Device::kCuda) return cuda;
+    // Auto: say once why the fast path is not taken.
+    log_info("no CUDA backend ({}); running on the CPU reference backend", cuda.status().message());
+    return make_cpu_ops(options.threads);
+}
+
+// A synthetic model: the built-in config, no weight source (the backend makes the weights).
+Result<ModelFiles> dummy_files(const std::string& name) {
+    KESTREL_ASSIGN_OR_RETURN(std::string text, dummy_config_json(name));
+    ModelFiles files;
+    files.format = ModelFormat::kHfFolder;
+    files.path = fmt::format("dummy:{}", name);
+    KESTREL_ASSIGN_OR_RETURN(HfConfig config, HfConfig::parse(text, fmt::format("built-in config {}", name)));
+    files.hf_config = std::move(config);
+    return files;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& options) {
     const auto start = std::chrono::steady_clock::now();
-    std::filesystem::path path = options.model;
-    if (path.empty()) {
-        KESTREL_ASSIGN_OR_RETURN(path, default_model_path());
-    }
-
     std::unique_ptr<Engine> engine(new Engine());
-    log_info("loading {}", path.string());
-    KESTREL_ASSIGN_OR_RETURN(engine->files_, open_model_files(path));
+    const bool dummy = !options.dummy.empty();
+    if (dummy) {
+        log_info("synthetic model {} (random weights, no tokenizer)", options.dummy);
+        KESTREL_ASSIGN_OR_RETURN(engine->files_, dummy_files(options.dummy));
+    } else {
+        std::filesystem::path path = options.model;
+        if (path.empty()) {
+            KESTREL_ASSIGN_OR_RETURN(path, default_model_path());
+        }
+        log_info("loading {}", path.string());
+        KESTREL_ASSIGN_OR_RETURN(engine->files_, open_model_files(path));
+    }
     ModelConfig config;
     if (engine->files_.format == ModelFormat::kGguf) {
         KESTREL_ASSIGN_OR_RETURN(config, model_config_from_gguf(*engine->files_.gguf));
     } else {
         KESTREL_ASSIGN_OR_RETURN(config, model_config_from_hf(*engine->files_.hf_config));
     }
+    if (dummy) config.name = options.dummy;
     log_info("{} ({}): {} layers [{}], d_model {}, vocab {}, context {}", config.name, config.architecture,
              config.n_layers, config.layer_pattern(), config.hidden_size, config.vocab_size, config.context_length);
 
     if (engine->files_.gguf) {
         KESTREL_ASSIGN_OR_RETURN(engine->tokenizer_, Tokenizer::from_gguf(*engine->files_.gguf));
-    } else {
+    } else if (!dummy) {
         KESTREL_ASSIGN_OR_RETURN(engine->tokenizer_, Tokenizer::from_hf_folder(engine->files_.path));
     }
 
-    log_info("dequantising weights to fp32 (CPU reference backend)");
-    KESTREL_ASSIGN_OR_RETURN(engine->model_, load_model(config, engine->files_));
-    engine->ops_ = make_cpu_ops(options.threads);
+    KESTREL_ASSIGN_OR_RETURN(engine->ops_, make_backend(options));
+    const bool reference = engine->ops_->accepts(WeightFormat::kF32);
+    log_info("{} weights ({} backend{})", dummy ? "making synthetic" : reference ? "dequantising to fp32" : "converting",
+             engine->ops_->name(),
+             reference ? "" : fmt::format(", float matrices as {}", weight_format_name(options.float_weights)));
+    WeightLoadOptions load;
+    load.float_weights = options.float_weights;
+    load.dummy = dummy;
+    KESTREL_ASSIGN_OR_RETURN(engine->model_, load_model(config, engine->files_, *engine->ops_, load));
+    KESTREL_RETURN_IF_ERROR(engine->ops_->synchronize());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log_info("loaded in {:.1f} s, backend {}", seconds, engine->ops_->name());
     return engine;
@@ -54,8 +106,10 @@ Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t pr
                       fmt::format("context {} is longer than the model's trained context {}", context, trained));
     }
     const std::vector<KvLayerSpec> layout = model_->kv_layout();
-    KESTREL_ASSIGN_OR_RETURN(KvCache cache, KvCache::create(layout, context, prefill_chunk));
-    return std::make_unique<Session>(*this, std::move(cache), context, prefill_chunk);
+    KESTREL_ASSIGN_OR_RETURN(KvCache cache, KvCache::create(layout, context, prefill_chunk, *ops_));
+    auto session = std::make_unique<Session>(*this, std::move(cache), context, prefill_chunk);
+    KESTREL_RETURN_IF_ERROR(session->allocate_staging());
+    return session;
 }
 
 }  // namespace kestrel

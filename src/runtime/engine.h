@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <string>
+#include <string_view>
 
 #include "io/model_files.h"
 #include "kestrel/status.h"
@@ -18,10 +20,27 @@ namespace kestrel {
 
 class Session;
 
+enum class Device {
+    kAuto,  // CUDA when this build has it and the machine has a GPU, else the CPU
+    kCpu,   // the fp32 reference backend
+    kCuda,
+};
+
 struct EngineOptions {
     std::filesystem::path model;  // a GGUF file or a Hugging Face folder
     int threads = 0;              // CPU threads; 0 = every hardware thread
+    Device device = Device::kAuto;
+    // The engine format for float (F32/F16/BF16) matrices on CUDA (`--weights w4|w8|bf16`).
+    WeightFormat float_weights = WeightFormat::kW4;
+    // A built-in config (models/dummy_configs.h) with synthetic weights made on the device, no
+    // file and no tokenizer (`--dummy gemma4-31b`): for `kestrel bench`.
+    std::string dummy;
 };
+
+// "auto", "cpu", "cuda" -> Device; kInvalidArgument for anything else.
+Result<Device> parse_device(std::string_view name);
+// "w4", "w8", "bf16" -> WeightFormat; kInvalidArgument for anything else.
+Result<WeightFormat> parse_weight_format(std::string_view name);
 
 class Engine {
 public:
@@ -30,6 +49,8 @@ public:
     static Result<std::unique_ptr<Engine>> load(const EngineOptions& options);
 
     const ModelConfig& config() const { return model_->config(); }
+    // Every engine loaded from files has one; a synthetic (--dummy) engine has none.
+    bool has_tokenizer() const { return tokenizer_.has_value(); }
     const Tokenizer& tokenizer() const { return *tokenizer_; }
     const ModelFiles& files() const { return files_; }
     const Model& model() const { return *model_; }
@@ -44,8 +65,8 @@ private:
 
     ModelFiles files_;
     std::optional<Tokenizer> tokenizer_;
+    std::unique_ptr<Ops> ops_;  // shared by the sessions, one at a time; outlives the weights
     std::unique_ptr<Model> model_;
-    std::unique_ptr<Ops> ops_;  // the backend is stateless per call; sessions share it
 };
 
 }  // namespace kestrel

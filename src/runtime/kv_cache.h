@@ -19,7 +19,9 @@ public:
     // prefill_chunk keys (spec §10.6).
     static int64_t ring_capacity(int64_t window, int64_t context, int64_t prefill_chunk);
 
-    static Result<KvCache> create(std::span<const KvLayerSpec> layout, int64_t context, int64_t prefill_chunk);
+    // In `ops`'s memory, in its KV dtype.
+    static Result<KvCache> create(std::span<const KvLayerSpec> layout, int64_t context, int64_t prefill_chunk,
+                                  Ops& ops);
 
     // One view per layer, valid while the cache lives (moving it keeps the storage).
     std::span<const KvLayerView> views() const { return views_; }
@@ -27,7 +29,7 @@ public:
     int64_t bytes() const;
 
 private:
-    std::vector<std::vector<float>> k_, v_;  // per layer: [capacity, n_kv_heads, head_dim]
+    std::vector<Buffer> k_, v_;  // per layer: [capacity, n_kv_heads, head_dim]
     std::vector<KvLayerView> views_;
 };
 

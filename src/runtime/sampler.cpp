@@ -33,10 +33,21 @@ int32_t argmax(std::span<const float> logits) {
     return best;
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+uint64_t splitmix64(uint64_t state) {
+    uint64_t z = state + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+double sampling_uniform(uint64_t seed, uint64_t step) {
+    return static_cast<double>(splitmix64(seed + step * 0x9E3779B97F4A7C15ull) >> 11) * 0x1.0p-53;
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params) {}
 
 void Sampler::reset() {
-    rng_.seed(params_.seed);
+    draws_ = 0;
     history_.clear();
 }
 
@@ -46,7 +57,7 @@ void Sampler::accept(int32_t token) {
     if (params_.repeat_last_n > 0 && history_.size() > static_cast<size_t>(params_.repeat_last_n)) history_.pop_front();
 }
 
-double Sampler::uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+double Sampler::uniform() { return sampling_uniform(params_.seed, draws_++); }
 
 void Sampler::apply_penalties(std::vector<Candidate>& candidates) const {
     if (history_.empty()) return;

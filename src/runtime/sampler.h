@@ -4,11 +4,18 @@
 // temperature <= 0 is greedy (argmax, lowest id on ties). A given seed gives the same tokens on
 // every machine: the generator and the uniform draw are ours, not the standard library's
 // implementation-defined distributions.
+//
+// The draws are counter-based, so that the GPU sampler (ops/cuda/sampling.h) can compute the same
+// ones from a step counter in device memory: the draw after `step` earlier draws of a sampler
+// seeded with `seed` is
+//   u = (splitmix64(seed + step * 0x9E3779B97F4A7C15) >> 11) * 2^-53   in [0, 1),
+// where splitmix64(s) is the output of Vigna's SplitMix64 from state s (add the golden gamma, then
+// mix): the draws are the SplitMix64 stream seeded with `seed`. Only the temperature > 0 path
+// draws, once per sample() call; reset() restarts the count.
 #pragma once
 
 #include <cstdint>
 #include <deque>
-#include <random>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -32,6 +39,11 @@ struct SamplingParams {
 // One line naming the first out-of-range parameter, or ok.
 Status validate(const SamplingParams& params);
 
+// SplitMix64's output from state s: z = s + 0x9E3779B97F4A7C15, then its two xor-shift-multiply rounds.
+uint64_t splitmix64(uint64_t state);
+// The sampler's draw number `step` (0-based) for `seed`, as defined above.
+double sampling_uniform(uint64_t seed, uint64_t step);
+
 class Sampler {
 public:
     explicit Sampler(const SamplingParams& params);
@@ -52,10 +64,10 @@ private:
     };
 
     void apply_penalties(std::vector<Candidate>& candidates) const;
-    double uniform();  // [0, 1) with 53 random bits
+    double uniform();  // sampling_uniform(seed, draws_), then counts the draw
 
     SamplingParams params_;
-    std::mt19937_64 rng_;
+    uint64_t draws_ = 0;  // draws so far: the step of the next one
     std::deque<int32_t> history_;  // the last repeat_last_n accepted tokens
     std::vector<Candidate> candidates_;
 };

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "core/log.h"
 #include "runtime/engine.h"
 
 namespace kestrel {
@@ -15,6 +16,14 @@ Session::Session(const Engine& engine, KvCache cache, int64_t context, int64_t p
       context_(context),
       prefill_chunk_(prefill_chunk),
       logits_(static_cast<size_t>(engine.config().vocab_size)) {}
+
+Status Session::allocate_staging() {
+    Ops& ops = engine_.ops();
+    KESTREL_ASSIGN_OR_RETURN(tokens_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int32_t)));
+    KESTREL_ASSIGN_OR_RETURN(positions_backend_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int64_t)));
+    KESTREL_ASSIGN_OR_RETURN(logits_backend_, ops.allocate(logits_.size() * sizeof(float)));
+    return ok_status();
+}
 
 Status Session::check(std::span<const int32_t> tokens) const {
     if (tokens.empty()) return Status(StatusCode::kInvalidArgument, "no tokens to run (an empty prompt)");
@@ -36,46 +45,100 @@ Status Session::check(std::span<const int32_t> tokens) const {
     return ok_status();
 }
 
-Status Session::step(std::span<const int32_t> tokens, LogitRows rows, std::span<float> logits) {
+Status Session::stage(std::span<const int32_t> tokens) {
+    Ops& ops = engine_.ops();
     positions_.resize(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) positions_[i] = position_ + static_cast<int64_t>(i);
-    const Batch batch{tokens, positions_, recurrent_.views()};
+    KESTREL_RETURN_IF_ERROR(ops.copy_to_backend(tokens_.data(), tokens.data(), tokens.size_bytes()));
+    return ops.copy_to_backend(positions_backend_.data(), positions_.data(), positions_.size() * sizeof(int64_t));
+}
+
+Status Session::step(int64_t n_tokens, LogitRows rows, std::span<float> backend_logits) {
+    const auto count = static_cast<size_t>(n_tokens);
+    const Batch batch{std::span<const int32_t>(static_cast<const int32_t*>(tokens_.data()), count),
+                      std::span<const int64_t>(static_cast<const int64_t*>(positions_backend_.data()), count),
+                      recurrent_.views()};
     ForwardOptions options;
     options.logits = rows;
     options.debug = debug_;
-    KESTREL_RETURN_IF_ERROR(engine_.model().forward(engine_.ops(), batch, cache_.views(), options, logits));
-    position_ += static_cast<int64_t>(tokens.size());
+    KESTREL_RETURN_IF_ERROR(engine_.model().forward(engine_.ops(), batch, cache_.views(), options, backend_logits));
+    position_ += n_tokens;
     return ok_status();
 }
 
 Result<std::span<const float>> Session::prefill(std::span<const int32_t> tokens) {
     KESTREL_RETURN_IF_ERROR(check(tokens));
+    Ops& ops = engine_.ops();
+    std::span<float> backend_logits(logits_backend_.floats(), logits_.size());
     // Chunks of at most prefill_chunk tokens: the sliding rings were sized for that.
     for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(prefill_chunk_)) {
         const size_t count = std::min(tokens.size() - begin, static_cast<size_t>(prefill_chunk_));
         const bool last = begin + count == tokens.size();
-        KESTREL_RETURN_IF_ERROR(step(tokens.subspan(begin, count), last ? LogitRows::kLast : LogitRows::kNone,
-                                     last ? std::span<float>(logits_) : std::span<float>()));
+        KESTREL_RETURN_IF_ERROR(stage(tokens.subspan(begin, count)));
+        KESTREL_RETURN_IF_ERROR(step(static_cast<int64_t>(count), last ? LogitRows::kLast : LogitRows::kNone,
+                                     last ? backend_logits : std::span<float>()));
     }
+    KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits_.data(), logits_backend_.data(), logits_.size() * sizeof(float)));
+    KESTREL_RETURN_IF_ERROR(ops.synchronize());
     return std::span<const float>(logits_);
 }
 
 Result<std::span<const float>> Session::decode(int32_t token) {
     const int32_t one[1] = {token};
     KESTREL_RETURN_IF_ERROR(check(one));
-    KESTREL_RETURN_IF_ERROR(step(one, LogitRows::kLast, logits_));
+    Ops& ops = engine_.ops();
+    std::span<float> backend_logits(logits_backend_.floats(), logits_.size());
+    KESTREL_RETURN_IF_ERROR(stage(one));
+    if (decode_graph_ != nullptr && debug_ == nullptr) {
+        // The graph reads the token and position just staged; attention bounds come from the
+        // position in device memory, so the same graph is right at every position.
+        KESTREL_RETURN_IF_ERROR(decode_graph_->replay());
+        position_ += 1;
+    } else if (graphs_enabled_ && !graph_failed_ && debug_ == nullptr && eager_decodes_ > 0) {
+        // The first decode ran eagerly and sized every buffer; this one is recorded (and run).
+        const int64_t position_before = position_;
+        Result<std::unique_ptr<CapturedStep>> captured =
+            ops.capture([&]() { return step(1, LogitRows::kLast, backend_logits); });
+        if (!captured.ok()) return captured.status();
+        decode_graph_ = std::move(*captured);
+        if (decode_graph_ == nullptr) {
+            // A backend without graphs: run the step eagerly, now and from here on.
+            graph_failed_ = true;
+            position_ = position_before;
+            KESTREL_RETURN_IF_ERROR(step(1, LogitRows::kLast, backend_logits));
+        } else {
+            log_info("decode step captured as a graph ({} backend)", ops.name());
+            position_ = position_before + 1;
+        }
+    } else {
+        KESTREL_RETURN_IF_ERROR(step(1, LogitRows::kLast, backend_logits));
+        ++eager_decodes_;
+    }
+    KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits_.data(), logits_backend_.data(), logits_.size() * sizeof(float)));
+    KESTREL_RETURN_IF_ERROR(ops.synchronize());
     return std::span<const float>(logits_);
 }
 
 Status Session::forward_all_logits(std::span<const int32_t> tokens, std::vector<float>& logits) {
     KESTREL_RETURN_IF_ERROR(check(tokens));
+    Ops& ops = engine_.ops();
     const int64_t vocab = engine_.config().vocab_size;
     logits.resize(tokens.size() * static_cast<size_t>(vocab));
+    const size_t chunk_floats =
+        std::min(tokens.size(), static_cast<size_t>(prefill_chunk_)) * static_cast<size_t>(vocab);
+    if (all_logits_backend_.bytes() < chunk_floats * sizeof(float)) {
+        KESTREL_ASSIGN_OR_RETURN(all_logits_backend_, ops.allocate(chunk_floats * sizeof(float)));
+    }
     for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(prefill_chunk_)) {
         const size_t count = std::min(tokens.size() - begin, static_cast<size_t>(prefill_chunk_));
-        std::span<float> out(logits.data() + begin * static_cast<size_t>(vocab), count * static_cast<size_t>(vocab));
-        KESTREL_RETURN_IF_ERROR(step(tokens.subspan(begin, count), LogitRows::kAll, out));
+        const size_t floats = count * static_cast<size_t>(vocab);
+        KESTREL_RETURN_IF_ERROR(stage(tokens.subspan(begin, count)));
+        KESTREL_RETURN_IF_ERROR(step(static_cast<int64_t>(count), LogitRows::kAll,
+                                     std::span<float>(all_logits_backend_.floats(), floats)));
+        KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits.data() + begin * static_cast<size_t>(vocab),
+                                                 all_logits_backend_.data(), floats * sizeof(float)));
     }
+    KESTREL_RETURN_IF_ERROR(ops.synchronize());
     // The last token's logits are also the session's current ones.
     std::copy(logits.end() - vocab, logits.end(), logits_.begin());
     return ok_status();

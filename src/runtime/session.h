@@ -1,8 +1,9 @@
 // Session: one sequence's state over an Engine — KV cache, position, the last logits.
-// Not thread-safe; use one session per thread (the Engine may be shared).
+// Not thread-safe; use one session per thread (the Engine may be shared, one session at a time).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -16,6 +17,7 @@ class Engine;
 
 class Session {
 public:
+    // Use Engine::new_session.
     Session(const Engine& engine, KvCache cache, int64_t context, int64_t prefill_chunk);
 
     // Appends the tokens at the current position, prefill_chunk tokens per forward step, and
@@ -24,7 +26,8 @@ public:
     // lengths); the session is unchanged then.
     Result<std::span<const float>> prefill(std::span<const int32_t> tokens);
 
-    // Appends one token and returns its logits [vocab].
+    // Appends one token and returns its logits [vocab]. On a backend with graphs, the second
+    // decode captures the step and later ones replay it (DESIGN.md "CUDA rules").
     Result<std::span<const float>> decode(int32_t token);
 
     // Appends the tokens like prefill, and writes every token's logits: logits [T, vocab].
@@ -37,6 +40,8 @@ public:
     int64_t prefill_chunk() const { return prefill_chunk_; }
     const KvCache& kv_cache() const { return cache_; }
     const RecurrentState& recurrent_state() const { return recurrent_; }
+    // Whether decode replays a captured graph now.
+    bool decode_captured() const { return decode_graph_ != nullptr; }
 
     // Forgets every token (and zeroes the Gated DeltaNet state); the next call starts at position 0.
     void reset() {
@@ -44,13 +49,22 @@ public:
         recurrent_.reset();
     }
 
-    // Sees the named intermediates of every later forward (null: none).
+    // Sees the named intermediates of every later forward (null: none). Decode runs eagerly
+    // while a hook is set, so that every step is seen.
     void set_debug_hook(const DebugHook* hook) { debug_ = hook; }
 
+    // Use graphs for decode where the backend has them (default on).
+    void set_decode_graphs(bool enabled) { graphs_enabled_ = enabled; }
+
 private:
+    friend class Engine;  // new_session allocates the staging buffers
+
     Status check(std::span<const int32_t> tokens) const;
-    // Runs the tokens as one forward step at the current position.
-    Status step(std::span<const int32_t> tokens, LogitRows rows, std::span<float> logits);
+    // Stages the tokens and their positions in backend memory.
+    Status stage(std::span<const int32_t> tokens);
+    // Runs the staged tokens as one forward step at the current position, logits into backend memory.
+    Status step(int64_t n_tokens, LogitRows rows, std::span<float> backend_logits);
+    Status allocate_staging();
 
     const Engine& engine_;
     KvCache cache_;
@@ -58,8 +72,18 @@ private:
     int64_t context_;
     int64_t prefill_chunk_;
     int64_t position_ = 0;
-    std::vector<float> logits_;      // [vocab], the last token's
-    std::vector<int64_t> positions_; // scratch
+    std::vector<float> logits_;       // [vocab], the last token's, on the host
+    std::vector<int64_t> positions_;  // host scratch
+    // Backend memory at fixed addresses (a captured decode reads them): the staged token ids and
+    // positions [prefill_chunk], the last token's logits [vocab], and (on demand) all-logits rows.
+    Buffer tokens_;
+    Buffer positions_backend_;
+    Buffer logits_backend_;
+    Buffer all_logits_backend_;
+    std::unique_ptr<CapturedStep> decode_graph_;
+    int64_t eager_decodes_ = 0;
+    bool graphs_enabled_ = true;
+    bool graph_failed_ = false;
     const DebugHook* debug_ = nullptr;
 };
 

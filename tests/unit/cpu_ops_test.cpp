@@ -34,7 +34,7 @@ TEST(CpuOps, LinearMatchesHandComputedAndIsIndependentOfRowCount) {
     const std::vector<float> w = {1, 2, 3, 4, 5, 6};
     const std::vector<float> x = {1, 1, 2, -1};
     std::vector<float> y(6);
-    linear(x.data(), 2, LinearWeight{WeightFormat::kF32, w.data(), 3, 2}, y.data(), 1);
+    linear(x.data(), 2, f32_view(w.data(), 3, 2), y.data(), 1);
     EXPECT_EQ(y, (std::vector<float>{3, 7, 11, 0, 2, 4}));
 
     // Random-ish 37 x 70 weight, 9 rows: each row equals the one-row result bit for bit, for
@@ -43,7 +43,7 @@ TEST(CpuOps, LinearMatchesHandComputedAndIsIndependentOfRowCount) {
     std::vector<float> big_w(n * k), big_x(rows * k);
     for (size_t i = 0; i < big_w.size(); ++i) big_w[i] = std::sin(0.37f * static_cast<float>(i));
     for (size_t i = 0; i < big_x.size(); ++i) big_x[i] = std::cos(0.11f * static_cast<float>(i));
-    const LinearWeight lw{WeightFormat::kF32, big_w.data(), n, k};
+    const Weight lw = f32_view(big_w.data(), n, k);
     std::vector<float> all(rows * n), one(n), threaded(rows * n);
     linear(big_x.data(), rows, lw, all.data(), 1);
     linear(big_x.data(), rows, lw, threaded.data(), 3);

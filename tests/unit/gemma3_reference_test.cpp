@@ -24,6 +24,7 @@
 
 #include "io/model_files.h"
 #include "runtime/engine.h"
+#include "test_support.h"
 #include "runtime/perplexity.h"
 #include "runtime/session.h"
 
@@ -52,7 +53,7 @@ protected:
             error_ = path.status().message();
             return;
         }
-        Result<std::unique_ptr<Engine>> engine = Engine::load({*path, 0});
+        Result<std::unique_ptr<Engine>> engine = Engine::load(testing::cpu_engine_options(*path));
         if (!engine.ok()) {
             error_ = engine.status().message();
             return;

@@ -78,7 +78,7 @@ protected:
         ASSERT_TRUE(error_.empty()) << error_;
         std::unique_ptr<Engine>& engine = engines_[GetParam()];
         if (!engine) {
-            Result<std::unique_ptr<Engine>> loaded = Engine::load({kFixture + "/" + GetParam(), 2});
+            Result<std::unique_ptr<Engine>> loaded = Engine::load(testing::cpu_engine_options(kFixture + "/" + GetParam(), 2));
             ASSERT_TRUE(loaded.ok()) << loaded.status().message();
             engine = std::move(loaded).value();
         }

@@ -93,7 +93,7 @@ protected:
     void SetUp() override {
         ASSERT_FALSE(reference().prompts.empty()) << "missing or invalid fixtures in " << kDir;
         const std::string path = std::string(GetParam()) == "hf" ? kDir : kGguf;
-        Result<std::unique_ptr<Engine>> engine = Engine::load({path, 0});
+        Result<std::unique_ptr<Engine>> engine = Engine::load(testing::cpu_engine_options(path));
         ASSERT_TRUE(engine.ok()) << engine.status().message();
         engine_ = std::move(engine).value();
         ASSERT_EQ(engine_->config().architecture, "qwen35moe");

@@ -47,6 +47,28 @@ TEST(Sampler, SameSeedSameTokensOtherSeedOtherTokens) {
     EXPECT_EQ(sampler.sample(logits), first);
 }
 
+TEST(Sampler, DrawsAreTheSplitMix64StreamOfTheSeed) {
+    // SplitMix64 seeded with 1234567: its first five outputs (Vigna's splitmix64.c; Rosetta Code
+    // "Pseudo-random numbers/Splitmix64").
+    const uint64_t expected[] = {6457827717110365317ull, 3203168211198807973ull, 9817491932198370423ull,
+                                 4593380528125082431ull, 16408922859458223821ull};
+    for (uint64_t step = 0; step < 5; ++step) {
+        EXPECT_EQ(splitmix64(1234567 + step * 0x9E3779B97F4A7C15ull), expected[step]);
+        EXPECT_EQ(sampling_uniform(1234567, step), static_cast<double>(expected[step] >> 11) * 0x1.0p-53);
+    }
+    // Draw n of a sampler is sampling_uniform(seed, n): with two equally likely tokens the token is
+    // 1 exactly when u >= 0.5. Greedy samples draw nothing; reset() starts over.
+    const std::vector<float> two = {0.0f, 0.0f};
+    Sampler sampler({.temperature = 1, .top_k = 0, .top_p = 1, .min_p = 0, .seed = 42});
+    Sampler greedy({.temperature = 0, .seed = 42});
+    for (uint64_t step = 0; step < 64; ++step) {
+        EXPECT_EQ(greedy.sample(two), 0);
+        EXPECT_EQ(sampler.sample(two), sampling_uniform(42, step) >= 0.5 ? 1 : 0) << "draw " << step;
+    }
+    sampler.reset();
+    EXPECT_EQ(sampler.sample(two), sampling_uniform(42, 0) >= 0.5 ? 1 : 0);
+}
+
 TEST(Sampler, DrawsFollowSoftmaxAtTemperature) {
     const std::vector<float> logits = {1.0f, 0.0f, -1.0f, 0.5f};
     const float temperature = 0.7f;

@@ -1,6 +1,8 @@
 // Helpers shared by the unit tests: the error contract and running the kestrel binary.
 #pragma once
 
+#include "runtime/engine.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -45,5 +47,15 @@ CommandResult run_kestrel(const std::string& arguments);
 
 // Writes `bytes` to a temporary file whose name is unique to this process and `name`.
 std::filesystem::path write_temp_file(const std::string& name, const std::vector<uint8_t>& bytes);
+
+// Engine options that load `model` on the CPU reference backend (tests that hold numbers to
+// transformers' fp32 run there on every machine, GPU or not).
+inline EngineOptions cpu_engine_options(const std::filesystem::path& model, int threads = 0) {
+    EngineOptions options;
+    options.model = model;
+    options.threads = threads;
+    options.device = Device::kCpu;
+    return options;
+}
 
 }  // namespace kestrel::testing

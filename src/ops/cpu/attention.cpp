@@ -20,8 +20,8 @@ void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, cons
     const int64_t v_row = cache.n_kv_heads * cache.v_head_dim;
     for (size_t t = 0; t < positions.size(); ++t) {
         const int64_t slot = positions[t] % cache.capacity;
-        std::memcpy(cache.k + slot * k_row, k + static_cast<int64_t>(t) * k_row, sizeof(float) * k_row);
-        std::memcpy(cache.v + slot * v_row, v + static_cast<int64_t>(t) * v_row, sizeof(float) * v_row);
+        std::memcpy(static_cast<float*>(cache.k) + slot * k_row, k + static_cast<int64_t>(t) * k_row, sizeof(float) * k_row);
+        std::memcpy(static_cast<float*>(cache.v) + slot * v_row, v + static_cast<int64_t>(t) * v_row, sizeof(float) * v_row);
     }
 }
 
@@ -53,7 +53,7 @@ KESTREL_HOT_LOOP void attend_one(const float* qh, int64_t pos, int64_t kv_head, 
     scores.resize(static_cast<size_t>(n_keys));
     for (int64_t j = 0; j < n_keys; ++j) {
         const int64_t slot = (first + j) % cache.capacity;
-        float s = dot(qh, cache.k + slot * k_row + kv_head * d, d) * params.scale;
+        float s = dot(qh, static_cast<const float*>(cache.k) + slot * k_row + kv_head * d, d) * params.scale;
         if (params.softcap > 0.0f) s = params.softcap * std::tanh(s / params.softcap);
         scores[j] = s;
     }
@@ -61,7 +61,7 @@ KESTREL_HOT_LOOP void attend_one(const float* qh, int64_t pos, int64_t kv_head, 
     std::fill(oh, oh + dv, 0.0f);
     for (int64_t j = 0; j < n_keys; ++j) {
         const int64_t slot = (first + j) % cache.capacity;
-        const float* vj = cache.v + slot * v_row + kv_head * dv;
+        const float* vj = static_cast<const float*>(cache.v) + slot * v_row + kv_head * dv;
         const float p = scores[j];
         for (int64_t i = 0; i < dv; ++i) oh[i] += p * vj[i];
     }

@@ -2,7 +2,12 @@
 // simple ones, which is what the CUDA fused kernels are tested against.
 #include "ops/cpu/cpu_ops.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "ops/cpu/parallel.h"
 
@@ -14,15 +19,44 @@ namespace cpu {
 
 CpuOps::CpuOps(int threads) : threads_(resolve_threads(threads)) {}
 
-void CpuOps::embed(std::span<const int32_t> ids, const float* table, int64_t dim, float scale, float* out) {
-    cpu::embed(ids, table, dim, scale, out);
+Result<Buffer> CpuOps::allocate(size_t bytes) {
+    // 64-byte aligned host memory (a cache line; the vector loops load 32 bytes).
+    void* data = std::aligned_alloc(64, std::max<size_t>((bytes + 63) / 64 * 64, 64));
+    if (data == nullptr) {
+        return Status(StatusCode::kOutOfMemory, fmt::format("cannot allocate {} bytes of host memory", bytes));
+    }
+    return Buffer(data, bytes, [](void* p) { std::free(p); });
+}
+
+Status CpuOps::copy_to_backend(void* dst, const void* src, size_t bytes) {
+    if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
+    return ok_status();
+}
+
+Status CpuOps::copy_to_host(void* dst, const void* src, size_t bytes) {
+    if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
+    return ok_status();
+}
+
+Status CpuOps::copy_within(void* dst, const void* src, size_t bytes) {
+    if (bytes > 0) std::memcpy(dst, src, bytes);
+    return ok_status();
+}
+
+Status CpuOps::fill_zero(void* dst, size_t bytes) {
+    if (bytes > 0) std::memset(dst, 0, bytes);
+    return ok_status();
+}
+
+void CpuOps::embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) {
+    cpu::embed(ids, table.f32(), table.in, scale, out);
 }
 
 void CpuOps::rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) {
     cpu::rms_norm(x, weight, rows, dim, eps, out);
 }
 
-void CpuOps::linear(const float* x, int64_t rows, const LinearWeight& w, float* y) {
+void CpuOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
     cpu::linear(x, rows, w, y, threads_);
 }
 
@@ -54,7 +88,7 @@ void CpuOps::add(const float* a, const float* b, int64_t n, float* out) { cpu::a
 
 void CpuOps::scale(float* x, int64_t n, float s) { cpu::scale(x, n, s); }
 
-void CpuOps::logits(const float* x, int64_t rows, const LinearWeight& lm_head, float cap, float* out) {
+void CpuOps::logits(const float* x, int64_t rows, const Weight& lm_head, float cap, float* out) {
     cpu::linear(x, rows, lm_head, out, threads_);
     if (cap > 0.0f) cpu::softcap(out, rows * lm_head.out, cap);
 }

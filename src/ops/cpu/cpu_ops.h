@@ -57,7 +57,7 @@ void embed(std::span<const int32_t> ids, const float* table, int64_t dim, float 
 void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out);
 
 // linear.cpp. y [rows, w.out] = x [rows, w.in] · W^T, rows split over `threads`.
-void linear(const float* x, int64_t rows, const LinearWeight& w, float* y, int threads);
+void linear(const float* x, int64_t rows, const Weight& w, float* y, int threads);
 
 // rope.cpp
 void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim, double theta);
@@ -114,9 +114,16 @@ public:
     const char* name() const override { return "cpu"; }
     int threads() const { return threads_; }
 
-    void embed(std::span<const int32_t> ids, const float* table, int64_t dim, float scale, float* out) override;
+    Result<Buffer> allocate(size_t bytes) override;
+    Status copy_to_backend(void* dst, const void* src, size_t bytes) override;
+    Status copy_to_host(void* dst, const void* src, size_t bytes) override;
+    Status fill_zero(void* dst, size_t bytes) override;
+    Status copy_within(void* dst, const void* src, size_t bytes) override;
+    Workspace& workspace() override { return workspace_; }
+
+    void embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) override;
     void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) override;
-    void linear(const float* x, int64_t rows, const LinearWeight& w, float* y) override;
+    void linear(const float* x, int64_t rows, const Weight& w, float* y) override;
     void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                    double theta) override;
     void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
@@ -126,7 +133,7 @@ public:
     void gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
     void add(const float* a, const float* b, int64_t n, float* out) override;
     void scale(float* x, int64_t n, float s) override;
-    void logits(const float* x, int64_t rows, const LinearWeight& lm_head, float softcap, float* out) override;
+    void logits(const float* x, int64_t rows, const Weight& lm_head, float softcap, float* out) override;
     void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
                       float* residual) override;
     void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
@@ -152,6 +159,7 @@ public:
 
 private:
     int threads_;
+    Workspace workspace_{*this};
 };
 
 }  // namespace kestrel::cpu

@@ -45,7 +45,7 @@ inline void kernel_4x2(const float* x, int64_t ldx, const float* w0, const float
 }
 
 // Output columns [n_begin, n_end) for every row.
-KESTREL_HOT_LOOP void linear_columns(const float* x, int64_t rows, const LinearWeight& w, float* y, int64_t n_begin, int64_t n_end) {
+KESTREL_HOT_LOOP void linear_columns(const float* x, int64_t rows, const Weight& w, float* y, int64_t n_begin, int64_t n_end) {
     const int64_t k = w.in;
     const int64_t n_total = w.out;
     for (int64_t nb = n_begin; nb < n_end; nb += kWeightBlock) {
@@ -54,18 +54,18 @@ KESTREL_HOT_LOOP void linear_columns(const float* x, int64_t rows, const LinearW
         for (; t + 4 <= rows; t += 4) {
             int64_t n = nb;
             for (; n + 2 <= ne; n += 2)
-                kernel_4x2(x + t * k, k, w.data + n * k, w.data + (n + 1) * k, k, y + t * n_total + n, n_total);
+                kernel_4x2(x + t * k, k, w.f32() + n * k, w.f32() + (n + 1) * k, k, y + t * n_total + n, n_total);
             for (; n < ne; ++n)
-                for (int64_t r = t; r < t + 4; ++r) y[r * n_total + n] = dot(x + r * k, w.data + n * k, k);
+                for (int64_t r = t; r < t + 4; ++r) y[r * n_total + n] = dot(x + r * k, w.f32() + n * k, k);
         }
         for (; t < rows; ++t)
-            for (int64_t n = nb; n < ne; ++n) y[t * n_total + n] = dot(x + t * k, w.data + n * k, k);
+            for (int64_t n = nb; n < ne; ++n) y[t * n_total + n] = dot(x + t * k, w.f32() + n * k, k);
     }
 }
 
 }  // namespace
 
-void linear(const float* x, int64_t rows, const LinearWeight& w, float* y, int threads) {
+void linear(const float* x, int64_t rows, const Weight& w, float* y, int threads) {
     // Split over output columns: decode (one row) parallelises too, and each thread streams its
     // own slice of the weight, the dominant memory traffic.
     const int64_t n_blocks = (w.out + kWeightBlock - 1) / kWeightBlock;

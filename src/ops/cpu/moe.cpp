@@ -48,10 +48,10 @@ void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* 
         up.resize(gate.size());
         act.resize(gate.size());
         y.resize(static_cast<size_t>(n * d));
-        linear(xs.data(), n, LinearWeight{WeightFormat::kF32, e.gate + expert * f * d, f, d}, gate.data(), threads);
-        linear(xs.data(), n, LinearWeight{WeightFormat::kF32, e.up + expert * f * d, f, d}, up.data(), threads);
+        linear(xs.data(), n, f32_view(e.gate + expert * f * d, f, d), gate.data(), threads);
+        linear(xs.data(), n, f32_view(e.up + expert * f * d, f, d), up.data(), threads);
         silu_and_mul(gate.data(), up.data(), n * f, act.data());
-        linear(act.data(), n, LinearWeight{WeightFormat::kF32, e.down + expert * d * f, d, f}, y.data(), threads);
+        linear(act.data(), n, f32_view(e.down + expert * d * f, d, f), y.data(), threads);
         for (int64_t r = 0; r < n; ++r) {
             const float w = weights[slots[r]];
             float* dst = routed.data() + slots[r] * d;

@@ -1,0 +1,82 @@
+// Host API of the GPU attention: the bf16 KV-cache write and causal / sliding-window softmax
+// attention with GQA and optional softcap (kernels: attention_common.cuh; launchers:
+// attention_prefill.cu, attention_decode.cu). Results are those of the CPU reference
+// (Ops::kv_write / Ops::attention, src/ops/cpu/attention.cpp) run on a cache holding the
+// bf16-rounded K and V and on bf16-rounded q. Plain C++: includable from .cpp files.
+//
+// Graph capture: the launchers take only what is fixed for a captured graph (token count,
+// capacity, shapes, window, scale). Everything that moves with the position (the live keys,
+// positions[T-1] + 1, and the decode split count) is read on the device from `positions`, so
+// one captured decode replays correctly at every position with only device contents changed.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kestrel/status.h"
+
+namespace kestrel::cuda {
+
+// One attention layer's KV cache of one sequence on the device, as KvLayerView (ops/ops.h) but
+// bf16 (raw bits, round to nearest even from fp32): position p lives in slot p % capacity.
+// Pointers 16-byte aligned; head dims multiples of 16, at most 512; capacity < 2^31.
+struct KvCacheBf16View {
+    uint16_t* k = nullptr;  // [capacity, n_kv_heads, head_dim]
+    uint16_t* v = nullptr;  // [capacity, n_kv_heads, v_head_dim]
+    int64_t capacity = 0;
+    int64_t n_kv_heads = 0;
+    int64_t head_dim = 0;
+    int64_t v_head_dim = 0;
+};
+
+// AttentionParams (ops/ops.h) by another name, so this header needs nothing from ops.h.
+struct AttentionShape {
+    int64_t n_heads = 0;   // query heads; query head h reads kv head h / (n_heads / n_kv_heads)
+    float scale = 1.0f;    // multiplies q·k
+    int64_t window = 0;    // 0: every earlier position; W: keys k with p - W < k <= p
+    float softcap = 0.0f;  // 0: none; else scores = softcap * tanh(scores / softcap)
+};
+
+// Up to this many tokens a call is decode (split-K flash-decoding over the cache); above, prefill.
+constexpr int64_t kAttentionDecodeMaxTokens = 8;
+
+// k [T, n_kv_heads, head_dim], v [T, n_kv_heads, v_head_dim] fp32 (16-byte aligned) -> cache
+// slot positions[t] % capacity, rounded to bf16 (RNE, as fp32_to_bf16 in core/half.h, NaN kept).
+// positions: device int64 [T]. Two tokens of one call must not share a slot (T <= capacity).
+Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int64_t n_tokens, const float* k,
+                     const float* v, cudaStream_t stream);
+
+// Bytes of device workspace attention_decode needs for this shape (split-K partials, sized for
+// the most splits the shape can use); allocate once (16-byte aligned) and reuse.
+size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape);
+
+// out [T, n_heads, v_head_dim] = softmax(scale * q · K^T, causal / window masked) · V for the
+// queries q [T, n_heads, head_dim] at device positions [T] (consecutive, ascending, < 2^31; the
+// cache already holds every key they see: kv_write_bf16 first). fp32 q and out, 16-byte aligned.
+// Flash attention on tensor cores (q and the probabilities rounded to bf16, fp32 accumulation);
+// KV tiles fully masked for a query tile are never loaded. Any T >= 1.
+Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
+                         const AttentionShape& shape, float* out, cudaStream_t stream);
+
+// The same for a few tokens as split-K flash-decoding: one block per (split, kv head) serves all
+// query heads of that kv head, so K and V are read once; the split count follows the live length
+// read on the device; a second kernel combines the splits. Any T >= 1 (cheap for T <= 8).
+Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
+                        const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream);
+
+// The engine's entry points: decode for n_tokens <= kAttentionDecodeMaxTokens, else prefill.
+inline size_t attention_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
+    return n_tokens <= kAttentionDecodeMaxTokens ? attention_decode_workspace_bytes(n_tokens, cache, shape) : 0;
+}
+
+inline Status attention(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
+                        const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream) {
+    if (n_tokens <= kAttentionDecodeMaxTokens) {
+        return attention_decode(q, positions, n_tokens, cache, shape, workspace, out, stream);
+    }
+    return attention_prefill(q, positions, n_tokens, cache, shape, out, stream);
+}
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,487 @@
+// The flash-attention core shared by the prefill (attention_prefill.cu) and decode
+// (attention_decode.cu) kernels, their argument block and the host-side argument check.
+//
+// One block owns 16 * kRowGroups "packed" query rows of one kv head: packed row r is token
+// r / group, query head kv_head * group + r % group (GQA: every query head of a kv head shares
+// the block's K/V tiles, read once). It walks one key range [key_begin, key_end) in tiles of
+// kKeys keys (FA2, Dao 2023, online softmax in base 2):
+//   S = scale * Q K^T (softcap)   mma.sync m16n8k16 bf16 -> fp32; q rounded to bf16 on load
+//   m' = max(m, rowmax S); P = 2^(S log2e - m'); l = l 2^(m - m') + rowsum P; O = O 2^(m - m') + P V
+// Warp layout: kRowGroups x kColSplit warps. The kColSplit warps of a row group each compute S
+// for kKeys / kColSplit of the tile's keys and O for head_dim / kColSplit of the output
+// columns, exchanging row maxima and P (bf16) through shared memory, so O stays in registers at
+// head dim 512 (16 x 256 fp32 per warp with kColSplit = 2) and no product is computed twice.
+// K/V tiles are double buffered with cp.async (zero-filled past the range and past the head
+// dim, so padding contributes exact zeros); ring slots are key % capacity per key.
+// Shared-memory rows are padded by 16 bytes so ldmatrix's eight row addresses hit distinct banks.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kestrel/status.h"
+#include "ops/cuda/attention.h"
+
+namespace kestrel::cuda {
+
+// Split-K decode: at least this many keys per split (a sliding layer's 1024-key window over 16
+// kv heads then gives 8 splits x 16 = 128 blocks, one wave on a 132-SM H100/H200), at most
+// kDecodeMaxSplits splits, and no more blocks than kDecodeTargetBlocks (one block per SM: its
+// shared memory is ~150 KiB).
+constexpr int kDecodeMinKeysPerSplit = 128;
+constexpr int kDecodeMaxSplits = 128;
+constexpr int kDecodeTargetBlocks = 132;
+
+// Everything a kernel needs, by value. Sizes fit int: the host checks them.
+struct AttentionKernelArgs {
+    const float* q = nullptr;             // [T, n_heads, head_dim]
+    const int64_t* positions = nullptr;   // [T], device
+    const uint16_t* k_cache = nullptr;    // [capacity, n_kv_heads, head_dim] bf16
+    const uint16_t* v_cache = nullptr;    // [capacity, n_kv_heads, v_head_dim] bf16
+    float* out = nullptr;                 // [T, n_heads, v_head_dim]
+    float* partial_acc = nullptr;         // decode: [max_splits, T * n_heads, v_head_dim], unnormalised O
+    float* partial_ml = nullptr;          // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
+    int n_tokens = 0;
+    int n_heads = 0;
+    int n_kv_heads = 0;
+    int group = 0;  // n_heads / n_kv_heads
+    int head_dim = 0;
+    int v_head_dim = 0;
+    int capacity = 0;
+    int window = 0;
+    int max_splits = 1;
+    float scale = 1.0f;
+    float softcap = 0.0f;
+};
+
+// The kernels are compiled for these padded head dims; a smaller head dim is zero-padded.
+inline int attention_padded_head_dim(int64_t head_dim, int64_t v_head_dim) {
+    const int64_t d = head_dim > v_head_dim ? head_dim : v_head_dim;
+    return d <= 64 ? 64 : d <= 128 ? 128 : d <= 256 ? 256 : 512;
+}
+
+inline bool attention_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Shapes and pointers both launchers require (see attention.h).
+inline Status check_attention_arguments(const char* what, const float* q, const int64_t* positions, int64_t n_tokens,
+                                        const KvCacheBf16View& cache, const AttentionShape& shape, const float* out) {
+    const auto fail = [&](const std::string& message) {
+        return Status(StatusCode::kInvalidArgument, std::string(what) + ": " + message);
+    };
+    if (n_tokens < 1 || n_tokens > (int64_t{1} << 24)) return fail("n_tokens " + std::to_string(n_tokens));
+    if (cache.n_kv_heads < 1 || cache.n_kv_heads > 65535 || shape.n_heads < cache.n_kv_heads ||
+        shape.n_heads % cache.n_kv_heads != 0 || shape.n_heads > 4096) {
+        return fail(std::to_string(shape.n_heads) + " query heads over " + std::to_string(cache.n_kv_heads) +
+                    " kv heads (needs a whole number of query heads per kv head)");
+    }
+    for (const int64_t d : {cache.head_dim, cache.v_head_dim}) {
+        // Rows are loaded in 8-element (16-byte) chunks masked by the real head dim, so any
+        // multiple of 16 works; the tiny test fixtures use 16.
+        if (d < 16 || d > 512 || d % 16 != 0) {
+            return fail("head dims " + std::to_string(cache.head_dim) + " / " + std::to_string(cache.v_head_dim) +
+                        " (each a multiple of 16, at most 512)");
+        }
+    }
+    if (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31)) return fail("capacity " + std::to_string(cache.capacity));
+    if (shape.window < 0 || shape.window >= (int64_t{1} << 31)) return fail("window " + std::to_string(shape.window));
+    if (!(shape.softcap >= 0.0f) || !(shape.scale == shape.scale)) return fail("softcap must be >= 0 and scale a number");
+    if (n_tokens * shape.n_heads >= (int64_t{1} << 31)) return fail("too many query rows");  // int row indices
+    if (q == nullptr || positions == nullptr || cache.k == nullptr || cache.v == nullptr || out == nullptr ||
+        !attention_aligned16(q) || !attention_aligned16(cache.k) || !attention_aligned16(cache.v) ||
+        !attention_aligned16(out)) {
+        return fail("null pointer, or q / cache / out not 16-byte aligned");
+    }
+    return ok_status();
+}
+
+inline AttentionKernelArgs make_attention_kernel_args(const float* q, const int64_t* positions, int64_t n_tokens,
+                                                      const KvCacheBf16View& cache, const AttentionShape& shape,
+                                                      float* out) {
+    AttentionKernelArgs a;
+    a.q = q;
+    a.positions = positions;
+    a.k_cache = cache.k;
+    a.v_cache = cache.v;
+    a.out = out;
+    a.n_tokens = static_cast<int>(n_tokens);
+    a.n_heads = static_cast<int>(shape.n_heads);
+    a.n_kv_heads = static_cast<int>(cache.n_kv_heads);
+    a.group = static_cast<int>(shape.n_heads / cache.n_kv_heads);
+    a.head_dim = static_cast<int>(cache.head_dim);
+    a.v_head_dim = static_cast<int>(cache.v_head_dim);
+    a.capacity = static_cast<int>(cache.capacity);
+    a.window = static_cast<int>(shape.window);
+    a.scale = shape.scale;
+    a.softcap = shape.softcap;
+    return a;
+}
+
+// ---- device side ------------------------------------------------------------------------------
+
+// The first key position a query at `position` sees (cpu::first_visible_position).
+__host__ __device__ inline int attention_first_visible(int position, int window) {
+    return window > 0 ? (position - window + 1 > 0 ? position - window + 1 : 0) : 0;
+}
+
+// Splits a decode call uses for `n_keys` live keys (the same on every block and in the reduce).
+__host__ __device__ inline int decode_splits_used(int n_keys, int max_splits) {
+    int splits = (n_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit;
+    if (splits > max_splits) splits = max_splits;
+    return splits < 1 ? 1 : splits;
+}
+
+// The keys of a whole decode call: from the first key its first token sees to its last token.
+__device__ __forceinline__ void decode_key_span(const AttentionKernelArgs& a, int& lo, int& hi) {
+    lo = attention_first_visible(static_cast<int>(a.positions[0]), a.window);
+    hi = static_cast<int>(a.positions[a.n_tokens - 1]) + 1;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // RNE; .x (lo) in the low half
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ldmatrix: lane i gives the address of row i % 8 of matrix i / 8; register j receives matrix j
+// as lane l holding row l / 4, columns 2 (l % 4) and +1 (.trans: the transposed matrix).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const uint16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(shared_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p)));
+}
+
+// d += a (16x16, row-major) * b (16x8, column-major), bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared, asynchronously; `valid` false writes 16 zero bytes instead.
+__device__ __forceinline__ void cp_async_16(uint16_t* shared, const uint16_t* global, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Barrier for the `threads` threads of one row group (barrier 0 is __syncthreads).
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+template <int kHeadDimPad, int kRowGroups, int kColSplit>
+struct FlashConfig {
+    static constexpr int kHeadDim = kHeadDimPad;
+    static constexpr int kGroups = kRowGroups;
+    static constexpr int kSplit = kColSplit;
+    static constexpr int kRows = 16 * kRowGroups;             // packed query rows per block
+    static constexpr int kKeys = kHeadDimPad >= 512 ? 32 : 64;  // keys per K/V tile (2 x 2 tiles ~ 130 KiB)
+    static constexpr int kWarps = kRowGroups * kColSplit;
+    static constexpr int kThreads = 32 * kWarps;
+    static constexpr int kStride = kHeadDimPad + 8;            // bf16 per Q/K/V shared row
+    static constexpr int kPStride = kKeys + 8;                 // bf16 per P shared row
+    static constexpr int kKeysPerWarp = kKeys / kColSplit;     // S columns of one warp
+    static constexpr int kColsPerWarp = kHeadDimPad / kColSplit;  // O columns of one warp
+    static constexpr int kKeyTiles = kKeysPerWarp / 8;
+    static constexpr int kColTiles = kColsPerWarp / 8;
+    static constexpr int kChunks = kHeadDimPad / 8;            // 16-byte chunks per K/V row
+    // Q fragments in registers (64 at head dim 256) unless that would spill next to O.
+    static constexpr bool kQInRegisters = kHeadDimPad <= 256;
+
+    static constexpr int kQBytes = kRows * kStride * 2;
+    static constexpr int kTileBytes = kKeys * kStride * 2;
+    static constexpr int kPBytes = kRows * kPStride * 2;
+    static constexpr int kReduceBytes = kRowGroups * kColSplit * 16 * 4;
+    static constexpr int kSharedBytes = kQBytes + 4 * kTileBytes + kPBytes + 2 * kReduceBytes;
+
+    static_assert(kKeysPerWarp % 8 == 0 && kColsPerWarp % 16 == 0 && kKeys % 16 == 0);
+    static_assert(kThreads % kChunks == 0, "each thread loads one fixed 16-byte column of the K/V rows");
+    static_assert(kSharedBytes <= 227 * 1024);
+};
+
+// The running state of the thread's two rows (warp rows lane / 4 and lane / 4 + 8): O columns
+// (fragment layout), max m (log2 units), sum l.
+template <class C>
+struct FlashState {
+    float o[C::kColTiles][4];
+    float m[2];
+    float l[2];
+};
+
+// Runs the block over keys [key_begin, key_end) for packed rows [row0, row0 + kRows) of kv_head.
+// On return every warp of a row group holds the same m and the full l of its rows, and its own
+// O columns [col_part * kColsPerWarp, +kColsPerWarp). Contains __syncthreads: call from all threads.
+template <class C>
+__device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int kv_head, int row0, int key_begin,
+                                             int key_end, unsigned char* shared, FlashState<C>& st) {
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int row_group = warp / C::kSplit;
+    const int col_part = warp % C::kSplit;
+    const int g = lane >> 2;  // fragment row (and +8)
+    const int c = lane & 3;   // fragment column pair
+    const int rows_total = a.n_tokens * a.group;
+
+    uint16_t* q_s = reinterpret_cast<uint16_t*>(shared);
+    // Stage s: K tile at kQBytes + 2 s kTileBytes, V tile right after it.
+    const auto k_s = [&](int stage) { return reinterpret_cast<uint16_t*>(shared + C::kQBytes + 2 * stage * C::kTileBytes); };
+    const auto v_s = [&](int stage) {
+        return reinterpret_cast<uint16_t*>(shared + C::kQBytes + (2 * stage + 1) * C::kTileBytes);
+    };
+    uint16_t* p_s = reinterpret_cast<uint16_t*>(shared + C::kQBytes + 4 * C::kTileBytes);
+    float* red_max = reinterpret_cast<float*>(shared + C::kQBytes + 4 * C::kTileBytes + C::kPBytes);
+    float* red_sum = red_max + C::kGroups * C::kSplit * 16;
+
+    // K/V tile of keys [k0, k0 + kKeys): thread tid always loads 16-byte column tid % kChunks.
+    const int chunk = tid % C::kChunks;
+    const bool k_column = chunk * 8 < a.head_dim;
+    const bool v_column = chunk * 8 < a.v_head_dim;
+    const auto load_tile = [&](int stage, int k0) {
+        for (int j = tid / C::kChunks; j < C::kKeys; j += C::kThreads / C::kChunks) {
+            const int key = k0 + j;
+            const bool in_range = key < key_end;
+            const int64_t row = static_cast<int64_t>(in_range ? key % a.capacity : 0) * a.n_kv_heads + kv_head;
+            const bool k_ok = in_range && k_column;
+            const bool v_ok = in_range && v_column;
+            cp_async_16(k_s(stage) + j * C::kStride + chunk * 8,
+                        k_ok ? a.k_cache + row * a.head_dim + chunk * 8 : a.k_cache, k_ok);
+            cp_async_16(v_s(stage) + j * C::kStride + chunk * 8,
+                        v_ok ? a.v_cache + row * a.v_head_dim + chunk * 8 : a.v_cache, v_ok);
+        }
+    };
+
+    const int n_tiles = key_end > key_begin ? (key_end - key_begin + C::kKeys - 1) / C::kKeys : 0;
+    if (n_tiles > 0) load_tile(0, key_begin);
+    cp_async_commit();
+
+    // Q tile -> bf16 in shared memory; rows past the call and columns past head_dim are zeros.
+    constexpr int kQuads = C::kHeadDim / 4;
+    for (int i = tid; i < C::kRows * kQuads; i += C::kThreads) {
+        const int r = i / kQuads;
+        const int col = (i % kQuads) * 4;
+        const int packed = row0 + r;
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (packed < rows_total && col < a.head_dim) {
+            const int t = packed / a.group;
+            const int h = kv_head * a.group + packed % a.group;
+            x = *reinterpret_cast<const float4*>(a.q + (static_cast<int64_t>(t) * a.n_heads + h) * a.head_dim + col);
+        }
+        *reinterpret_cast<uint2*>(q_s + r * C::kStride + col) = make_uint2(pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w));
+    }
+
+    // The visible keys of the thread's two rows: row_lo <= key <= row_hi (empty for padding rows).
+    int row_lo[2];
+    int row_hi[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int packed = row0 + row_group * 16 + g + 8 * i;
+        const int position = packed < rows_total ? static_cast<int>(a.positions[packed / a.group]) : -1;
+        row_lo[i] = a.window > 0 ? position - a.window + 1 : 0;
+        row_hi[i] = position < key_end - 1 ? position : key_end - 1;
+        st.m[i] = -INFINITY;
+        st.l[i] = 0.0f;
+    }
+#pragma unroll
+    for (int t = 0; t < C::kColTiles; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st.o[t][e] = 0.0f;
+    }
+    __syncthreads();  // Q tile stored
+
+    // A fragments of the warp's 16 Q rows: matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15).
+    const int a_row = (lane & 7) + 8 * ((lane >> 3) & 1);
+    const int a_col = 8 * (lane >> 4);
+    const uint16_t* q_warp = q_s + (row_group * 16 + a_row) * C::kStride + a_col;
+    uint32_t q_frag[C::kQInRegisters ? C::kHeadDim / 16 : 1][4];
+    if constexpr (C::kQInRegisters) {
+#pragma unroll
+        for (int kk = 0; kk < C::kHeadDim / 16; ++kk) ldmatrix_x4(q_frag[kk], q_warp + kk * 16);
+    }
+    // B fragments of K (stored [key][dim] = column-major B): matrices (keys 0-7 | 8-15) x (dims 0-7 | 8-15)
+    // in the order b0, b1 of keys 0-7, then b0, b1 of keys 8-15.
+    const int b_row = (lane & 7) + 8 * (lane >> 4);
+    const int b_col = 8 * ((lane >> 3) & 1);
+    // B fragments of V (stored [key][col] = row-major B, so .trans): (keys 0-7 | 8-15) x (cols 0-7 | 8-15).
+    const int v_row = (lane & 7) + 8 * ((lane >> 3) & 1);
+    const int v_col = 8 * (lane >> 4);
+    constexpr float kLog2e = 1.4426950408889634f;
+    const int barrier_id = 1 + row_group;
+
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        const int stage = tile & 1;
+        const int k0 = key_begin + tile * C::kKeys;
+        cp_async_wait_all();
+        __syncthreads();  // tile visible to all; every warp is done with the other stage, P and red_max
+        if (tile + 1 < n_tiles) load_tile(stage ^ 1, k0 + C::kKeys);
+        cp_async_commit();
+
+        // S = Q K^T over this warp's keys [key_off, key_off + kKeysPerWarp) of the tile.
+        const int key_off = col_part * C::kKeysPerWarp;
+        const uint16_t* k_warp = k_s(stage) + key_off * C::kStride;
+        float s[C::kKeyTiles][4];
+#pragma unroll
+        for (int j = 0; j < C::kKeyTiles; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+        }
+#pragma unroll  // fully: q_frag[kk] must stay in registers
+        for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
+            uint32_t qa[4];
+            if constexpr (C::kQInRegisters) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) qa[e] = q_frag[kk][e];
+            } else {
+                ldmatrix_x4(qa, q_warp + kk * 16);
+            }
+#pragma unroll
+            for (int jp = 0; jp < C::kKeyTiles / 2; ++jp) {
+                uint32_t b[4];
+                ldmatrix_x4(b, k_warp + (jp * 16 + b_row) * C::kStride + kk * 16 + b_col);
+                mma_bf16_16x8x16(s[2 * jp], qa, b[0], b[1]);
+                mma_bf16_16x8x16(s[2 * jp + 1], qa, b[2], b[3]);
+            }
+            if constexpr (C::kKeyTiles % 2 == 1) {
+                uint32_t b[2];
+                ldmatrix_x2(b, k_warp + ((C::kKeyTiles - 1) * 8 + (lane & 7)) * C::kStride + kk * 16 + b_col);
+                mma_bf16_16x8x16(s[C::kKeyTiles - 1], qa, b[0], b[1]);
+            }
+        }
+
+        // Scale, softcap, mask; row maxima of the warp's keys (a row's values sit in one lane quad).
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < C::kKeyTiles; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = e >> 1;
+                const int key = k0 + key_off + j * 8 + 2 * c + (e & 1);
+                float x = s[j][e] * a.scale;
+                if (a.softcap > 0.0f) x = a.softcap * tanhf(x / a.softcap);
+                x = (key >= row_lo[i] && key <= row_hi[i]) ? x * kLog2e : -INFINITY;
+                s[j][e] = x;
+                tile_max[i] = fmaxf(tile_max[i], x);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+            tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+        }
+        if constexpr (C::kSplit > 1) {
+            float* group_max = red_max + row_group * C::kSplit * 16;
+            if (c == 0) {
+                group_max[col_part * 16 + g] = tile_max[0];
+                group_max[col_part * 16 + g + 8] = tile_max[1];
+            }
+            named_barrier(barrier_id, C::kSplit * 32);
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+#pragma unroll
+                for (int part = 0; part < C::kSplit; ++part) {
+                    tile_max[i] = fmaxf(tile_max[i], group_max[part * 16 + g + 8 * i]);
+                }
+            }
+        }
+        // New max; a row that has seen no key yet keeps m = -inf and uses 0 as its reference,
+        // so its P and its rescale factor are exact zeros instead of NaN.
+        float reference[2];
+        float alpha[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const float m_new = fmaxf(st.m[i], tile_max[i]);
+            reference[i] = m_new == -INFINITY ? 0.0f : m_new;
+            alpha[i] = exp2f(st.m[i] - reference[i]);
+            st.m[i] = m_new;
+        }
+
+        // P = 2^(S - m) -> bf16 in shared memory ([row][key] of the row group); l in fp32.
+        uint16_t* p_warp = p_s + row_group * 16 * C::kPStride + key_off + 2 * c;
+        float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < C::kKeyTiles; ++j) {
+            const float p0 = exp2f(s[j][0] - reference[0]);
+            const float p1 = exp2f(s[j][1] - reference[0]);
+            const float p2 = exp2f(s[j][2] - reference[1]);
+            const float p3 = exp2f(s[j][3] - reference[1]);
+            row_sum[0] += p0 + p1;
+            row_sum[1] += p2 + p3;
+            *reinterpret_cast<uint32_t*>(p_warp + g * C::kPStride + j * 8) = pack_bf16x2(p0, p1);
+            *reinterpret_cast<uint32_t*>(p_warp + (g + 8) * C::kPStride + j * 8) = pack_bf16x2(p2, p3);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) st.l[i] = st.l[i] * alpha[i] + row_sum[i];
+#pragma unroll
+        for (int t = 0; t < C::kColTiles; ++t) {
+            st.o[t][0] *= alpha[0];
+            st.o[t][1] *= alpha[0];
+            st.o[t][2] *= alpha[1];
+            st.o[t][3] *= alpha[1];
+        }
+        if constexpr (C::kSplit > 1) {
+            named_barrier(barrier_id, C::kSplit * 32);  // the row group's P complete
+        } else {
+            __syncwarp();
+        }
+
+        // O += P V over all keys of the tile, this warp's columns.
+        const uint16_t* p_group = p_s + (row_group * 16 + a_row) * C::kPStride + a_col;
+        const uint16_t* v_warp = v_s(stage) + v_row * C::kStride + col_part * C::kColsPerWarp + v_col;
+#pragma unroll
+        for (int kk = 0; kk < C::kKeys / 16; ++kk) {
+            uint32_t pa[4];
+            ldmatrix_x4(pa, p_group + kk * 16);
+#pragma unroll
+            for (int np = 0; np < C::kColTiles / 2; ++np) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, v_warp + kk * 16 * C::kStride + np * 16);
+                mma_bf16_16x8x16(st.o[2 * np], pa, b[0], b[1]);
+                mma_bf16_16x8x16(st.o[2 * np + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+    // l: over the lane quad, then over the row group's warps (same order in every warp).
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        st.l[i] += __shfl_xor_sync(0xffffffffu, st.l[i], 1);
+        st.l[i] += __shfl_xor_sync(0xffffffffu, st.l[i], 2);
+    }
+    if constexpr (C::kSplit > 1) {
+        float* group_sum = red_sum + row_group * C::kSplit * 16;
+        if (c == 0) {
+            group_sum[col_part * 16 + g] = st.l[0];
+            group_sum[col_part * 16 + g + 8] = st.l[1];
+        }
+        named_barrier(barrier_id, C::kSplit * 32);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float total = 0.0f;
+#pragma unroll
+            for (int part = 0; part < C::kSplit; ++part) total += group_sum[part * 16 + g + 8 * i];
+            st.l[i] = total;
+        }
+    }
+}
+
+}  // namespace kestrel::cuda

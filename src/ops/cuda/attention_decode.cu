@@ -1,0 +1,244 @@
+// Decode attention (split-K flash-decoding, spec techniques.md §3) and the bf16 KV-cache write.
+//
+// attention_decode_kernel: block = (split, kv head, row tile of 16 packed rows = all query heads
+//   of the kv head for 16 / group tokens), 4 warps splitting the keys of S and the columns of O
+//   (core: attention_common.cuh). The grid is sized on the host for the most keys the shape can
+//   have (capacity, or window + T - 1); the split count actually used and each split's range
+//   come from the live keys read on the device: [first key token 0 sees, positions[T-1] + 1)
+//   cut into decode_splits_used(n) chunks of whole K/V tiles. Blocks without keys write a
+//   neutral partial (m = -inf, l = 0) and exit. Partials are (m, l, unnormalised O).
+// attention_decode_reduce_kernel: one block per (token, query head) rescales the used splits'
+//   partials to their common max and divides by the summed l (the same split plan, recomputed).
+// kv_write_bf16_kernel: one thread per 8 elements (two 16-byte fp32 loads, one 16-byte store).
+#include <algorithm>
+#include <string>
+
+#include "ops/cuda/attention.h"
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_check.h"
+
+namespace kestrel::cuda {
+namespace {
+
+template <int kHeadDimPad>
+using DecodeConfig = FlashConfig<kHeadDimPad, 1, 4>;
+
+constexpr int kReduceThreads = 128;
+constexpr int kWriteThreads = 256;
+
+// fp32 -> bf16 bits exactly as fp32_to_bf16 (core/half.h): round to nearest even, NaN stays a
+// quiet NaN with its sign and top payload bits.
+__device__ __forceinline__ uint32_t bf16_bits(float value) {
+    uint32_t bits = __float_as_uint(value);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return bits >> 16;
+}
+
+__global__ void kv_write_bf16_kernel(const float* __restrict__ k, const float* __restrict__ v,
+                                     const int64_t* __restrict__ positions, int64_t k_chunks, int64_t total_chunks,
+                                     int k_row, int v_row, int capacity, uint16_t* __restrict__ k_cache,
+                                     uint16_t* __restrict__ v_cache) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total_chunks;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const bool is_k = i < k_chunks;
+        const int64_t j = is_k ? i : i - k_chunks;
+        const int row = is_k ? k_row : v_row;  // elements per token
+        const int64_t t = j / (row / 8);
+        const int64_t offset = (j % (row / 8)) * 8;
+        const int64_t slot = positions[t] % capacity;
+        const float4* src = reinterpret_cast<const float4*>((is_k ? k : v) + t * row + offset);
+        const float4 x0 = src[0];
+        const float4 x1 = src[1];
+        const uint4 packed = make_uint4(bf16_bits(x0.x) | (bf16_bits(x0.y) << 16), bf16_bits(x0.z) | (bf16_bits(x0.w) << 16),
+                                        bf16_bits(x1.x) | (bf16_bits(x1.y) << 16), bf16_bits(x1.z) | (bf16_bits(x1.w) << 16));
+        *reinterpret_cast<uint4*>((is_k ? k_cache : v_cache) + slot * row + offset) = packed;
+    }
+}
+
+template <int kHeadDimPad>
+__global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
+    attention_decode_kernel(AttentionKernelArgs a) {
+    using C = DecodeConfig<kHeadDimPad>;
+    extern __shared__ __align__(16) unsigned char shared[];
+    const int split = static_cast<int>(blockIdx.x);
+    const int kv_head = static_cast<int>(blockIdx.y);
+    const int row0 = static_cast<int>(blockIdx.z) * C::kRows;
+    const int rows_total = a.n_tokens * a.group;
+    const int partial_rows = a.n_tokens * a.n_heads;
+
+    int lo, hi;
+    decode_key_span(a, lo, hi);
+    const int n_keys = hi - lo;
+    const int splits = decode_splits_used(n_keys, a.max_splits);
+    const int per_split = (n_keys + splits - 1) / splits;
+    const int chunk = (per_split + C::kKeys - 1) / C::kKeys * C::kKeys;  // whole tiles
+    const int key_begin = lo + split * chunk;
+    const int key_end = min(hi, key_begin + chunk);
+
+    if (split >= splits || key_begin >= key_end) {
+        for (int r = threadIdx.x; r < C::kRows; r += blockDim.x) {
+            const int packed = row0 + r;
+            if (packed >= rows_total) break;
+            const int prow = (packed / a.group) * a.n_heads + kv_head * a.group + packed % a.group;
+            float* ml = a.partial_ml + (static_cast<int64_t>(split) * partial_rows + prow) * 2;
+            ml[0] = -INFINITY;
+            ml[1] = 0.0f;
+        }
+        return;
+    }
+
+    FlashState<C> st;
+    flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st);
+
+    const int lane = threadIdx.x & 31;
+    const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part
+    const int col_base = col_part * C::kColsPerWarp + 2 * (lane & 3);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int packed = row0 + (lane >> 2) + 8 * i;
+        if (packed >= rows_total) continue;
+        const int prow = (packed / a.group) * a.n_heads + kv_head * a.group + packed % a.group;
+        const int64_t base = static_cast<int64_t>(split) * partial_rows + prow;
+        float* acc = a.partial_acc + base * a.v_head_dim;
+#pragma unroll
+        for (int ct = 0; ct < C::kColTiles; ++ct) {
+            const int col = col_base + ct * 8;
+            if (col < a.v_head_dim) *reinterpret_cast<float2*>(acc + col) = make_float2(st.o[ct][2 * i], st.o[ct][2 * i + 1]);
+        }
+        if (col_part == 0 && (lane & 3) == 0) {
+            a.partial_ml[base * 2] = st.m[i];
+            a.partial_ml[base * 2 + 1] = st.l[i];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(kReduceThreads) attention_decode_reduce_kernel(AttentionKernelArgs a) {
+    __shared__ float weight[kDecodeMaxSplits];
+    const int prow = static_cast<int>(blockIdx.x);  // t * n_heads + h
+    const int partial_rows = a.n_tokens * a.n_heads;
+    int lo, hi;
+    decode_key_span(a, lo, hi);
+    const int splits = decode_splits_used(hi - lo, a.max_splits);
+
+    // Splits where the row saw no key (l = 0) are skipped: their O was never written.
+    float m_max = -INFINITY;
+    for (int s = 0; s < splits; ++s) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        if (ml[1] > 0.0f) m_max = fmaxf(m_max, ml[0]);
+    }
+    float denominator = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        if (ml[1] > 0.0f) denominator += exp2f(ml[0] - m_max) * ml[1];
+    }
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        weight[s] = ml[1] > 0.0f ? exp2f(ml[0] - m_max) : 0.0f;
+    }
+    __syncthreads();
+    // No split with a key (impossible for a valid call) gives 0 / 0 = NaN, never a silent 0.
+    const float inv_denominator = 1.0f / denominator;
+    for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; ++s) {
+            if (weight[s] != 0.0f) {
+                sum += weight[s] * a.partial_acc[(static_cast<int64_t>(s) * partial_rows + prow) * a.v_head_dim + col];
+            }
+        }
+        a.out[static_cast<int64_t>(prow) * a.v_head_dim + col] = sum * inv_denominator;
+    }
+}
+
+// The most splits this shape can use: enough for its most keys at kDecodeMinKeysPerSplit each,
+// no more blocks than kDecodeTargetBlocks, at most kDecodeMaxSplits.
+int64_t decode_max_splits(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
+    const int64_t group = shape.n_heads / cache.n_kv_heads;
+    const int64_t row_tiles = (n_tokens * group + 15) / 16;
+    const int64_t max_keys = shape.window > 0 ? std::min(cache.capacity, shape.window + n_tokens - 1) : cache.capacity;
+    const int64_t by_keys = (max_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit;
+    const int64_t by_blocks = kDecodeTargetBlocks / (cache.n_kv_heads * row_tiles);
+    return std::clamp<int64_t>(std::min(by_keys, by_blocks), 1, kDecodeMaxSplits);
+}
+
+size_t partial_acc_bytes(int64_t splits, int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
+    return static_cast<size_t>(splits * n_tokens * shape.n_heads * cache.v_head_dim) * sizeof(float);
+}
+
+template <int kHeadDimPad>
+Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStream_t stream) {
+    using C = DecodeConfig<kHeadDimPad>;
+    static_assert(C::kRows == 16, "decode_max_splits counts row tiles of 16");
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSharedBytes));
+    attention_decode_kernel<kHeadDimPad>
+        <<<dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
+                static_cast<unsigned>(row_tiles)),
+           C::kThreads, C::kSharedBytes, stream>>>(args);
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    attention_decode_reduce_kernel<<<static_cast<unsigned>(args.n_tokens * args.n_heads), kReduceThreads, 0, stream>>>(
+        args);
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+}  // namespace
+
+Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int64_t n_tokens, const float* k,
+                     const float* v, cudaStream_t stream) {
+    if (n_tokens < 1 || n_tokens > (int64_t{1} << 24) || cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31) ||
+        cache.n_kv_heads < 1 || cache.head_dim < 8 || cache.head_dim % 8 != 0 || cache.v_head_dim < 8 ||
+        cache.v_head_dim % 8 != 0 || cache.n_kv_heads * std::max(cache.head_dim, cache.v_head_dim) >= (int64_t{1} << 30)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "kv_write_bf16: " + std::to_string(n_tokens) + " tokens into a cache of capacity " +
+                          std::to_string(cache.capacity) + ", " + std::to_string(cache.n_kv_heads) + " kv heads x " +
+                          std::to_string(cache.head_dim) + " / " + std::to_string(cache.v_head_dim) +
+                          " (head dims must be multiples of 8)");
+    }
+    if (positions == nullptr || k == nullptr || v == nullptr || cache.k == nullptr || cache.v == nullptr ||
+        !attention_aligned16(k) || !attention_aligned16(v) || !attention_aligned16(cache.k) ||
+        !attention_aligned16(cache.v)) {
+        return Status(StatusCode::kInvalidArgument, "kv_write_bf16: null pointer, or k / v / cache not 16-byte aligned");
+    }
+    const int k_row = static_cast<int>(cache.n_kv_heads * cache.head_dim);
+    const int v_row = static_cast<int>(cache.n_kv_heads * cache.v_head_dim);
+    const int64_t k_chunks = n_tokens * (k_row / 8);
+    const int64_t total_chunks = k_chunks + n_tokens * (v_row / 8);
+    const int64_t blocks = std::min<int64_t>((total_chunks + kWriteThreads - 1) / kWriteThreads, 16384);
+    kv_write_bf16_kernel<<<static_cast<unsigned>(blocks), kWriteThreads, 0, stream>>>(
+        k, v, positions, k_chunks, total_chunks, k_row, v_row, static_cast<int>(cache.capacity), cache.k, cache.v);
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
+    if (n_tokens < 1 || cache.n_kv_heads < 1 || shape.n_heads < cache.n_kv_heads || cache.capacity < 1) return 0;
+    const int64_t splits = decode_max_splits(n_tokens, cache, shape);
+    return partial_acc_bytes(splits, n_tokens, cache, shape) +
+           static_cast<size_t>(splits * n_tokens * shape.n_heads * 2) * sizeof(float);
+}
+
+Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
+                        const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_attention_arguments("attention_decode", q, positions, n_tokens, cache, shape, out));
+    if (workspace == nullptr || !attention_aligned16(workspace)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "attention_decode: needs a 16-byte aligned workspace of attention_decode_workspace_bytes");
+    }
+    AttentionKernelArgs args = make_attention_kernel_args(q, positions, n_tokens, cache, shape, out);
+    const int64_t splits = decode_max_splits(n_tokens, cache, shape);
+    args.max_splits = static_cast<int>(splits);
+    args.partial_acc = static_cast<float*>(workspace);
+    args.partial_ml = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
+                                               partial_acc_bytes(splits, n_tokens, cache, shape));
+    const int64_t row_tiles = (n_tokens * args.group + 15) / 16;
+    if (row_tiles > 65535) return Status(StatusCode::kInvalidArgument, "attention_decode: too many tokens for decode");
+    switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
+        case 64: return launch_decode<64>(args, row_tiles, stream);
+        case 128: return launch_decode<128>(args, row_tiles, stream);
+        case 256: return launch_decode<256>(args, row_tiles, stream);
+        default: return launch_decode<512>(args, row_tiles, stream);
+    }
+}
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,414 @@
+#include "ops/cuda/cuda_ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/log.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/gemv_w4a8.h"
+#include "ops/cuda/gemv_w8a8.h"
+#include "ops/cuda/small_ops.h"
+#include "ops/cuda/weights_extra.h"
+
+namespace kestrel {
+
+Result<std::unique_ptr<Ops>> make_cuda_ops() {
+    KESTREL_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaOps> ops, cuda::CudaOps::create());
+    return std::unique_ptr<Ops>(std::move(ops));
+}
+
+namespace cuda {
+namespace {
+
+W4DeviceView w4_view(const Weight& w) {
+    return W4DeviceView{static_cast<const uint8_t*>(w.data.data()), static_cast<const uint32_t*>(w.scales.data()),
+                        w.out, w.in};
+}
+
+W8DeviceView w8_view(const Weight& w) {
+    return W8DeviceView{static_cast<const int8_t*>(w.data.data()), static_cast<const uint32_t*>(w.scales.data()),
+                        w.out, w.in};
+}
+
+KvCacheBf16View bf16_cache(const KvLayerView& cache) {
+    return KvCacheBf16View{static_cast<uint16_t*>(cache.k), static_cast<uint16_t*>(cache.v), cache.capacity,
+                           cache.n_kv_heads, cache.head_dim, cache.v_head_dim};
+}
+
+class CudaGraphStep final : public CapturedStep {
+public:
+    CudaGraphStep(cudaGraph_t graph, cudaGraphExec_t exec, cudaStream_t stream)
+        : graph_(graph), exec_(exec), stream_(stream) {}
+    ~CudaGraphStep() override {
+        (void)cudaGraphExecDestroy(exec_);
+        (void)cudaGraphDestroy(graph_);
+    }
+    Status replay() override {
+        KESTREL_CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
+        return ok_status();
+    }
+
+private:
+    cudaGraph_t graph_;
+    cudaGraphExec_t exec_;
+    cudaStream_t stream_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<CudaOps>> CudaOps::create() {
+    int count = 0;
+    const cudaError_t error = cudaGetDeviceCount(&count);
+    if (error != cudaSuccess || count == 0) {
+        return Status(StatusCode::kUnsupported,
+                      error != cudaSuccess ? fmt::format("no CUDA device ({})", cudaGetErrorString(error))
+                                           : std::string("no CUDA device"));
+    }
+    std::unique_ptr<CudaOps> ops(new CudaOps());
+    KESTREL_CUDA_CHECK(cudaSetDevice(0));
+    KESTREL_CUDA_CHECK(cudaStreamCreateWithFlags(&ops->stream_, cudaStreamNonBlocking));
+    KESTREL_ASSIGN_OR_RETURN(ops->gemm_, GemmContext::create());
+    cudaDeviceProp properties{};
+    KESTREL_CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
+    log_info("CUDA backend on {} (sm_{}{}, {:.1f} GiB)", properties.name, properties.major, properties.minor,
+             static_cast<double>(properties.totalGlobalMem) / (1 << 30));
+    return ops;
+}
+
+CudaOps::~CudaOps() {
+    if (stream_ != nullptr) {
+        (void)cudaStreamSynchronize(stream_);
+        (void)cudaStreamDestroy(stream_);
+    }
+}
+
+void CudaOps::note(const Status& status) {
+    if (!status.ok() && first_error_.ok()) first_error_ = status;
+}
+
+void CudaOps::unsupported(const char* op) {
+    note(Status(StatusCode::kUnsupported, fmt::format("the CUDA backend has no {} yet (Qwen3.5: issue 7)", op)));
+}
+
+Status CudaOps::take_error() {
+    Status error = first_error_;
+    first_error_ = ok_status();
+    return error;
+}
+
+Result<void*> CudaOps::ensure(Scratch& scratch, size_t bytes) {
+    if (scratch.buffer.bytes() >= bytes) return scratch.buffer.data();
+    if (capturing_) {
+        return Status(StatusCode::kInternal,
+                      fmt::format("CUDA scratch of {} bytes needed while capturing a graph (not sized by the "
+                                  "eager step before it)",
+                                  bytes));
+    }
+    KESTREL_ASSIGN_OR_RETURN(Buffer grown, allocate(bytes));
+    // A graph captured earlier may still point at the old buffer: keep it.
+    if (!scratch.buffer.empty()) retired_.push_back(std::move(scratch.buffer));
+    scratch.buffer = std::move(grown);
+    return scratch.buffer.data();
+}
+
+ProfileScope::ProfileScope(CudaOps& ops, const char* op) : ops_(ops), op_(op) {
+    if (!ops_.profiling_ || ops_.capturing_) return;
+    if (cudaEventCreate(&start_) != cudaSuccess || cudaEventRecord(start_, ops_.stream_) != cudaSuccess) {
+        ops_.note(Status(StatusCode::kInternal, "profiling: cannot record a CUDA event"));
+        start_ = nullptr;
+    }
+}
+
+ProfileScope::~ProfileScope() {
+    if (start_ == nullptr) return;
+    cudaEvent_t stop = nullptr;
+    if (cudaEventCreate(&stop) != cudaSuccess || cudaEventRecord(stop, ops_.stream_) != cudaSuccess) {
+        ops_.note(Status(StatusCode::kInternal, "profiling: cannot record a CUDA event"));
+        return;
+    }
+    ops_.timed_.push_back({op_, start_, stop});
+}
+
+std::vector<OpTiming> CudaOps::take_profile() {
+    std::vector<OpTiming> table;
+    note(cuda_status(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"));
+    for (const TimedLaunch& launch : timed_) {
+        float ms = 0.0f;
+        (void)cudaEventElapsedTime(&ms, launch.start, launch.stop);
+        (void)cudaEventDestroy(launch.start);
+        (void)cudaEventDestroy(launch.stop);
+        auto it = std::find_if(table.begin(), table.end(), [&](const OpTiming& t) { return t.op == launch.op; });
+        if (it == table.end()) it = table.insert(table.end(), OpTiming{launch.op, 0, 0.0});
+        it->calls += 1;
+        it->microseconds += 1000.0 * ms;
+    }
+    timed_.clear();
+    std::sort(table.begin(), table.end(), [](const OpTiming& a, const OpTiming& b) { return a.microseconds > b.microseconds; });
+    return table;
+}
+
+// ---- memory --------------------------------------------------------------------------------------
+
+Result<Buffer> CudaOps::allocate(size_t bytes) {
+    void* data = nullptr;
+    const cudaError_t error = cudaMalloc(&data, bytes == 0 ? 256 : bytes);
+    if (error != cudaSuccess) {
+        (void)cudaGetLastError();  // cudaMalloc's failure is not sticky; clear it
+        size_t free_bytes = 0, total = 0;
+        (void)cudaMemGetInfo(&free_bytes, &total);
+        return Status(StatusCode::kOutOfMemory,
+                      fmt::format("cannot allocate {:.2f} GiB on the GPU ({:.2f} of {:.2f} GiB free)",
+                                  static_cast<double>(bytes) / (1 << 30), static_cast<double>(free_bytes) / (1 << 30),
+                                  static_cast<double>(total) / (1 << 30)));
+    }
+    return Buffer(data, bytes, [](void* p) { (void)cudaFree(p); });
+}
+
+Status CudaOps::copy_to_backend(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return ok_status();
+    KESTREL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    return ok_status();
+}
+
+Status CudaOps::copy_to_host(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return ok_status();
+    KESTREL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    KESTREL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return ok_status();
+}
+
+Status CudaOps::fill_zero(void* dst, size_t bytes) {
+    KESTREL_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
+    return ok_status();
+}
+
+Status CudaOps::copy_within(void* dst, const void* src, size_t bytes) {
+    KESTREL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    return ok_status();
+}
+
+Status CudaOps::synchronize() {
+    KESTREL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return take_error();
+}
+
+Result<std::unique_ptr<CapturedStep>> CudaOps::capture(const std::function<Status()>& step) {
+    KESTREL_RETURN_IF_ERROR(take_error());
+    KESTREL_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+    const Status stepped = step();
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    if (!stepped.ok()) {
+        if (graph != nullptr) (void)cudaGraphDestroy(graph);
+        return stepped;
+    }
+    KESTREL_RETURN_IF_ERROR(cuda_status(ended, "cudaStreamEndCapture"));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+    if (instantiated != cudaSuccess) {
+        (void)cudaGraphDestroy(graph);
+        return cuda_status(instantiated, "cudaGraphInstantiate");
+    }
+    auto captured = std::make_unique<CudaGraphStep>(graph, exec, stream_);
+    // Capture records without running: run the step once now, as the caller expects.
+    KESTREL_RETURN_IF_ERROR(captured->replay());
+    return std::unique_ptr<CapturedStep>(std::move(captured));
+}
+
+Result<Weight> CudaOps::random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed) {
+    Weight w;
+    w.format = format;
+    w.out = out;
+    w.in = in;
+    // Uniform in [-a, a] with a = sqrt(3 / in): unit variance in, unit variance out.
+    const float a = std::sqrt(3.0f / static_cast<float>(in));
+    switch (format) {
+        case WeightFormat::kW4: {
+            KESTREL_ASSIGN_OR_RETURN(w.data, allocate(static_cast<size_t>(out * in / 2)));
+            KESTREL_ASSIGN_OR_RETURN(w.scales, allocate(static_cast<size_t>(out * (in / 32)) * 4));
+            KESTREL_RETURN_IF_ERROR(fill_random_w4(static_cast<uint8_t*>(w.data.data()),
+                                                   static_cast<uint32_t*>(w.scales.data()), out, in, a, seed, stream_));
+            break;
+        }
+        case WeightFormat::kW8: {
+            KESTREL_ASSIGN_OR_RETURN(w.data, allocate(static_cast<size_t>(out * in)));
+            KESTREL_ASSIGN_OR_RETURN(w.scales, allocate(static_cast<size_t>(out * (in / 32)) * 4));
+            KESTREL_RETURN_IF_ERROR(fill_random_w8(static_cast<int8_t*>(w.data.data()),
+                                                   static_cast<uint32_t*>(w.scales.data()), out, in, a, seed, stream_));
+            break;
+        }
+        case WeightFormat::kBF16: {
+            KESTREL_ASSIGN_OR_RETURN(w.data, allocate(static_cast<size_t>(out * in) * 2));
+            KESTREL_RETURN_IF_ERROR(fill_random_bf16(static_cast<uint16_t*>(w.data.data()), out * in, a, seed, stream_));
+            break;
+        }
+        case WeightFormat::kF32:
+            return Ops::random_weight(format, out, in, seed);
+    }
+    return w;
+}
+
+// ---- ops -----------------------------------------------------------------------------------------
+
+void CudaOps::embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) {
+    const ProfileScope scope(*this, "embed");
+    const auto tokens = static_cast<int64_t>(ids.size());
+    switch (table.format) {
+        case WeightFormat::kW4: note(cuda::embed(ids.data(), tokens, w4_view(table), scale, out, stream_)); return;
+        case WeightFormat::kW8: note(embed_w8(ids.data(), tokens, w8_view(table), scale, out, stream_)); return;
+        case WeightFormat::kBF16:
+            note(embed_bf16(ids.data(), tokens, static_cast<const uint16_t*>(table.data.data()), table.out, table.in,
+                            scale, out, stream_));
+            return;
+        case WeightFormat::kF32:
+            note(cuda::embed(ids.data(), tokens, table.f32(), table.out, table.in, scale, out, stream_));
+            return;
+    }
+}
+
+void CudaOps::rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) {
+    const ProfileScope scope(*this, "rms_norm");
+    note(cuda::rms_norm(x, weight, rows, dim, eps, out, stream_));
+}
+
+void CudaOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
+    if (rows <= kGemvMaxRows && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8)) {
+        // Decode: activations quantised once to Q8 blocks, then the dp4a GEMV.
+        Result<void*> blocks = ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block));
+        if (!blocks.ok()) return note(blocks.status());
+        auto* q8 = static_cast<Q8Block*>(*blocks);
+        {
+            const ProfileScope scope(*this, "quantize_q8");
+            note(quantize_q8(x, rows, w.in, w.in, q8, stream_));
+        }
+        const ProfileScope scope(*this, w.format == WeightFormat::kW4 ? "gemv_w4a8" : "gemv_w8a8");
+        note(w.format == WeightFormat::kW4 ? gemv_w4a8(w4_view(w), q8, rows, y, stream_)
+                                           : gemv_w8a8(w8_view(w), q8, rows, y, stream_));
+        return;
+    }
+    Result<void*> scratch = ensure(gemm_scratch_, gemm_scratch_bytes(rows, w.out, w.in));
+    if (!scratch.ok()) return note(scratch.status());
+    const ProfileScope scope(*this, w.format == WeightFormat::kW4   ? "gemm_w4"
+                                    : w.format == WeightFormat::kW8 ? "gemm_w8"
+                                                                    : "gemm_bf16");
+    switch (w.format) {
+        case WeightFormat::kW4: note(gemm_w4(*gemm_, x, rows, w4_view(w), *scratch, y, stream_)); return;
+        case WeightFormat::kW8: note(gemm_w8(*gemm_, x, rows, w8_view(w), *scratch, y, stream_)); return;
+        case WeightFormat::kBF16:
+            note(gemm_bf16(*gemm_, x, rows, static_cast<const uint16_t*>(w.data.data()), w.out, w.in, *scratch, y,
+                           stream_));
+            return;
+        case WeightFormat::kF32:
+            note(Status(StatusCode::kInternal, "the CUDA backend got an fp32 matrix (the loader converts them)"));
+            return;
+    }
+}
+
+void CudaOps::rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                        double theta) {
+    const ProfileScope scope(*this, "rope");
+    note(cuda::rope_neox(x, positions.data(), static_cast<int64_t>(positions.size()), n_heads, head_dim, theta,
+                         stream_));
+}
+
+void CudaOps::rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                                int64_t rotary_pairs, double theta) {
+    const ProfileScope scope(*this, "rope");
+    note(cuda::rope_proportional(x, positions.data(), static_cast<int64_t>(positions.size()), n_heads, head_dim,
+                                 rotary_pairs, theta, stream_));
+}
+
+void CudaOps::kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
+                       const float* v) {
+    const ProfileScope scope(*this, "kv_write");
+    if (cache.dtype != KvDtype::kBF16) {
+        return note(Status(StatusCode::kInternal, "the CUDA backend's KV cache must be bf16"));
+    }
+    note(kv_write_bf16(bf16_cache(cache), positions.data(), static_cast<int64_t>(positions.size()), k, v, stream_));
+}
+
+void CudaOps::attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
+                        const AttentionParams& params, float* out) {
+    const ProfileScope scope(*this, "attention");
+    const KvCacheBf16View view = bf16_cache(cache);
+    const AttentionShape shape{params.n_heads, params.scale, params.window, params.softcap};
+    const auto tokens = static_cast<int64_t>(positions.size());
+    const size_t bytes = attention_workspace_bytes(tokens, view, shape);
+    void* workspace = nullptr;
+    if (bytes > 0) {
+        Result<void*> grown = ensure(attention_, bytes);
+        if (!grown.ok()) return note(grown.status());
+        workspace = *grown;
+    }
+    note(cuda::attention(q, positions.data(), tokens, view, shape, workspace, out, stream_));
+}
+
+void CudaOps::gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) {
+    const ProfileScope scope(*this, "gelu_tanh_and_mul");
+    note(cuda::gelu_tanh_and_mul(gate, up, n, out, stream_));
+}
+
+void CudaOps::add(const float* a, const float* b, int64_t n, float* out) {
+    const ProfileScope scope(*this, "add");
+    note(cuda::add(a, b, n, out, stream_));
+}
+
+void CudaOps::scale(float* x, int64_t n, float s) {
+    const ProfileScope scope(*this, "scale");
+    note(cuda::scale(x, n, s, stream_));
+}
+
+void CudaOps::logits(const float* x, int64_t rows, const Weight& lm_head, float cap, float* out) {
+    linear(x, rows, lm_head, out);
+    const ProfileScope scope(*this, "softcap");
+    if (cap > 0.0f) note(softcap(out, rows * lm_head.out, cap, stream_));
+}
+
+void CudaOps::rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                           float* residual) {
+    const ProfileScope scope(*this, "rms_norm_add");
+    note(cuda::rms_norm_add(x, weight, rows, dim, eps, residual, stream_));
+}
+
+void CudaOps::head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
+                             int64_t head_dim, float eps, double theta) {
+    const ProfileScope scope(*this, "head_norm_rope");
+    note(cuda::head_norm_rope(x, weight, positions.data(), static_cast<int64_t>(positions.size()), n_heads, head_dim,
+                              head_dim / 2, eps, theta, stream_));
+}
+
+// ---- Qwen3.5: issue 7 -------------------------------------------------------------------------------
+
+void CudaOps::silu_and_mul(const float*, const float*, int64_t, float*) { unsupported("silu_and_mul"); }
+void CudaOps::sigmoid_mul(const float*, const float*, int64_t, float*) { unsupported("sigmoid_mul"); }
+void CudaOps::add_sigmoid_scaled(const float*, const float*, int64_t, int64_t, float*) {
+    unsupported("add_sigmoid_scaled");
+}
+void CudaOps::rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                                int64_t rotary_dim, double theta) {
+    note(cuda::rope_neox_partial(x, positions.data(), static_cast<int64_t>(positions.size()), n_heads, head_dim,
+                                 rotary_dim, theta, stream_));
+}
+void CudaOps::rms_norm_gated(const float*, const float*, const float*, int64_t, int64_t, float, float*) {
+    unsupported("rms_norm_gated");
+}
+void CudaOps::conv1d_causal(const float*, int64_t, const float*, const RecurrentLayerView&, bool, float*) {
+    unsupported("conv1d_causal");
+}
+void CudaOps::gated_delta_rule(const float*, const float*, const float*, const float*, const float*, int64_t,
+                               const GatedDeltaParams&, const RecurrentLayerView&, float*) {
+    unsupported("gated_delta_rule");
+}
+void CudaOps::moe_route(const float*, int64_t, int64_t, int64_t, int32_t*, float*) { unsupported("moe_route"); }
+void CudaOps::moe_experts(const float*, int64_t, const int32_t*, const float*, int64_t, const MoeExpertWeights&,
+                          float*) {
+    unsupported("moe_experts");
+}
+
+}  // namespace cuda
+}  // namespace kestrel

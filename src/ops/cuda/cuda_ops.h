@@ -1,0 +1,126 @@
+// CudaOps: the Ops interface on one NVIDIA GPU (DESIGN.md "CUDA rules"). One stream; every op
+// is an asynchronous launch on it; errors are kept (the first one) and returned by take_error.
+// Linear layers dispatch on the weight format and the row count: the W4A8 / W8A8 dp4a GEMVs
+// for up to kGemvMaxRows rows (decode), dequantise-to-bf16 + cuBLASLt above (prefill).
+// Scratch buffers grow outside graph capture only, and retired ones are kept until the backend
+// dies, so a captured decode graph never points at freed memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <vector>
+
+#include "ops/cuda/gemm_prefill.h"
+#include "ops/ops.h"
+
+namespace kestrel::cuda {
+
+class CudaOps final : public Ops {
+public:
+    static Result<std::unique_ptr<CudaOps>> create();
+    ~CudaOps() override;
+
+    const char* name() const override { return "cuda"; }
+
+    Result<Buffer> allocate(size_t bytes) override;
+    Status copy_to_backend(void* dst, const void* src, size_t bytes) override;
+    Status copy_to_host(void* dst, const void* src, size_t bytes) override;
+    Status fill_zero(void* dst, size_t bytes) override;
+    Status copy_within(void* dst, const void* src, size_t bytes) override;
+    Status take_error() override;
+    Status synchronize() override;
+    KvDtype kv_dtype() const override { return KvDtype::kBF16; }
+    bool accepts(WeightFormat format) const override { return format != WeightFormat::kF32; }
+    Workspace& workspace() override { return workspace_; }
+    Result<std::unique_ptr<CapturedStep>> capture(const std::function<Status()>& step) override;
+    Result<Weight> random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed) override;
+
+    void set_profiling(bool enabled) override { profiling_ = enabled; }
+    std::vector<OpTiming> take_profile() override;
+
+    cudaStream_t stream() const { return stream_; }
+
+    void embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) override;
+    void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) override;
+    void linear(const float* x, int64_t rows, const Weight& w, float* y) override;
+    void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                   double theta) override;
+    void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
+                  const float* v) override;
+    void attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
+                   const AttentionParams& params, float* out) override;
+    void gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
+    void add(const float* a, const float* b, int64_t n, float* out) override;
+    void scale(float* x, int64_t n, float s) override;
+    void logits(const float* x, int64_t rows, const Weight& lm_head, float softcap, float* out) override;
+    void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                      float* residual) override;
+    void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
+                        int64_t head_dim, float eps, double theta) override;
+    void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                           int64_t rotary_pairs, double theta) override;
+    void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
+    void sigmoid_mul(const float* x, const float* gate, int64_t n, float* out) override;
+    void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out) override;
+    void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
+                           int64_t rotary_dim, double theta) override;
+    void rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows, int64_t dim, float eps,
+                        float* out) override;
+    void conv1d_causal(const float* x, int64_t rows, const float* weight, const RecurrentLayerView& state, bool silu,
+                       float* out) override;
+    void gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg, const float* dt_bias,
+                          int64_t rows, const GatedDeltaParams& params, const RecurrentLayerView& state,
+                          float* out) override;
+    void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
+                   float* weights) override;
+    void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
+                     const MoeExpertWeights& experts, float* out) override;
+
+private:
+    friend class ProfileScope;
+    struct TimedLaunch {
+        const char* op;
+        cudaEvent_t start;
+        cudaEvent_t stop;
+    };
+
+    // A device scratch buffer that only grows, outside capture; replaced buffers are retired.
+    struct Scratch {
+        Buffer buffer;
+    };
+
+    CudaOps() = default;
+    // Records the first failure; later ops still launch (their results are discarded with it).
+    void note(const Status& status);
+    void unsupported(const char* op);
+    Result<void*> ensure(Scratch& scratch, size_t bytes);
+
+    cudaStream_t stream_ = nullptr;
+    bool capturing_ = false;
+    Status first_error_;
+    Workspace workspace_{*this};
+    std::unique_ptr<GemmContext> gemm_;
+    Scratch q8_;         // Q8 blocks of a GEMV's input rows
+    Scratch gemm_scratch_;  // dequantised bf16 weight + bf16 activations of a prefill GEMM
+    Scratch attention_;  // split-K partials of decode attention
+    std::vector<Buffer> retired_;
+    bool profiling_ = false;
+    std::vector<TimedLaunch> timed_;
+};
+
+// Records events around one op while profiling (not while capturing).
+class ProfileScope {
+public:
+    ProfileScope(CudaOps& ops, const char* op);
+    ~ProfileScope();
+    ProfileScope(const ProfileScope&) = delete;
+    ProfileScope& operator=(const ProfileScope&) = delete;
+
+private:
+    CudaOps& ops_;
+    const char* op_;
+    cudaEvent_t start_ = nullptr;
+};
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,168 @@
+// The prefill GEMM's operand preparation (API: gemm_prefill.h): W4 / W8 weights dequantised to
+// bf16, and fp32 activations rounded to bf16. Memory-bound element-wise kernels.
+//
+// Dequantisation: one thread per quarter group (8 weights -> one 16-byte store), so a warp's
+// stores are 512 contiguous bytes. W4 quarter t of a group (ops/weight_format.h's nibble order):
+//   t = 0: weights 0-7   = low nibbles of bytes 0-7     t = 1: weights 8-15  = low nibbles of bytes 8-15
+//   t = 2: weights 16-23 = high nibbles of bytes 0-7    t = 3: weights 24-31 = high nibbles of bytes 8-15
+// W8 quarter t: weights 8t..8t+7 = bytes 8t..8t+7. The four threads of a group read its
+// (scale, min) word together (one transaction).
+// Every value is the CPU twin's: w = scale * q - min with the product and the difference each
+// rounded to fp32 (__fmul_rn / __fsub_rn: nvcc would otherwise fuse them into one FMA, which
+// w4_dequantize, built with -ffp-contract=off, does not), then fp32_to_bf16's rounding.
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/gemm_prefill.h"
+
+namespace kestrel::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// core/half.h fp32_to_bf16, bit for bit: NaN -> quiet NaN with its sign and high payload,
+// everything else rounded to nearest even (overflowing to inf).
+__device__ __forceinline__ uint32_t bf16_bits(float value) {
+    uint32_t bits = __float_as_uint(value);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return bits >> 16;
+}
+
+__device__ __forceinline__ uint32_t bf16_pair(float low, float high) { return bf16_bits(low) | (bf16_bits(high) << 16); }
+
+__device__ __forceinline__ float fp16_bits_to_float(uint32_t bits) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));  // exact widening
+}
+
+__device__ __forceinline__ float scale_q_minus_min(float scale, int q, float min) {
+    return __fsub_rn(__fmul_rn(scale, static_cast<float>(q)), min);
+}
+
+__global__ void __launch_bounds__(kThreads) dequantize_w4_kernel(const uint8_t* __restrict__ qs,
+                                                                const uint32_t* __restrict__ scale_min,
+                                                                int64_t quarters, uint4* __restrict__ out) {
+    const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+    if (i >= quarters) return;
+    const int64_t group = i >> 2;
+    const int quarter = static_cast<int>(i & 3);
+    const uint2 packed = *reinterpret_cast<const uint2*>(qs + group * 16 + (quarter & 1) * 8);
+    const int nibble_shift = (quarter >> 1) * 4;
+    const uint32_t sm = scale_min[group];
+    const float scale = fp16_bits_to_float(sm & 0xffffu);
+    const float min = fp16_bits_to_float(sm >> 16);
+    const uint32_t words[2] = {packed.x >> nibble_shift, packed.y >> nibble_shift};
+    uint32_t pairs[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const uint32_t word = words[p >> 1] >> ((p & 1) * 16);  // bytes 2p, 2p + 1 of the 8
+        pairs[p] = bf16_pair(scale_q_minus_min(scale, static_cast<int>(word & 0xfu), min),
+                             scale_q_minus_min(scale, static_cast<int>((word >> 8) & 0xfu), min));
+    }
+    out[i] = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
+}
+
+__global__ void __launch_bounds__(kThreads) dequantize_w8_kernel(const int8_t* __restrict__ qs,
+                                                                const uint32_t* __restrict__ scale_min,
+                                                                int64_t quarters, uint4* __restrict__ out) {
+    const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+    if (i >= quarters) return;
+    const int64_t group = i >> 2;
+    const uint2 packed = *reinterpret_cast<const uint2*>(qs + i * 8);
+    const uint32_t sm = scale_min[group];
+    const float scale = fp16_bits_to_float(sm & 0xffffu);
+    const float min = fp16_bits_to_float(sm >> 16);
+    const uint32_t words[2] = {packed.x, packed.y};
+    uint32_t pairs[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const uint32_t word = words[p >> 1] >> ((p & 1) * 16);
+        pairs[p] = bf16_pair(scale_q_minus_min(scale, static_cast<int8_t>(word & 0xffu), min),
+                             scale_q_minus_min(scale, static_cast<int8_t>((word >> 8) & 0xffu), min));
+    }
+    out[i] = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
+}
+
+// Eight elements per thread: two 16-byte loads and one 16-byte store when both pointers allow
+// it (kVector), element by element otherwise and for the tail.
+template <bool kVector>
+__global__ void __launch_bounds__(kThreads) convert_f32_to_bf16_kernel(const float* __restrict__ x, int64_t count,
+                                                                      uint16_t* __restrict__ out) {
+    const int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) * 8;
+    if (i >= count) return;
+    if (kVector && i + 8 <= count) {
+        const float4 a = *reinterpret_cast<const float4*>(x + i);
+        const float4 b = *reinterpret_cast<const float4*>(x + i + 4);
+        *reinterpret_cast<uint4*>(out + i) =
+            make_uint4(bf16_pair(a.x, a.y), bf16_pair(a.z, a.w), bf16_pair(b.x, b.y), bf16_pair(b.z, b.w));
+        return;
+    }
+    const int64_t end = i + 8 < count ? i + 8 : count;
+    for (int64_t j = i; j < end; ++j) out[j] = static_cast<uint16_t>(bf16_bits(x[j]));
+}
+
+bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) % to) == 0; }
+
+unsigned blocks_for(int64_t threads) { return static_cast<unsigned>((threads + kThreads - 1) / kThreads); }
+
+Status check_rows(const char* what, int64_t n, int64_t k, int64_t row_begin, int64_t rows, const void* qs,
+                  const uint32_t* scale_min, const uint16_t* out) {
+    if (n <= 0 || k <= 0 || k % 32 != 0 || row_begin < 0 || rows < 0 || row_begin + rows > n) {
+        return Status(StatusCode::kInvalidArgument, std::string(what) + ": rows [" + std::to_string(row_begin) +
+                                                        ", +" + std::to_string(rows) + ") of a [" +
+                                                        std::to_string(n) + ", " + std::to_string(k) +
+                                                        "] weight (k % 32 == 0 needed)");
+    }
+    if (qs == nullptr || scale_min == nullptr || out == nullptr || !aligned(qs, 16) || !aligned(scale_min, 4) ||
+        !aligned(out, 16)) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": null pointer, or qs / out not 16-byte aligned");
+    }
+    return ok_status();
+}
+
+}  // namespace
+
+Status dequantize_w4_to_bf16(const W4DeviceView& w, int64_t row_begin, int64_t rows, uint16_t* out,
+                             cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_rows("dequantize_w4_to_bf16", w.n, w.k, row_begin, rows, w.qs, w.scale_min, out));
+    if (rows == 0) return ok_status();
+    const int64_t groups = w.k / 32;
+    const int64_t quarters = rows * groups * 4;
+    dequantize_w4_kernel<<<blocks_for(quarters), kThreads, 0, stream>>>(
+        w.qs + row_begin * (w.k / 2), w.scale_min + row_begin * groups, quarters, reinterpret_cast<uint4*>(out));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+Status dequantize_w8_to_bf16(const W8DeviceView& w, int64_t row_begin, int64_t rows, uint16_t* out,
+                             cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_rows("dequantize_w8_to_bf16", w.n, w.k, row_begin, rows, w.qs, w.scale_min, out));
+    if (rows == 0) return ok_status();
+    const int64_t groups = w.k / 32;
+    const int64_t quarters = rows * groups * 4;
+    dequantize_w8_kernel<<<blocks_for(quarters), kThreads, 0, stream>>>(
+        w.qs + row_begin * w.k, w.scale_min + row_begin * groups, quarters, reinterpret_cast<uint4*>(out));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+Status convert_f32_to_bf16(const float* x, int64_t count, uint16_t* out, cudaStream_t stream) {
+    if (count < 0 || ((x == nullptr || out == nullptr) && count > 0)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "convert_f32_to_bf16: " + std::to_string(count) + " elements, or a null pointer");
+    }
+    if (count == 0) return ok_status();
+    const unsigned grid = blocks_for((count + 7) / 8);
+    if (aligned(x, 16) && aligned(out, 16)) {
+        convert_f32_to_bf16_kernel<true><<<grid, kThreads, 0, stream>>>(x, count, out);
+    } else {
+        convert_f32_to_bf16_kernel<false><<<grid, kThreads, 0, stream>>>(x, count, out);
+    }
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+}  // namespace kestrel::cuda

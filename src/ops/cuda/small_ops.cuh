@@ -1,0 +1,148 @@
+// Device helpers shared by the small-op kernels (norm.cu, rope.cu; host API: small_ops.h).
+//
+// Float arithmetic is written with __fmul_rn / __fadd_rn / __fdiv_rn: nvcc would otherwise
+// contract a * b + c into one FMA, while the CPU twins are built with -ffp-contract=off; with the
+// explicit intrinsics each kernel performs the CPU's operations in the CPU's order.
+//
+// A row is read as chunks of 4 floats (chunk c = elements [4c, 4c + 4)). Of the kThreads threads
+// given a row, thread t owns chunks t, t + kThreads, ... and sums their squares in that order,
+// element by element; the warps then reduce with xor shuffles and the warp totals are added in
+// warp order. That order depends on dim only (kThreads and the chunk count per thread are picked
+// from dim), never on alignment, so rms_norm and every fused norm round identically.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace kestrel::cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Chunk c of a row; elements at or past dim read as 0 (whose square adds nothing). vec4: the row
+// is 16-byte aligned and dim % 4 == 0.
+__device__ __forceinline__ float4 load_chunk(const float* row, int c, int dim, bool vec4) {
+    if (vec4) return reinterpret_cast<const float4*>(row)[c];
+    const int i = 4 * c;
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (i < dim) v.x = row[i];
+    if (i + 1 < dim) v.y = row[i + 1];
+    if (i + 2 < dim) v.z = row[i + 2];
+    if (i + 3 < dim) v.w = row[i + 3];
+    return v;
+}
+
+__device__ __forceinline__ void store_chunk(float* row, int c, int dim, bool vec4, float4 v) {
+    if (vec4) {
+        reinterpret_cast<float4*>(row)[c] = v;
+        return;
+    }
+    const int i = 4 * c;
+    if (i < dim) row[i] = v.x;
+    if (i + 1 < dim) row[i + 1] = v.y;
+    if (i + 2 < dim) row[i + 2] = v.z;
+    if (i + 3 < dim) row[i + 3] = v.w;
+}
+
+// Every lane gets the same total: at each step lanes l and l ^ off add the same two values.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = __fadd_rn(v, __shfl_xor_sync(kFullMask, v, off));
+    return v;
+}
+
+__device__ __forceinline__ float4 chunk_times(float4 v, float s) {
+    return make_float4(__fmul_rn(v.x, s), __fmul_rn(v.y, s), __fmul_rn(v.z, s), __fmul_rn(v.w, s));
+}
+
+__device__ __forceinline__ float4 chunk_times(float4 v, float4 w) {
+    return make_float4(__fmul_rn(v.x, w.x), __fmul_rn(v.y, w.y), __fmul_rn(v.z, w.z), __fmul_rn(v.w, w.w));
+}
+
+// Row launch shapes: kThreads threads per row, each holding up to kChunks chunks in registers.
+// 32 threads (one warp, 8 rows per 256-thread block) up to dim 1024 (per-head norms); one block
+// of 256 up to 8192 (d_model); 1024 up to kMaxNormDim.
+template <int kThreads>
+constexpr int kRowsPerBlock = kThreads == 32 ? 8 : 1;
+constexpr int kNormChunks = 8;
+
+// Loads the row into v (chunk k of this thread = chunk t + k * kThreads, t = thread_in_row) and
+// returns 1 / sqrt(mean(x^2) + eps) as ops/cpu/norm.cpp computes it from the sum of squares.
+// warp_totals: kThreads / 32 floats of shared memory (unused for one-warp rows). For kThreads > 32
+// every thread of the block must call this (it synchronises the block).
+template <int kThreads>
+__device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, float eps, bool vec4,
+                                                  int thread_in_row, float4 (&v)[kNormChunks],
+                                                  float* warp_totals) {
+    const int chunks = (dim + 3) / 4;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        v[k] = c < chunks ? load_chunk(row, c, dim, vec4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        sum = __fadd_rn(sum, __fmul_rn(v[k].x, v[k].x));
+        sum = __fadd_rn(sum, __fmul_rn(v[k].y, v[k].y));
+        sum = __fadd_rn(sum, __fmul_rn(v[k].z, v[k].z));
+        sum = __fadd_rn(sum, __fmul_rn(v[k].w, v[k].w));
+    }
+    sum = warp_sum(sum);
+    if constexpr (kThreads > 32) {
+        if ((thread_in_row & 31) == 0) warp_totals[thread_in_row / 32] = sum;
+        __syncthreads();
+        sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kThreads / 32; ++w) sum = __fadd_rn(sum, warp_totals[w]);
+    }
+    // ops/cpu/norm.cpp: mean_square = sum / dim; inv_rms = 1 / sqrt(mean_square + eps).
+    const float mean_square = __fdiv_rn(sum, static_cast<float>(dim));
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean_square, eps)));
+}
+
+// The normalised chunk: (x * inv_rms) * weight, or x * inv_rms without a weight.
+__device__ __forceinline__ float4 normalise_chunk(float4 x, float inv_rms, const float* weight, int c, int dim,
+                                                  bool vec4) {
+    const float4 y = chunk_times(x, inv_rms);
+    return weight != nullptr ? chunk_times(y, load_chunk(weight, c, dim, vec4)) : y;
+}
+
+// ---- RoPE ------------------------------------------------------------------------------------------
+
+// inv_freq per rotating pair, computed on the host by the CPU's own expression and passed by value
+// as a kernel argument (1 KiB): it is a constant of the layer, so a captured graph keeps it.
+struct RopeTable {
+    float inv_freq[256];
+};
+
+// ops/cpu/rope.cpp: inv_freq[j] = 1 / theta^(2j / frequency_dim) in fp32 (HF's fp32 inv_freq).
+inline RopeTable make_rope_table(int64_t n_pairs, int64_t frequency_dim, double theta) {
+    RopeTable table{};
+    for (int64_t j = 0; j < n_pairs; ++j) {
+        const float exponent = static_cast<float>(2 * j) / static_cast<float>(frequency_dim);
+        table.inv_freq[j] = 1.0f / std::pow(static_cast<float>(theta), exponent);
+    }
+    return table;
+}
+
+// angle = fp32(position) * inv_freq in fp32 (HF's fp32 `inv_freq @ position_ids`), then cos and
+// sin of that fp32 angle in double, rounded to fp32: what rope.cpp does with std::cos/std::sin.
+__device__ __forceinline__ void rope_cos_sin(int64_t position, float inv_freq, float& cos_out, float& sin_out) {
+    const float angle = __fmul_rn(static_cast<float>(position), inv_freq);
+    double s, c;
+    sincos(static_cast<double>(angle), &s, &c);
+    cos_out = static_cast<float>(c);
+    sin_out = static_cast<float>(s);
+}
+
+// (a, b) -> (a cos - b sin, b cos + a sin), rope.cpp's expressions.
+__device__ __forceinline__ void rotate_pair(float& a, float& b, float c, float s) {
+    const float ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    const float rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+    a = ra;
+    b = rb;
+}
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,87 @@
+// The parts of the Ops seam every backend shares: weight upload, the forward workspace, and the
+// host-side random weights of synthetic models.
+#include "ops/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace kestrel {
+
+const char* weight_format_name(WeightFormat format) {
+    switch (format) {
+        case WeightFormat::kF32: return "f32";
+        case WeightFormat::kBF16: return "bf16";
+        case WeightFormat::kW8: return "w8";
+        case WeightFormat::kW4: return "w4";
+    }
+    return "?";
+}
+
+Result<float*> Workspace::floats(int64_t n) {
+    constexpr size_t kAlign = 256;
+    // Blocks of at least 16 MiB: a forward takes a dozen buffers, so a few blocks hold them all.
+    constexpr size_t kMinBlock = size_t{16} << 20;
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + kAlign - 1) / kAlign * kAlign;
+    while (block_ < blocks_.size() && used_ + bytes > blocks_[block_].bytes()) {
+        ++block_;  // the rest of this block stays unused this forward; the next forward reuses it
+        used_ = 0;
+    }
+    if (block_ == blocks_.size()) {
+        const size_t last = blocks_.empty() ? 0 : blocks_.back().bytes();
+        KESTREL_ASSIGN_OR_RETURN(Buffer block, ops_.allocate(std::max({bytes, kMinBlock, last})));
+        blocks_.push_back(std::move(block));
+        used_ = 0;
+    }
+    float* out = reinterpret_cast<float*>(static_cast<char*>(blocks_[block_].data()) + used_);
+    used_ += bytes;
+    return out;
+}
+
+int64_t Workspace::bytes_reserved() const {
+    int64_t total = 0;
+    for (const Buffer& block : blocks_) total += static_cast<int64_t>(block.bytes());
+    return total;
+}
+
+Result<Weight> Ops::upload(WeightFormat format, int64_t out, int64_t in, std::span<const uint8_t> data,
+                           std::span<const uint8_t> scales) {
+    Weight w;
+    w.format = format;
+    w.out = out;
+    w.in = in;
+    KESTREL_ASSIGN_OR_RETURN(w.data, allocate(data.size()));
+    KESTREL_RETURN_IF_ERROR(copy_to_backend(w.data.data(), data.data(), data.size()));
+    if (!scales.empty()) {
+        KESTREL_ASSIGN_OR_RETURN(w.scales, allocate(scales.size()));
+        KESTREL_RETURN_IF_ERROR(copy_to_backend(w.scales.data(), scales.data(), scales.size()));
+    }
+    return w;
+}
+
+// fp32 weights ~ uniform with standard deviation in^-1/2 (a linear layer that keeps the scale
+// of its input), from a splitmix64 stream: reproducible for a seed on every machine.
+Result<Weight> Ops::random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed) {
+    if (format != WeightFormat::kF32) {
+        return Status(StatusCode::kUnsupported,
+                      fmt::format("the {} backend makes no random {} weights", name(), weight_format_name(format)));
+    }
+    std::vector<float> host(static_cast<size_t>(out * in));
+    uint64_t state = seed;
+    const float amplitude = std::sqrt(3.0f / static_cast<float>(std::max<int64_t>(in, 1)));
+    for (float& w : host) {
+        state += 0x9E3779B97F4A7C15ull;
+        uint64_t z = state;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        const float unit = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+        w = amplitude * (2.0f * unit - 1.0f);
+    }
+    return upload(WeightFormat::kF32, out, in,
+                  std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(host.data()), host.size() * sizeof(float)));
+}
+
+}  // namespace kestrel
