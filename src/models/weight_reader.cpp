@@ -151,8 +151,11 @@ Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, 
                     : options_.float_weights == WeightFormat::kW8 ? EngineWeightFormat::kW8
                                                                    : EngineWeightFormat::kW4;
     }
-    KESTREL_ASSIGN_OR_RETURN(EngineWeights converted,
-                             convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred));
+    // Used in place: moving the variant out of the Result trips GCC 13's maybe-uninitialized.
+    const Result<EngineWeights> result =
+        convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred);
+    if (!result.ok()) return result.status();
+    const EngineWeights& converted = *result;
     note_progress(info->n_bytes);
     const auto bytes_of = [](const auto& v) {
         return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(v[0]));
