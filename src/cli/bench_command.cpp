@@ -234,6 +234,7 @@ int run_bench_command(BenchCommandOptions options) {
     Result<std::unique_ptr<Engine>> loaded = Engine::load(engine_options);
     if (!loaded.ok()) return fail(loaded.status().message());
     const Engine& engine = **loaded;
+    if (options.bench.prefill_chunk == 0) options.bench.prefill_chunk = engine.default_prefill_chunk();
 
     const ModelFacts model = describe_model(engine, options);
     const std::string backend = backend_label(engine);
@@ -295,7 +296,9 @@ Command add_bench_command(CLI::App& app) {
     bench->add_option("-r,--repetitions", options->bench.repetitions, "Runs of each test")->capture_default_str();
     bench->add_option("-c,--ctx-size", options->bench.context, "Session context (0: the smallest that fits every test)")
         ->capture_default_str();
-    bench->add_option("-b,--batch-size", options->bench.prefill_chunk, "Tokens per prefill step")->capture_default_str();
+    bench->add_option("-b,--batch-size", options->bench.prefill_chunk,
+                      "Tokens per prefill step (0: the backend's default, 512 on the CPU, 2048 on CUDA)")
+        ->capture_default_str();
     bench->add_option("-t,--threads", options->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
     bench->add_option("--device", options->device, "auto (CUDA when there is a GPU), cpu or cuda")
         ->capture_default_str()

@@ -14,9 +14,10 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
     command.add_option("-c,--ctx-size", options.context, "Context length in tokens (0: the model's)")
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
-    command.add_option("-b,--batch-size", options.prefill_chunk, "Tokens per prefill step")
+    command.add_option("-b,--batch-size", options.prefill_chunk,
+                       "Tokens per prefill step (0: the backend's default, 512 on the CPU, 2048 on CUDA)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::NonNegativeNumber);
     command.add_option("-t,--threads", options.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
     command.add_option("--device", options.device, "auto (CUDA when there is a GPU), cpu (the fp32 reference) or cuda")
         ->capture_default_str()

@@ -17,7 +17,7 @@ namespace kestrel::cli {
 struct ModelOptions {
     std::string model;            // -m; empty: the default model
     int64_t context = 4096;       // -c; 0: the model's trained context. Capped by it.
-    int64_t prefill_chunk = 512;  // -b
+    int64_t prefill_chunk = 0;    // -b; 0: the backend's default
     int threads = 0;              // -t; 0: every hardware thread
     std::string device = "auto";  // --device auto|cpu|cuda
     std::string weights = "w4";   // --weights w4|w8|bf16: float matrices on CUDA

@@ -36,16 +36,13 @@ namespace {
 
 struct Gemma3Layer {
     Weight attn_norm;       // [d]              1 + w
-    Weight wq;              // [n_heads * hd, d]
-    Weight wk;              // [n_kv_heads * hd, d]
-    Weight wv;              // [n_kv_heads * hd, d]
+    Weight wqkv;            // [(n_heads + 2 n_kv_heads) * hd, d]: q | k | v stacked
     Weight q_norm;          // [hd]             1 + w, shared by every head
     Weight k_norm;          // [hd]             1 + w
     Weight wo;              // [d, n_heads * hd]
     Weight post_attn_norm;  // [d]              1 + w
     Weight ffn_norm;        // [d]              1 + w (HF pre_feedforward_layernorm)
-    Weight w_gate;          // [f, d]
-    Weight w_up;            // [f, d]
+    Weight w_gate_up;       // [2f, d]: gate | up stacked
     Weight w_down;          // [d, f]
     Weight post_ffn_norm;   // [d]              1 + w
 };
@@ -64,6 +61,13 @@ constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight"};
 constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", HfConvert::kAddOne};
 constexpr TensorName kOutput = {"output.weight", kHfLmHead};
 
+// Stacked at load (Ops::linear_blocks): q | k | v and gate | up.
+constexpr TensorName kQkv[] = {{"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight"},
+                               {"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight"},
+                               {"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight"}};
+constexpr TensorName kGateUp[] = {{"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight"},
+                                  {"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight"}};
+
 struct LayerTensor {
     TensorName name;
     Weight Gemma3Layer::*field;
@@ -71,17 +75,12 @@ struct LayerTensor {
 
 constexpr LayerTensor kLayerTensors[] = {
     {{"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight", HfConvert::kAddOne}, &Gemma3Layer::attn_norm},
-    {{"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight"}, &Gemma3Layer::wq},
-    {{"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight"}, &Gemma3Layer::wk},
-    {{"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight"}, &Gemma3Layer::wv},
     {{"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight", HfConvert::kAddOne}, &Gemma3Layer::q_norm},
     {{"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight", HfConvert::kAddOne}, &Gemma3Layer::k_norm},
     {{"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight"}, &Gemma3Layer::wo},
     {{"blk.{}.post_attention_norm.weight", "layers.{}.post_attention_layernorm.weight", HfConvert::kAddOne},
      &Gemma3Layer::post_attn_norm},
     {{"blk.{}.ffn_norm.weight", "layers.{}.pre_feedforward_layernorm.weight", HfConvert::kAddOne}, &Gemma3Layer::ffn_norm},
-    {{"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight"}, &Gemma3Layer::w_gate},
-    {{"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight"}, &Gemma3Layer::w_up},
     {{"blk.{}.ffn_down.weight", "layers.{}.mlp.down_proj.weight"}, &Gemma3Layer::w_down},
     {{"blk.{}.post_ffw_norm.weight", "layers.{}.post_feedforward_layernorm.weight", HfConvert::kAddOne},
      &Gemma3Layer::post_ffn_norm},
@@ -119,12 +118,12 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         dump(ops, options, name, layer, data, n_tokens, cols);
     };
 
-    // Intermediates in the backend's workspace; q, k, v sized for the widest layer.
-    int64_t max_q = 0, max_k = 0, max_v = 0;
+    // Intermediates in the backend's workspace; q | k | v (consecutive, so the stacked
+    // projection writes them in place) sized for the widest layer.
+    int64_t max_q = 0, max_qkv = 0;
     for (const LayerConfig& lc : config_.layers) {
         max_q = std::max(max_q, n_heads * std::max(lc.head_dim, lc.v_head_dim));
-        max_k = std::max(max_k, lc.n_kv_heads * lc.head_dim);
-        max_v = std::max(max_v, lc.n_kv_heads * lc.v_head_dim);
+        max_qkv = std::max(max_qkv, n_heads * lc.head_dim + lc.n_kv_heads * (lc.head_dim + lc.v_head_dim));
     }
     Workspace& ws = ops.workspace();
     ws.reset();
@@ -133,13 +132,15 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     KESTREL_ASSIGN_OR_RETURN(float* attn_proj, ws.floats(n_tokens * d));
     KESTREL_ASSIGN_OR_RETURN(float* ffn_norm, ws.floats(n_tokens * d));
     KESTREL_ASSIGN_OR_RETURN(float* ffn_out, ws.floats(n_tokens * d));
-    KESTREL_ASSIGN_OR_RETURN(float* gate, ws.floats(n_tokens * f));
-    KESTREL_ASSIGN_OR_RETURN(float* up, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* gate_up, ws.floats(n_tokens * 2 * f));  // gate [T, f] | up [T, f]
     KESTREL_ASSIGN_OR_RETURN(float* ffn_act, ws.floats(n_tokens * f));
-    KESTREL_ASSIGN_OR_RETURN(float* q, ws.floats(n_tokens * max_q));
-    KESTREL_ASSIGN_OR_RETURN(float* k, ws.floats(n_tokens * max_k));
-    KESTREL_ASSIGN_OR_RETURN(float* v, ws.floats(n_tokens * max_v));
+    KESTREL_ASSIGN_OR_RETURN(float* qkv, ws.floats(n_tokens * max_qkv));
     KESTREL_ASSIGN_OR_RETURN(float* attn_out, ws.floats(n_tokens * max_q));
+    float* gate = gate_up;
+    float* up = gate_up + n_tokens * f;
+    const int64_t ffn_widths[] = {f, f};
+    // The normalised inputs of the projections are stored only for the debug hook.
+    const bool keep = options.debug != nullptr;
 
     // Gemma: the embedding is scaled by sqrt(d_model), a float32 constant (HF Gemma3TextScaledWordEmbedding).
     ops.embed(batch.tokens, w_.token_embd, static_cast<float>(std::sqrt(static_cast<double>(d))), x);
@@ -155,17 +156,20 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         const double theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
 
         // ---- attention ----
-        ops.rms_norm(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm);
-        show("attn_norm", il, attn_norm, d);
 
-        ops.linear(attn_norm, n_tokens, layer.wq, q);
-        ops.linear(attn_norm, n_tokens, layer.wk, k);
-        ops.linear(attn_norm, n_tokens, layer.wv, v);
+        const int64_t widths[] = {n_heads * hd, n_kv * hd, n_kv * lc.v_head_dim};
+        float* q = qkv;
+        float* k = q + n_tokens * widths[0];
+        float* v = k + n_tokens * widths[1];
+        // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection.
+        ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv, widths,
+                                   q);
+        show("attn_norm", il, attn_norm, d);
         show("Vcur", il, v, n_kv * lc.v_head_dim);
 
         // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor rotated.
-        ops.head_norm_rope(q, layer.q_norm.f32(), batch.positions, n_heads, hd, eps, theta);
-        ops.head_norm_rope(k, layer.k_norm.f32(), batch.positions, n_kv, hd, eps, theta);
+        ops.head_norm_rope(q, layer.q_norm.f32(), batch.positions, n_heads, hd, hd / 2, eps, theta);
+        ops.head_norm_rope(k, layer.k_norm.f32(), batch.positions, n_kv, hd, hd / 2, eps, theta);
         show("Qcur", il, q, n_heads * hd);
         show("Kcur", il, k, n_kv * hd);
 
@@ -182,10 +186,9 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         show("attn_residual", il, x, d);
 
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
-        ops.rms_norm(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm);
+        ops.rms_norm_linear_blocks(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep, layer.w_gate_up,
+                                   ffn_widths, gate_up);
         show("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm, n_tokens, layer.w_gate, gate);
-        ops.linear(ffn_norm, n_tokens, layer.w_up, up);
         ops.gelu_tanh_and_mul(gate, up, n_tokens * f, ffn_act);
         show("ffn_act", il, ffn_act, f);
         ops.linear(ffn_act, n_tokens, layer.w_down, ffn_out);
@@ -241,15 +244,17 @@ Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const Mode
         const int64_t k_dim = lc.n_kv_heads * lc.head_dim;
         const int64_t v_dim = lc.n_kv_heads * lc.v_head_dim;
         const int64_t o_in = config.n_heads * lc.v_head_dim;
+        {
+            const int64_t outs[] = {q_dim, k_dim, v_dim};
+            KESTREL_ASSIGN_OR_RETURN(w.layers[il].wqkv, reader.read_matrix_stack(kQkv, il, outs, d));
+            const int64_t ffn_outs[] = {f, f};
+            KESTREL_ASSIGN_OR_RETURN(w.layers[il].w_gate_up, reader.read_matrix_stack(kGateUp, il, ffn_outs, d));
+        }
         for (const LayerTensor& tensor : kLayerTensors) {
             auto field = tensor.field;
             std::vector<int64_t> shape;  // [out, in] for matrices, [n] for vectors
-            if (field == &Gemma3Layer::wq) shape = {q_dim, d};
-            else if (field == &Gemma3Layer::wk) shape = {k_dim, d};
-            else if (field == &Gemma3Layer::wv) shape = {v_dim, d};
-            else if (field == &Gemma3Layer::q_norm || field == &Gemma3Layer::k_norm) shape = {lc.head_dim};
+            if (field == &Gemma3Layer::q_norm || field == &Gemma3Layer::k_norm) shape = {lc.head_dim};
             else if (field == &Gemma3Layer::wo) shape = {d, o_in};
-            else if (field == &Gemma3Layer::w_gate || field == &Gemma3Layer::w_up) shape = {f, d};
             else if (field == &Gemma3Layer::w_down) shape = {d, f};
             else shape = {d};
             if (shape.size() == 2) {

@@ -42,16 +42,13 @@ namespace {
 
 struct Gemma4Layer {
     Weight attn_norm;       // [d]
-    Weight wq;              // [n_heads * hd, d]
-    Weight wk;              // [kv * hd, d]
-    Weight wv;              // [kv * hd, d]; empty on K=V layers (V is the k projection)
+    Weight wqkv;            // [(n_heads + 2 kv) * hd, d]: q | k | v stacked; q | k on K=V layers
     Weight q_norm;          // [hd], shared by every head
     Weight k_norm;          // [hd]
     Weight wo;              // [d, n_heads * hd]
     Weight post_attn_norm;  // [d]
     Weight ffn_norm;        // [d] (HF pre_feedforward_layernorm)
-    Weight w_gate;          // [f, d]
-    Weight w_up;            // [f, d]
+    Weight w_gate_up;       // [2f, d]: gate | up stacked
     Weight w_down;          // [d, f]
     Weight post_ffn_norm;   // [d]
     float layer_scalar = 1.0f;
@@ -72,7 +69,7 @@ constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight"};
 // (1 for a rotating pair, 1e30 for a still one); HF configs state partial_rotary_factor.
 constexpr TensorName kRopeFreqs = {"rope_freqs.weight", ""};
 
-enum class Shape { kD, kQ, kK, kHeadDim, kO, kUp, kDown };
+enum class Shape { kD, kHeadDim, kO, kDown };
 
 struct LayerTensor {
     TensorName name;
@@ -80,22 +77,24 @@ struct LayerTensor {
     Shape shape;
 };
 
+// Stacked at load (Ops::linear_blocks): q | k | v (no v on K=V layers) and gate | up.
+constexpr TensorName kAttnQ = {"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight"};
+constexpr TensorName kAttnK = {"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight"};
+constexpr TensorName kAttnV = {"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight"};
+constexpr TensorName kFfnGate = {"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight"};
+constexpr TensorName kFfnUp = {"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight"};
+
 // HF's per-layer buffer `layer_scalar`; llama.cpp's converter appends ".weight" and renames it.
 constexpr TensorName kLayerScalar = {"blk.{}.layer_output_scale.weight", "layers.{}.layer_scalar"};
 
 constexpr LayerTensor kLayerTensors[] = {
     {{"blk.{}.attn_norm.weight", "layers.{}.input_layernorm.weight"}, &Gemma4Layer::attn_norm, Shape::kD},
-    {{"blk.{}.attn_q.weight", "layers.{}.self_attn.q_proj.weight"}, &Gemma4Layer::wq, Shape::kQ},
-    {{"blk.{}.attn_k.weight", "layers.{}.self_attn.k_proj.weight"}, &Gemma4Layer::wk, Shape::kK},
-    {{"blk.{}.attn_v.weight", "layers.{}.self_attn.v_proj.weight"}, &Gemma4Layer::wv, Shape::kK},
     {{"blk.{}.attn_q_norm.weight", "layers.{}.self_attn.q_norm.weight"}, &Gemma4Layer::q_norm, Shape::kHeadDim},
     {{"blk.{}.attn_k_norm.weight", "layers.{}.self_attn.k_norm.weight"}, &Gemma4Layer::k_norm, Shape::kHeadDim},
     {{"blk.{}.attn_output.weight", "layers.{}.self_attn.o_proj.weight"}, &Gemma4Layer::wo, Shape::kO},
     {{"blk.{}.post_attention_norm.weight", "layers.{}.post_attention_layernorm.weight"},
      &Gemma4Layer::post_attn_norm, Shape::kD},
     {{"blk.{}.ffn_norm.weight", "layers.{}.pre_feedforward_layernorm.weight"}, &Gemma4Layer::ffn_norm, Shape::kD},
-    {{"blk.{}.ffn_gate.weight", "layers.{}.mlp.gate_proj.weight"}, &Gemma4Layer::w_gate, Shape::kUp},
-    {{"blk.{}.ffn_up.weight", "layers.{}.mlp.up_proj.weight"}, &Gemma4Layer::w_up, Shape::kUp},
     {{"blk.{}.ffn_down.weight", "layers.{}.mlp.down_proj.weight"}, &Gemma4Layer::w_down, Shape::kDown},
     {{"blk.{}.post_ffw_norm.weight", "layers.{}.post_feedforward_layernorm.weight"}, &Gemma4Layer::post_ffn_norm,
      Shape::kD},
@@ -133,11 +132,12 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         dump(ops, options, name, layer, data, n_tokens, cols);
     };
 
-    // Intermediates in the backend's workspace; q, k, v sized for the widest (full) layers.
-    int64_t max_hd = 0, max_kv = 0;
+    // Intermediates in the backend's workspace; q | k | v (consecutive, so the stacked projection
+    // writes them in place) sized for the widest layer.
+    int64_t max_hd = 0, max_qkv = 0;
     for (const LayerConfig& lc : config_.layers) {
         max_hd = std::max(max_hd, lc.head_dim);
-        max_kv = std::max(max_kv, lc.n_kv_heads * lc.head_dim);
+        max_qkv = std::max(max_qkv, (n_heads + 2 * lc.n_kv_heads) * lc.head_dim);
     }
     Workspace& ws = ops.workspace();
     ws.reset();
@@ -146,13 +146,15 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     KESTREL_ASSIGN_OR_RETURN(float* attn_proj, ws.floats(n_tokens * d));
     KESTREL_ASSIGN_OR_RETURN(float* ffn_norm, ws.floats(n_tokens * d));
     KESTREL_ASSIGN_OR_RETURN(float* ffn_out, ws.floats(n_tokens * d));
-    KESTREL_ASSIGN_OR_RETURN(float* gate, ws.floats(n_tokens * f));
-    KESTREL_ASSIGN_OR_RETURN(float* up, ws.floats(n_tokens * f));
+    KESTREL_ASSIGN_OR_RETURN(float* gate_up, ws.floats(n_tokens * 2 * f));  // gate [T, f] | up [T, f]
     KESTREL_ASSIGN_OR_RETURN(float* ffn_act, ws.floats(n_tokens * f));
-    KESTREL_ASSIGN_OR_RETURN(float* q, ws.floats(n_tokens * n_heads * max_hd));
-    KESTREL_ASSIGN_OR_RETURN(float* k, ws.floats(n_tokens * max_kv));
-    KESTREL_ASSIGN_OR_RETURN(float* v, ws.floats(n_tokens * max_kv));
+    KESTREL_ASSIGN_OR_RETURN(float* qkv, ws.floats(n_tokens * max_qkv));
     KESTREL_ASSIGN_OR_RETURN(float* attn_out, ws.floats(n_tokens * n_heads * max_hd));
+    float* gate = gate_up;
+    float* up = gate_up + n_tokens * f;
+    const int64_t ffn_widths[] = {f, f};
+    // The normalised inputs of the projections are stored only for the debug hook.
+    const bool keep = options.debug != nullptr;
 
     // HF Gemma4TextScaledWordEmbedding: E[tok] * sqrt(d_model). HF casts the scale to the weight
     // dtype (bf16(sqrt(5376)) = 73.5 for the bf16 31B); we keep it in fp32 like llama.cpp.
@@ -167,31 +169,33 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         const int64_t n_kv = lc.n_kv_heads;
 
         // ---- attention ----
-        ops.rms_norm(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm);
+
+        // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection; K=V layers
+        // project q | k and V is the raw k (attention_k_eq_v), copied before k_norm and RoPE.
+        const int64_t q_dim = n_heads * hd, k_dim = n_kv * hd;
+        float* q = qkv;
+        float* k = q + n_tokens * q_dim;
+        float* v = k + n_tokens * k_dim;
+        if (lc.k_eq_v) {
+            const int64_t widths[] = {q_dim, k_dim};
+            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv,
+                                       widths, q);
+            KESTREL_RETURN_IF_ERROR(ops.copy_within(v, k, static_cast<size_t>(n_tokens * k_dim) * sizeof(float)));
+        } else {
+            const int64_t widths[] = {q_dim, k_dim, n_kv * lc.v_head_dim};
+            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv,
+                                       widths, q);
+        }
         show("attn_norm", il, attn_norm, d);
 
-        ops.linear(attn_norm, n_tokens, layer.wq, q);
-        ops.linear(attn_norm, n_tokens, layer.wk, k);
-        if (lc.k_eq_v) {
-            // Gemma 4 K=V (attention_k_eq_v): V is the raw k projection, before k_norm and RoPE.
-            KESTREL_RETURN_IF_ERROR(ops.copy_within(v, k, static_cast<size_t>(n_tokens * n_kv * hd) * sizeof(float)));
-        } else {
-            ops.linear(attn_norm, n_tokens, layer.wv, v);
-        }
-
-        // QK-norm (per head, learned weight) before RoPE; V gets an RMSNorm without weight and no RoPE.
-        ops.rms_norm(q, layer.q_norm.f32(), n_tokens * n_heads, hd, eps, q);
-        ops.rms_norm(k, layer.k_norm.f32(), n_tokens * n_kv, hd, eps, k);
+        // QK-norm (per head, learned weight) then RoPE; V gets an RMSNorm without weight and no
+        // RoPE. Sliding layers: default RoPE over the whole head (theta 1e4); full layers:
+        // proportional RoPE (theta 1e6) where only the first pairs rotate.
+        const int64_t pairs = sliding ? hd / 2 : full_rotary_pairs_;
+        const double theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
+        ops.head_norm_rope(q, layer.q_norm.f32(), batch.positions, n_heads, hd, pairs, eps, theta);
+        ops.head_norm_rope(k, layer.k_norm.f32(), batch.positions, n_kv, hd, pairs, eps, theta);
         ops.rms_norm(v, nullptr, n_tokens * n_kv, lc.v_head_dim, eps, v);
-        if (sliding) {
-            // Sliding layers: default RoPE over the whole head (theta 1e4).
-            ops.rope_neox(q, batch.positions, n_heads, hd, config_.rope_theta_sliding);
-            ops.rope_neox(k, batch.positions, n_kv, hd, config_.rope_theta_sliding);
-        } else {
-            // Full layers: proportional RoPE (theta 1e6), only the first pairs rotate.
-            ops.rope_proportional(q, batch.positions, n_heads, hd, full_rotary_pairs_, config_.rope_theta);
-            ops.rope_proportional(k, batch.positions, n_kv, hd, full_rotary_pairs_, config_.rope_theta);
-        }
         show("Qcur", il, q, n_heads * hd);
         show("Kcur", il, k, n_kv * hd);
         show("Vcur", il, v, n_kv * lc.v_head_dim);
@@ -209,10 +213,9 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         show("attn_residual", il, x, d);
 
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
-        ops.rms_norm(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm);
+        ops.rms_norm_linear_blocks(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep, layer.w_gate_up,
+                                   ffn_widths, gate_up);
         show("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm, n_tokens, layer.w_gate, gate);
-        ops.linear(ffn_norm, n_tokens, layer.w_up, up);
         ops.gelu_tanh_and_mul(gate, up, n_tokens * f, ffn_act);
         show("ffn_act", il, ffn_act, f);
         ops.linear(ffn_act, n_tokens, layer.w_down, ffn_out);
@@ -304,8 +307,22 @@ Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const Mode
                                       il));
         }
         Gemma4Layer& layer = w.layers[il];
+        const int64_t q_dim = config.n_heads * lc.head_dim, k_dim = lc.n_kv_heads * lc.head_dim;
+        if (lc.k_eq_v) {  // K=V: no v_proj
+            const TensorName names[] = {kAttnQ, kAttnK};
+            const int64_t outs[] = {q_dim, k_dim};
+            KESTREL_ASSIGN_OR_RETURN(layer.wqkv, reader.read_matrix_stack(names, il, outs, d));
+        } else {
+            const TensorName names[] = {kAttnQ, kAttnK, kAttnV};
+            const int64_t outs[] = {q_dim, k_dim, k_dim};
+            KESTREL_ASSIGN_OR_RETURN(layer.wqkv, reader.read_matrix_stack(names, il, outs, d));
+        }
+        {
+            const TensorName names[] = {kFfnGate, kFfnUp};
+            const int64_t outs[] = {f, f};
+            KESTREL_ASSIGN_OR_RETURN(layer.w_gate_up, reader.read_matrix_stack(names, il, outs, d));
+        }
         for (const LayerTensor& tensor : kLayerTensors) {
-            if (tensor.field == &Gemma4Layer::wv && lc.k_eq_v) continue;  // K=V: no v_proj
             Weight& field = layer.*tensor.field;
             switch (tensor.shape) {
                 case Shape::kD: {
@@ -316,20 +333,8 @@ Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const Mode
                     KESTREL_ASSIGN_OR_RETURN(field, reader.read_vector(tensor.name, il, {lc.head_dim}));
                     break;
                 }
-                case Shape::kQ: {
-                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, config.n_heads * lc.head_dim, d));
-                    break;
-                }
-                case Shape::kK: {
-                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, lc.n_kv_heads * lc.head_dim, d));
-                    break;
-                }
                 case Shape::kO: {
                     KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, d, config.n_heads * lc.head_dim));
-                    break;
-                }
-                case Shape::kUp: {
-                    KESTREL_ASSIGN_OR_RETURN(field, reader.read_matrix(tensor.name, il, f, d));
                     break;
                 }
                 case Shape::kDown: {

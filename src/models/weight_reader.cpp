@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "core/half.h"
 #include "core/log.h"
 #include "ops/weight_format_w8.h"
 
@@ -122,17 +123,7 @@ Result<Weight> WeightReader::read_vector(const TensorName& name, int64_t layer, 
     return upload_f32(data, static_cast<int64_t>(data.size()), 1);
 }
 
-Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, int64_t out, int64_t in) {
-    const std::string full = name_of(name, layer);
-    const bool fp32_backend = ops_->accepts(WeightFormat::kF32);
-    if (options_.dummy) {
-        return ops_->random_weight(fp32_backend ? WeightFormat::kF32 : options_.float_weights, out, in, seed_of(full));
-    }
-    if (fp32_backend) {
-        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(full, {out, in}));
-        note_progress(find(full)->n_bytes);
-        return upload_f32(data, out, in);
-    }
+Result<EngineWeights> WeightReader::convert(const std::string& full, int64_t out, int64_t in) {
     const WeightInfo* info = find(full);
     if (info == nullptr) {
         return Status(StatusCode::kNotFound, fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
@@ -151,23 +142,131 @@ Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, 
                     : options_.float_weights == WeightFormat::kW8 ? EngineWeightFormat::kW8
                                                                    : EngineWeightFormat::kW4;
     }
-    // Used in place: moving the variant out of the Result trips GCC 13's maybe-uninitialized.
-    const Result<EngineWeights> result =
-        convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred);
-    if (!result.ok()) return result.status();
-    const EngineWeights& converted = *result;
+    Result<EngineWeights> converted = convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred);
     note_progress(info->n_bytes);
-    const auto bytes_of = [](const auto& v) {
-        return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(v[0]));
-    };
+    return converted;
+}
+
+namespace {
+
+std::span<const uint8_t> bytes_of(const auto& v) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(v[0]));
+}
+
+Result<Weight> upload_engine_weights(Ops& ops, const EngineWeights& converted, int64_t out, int64_t in) {
     if (const auto* w4 = std::get_if<W4Weights>(&converted)) {
-        return ops_->upload(WeightFormat::kW4, out, in, bytes_of(w4->qs), bytes_of(w4->scale_min));
+        return ops.upload(WeightFormat::kW4, out, in, bytes_of(w4->qs), bytes_of(w4->scale_min));
     }
     if (const auto* w8 = std::get_if<W8Weights>(&converted)) {
-        return ops_->upload(WeightFormat::kW8, out, in, bytes_of(w8->qs), bytes_of(w8->scale_min));
+        return ops.upload(WeightFormat::kW8, out, in, bytes_of(w8->qs), bytes_of(w8->scale_min));
     }
-    const auto& bf16 = std::get<Bf16Weights>(converted);
-    return ops_->upload(WeightFormat::kBF16, out, in, bytes_of(bf16.values));
+    return ops.upload(WeightFormat::kBF16, out, in, bytes_of(std::get<Bf16Weights>(converted).values));
+}
+
+// W4 as W8, exactly: the same 4-bit codes as int8 and the same (scale, min) per group.
+W8Weights widen_to_w8(const W4Weights& w4) {
+    W8Weights w8;
+    w8.n = w4.n;
+    w8.k = w4.k;
+    w8.qs.resize(static_cast<size_t>(w4.n * w4.k));
+    for (int64_t r = 0; r < w4.n; ++r) {
+        for (int64_t c = 0; c < w4.k; ++c) w8.qs[static_cast<size_t>(r * w4.k + c)] = static_cast<int8_t>(w4_q(w4, r, c));
+    }
+    w8.scale_min = w4.scale_min;
+    return w8;
+}
+
+Bf16Weights round_to_bf16(const EngineWeights& weights) {
+    if (const auto* bf16 = std::get_if<Bf16Weights>(&weights)) return *bf16;
+    const std::vector<float> values = std::holds_alternative<W4Weights>(weights)
+                                          ? w4_dequantize(std::get<W4Weights>(weights))
+                                          : w8_dequantize(std::get<W8Weights>(weights));
+    Bf16Weights out;
+    std::visit([&](const auto& w) {
+        out.n = w.n;
+        out.k = w.k;
+    }, weights);
+    out.values.reserve(values.size());
+    for (float v : values) out.values.push_back(fp32_to_bf16(v));
+    return out;
+}
+
+}  // namespace
+
+Result<Weight> WeightReader::read_matrix_stack(std::span<const TensorName> names, int64_t layer,
+                                               std::span<const int64_t> outs, int64_t in) {
+    int64_t total = 0;
+    for (int64_t out : outs) total += out;
+    const bool fp32_backend = ops_->accepts(WeightFormat::kF32);
+    if (options_.dummy) {
+        return ops_->random_weight(fp32_backend ? WeightFormat::kF32 : options_.float_weights, total, in,
+                                   seed_of(name_of(names[0], layer)));
+    }
+    if (fp32_backend) {
+        std::vector<float> stacked;
+        stacked.reserve(static_cast<size_t>(total * in));
+        for (size_t i = 0; i < names.size(); ++i) {
+            const std::string full = name_of(names[i], layer);
+            KESTREL_ASSIGN_OR_RETURN(std::vector<float> part, read(full, {outs[i], in}));
+            note_progress(find(full)->n_bytes);
+            stacked.insert(stacked.end(), part.begin(), part.end());
+        }
+        return upload_f32(stacked, total, in);
+    }
+    std::vector<EngineWeights> parts;
+    bool any_w8 = false, any_bf16 = false;
+    for (size_t i = 0; i < names.size(); ++i) {
+        KESTREL_ASSIGN_OR_RETURN(EngineWeights part, convert(name_of(names[i], layer), outs[i], in));
+        any_w8 |= std::holds_alternative<W8Weights>(part);
+        any_bf16 |= std::holds_alternative<Bf16Weights>(part);
+        parts.push_back(std::move(part));
+    }
+    if (any_bf16) {
+        Bf16Weights stacked{total, in, {}};
+        for (const EngineWeights& part : parts) {
+            const Bf16Weights rounded = round_to_bf16(part);
+            stacked.values.insert(stacked.values.end(), rounded.values.begin(), rounded.values.end());
+        }
+        return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
+    }
+    if (any_w8) {
+        W8Weights stacked;
+        stacked.n = total;
+        stacked.k = in;
+        for (const EngineWeights& part : parts) {
+            const W8Weights w8 = std::holds_alternative<W8Weights>(part) ? std::get<W8Weights>(part)
+                                                                          : widen_to_w8(std::get<W4Weights>(part));
+            stacked.qs.insert(stacked.qs.end(), w8.qs.begin(), w8.qs.end());
+            stacked.scale_min.insert(stacked.scale_min.end(), w8.scale_min.begin(), w8.scale_min.end());
+        }
+        return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
+    }
+    W4Weights stacked;
+    stacked.n = total;
+    stacked.k = in;
+    for (const EngineWeights& part : parts) {
+        const W4Weights& w4 = std::get<W4Weights>(part);
+        stacked.qs.insert(stacked.qs.end(), w4.qs.begin(), w4.qs.end());
+        stacked.scale_min.insert(stacked.scale_min.end(), w4.scale_min.begin(), w4.scale_min.end());
+    }
+    return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
+}
+
+Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, int64_t out, int64_t in) {
+    const std::string full = name_of(name, layer);
+    const bool fp32_backend = ops_->accepts(WeightFormat::kF32);
+    if (options_.dummy) {
+        return ops_->random_weight(fp32_backend ? WeightFormat::kF32 : options_.float_weights, out, in, seed_of(full));
+    }
+    if (fp32_backend) {
+        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(full, {out, in}));
+        note_progress(find(full)->n_bytes);
+        return upload_f32(data, out, in);
+    }
+    // Used in place: moving the variant out of the Result trips GCC 13's maybe-uninitialized.
+    const Result<EngineWeights> converted = convert(full, out, in);
+    if (!converted.ok()) return converted.status();
+    return upload_engine_weights(*ops_, *converted, out, in);
 }
 
 }  // namespace kestrel

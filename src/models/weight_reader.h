@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "io/model_files.h"
 #include "kestrel/status.h"
 #include "models/weight_load_options.h"
+#include "ops/weight_format_w8.h"
 #include "ops/ops.h"
 
 namespace kestrel {
@@ -64,8 +66,15 @@ public:
     // A matrix [out, in] in the backend's engine format: fp32 on the CPU, W4/W8/BF16 converted
     // from the file's type on CUDA (ops/weight_format_w8.h: convert_for_engine). Logs progress.
     Result<Weight> read_matrix(const TensorName& name, int64_t layer, int64_t out, int64_t in);
+    // Matrices [outs[i], in] stacked by rows into one weight for Ops::linear_blocks (q | k | v,
+    // gate | up), in one engine format: parts converted to different formats are widened exactly
+    // (W4 -> W8: the same codes and (scale, min)), or all rounded to bf16 when one part is bf16.
+    Result<Weight> read_matrix_stack(std::span<const TensorName> names, int64_t layer, std::span<const int64_t> outs,
+                                     int64_t in);
 
 private:
+    // A matrix converted into the backend's engine format on the host (CUDA load path).
+    Result<EngineWeights> convert(const std::string& full, int64_t out, int64_t in);
     Result<Weight> upload_f32(const std::vector<float>& data, int64_t out, int64_t in);
     uint64_t seed_of(const std::string& full) const;
     void note_progress(int64_t bytes);

@@ -20,6 +20,49 @@ const char* weight_format_name(WeightFormat format) {
     return "?";
 }
 
+Weight weight_rows(const Weight& w, int64_t begin, int64_t rows) {
+    Weight slice;
+    slice.format = w.format;
+    slice.out = rows;
+    slice.in = w.in;
+    const auto* data = static_cast<const uint8_t*>(w.data.data());
+    const auto* scales = static_cast<const uint8_t*>(w.scales.data());
+    const int64_t groups = w.in / 32;
+    switch (w.format) {
+        case WeightFormat::kF32:
+            slice.data = Buffer::view(data + begin * w.in * 4, static_cast<size_t>(rows * w.in * 4));
+            break;
+        case WeightFormat::kBF16:
+            slice.data = Buffer::view(data + begin * w.in * 2, static_cast<size_t>(rows * w.in * 2));
+            break;
+        case WeightFormat::kW8:
+            slice.data = Buffer::view(data + begin * w.in, static_cast<size_t>(rows * w.in));
+            slice.scales = Buffer::view(scales + begin * groups * 4, static_cast<size_t>(rows * groups * 4));
+            break;
+        case WeightFormat::kW4:
+            slice.data = Buffer::view(data + begin * w.in / 2, static_cast<size_t>(rows * w.in / 2));
+            slice.scales = Buffer::view(scales + begin * groups * 4, static_cast<size_t>(rows * groups * 4));
+            break;
+    }
+    return slice;
+}
+
+void Ops::linear_blocks(const float* x, int64_t rows, const Weight& w, std::span<const int64_t> widths, float* out) {
+    int64_t begin = 0;
+    for (const int64_t width : widths) {
+        linear(x, rows, weight_rows(w, begin, width), out + rows * begin);
+        begin += width;
+    }
+}
+
+void Ops::rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
+                                float* normed, bool keep_normed, const Weight& w, std::span<const int64_t> widths,
+                                float* out) {
+    (void)keep_normed;
+    rms_norm(x, norm_weight, rows, dim, eps, normed);
+    linear_blocks(normed, rows, w, widths, out);
+}
+
 Result<float*> Workspace::floats(int64_t n) {
     constexpr size_t kAlign = 256;
     // Blocks of at least 16 MiB: a forward takes a dozen buffers, so a few blocks hold them all.

@@ -89,6 +89,10 @@ struct Weight {
     bool empty() const { return data.empty(); }
 };
 
+// Rows [begin, begin + rows) of a matrix, borrowed (the weights of one block of a stacked
+// projection: linear_blocks).
+Weight weight_rows(const Weight& w, int64_t begin, int64_t rows);
+
 // A borrowed fp32 view of host data [out, in] (the CPU backend, and tests).
 inline Weight f32_view(const float* data, int64_t out, int64_t in) {
     return Weight{WeightFormat::kF32, out, in, Buffer::view(data, static_cast<size_t>(out * in) * sizeof(float)), {}};
@@ -244,6 +248,20 @@ public:
     // y [T, out] = x [T, in] · W^T.
     virtual void linear(const float* x, int64_t rows, const Weight& w, float* y) = 0;
 
+    // Several projections of one input with their weights stacked by rows (q | k | v, gate | up),
+    // w [sum(widths), in]: block b's output [T, widths[b]] is stored after block b - 1's, so each
+    // block is a contiguous [T, width] buffer. The CPU backend runs one linear per block; CUDA
+    // quantises x once and, for one row, runs a single GEMV over the whole stack.
+    virtual void linear_blocks(const float* x, int64_t rows, const Weight& w, std::span<const int64_t> widths,
+                               float* out);
+
+    // normed = rms_norm(x, norm_weight) [rows, dim], then out = linear_blocks(normed, w, widths):
+    // the pre-norm of a block feeding its projections. `normed` is written only when
+    // keep_normed (a backend may quantise the normalised rows for its GEMV without storing them).
+    virtual void rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
+                                        float* normed, bool keep_normed, const Weight& w,
+                                        std::span<const int64_t> widths, float* out);
+
     // In place, NeoX / rotate-half RoPE (HF `apply_rotary_pos_emb`): for j < head_dim / 2,
     // (x[j], x[j + D/2]) is rotated by angle pos * theta^(-2j / D).   x [T, n_heads, head_dim]
     virtual void rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads,
@@ -327,10 +345,11 @@ public:
     virtual void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim,
                               float eps, float* residual) = 0;
 
-    // Per-head rms_norm with `weight` [head_dim] then rope_neox, in place (Gemma 3: QK-norm
-    // before RoPE).   x [T, n_heads, head_dim]
+    // Per-head rms_norm with `weight` [head_dim] then RoPE of the pairs j < rotary_pairs
+    // (rope_proportional; rotary_pairs = head_dim / 2 is rope_neox), in place (QK-norm before
+    // RoPE: Gemma 3, Gemma 4).   x [T, n_heads, head_dim]
     virtual void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions,
-                                int64_t n_heads, int64_t head_dim, float eps, double theta) = 0;
+                                int64_t n_heads, int64_t head_dim, int64_t rotary_pairs, float eps, double theta) = 0;
 };
 
 // The reference backend. threads <= 0: std::thread::hardware_concurrency().

@@ -35,7 +35,7 @@ Status validate_bench_options(const BenchOptions& options) {
                                    options.decode_tokens));
     }
     if (options.repetitions < 1) return invalid(fmt::format("-r {}: repetitions must be >= 1", options.repetitions));
-    if (options.prefill_chunk < 1) return invalid(fmt::format("-b {}: the prefill chunk must be >= 1", options.prefill_chunk));
+    if (options.prefill_chunk < 0) return invalid(fmt::format("-b {}: the prefill chunk must be >= 0", options.prefill_chunk));
     const bool any_prompt = std::any_of(options.prompt_lengths.begin(), options.prompt_lengths.end(),
                                         [](int64_t p) { return p > 0; });
     const bool any_decode = options.decode_tokens > 0 && !options.depths.empty();

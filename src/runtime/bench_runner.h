@@ -23,7 +23,7 @@ struct BenchOptions {
     std::vector<int64_t> depths = {0};            // one tg test each
     int repetitions = 3;
     int64_t context = 0;         // session context; 0: the smallest that fits every test
-    int64_t prefill_chunk = 512; // tokens per prefill step
+    int64_t prefill_chunk = 0;   // tokens per prefill step; 0: the engine's default
     uint64_t seed = 1234;        // the random tokens
     bool warmup = true;          // one unrecorded run before each test (CUDA init, graph capture, caches)
 };

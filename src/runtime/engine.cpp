@@ -87,19 +87,31 @@ Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& options) {
     WeightLoadOptions load;
     load.float_weights = options.float_weights;
     load.dummy = dummy;
-    KESTREL_ASSIGN_OR_RETURN(engine->model_, load_model(config, engine->files_, *engine->ops_, load));
+    Result<std::unique_ptr<Model>> model = load_model(config, engine->files_, *engine->ops_, load);
+    if (!model.ok() && model.status().code() == StatusCode::kUnsupported && options.device == Device::kAuto &&
+        !reference) {
+        // Auto: a model the CUDA backend cannot run yet runs on the CPU reference (said once).
+        log_info("{}; running on the CPU reference backend", model.status().message());
+        engine->ops_ = make_cpu_ops(options.threads);
+        model = load_model(config, engine->files_, *engine->ops_, load);
+    }
+    if (!model.ok()) return model.status();
+    engine->model_ = std::move(*model);
     KESTREL_RETURN_IF_ERROR(engine->ops_->synchronize());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     log_info("loaded in {:.1f} s, backend {}", seconds, engine->ops_->name());
     return engine;
 }
 
+int64_t Engine::default_prefill_chunk() const { return ops_->accepts(WeightFormat::kF32) ? 512 : 2048; }
+
 Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t prefill_chunk) const {
     const int64_t trained = config().context_length;
-    if (context < 0 || prefill_chunk <= 0) {
+    if (context < 0 || prefill_chunk < 0) {
         return Status(StatusCode::kInvalidArgument,
-                      fmt::format("context {} must be >= 0 and prefill chunk {} > 0", context, prefill_chunk));
+                      fmt::format("context {} and prefill chunk {} must be >= 0", context, prefill_chunk));
     }
+    if (prefill_chunk == 0) prefill_chunk = default_prefill_chunk();
     if (context == 0) context = trained;
     if (trained > 0 && context > trained) {
         return Status(StatusCode::kInvalidArgument,

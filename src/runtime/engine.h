@@ -57,8 +57,11 @@ public:
     Ops& ops() const { return *ops_; }
 
     // A fresh session. context 0 = the model's trained context; prefill_chunk = tokens per
-    // forward step of a prefill (it sizes the sliding-window rings).
-    Result<std::unique_ptr<Session>> new_session(int64_t context = 0, int64_t prefill_chunk = 512) const;
+    // forward step of a prefill (it sizes the sliding-window rings), 0 = default_prefill_chunk().
+    Result<std::unique_ptr<Session>> new_session(int64_t context = 0, int64_t prefill_chunk = 0) const;
+    // 512 on the CPU; 2048 on CUDA, where each chunk dequantises every weight matrix once for
+    // the tensor cores, so longer chunks amortise it (and the GEMMs run at a better shape).
+    int64_t default_prefill_chunk() const;
 
 private:
     Engine() = default;

@@ -174,8 +174,15 @@ TEST(CpuOps, FusedOpsEqualTheirParts) {
     std::vector<float> parts = x;
     rms_norm(parts.data(), w.data(), 2, 4, 1e-6f, parts.data());
     rope_neox(parts.data(), positions, 1, 4, 100.0);
-    ops.head_norm_rope(x.data(), w.data(), positions, 1, 4, 1e-6f, 100.0);
+    std::vector<float> partial = x, partial_parts = x;
+    ops.head_norm_rope(x.data(), w.data(), positions, 1, 4, 2, 1e-6f, 100.0);
     EXPECT_EQ(x, parts);
+    // One rotating pair of two (Gemma 4's proportional RoPE): rms_norm then rope_proportional.
+    rms_norm(partial_parts.data(), w.data(), 2, 4, 1e-6f, partial_parts.data());
+    rope_proportional(partial_parts.data(), positions, 1, 4, 1, 100.0);
+    ops.head_norm_rope(partial.data(), w.data(), positions, 1, 4, 1, 1e-6f, 100.0);
+    EXPECT_EQ(partial, partial_parts);
+    EXPECT_NE(partial, x);
 
     std::vector<float> residual = {1, 1, 1, 1}, expected = residual, normed(4);
     const std::vector<float> a = {2, 0, 0, 0};
@@ -183,6 +190,27 @@ TEST(CpuOps, FusedOpsEqualTheirParts) {
     add(expected.data(), normed.data(), 4, expected.data());
     ops.rms_norm_add(a.data(), w.data(), 1, 4, 1e-6f, residual.data());
     EXPECT_EQ(residual, expected);
+}
+
+TEST(CpuOps, LinearBlocksStoresEachBlockContiguously) {
+    // W = [q rows (2) | k rows (1) | v rows (3)] x in 2; x has 3 rows. Block b of the output is
+    // [3, width_b], the blocks one after another, each equal to its own linear.
+    CpuOps ops(1);
+    std::vector<float> w(6 * 2), x = {1, 2, -1, 0.5f, 3, -2};
+    for (size_t i = 0; i < w.size(); ++i) w[i] = 0.25f * static_cast<float>(i) - 1.0f;
+    const Weight stacked = f32_view(w.data(), 6, 2);
+    const int64_t widths[] = {2, 1, 3};
+    std::vector<float> out(3 * 6, NAN);
+    ops.linear_blocks(x.data(), 3, stacked, widths, out.data());
+    int64_t row = 0;
+    float* block = out.data();
+    for (const int64_t width : widths) {
+        std::vector<float> expected(static_cast<size_t>(3 * width));
+        linear(x.data(), 3, f32_view(w.data() + row * 2, width, 2), expected.data(), 1);
+        EXPECT_EQ(std::vector<float>(block, block + 3 * width), expected) << "block at row " << row;
+        block += 3 * width;
+        row += width;
+    }
 }
 
 TEST(CpuOps, EmbedScalesRows) {

@@ -365,12 +365,12 @@ TEST_F(CudaSmallOps, HeadNormRopeIsNormThenRope) {
             const int64_t pairs = c.kind == RopeCase::kNeox ? c.head_dim / 2 : c.rotary;
             const float* weight = weighted ? w.data() : nullptr;
 
-            // CPU: rms_norm then rope (for the neox case, CpuOps::head_norm_rope itself).
+            // CPU: rms_norm then rope (with a weight, CpuOps::head_norm_rope itself).
             std::vector<float> normed(n), expected(n);
             cpu_->rms_norm(x.data(), weight, rows, c.head_dim, 1e-6f, normed.data());
-            if (c.kind == RopeCase::kNeox && weighted) {
+            if (weighted) {
                 expected = x;
-                cpu_->head_norm_rope(expected.data(), weight, positions, c.n_heads, c.head_dim, 1e-6f, c.theta);
+                cpu_->head_norm_rope(expected.data(), weight, positions, c.n_heads, c.head_dim, pairs, 1e-6f, c.theta);
             } else {
                 expected = normed;
                 cpu_->rope_proportional(expected.data(), positions, c.n_heads, c.head_dim, pairs, c.theta);

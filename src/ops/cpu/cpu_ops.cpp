@@ -101,10 +101,14 @@ void CpuOps::rms_norm_add(const float* x, const float* weight, int64_t rows, int
 }
 
 void CpuOps::head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
-                            int64_t head_dim, float eps, double theta) {
+                            int64_t head_dim, int64_t rotary_pairs, float eps, double theta) {
     const int64_t rows = static_cast<int64_t>(positions.size()) * n_heads;
     cpu::rms_norm(x, weight, rows, head_dim, eps, x);
-    cpu::rope_neox(x, positions, n_heads, head_dim, theta);
+    if (rotary_pairs == head_dim / 2) {
+        cpu::rope_neox(x, positions, n_heads, head_dim, theta);
+    } else {
+        cpu::rope_proportional(x, positions, n_heads, head_dim, rotary_pairs, theta);
+    }
 }
 
 }  // namespace cpu

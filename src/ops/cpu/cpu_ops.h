@@ -137,7 +137,7 @@ public:
     void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
                       float* residual) override;
     void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
-                        int64_t head_dim, float eps, double theta) override;
+                        int64_t head_dim, int64_t rotary_pairs, float eps, double theta) override;
     void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
     void sigmoid_mul(const float* x, const float* gate, int64_t n, float* out) override;
     void add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out) override;

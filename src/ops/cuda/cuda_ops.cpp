@@ -286,10 +286,7 @@ void CudaOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
             const ProfileScope scope(*this, "quantize_q8");
             note(quantize_q8(x, rows, w.in, w.in, q8, stream_));
         }
-        const ProfileScope scope(*this, w.format == WeightFormat::kW4 ? "gemv_w4a8" : "gemv_w8a8");
-        note(w.format == WeightFormat::kW4 ? gemv_w4a8(w4_view(w), q8, rows, y, stream_)
-                                           : gemv_w8a8(w8_view(w), q8, rows, y, stream_));
-        return;
+        return gemv(q8, rows, w, y);
     }
     Result<void*> scratch = ensure(gemm_scratch_, gemm_scratch_bytes(rows, w.out, w.in));
     if (!scratch.ok()) return note(scratch.status());
@@ -307,6 +304,30 @@ void CudaOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
             note(Status(StatusCode::kInternal, "the CUDA backend got an fp32 matrix (the loader converts them)"));
             return;
     }
+}
+
+void CudaOps::gemv(const Q8Block* q8, int64_t rows, const Weight& w, float* y) {
+    const ProfileScope scope(*this, w.format == WeightFormat::kW4 ? "gemv_w4a8" : "gemv_w8a8");
+    note(w.format == WeightFormat::kW4 ? gemv_w4a8(w4_view(w), q8, rows, y, stream_)
+                                       : gemv_w8a8(w8_view(w), q8, rows, y, stream_));
+}
+
+void CudaOps::rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
+                                     float* normed, bool keep_normed, const Weight& w,
+                                     std::span<const int64_t> widths, float* out) {
+    if (rows == 1 && !keep_normed && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8)) {
+        // Decode: the norm's rows go straight into Q8 blocks (one kernel), then one GEMV over
+        // the stacked weight.
+        Result<void*> blocks = ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block));
+        if (!blocks.ok()) return note(blocks.status());
+        auto* q8 = static_cast<Q8Block*>(*blocks);
+        {
+            const ProfileScope scope(*this, "rms_norm_quantize_q8");
+            note(rms_norm_quantize_q8(x, norm_weight, rows, dim, eps, q8, stream_));
+        }
+        return gemv(q8, rows, w, out);
+    }
+    Ops::rms_norm_linear_blocks(x, norm_weight, rows, dim, eps, normed, keep_normed, w, widths, out);
 }
 
 void CudaOps::rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
@@ -376,10 +397,18 @@ void CudaOps::rms_norm_add(const float* x, const float* weight, int64_t rows, in
 }
 
 void CudaOps::head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
-                             int64_t head_dim, float eps, double theta) {
+                             int64_t head_dim, int64_t rotary_pairs, float eps, double theta) {
     const ProfileScope scope(*this, "head_norm_rope");
     note(cuda::head_norm_rope(x, weight, positions.data(), static_cast<int64_t>(positions.size()), n_heads, head_dim,
-                              head_dim / 2, eps, theta, stream_));
+                              rotary_pairs, eps, theta, stream_));
+}
+
+void CudaOps::linear_blocks(const float* x, int64_t rows, const Weight& w, std::span<const int64_t> widths,
+                            float* out) {
+    // One row: the stacked output [1, sum(widths)] is already the blocks one after another, so a
+    // single GEMV (one activation quantisation, one launch) serves every block.
+    if (rows == 1) return linear(x, rows, w, out);
+    Ops::linear_blocks(x, rows, w, widths, out);
 }
 
 // ---- Qwen3.5: issue 7 -------------------------------------------------------------------------------

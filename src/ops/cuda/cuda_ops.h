@@ -57,7 +57,12 @@ public:
     void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
                       float* residual) override;
     void head_norm_rope(float* x, const float* weight, std::span<const int64_t> positions, int64_t n_heads,
-                        int64_t head_dim, float eps, double theta) override;
+                        int64_t head_dim, int64_t rotary_pairs, float eps, double theta) override;
+    void linear_blocks(const float* x, int64_t rows, const Weight& w, std::span<const int64_t> widths,
+                       float* out) override;
+    void rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
+                                float* normed, bool keep_normed, const Weight& w, std::span<const int64_t> widths,
+                                float* out) override;
     void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                            int64_t rotary_pairs, double theta) override;
     void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
@@ -95,6 +100,8 @@ private:
     void note(const Status& status);
     void unsupported(const char* op);
     Result<void*> ensure(Scratch& scratch, size_t bytes);
+    // The GEMV of up to kGemvMaxRows rows of Q8 blocks (already in q8_) with a W4/W8 weight.
+    void gemv(const Q8Block* q8, int64_t rows, const Weight& w, float* y);
 
     cudaStream_t stream_ = nullptr;
     bool capturing_ = false;
