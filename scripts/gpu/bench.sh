@@ -2,6 +2,8 @@
 # Runs on the GPU machine after scripts/gpu/build_and_test.sh (same machine, build-gpu/ kept):
 # the kernel benches and `kestrel bench` on synthetic full-size models, each log in $OUT, and a
 # short summary last. Usage: bash scripts/gpu/bench.sh [model ...]   (default: gemma4-31b)
+# WITH_GGUF=1 also writes gemma4-31b as a Q4_K_M GGUF (make-gguf) and benchmarks that file:
+# the load path (conversion to W4/W8, progress, time) on the real Q4_K_M type mix.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="${OUT:-/tmp/kestrel-out}"
@@ -19,5 +21,18 @@ for model in "${models[@]}"; do
     "$build/kestrel" bench --dummy "$model" -p 2048 -n 64 -d 512 -r 2 --json \
         >"$out/bench-$model.json" 2>>"$out/bench-$model.log"
 done
+if [ "${WITH_GGUF:-0}" = 1 ]; then
+    gguf=/tmp/kestrel-gemma4-31b-q4_k_m.gguf
+    start=$(date +%s)
+    "$build/kestrel" make-gguf --dummy gemma4-31b --type q4_k_m -o "$gguf" >"$out/make-gguf.log" 2>&1
+    echo "make-gguf: $(( $(date +%s) - start )) s, $(stat -c %s "$gguf") bytes" >>"$out/make-gguf.log"
+    "$build/kestrel" bench -m "$gguf" -p 2048 -n 64 -d 512 -r 2 \
+        >"$out/bench-gemma4-31b-q4_k_m.md" 2>"$out/bench-gemma4-31b-q4_k_m.log"
+    rm -f "$gguf"
+fi
 echo "== kernels"; tail -4 "$out/gemv.txt"; tail -4 "$out/gemm.txt"; tail -8 "$out/attention.txt"
 for model in "${models[@]}"; do echo "== $model"; cat "$out/bench-$model.md"; tail -3 "$out/bench-$model.log"; done
+if [ "${WITH_GGUF:-0}" = 1 ]; then
+    echo "== gemma4-31b Q4_K_M file"; tail -2 "$out/make-gguf.log"; cat "$out/bench-gemma4-31b-q4_k_m.md"
+    grep -E "weights:|loaded in" "$out/bench-gemma4-31b-q4_k_m.log" | tail -4
+fi

@@ -167,13 +167,20 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         show("attn_norm", il, attn_norm, d);
         show("Vcur", il, v, n_kv * lc.v_head_dim);
 
-        // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor rotated.
-        ops.head_norm_rope(q, layer.q_norm.f32(), batch.positions, n_heads, hd, hd / 2, eps, theta);
-        ops.head_norm_rope(k, layer.k_norm.f32(), batch.positions, n_kv, hd, hd / 2, eps, theta);
+        // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor
+        // rotated; then K and V into the cache.
+        AttentionInputsParams inputs;
+        inputs.n_heads = n_heads;
+        inputs.n_kv_heads = n_kv;
+        inputs.head_dim = hd;
+        inputs.rotary_pairs = hd / 2;
+        inputs.eps = eps;
+        inputs.theta = theta;
+        KESTREL_RETURN_IF_ERROR(ops.attention_inputs(q, k, v, layer.q_norm.f32(), layer.k_norm.f32(), batch.positions,
+                                                     inputs, kv[il]));
         show("Qcur", il, q, n_heads * hd);
         show("Kcur", il, k, n_kv * hd);
 
-        ops.kv_write(kv[il], batch.positions, k, v);
         // Gemma 3: scores = q·k * query_pre_attn_scalar^-0.5; sliding layers see the last `window` positions.
         const AttentionParams params{n_heads, query_scale_, sliding ? config_.sliding_window : 0, 0.0f};
         ops.attention(q, batch.positions, kv[il], params, attn_out);
@@ -189,9 +196,8 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         ops.rms_norm_linear_blocks(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep, layer.w_gate_up,
                                    ffn_widths, gate_up);
         show("ffn_norm", il, ffn_norm, d);
-        ops.gelu_tanh_and_mul(gate, up, n_tokens * f, ffn_act);
+        ops.gelu_tanh_and_mul_linear(gate, up, n_tokens, f, ffn_act, keep, layer.w_down, ffn_out);
         show("ffn_act", il, ffn_act, f);
-        ops.linear(ffn_act, n_tokens, layer.w_down, ffn_out);
         show("ffn_out", il, ffn_out, d);
         ops.rms_norm_add(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, x);
         show("l_out", il, x, d);

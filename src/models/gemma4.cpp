@@ -170,37 +170,35 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
 
         // ---- attention ----
 
-        // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection; K=V layers
-        // project q | k and V is the raw k (attention_k_eq_v), copied before k_norm and RoPE.
+        // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection (K=V layers
+        // project q | k: V is the raw k, attention_k_eq_v).
         const int64_t q_dim = n_heads * hd, k_dim = n_kv * hd;
         float* q = qkv;
         float* k = q + n_tokens * q_dim;
         float* v = k + n_tokens * k_dim;
-        if (lc.k_eq_v) {
-            const int64_t widths[] = {q_dim, k_dim};
-            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv,
-                                       widths, q);
-            KESTREL_RETURN_IF_ERROR(ops.copy_within(v, k, static_cast<size_t>(n_tokens * k_dim) * sizeof(float)));
-        } else {
-            const int64_t widths[] = {q_dim, k_dim, n_kv * lc.v_head_dim};
-            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv,
-                                       widths, q);
-        }
+        const int64_t qkv_widths[] = {q_dim, k_dim, n_kv * lc.v_head_dim};
+        ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv,
+                                   std::span(qkv_widths).first(lc.k_eq_v ? 2 : 3), q);
         show("attn_norm", il, attn_norm, d);
 
         // QK-norm (per head, learned weight) then RoPE; V gets an RMSNorm without weight and no
-        // RoPE. Sliding layers: default RoPE over the whole head (theta 1e4); full layers:
-        // proportional RoPE (theta 1e6) where only the first pairs rotate.
-        const int64_t pairs = sliding ? hd / 2 : full_rotary_pairs_;
-        const double theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
-        ops.head_norm_rope(q, layer.q_norm.f32(), batch.positions, n_heads, hd, pairs, eps, theta);
-        ops.head_norm_rope(k, layer.k_norm.f32(), batch.positions, n_kv, hd, pairs, eps, theta);
-        ops.rms_norm(v, nullptr, n_tokens * n_kv, lc.v_head_dim, eps, v);
+        // RoPE; then K and V into the cache. Sliding layers: default RoPE over the whole head
+        // (theta 1e4); full layers: proportional RoPE (theta 1e6), only the first pairs rotate.
+        AttentionInputsParams inputs;
+        inputs.n_heads = n_heads;
+        inputs.n_kv_heads = n_kv;
+        inputs.head_dim = hd;
+        inputs.rotary_pairs = sliding ? hd / 2 : full_rotary_pairs_;
+        inputs.eps = eps;
+        inputs.theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
+        inputs.v_from_raw_k = lc.k_eq_v;
+        inputs.v_norm = true;
+        KESTREL_RETURN_IF_ERROR(ops.attention_inputs(q, k, v, layer.q_norm.f32(), layer.k_norm.f32(), batch.positions,
+                                                     inputs, kv[il]));
         show("Qcur", il, q, n_heads * hd);
         show("Kcur", il, k, n_kv * hd);
         show("Vcur", il, v, n_kv * lc.v_head_dim);
 
-        ops.kv_write(kv[il], batch.positions, k, v);
         // Gemma 4: scores = q·k * 1.0 (HF `self.scaling = 1.0`); sliding layers see the last `window` positions.
         const AttentionParams params{n_heads, 1.0f, sliding ? config_.sliding_window : 0, 0.0f};
         ops.attention(q, batch.positions, kv[il], params, attn_out);
@@ -216,14 +214,12 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         ops.rms_norm_linear_blocks(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep, layer.w_gate_up,
                                    ffn_widths, gate_up);
         show("ffn_norm", il, ffn_norm, d);
-        ops.gelu_tanh_and_mul(gate, up, n_tokens * f, ffn_act);
+        ops.gelu_tanh_and_mul_linear(gate, up, n_tokens, f, ffn_act, keep, layer.w_down, ffn_out);
         show("ffn_act", il, ffn_act, f);
-        ops.linear(ffn_act, n_tokens, layer.w_down, ffn_out);
         show("ffn_out", il, ffn_out, d);
-        ops.rms_norm_add(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, x);
-
-        // HF Gemma4TextDecoderLayer: `hidden_states *= self.layer_scalar`, after both residual adds.
-        ops.scale(x, n_tokens * d, layer.layer_scalar);
+        // x = (x + rms_norm(ffn, post_ffw_norm)) * layer_scalar: HF Gemma4TextDecoderLayer scales
+        // the whole residual stream after both residual adds.
+        ops.rms_norm_add_scale(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, layer.layer_scalar, x);
         show("l_out", il, x, d);
     }
 

@@ -63,6 +63,33 @@ void Ops::rms_norm_linear_blocks(const float* x, const float* norm_weight, int64
     linear_blocks(normed, rows, w, widths, out);
 }
 
+Status Ops::attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
+                             std::span<const int64_t> positions, const AttentionInputsParams& p,
+                             const KvLayerView& cache) {
+    const auto tokens = static_cast<int64_t>(positions.size());
+    if (p.v_from_raw_k) {
+        KESTREL_RETURN_IF_ERROR(copy_within(v, k, static_cast<size_t>(tokens * p.n_kv_heads * p.head_dim) * sizeof(float)));
+    }
+    head_norm_rope(q, q_norm, positions, p.n_heads, p.head_dim, p.rotary_pairs, p.eps, p.theta);
+    head_norm_rope(k, k_norm, positions, p.n_kv_heads, p.head_dim, p.rotary_pairs, p.eps, p.theta);
+    if (p.v_norm) rms_norm(v, nullptr, tokens * p.n_kv_heads, p.head_dim, p.eps, v);
+    kv_write(cache, positions, k, v);
+    return ok_status();
+}
+
+void Ops::rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float s,
+                             float* residual) {
+    rms_norm_add(x, weight, rows, dim, eps, residual);
+    scale(residual, rows * dim, s);
+}
+
+void Ops::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
+                                   bool keep_act, const Weight& w, float* out) {
+    (void)keep_act;
+    gelu_tanh_and_mul(gate, up, rows * dim, act);
+    linear(act, rows, w, out);
+}
+
 Result<float*> Workspace::floats(int64_t n) {
     constexpr size_t kAlign = 256;
     // Blocks of at least 16 MiB: a forward takes a dozen buffers, so a few blocks hold them all.

@@ -185,11 +185,48 @@ public:
     virtual Status replay() = 0;
 };
 
+// The sampling chain's settings: runtime/sampler.h's SamplingParams field for field (ops/ does
+// not include runtime/), whose comments define them.
+struct SamplerSettings {
+    float temperature = 0.8f;
+    int32_t top_k = 40;
+    float top_p = 0.95f;
+    float min_p = 0.05f;
+    float repeat_penalty = 1.0f;
+    int32_t repeat_last_n = 64;
+    float presence_penalty = 0.0f;
+    float frequency_penalty = 0.0f;
+    uint64_t seed = 0;
+};
+
+// Sampling where the logits are (GPU sampling: only the token id comes back), drawing exactly
+// what runtime/sampler.h's Sampler draws from the same logits, seed and history.
+class DeviceSampler {
+public:
+    virtual ~DeviceSampler() = default;
+    // The next token from logits [vocab] into *token (both backend memory).
+    virtual Status sample(const float* logits, int32_t* token) = 0;
+    // Records tokens [count] (backend memory), oldest first, for the penalties.
+    virtual Status accept(const int32_t* tokens, int64_t count) = 0;
+};
+
 // Time spent in one op (family) over the steps run while profiling was on.
 struct OpTiming {
     std::string op;
     int64_t calls = 0;
     double microseconds = 0.0;
+};
+
+// What Ops::attention_inputs does to one layer's q, k, v.
+struct AttentionInputsParams {
+    int64_t n_heads = 0;
+    int64_t n_kv_heads = 0;
+    int64_t head_dim = 0;
+    int64_t rotary_pairs = 0;   // RoPE pairs (j, j + head_dim / 2) for j < rotary_pairs rotate
+    float eps = 1e-6f;
+    double theta = 10000.0;
+    bool v_from_raw_k = false;  // Gemma 4 K=V layers: v is the raw k, before k's norm and RoPE
+    bool v_norm = false;        // Gemma 4: v = rms_norm(v) without weight
 };
 
 class Ops {
@@ -222,6 +259,14 @@ public:
     virtual Result<std::unique_ptr<CapturedStep>> capture(const std::function<Status()>& step) {
         (void)step;
         return std::unique_ptr<CapturedStep>();
+    }
+
+    // A sampler on this backend's logits; nullptr when it samples on the host (the CPU backend:
+    // the caller runs Sampler on the logits).
+    virtual Result<std::unique_ptr<DeviceSampler>> make_sampler(int64_t vocab, const SamplerSettings& settings) {
+        (void)vocab;
+        (void)settings;
+        return std::unique_ptr<DeviceSampler>();
     }
 
     // Per-op timing of the ops run eagerly while enabled (the CUDA backend: events around each
@@ -340,6 +385,23 @@ public:
                                    int64_t head_dim, int64_t rotary_pairs, double theta) = 0;
 
     // ---- fused ops (the CPU backend composes the simple ones) -----------------------------------
+
+    // A layer's attention inputs in place, then into the cache: v = k if v_from_raw_k;
+    // head_norm_rope(q, q_norm) and head_norm_rope(k, k_norm) with the rotary pairs; v =
+    // rms_norm(v) if v_norm; kv_write(cache, positions, k, v).   q [T, n_heads, hd], k, v [T, n_kv, hd]
+    virtual Status attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
+                                    std::span<const int64_t> positions, const AttentionInputsParams& params,
+                                    const KvLayerView& cache);
+
+    // residual = (residual + rms_norm(x, weight)) * scale   (Gemma 4: the post-FFN sandwich norm,
+    // the residual add and the layer scalar).
+    virtual void rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                                    float scale, float* residual);
+
+    // act = gelu_tanh(gate) * up [rows, dim], then out = act W^T: the feed-forward's end. `act` is
+    // written only when keep_act (a backend may quantise it for its GEMV without storing it).
+    virtual void gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
+                                          bool keep_act, const Weight& w, float* out);
 
     // residual[r, :] += rms_norm(x[r, :], weight)   (Gemma's sandwich: post-norm, then add)
     virtual void rms_norm_add(const float* x, const float* weight, int64_t rows, int64_t dim,

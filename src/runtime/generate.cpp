@@ -1,7 +1,9 @@
 #include "runtime/generate.h"
 
 #include <chrono>
+#include <memory>
 
+#include "runtime/engine.h"
 #include "runtime/stop_strings.h"
 
 namespace kestrel {
@@ -33,7 +35,24 @@ Result<GenerateResult> generate(Session& session, const Tokenizer& tokenizer, Sa
     auto start = std::chrono::steady_clock::now();
     KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits, session.prefill(prompt));
     result.prompt_seconds = seconds_since(start);
+    std::unique_ptr<DeviceSampler> device;
+    if (options.device_sampling && sampler.fresh()) {
+        const SamplingParams& p = sampler.params();
+        const SamplerSettings settings{p.temperature,    p.top_k,          p.top_p,
+                                       p.min_p,          p.repeat_penalty, p.repeat_last_n,
+                                       p.presence_penalty, p.frequency_penalty, p.seed};
+        KESTREL_ASSIGN_OR_RETURN(device,
+                                 session.engine().ops().make_sampler(session.engine().config().vocab_size, settings));
+        if (device != nullptr) KESTREL_RETURN_IF_ERROR(session.accept(*device, prompt));
+    }
     for (int32_t token : prompt) sampler.accept(token);
+    // The next token: drawn on the backend from logits that never leave it, or on the host.
+    const auto next_token = [&]() -> Result<int32_t> {
+        if (device == nullptr) return sampler.sample(logits);
+        KESTREL_ASSIGN_OR_RETURN(int32_t token, session.sample(*device));
+        if (sampler.params().temperature > 0.0f) sampler.advance_draws(1);
+        return token;
+    };
 
     TokenStreamDecoder decoder(tokenizer, /*skip_special=*/true);
     StopStringFilter stops(options.stop_strings);
@@ -46,7 +65,7 @@ Result<GenerateResult> generate(Session& session, const Tokenizer& tokenizer, Sa
     start = std::chrono::steady_clock::now();
     result.stop_reason = StopReason::kMaxTokens;
     while (options.max_tokens < 0 || static_cast<int64_t>(result.tokens.size()) < options.max_tokens) {
-        const int32_t token = sampler.sample(logits);
+        KESTREL_ASSIGN_OR_RETURN(const int32_t token, next_token());
         sampler.accept(token);
         result.tokens.push_back(token);
         if (tokenizer.is_end_of_generation(token)) {
@@ -68,7 +87,11 @@ Result<GenerateResult> generate(Session& session, const Tokenizer& tokenizer, Sa
             result.stop_reason = StopReason::kContextFull;
             break;
         }
-        KESTREL_ASSIGN_OR_RETURN(logits, session.decode(token));
+        if (device != nullptr) {
+            KESTREL_RETURN_IF_ERROR(session.decode_on_device(token));
+        } else {
+            KESTREL_ASSIGN_OR_RETURN(logits, session.decode(token));
+        }
         ++result.generated_tokens;
     }
     if (result.stop_reason != StopReason::kStopString && result.stop_reason != StopReason::kCancelled) {

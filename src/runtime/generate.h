@@ -22,6 +22,9 @@ const char* stop_reason_name(StopReason reason);
 struct GenerateOptions {
     int64_t max_tokens = -1;  // -1: until end of generation or a full context
     std::vector<std::string> stop_strings;
+    // Sample on the backend where it can (GPU sampling: only the token id comes back) when the
+    // sampler is fresh; the tokens are the same either way.
+    bool device_sampling = true;
 };
 
 struct GenerateResult {

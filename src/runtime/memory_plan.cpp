@@ -51,7 +51,7 @@ int64_t engine_weight_bytes(const WeightInfo& tensor) {
     if (tensor.shape.size() <= 1) return n * 4;
     if (is_float_type(tensor.dtype)) return n * 2;
     if (fits_in_w4(tensor.dtype)) return n / 2 + groups(n) * 4;
-    if (dtype_info(tensor.dtype).block_elements > 1) return n + groups(n) * 2;
+    if (dtype_info(tensor.dtype).block_elements > 1) return n + groups(n) * 4;
     return tensor.n_bytes;  // integer tensors stay as they are
 }
 

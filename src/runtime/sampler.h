@@ -55,6 +55,11 @@ public:
     void reset();
 
     const SamplingParams& params() const { return params_; }
+    // No token accepted and nothing drawn yet: a device sampler (Ops::make_sampler) started now
+    // draws what this one would.
+    bool fresh() const { return draws_ == 0 && history_.empty(); }
+    // Counts `n` draws made by a device sampler in this sampler's place (accept() the tokens too).
+    void advance_draws(uint64_t n) { draws_ += n; }
 
 private:
     struct Candidate {

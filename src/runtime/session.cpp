@@ -22,6 +22,7 @@ Status Session::allocate_staging() {
     KESTREL_ASSIGN_OR_RETURN(tokens_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int32_t)));
     KESTREL_ASSIGN_OR_RETURN(positions_backend_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int64_t)));
     KESTREL_ASSIGN_OR_RETURN(logits_backend_, ops.allocate(logits_.size() * sizeof(float)));
+    KESTREL_ASSIGN_OR_RETURN(sampled_, ops.allocate(sizeof(int32_t)));
     return ok_status();
 }
 
@@ -84,6 +85,14 @@ Result<std::span<const float>> Session::prefill(std::span<const int32_t> tokens)
 }
 
 Result<std::span<const float>> Session::decode(int32_t token) {
+    KESTREL_RETURN_IF_ERROR(decode_on_device(token));
+    Ops& ops = engine_.ops();
+    KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits_.data(), logits_backend_.data(), logits_.size() * sizeof(float)));
+    KESTREL_RETURN_IF_ERROR(ops.synchronize());
+    return std::span<const float>(logits_);
+}
+
+Status Session::decode_on_device(int32_t token) {
     const int32_t one[1] = {token};
     KESTREL_RETURN_IF_ERROR(check(one));
     Ops& ops = engine_.ops();
@@ -114,9 +123,28 @@ Result<std::span<const float>> Session::decode(int32_t token) {
         KESTREL_RETURN_IF_ERROR(step(1, LogitRows::kLast, backend_logits));
         ++eager_decodes_;
     }
-    KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits_.data(), logits_backend_.data(), logits_.size() * sizeof(float)));
+    return ops.take_error();
+}
+
+Result<int32_t> Session::sample(DeviceSampler& sampler) {
+    Ops& ops = engine_.ops();
+    auto* token = static_cast<int32_t*>(sampled_.data());
+    KESTREL_RETURN_IF_ERROR(sampler.sample(logits_backend_.floats(), token));
+    KESTREL_RETURN_IF_ERROR(sampler.accept(token, 1));
+    int32_t host = -1;
+    KESTREL_RETURN_IF_ERROR(ops.copy_to_host(&host, token, sizeof(host)));
     KESTREL_RETURN_IF_ERROR(ops.synchronize());
-    return std::span<const float>(logits_);
+    return host;
+}
+
+Status Session::accept(DeviceSampler& sampler, std::span<const int32_t> tokens) {
+    Ops& ops = engine_.ops();
+    for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(prefill_chunk_)) {
+        const size_t count = std::min(tokens.size() - begin, static_cast<size_t>(prefill_chunk_));
+        KESTREL_RETURN_IF_ERROR(ops.copy_to_backend(tokens_.data(), tokens.data() + begin, count * sizeof(int32_t)));
+        KESTREL_RETURN_IF_ERROR(sampler.accept(static_cast<const int32_t*>(tokens_.data()), static_cast<int64_t>(count)));
+    }
+    return ops.synchronize();
 }
 
 Status Session::forward_all_logits(std::span<const int32_t> tokens, std::vector<float>& logits) {

@@ -30,10 +30,20 @@ public:
     // decode captures the step and later ones replay it (DESIGN.md "CUDA rules").
     Result<std::span<const float>> decode(int32_t token);
 
+    // Sampling on the backend (Ops::make_sampler): the next token from the current logits (after
+    // prefill or decode), which stay in backend memory; only the id comes back. The sampler has
+    // accepted every earlier token; this accepts the sampled one too.
+    Result<int32_t> sample(DeviceSampler& sampler);
+    // Records `tokens` (host) in the sampler's history, through the staging buffer.
+    Status accept(DeviceSampler& sampler, std::span<const int32_t> tokens);
+    // decode() without copying the logits to the host (for sample()).
+    Status decode_on_device(int32_t token);
+
     // Appends the tokens like prefill, and writes every token's logits: logits [T, vocab].
     // For perplexity and tests.
     Status forward_all_logits(std::span<const int32_t> tokens, std::vector<float>& logits);
 
+    const Engine& engine() const { return engine_; }
     // The number of tokens in the cache (the next token's position).
     int64_t position() const { return position_; }
     int64_t context() const { return context_; }
@@ -80,6 +90,7 @@ private:
     Buffer positions_backend_;
     Buffer logits_backend_;
     Buffer all_logits_backend_;
+    Buffer sampled_;  // [1] int32: sample()'s token
     std::unique_ptr<CapturedStep> decode_graph_;
     int64_t eager_decodes_ = 0;
     bool graphs_enabled_ = true;

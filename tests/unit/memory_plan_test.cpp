@@ -138,7 +138,7 @@ TEST(MemoryPlanGemma4, EngineWeightBytesOfTheQ4KMFile) {
     const ModelConfig config = config_from_json(gemma4_31b_config_json());
     const FakeWeightSource weights = gemma4_31b_gguf_weights();
     const MemoryPlan plan = plan_memory(config, weights, {.context = 131072});
-    // Q4_K (4.5 bits) -> W4 (5 bits), Q6_K (6.5625 bits) -> W8 (8.5 bits): more than the file,
+    // Q4_K (4.5 bits) -> W4 (5 bits), Q6_K (6.5625 bits) -> W8 (9 bits): more than the file,
     // less than bf16.
     EXPECT_GT(plan.weight_bytes, weights.all_bytes());
     EXPECT_LT(plan.weight_bytes, weights.all_elements() * 2);
@@ -146,7 +146,7 @@ TEST(MemoryPlanGemma4, EngineWeightBytesOfTheQ4KMFile) {
     for (const WeightInfo& tensor : weights.tensors()) {
         const int64_t n = tensor.n_elements;
         if (tensor.dtype == DType::kQ4_K) expected += n / 2 + n / 32 * 4;
-        if (tensor.dtype == DType::kQ6_K) expected += n + n / 32 * 2;
+        if (tensor.dtype == DType::kQ6_K) expected += n + n / 32 * 4;
         if (tensor.dtype == DType::kF32) expected += n * 4;  // all 1-D here
     }
     EXPECT_EQ(plan.weight_bytes, expected);
@@ -255,7 +255,7 @@ TEST(MemoryPlanPieces, EngineWeightBytes) {
         return one.tensors()[0];
     };
     // DESIGN.md "The Ops interface" / memory_plan.h: 1-D stays fp32, float matrices bf16,
-    // <= 4.5-bit blocks W4 (5 bits/weight), wider blocks W8 (8.5 bits/weight).
+    // <= 4.5-bit blocks W4 (5 bits/weight), wider blocks W8 (9 bits/weight: int8 + fp16 scale and min).
     EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {5376})), 5376 * 4);
     EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {5376})), 5376 * 4);
     EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {8192, 4})), 8192 * 4 * 2);
@@ -263,9 +263,9 @@ TEST(MemoryPlanPieces, EngineWeightBytes) {
     EXPECT_EQ(engine_weight_bytes(info(DType::kF16, {4096, 5376})), 4096 * 5376 * 2);
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {4096, 5376})), 4096 * 5376 * 5 / 8);
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_0, {4096, 5376})), 4096 * 5376 * 5 / 8);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kQ6_K, {4096, 5376})), 4096 * 5376 * 17 / 16);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kQ8_0, {4096, 5376})), 4096 * 5376 * 17 / 16);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kQ5_K, {4096, 5376})), 4096 * 5376 * 17 / 16);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ6_K, {4096, 5376})), 4096 * 5376 * 9 / 8);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ8_0, {4096, 5376})), 4096 * 5376 * 9 / 8);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ5_K, {4096, 5376})), 4096 * 5376 * 9 / 8);
     // Experts [256, 512, 2048] at Q4_K: W4 over all 268 M weights.
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {256, 512, 2048})), int64_t{256} * 512 * 2048 * 5 / 8);
 }

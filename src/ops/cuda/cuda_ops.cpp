@@ -7,9 +7,12 @@
 
 #include "core/log.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/attention_inputs.h"
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/fused_ffn.h"
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/gemv_w8a8.h"
+#include "ops/cuda/sampling.h"
 #include "ops/cuda/small_ops.h"
 #include "ops/cuda/weights_extra.h"
 
@@ -37,6 +40,18 @@ KvCacheBf16View bf16_cache(const KvLayerView& cache) {
     return KvCacheBf16View{static_cast<uint16_t*>(cache.k), static_cast<uint16_t*>(cache.v), cache.capacity,
                            cache.n_kv_heads, cache.head_dim, cache.v_head_dim};
 }
+
+// GPU sampling (sampling.cu) on the backend's stream.
+class CudaDeviceSampler final : public DeviceSampler {
+public:
+    CudaDeviceSampler(GpuSampler sampler, cudaStream_t stream) : sampler_(std::move(sampler)), stream_(stream) {}
+    Status sample(const float* logits, int32_t* token) override { return sampler_.sample(logits, token, stream_); }
+    Status accept(const int32_t* tokens, int64_t count) override { return sampler_.accept(tokens, count, stream_); }
+
+private:
+    GpuSampler sampler_;
+    cudaStream_t stream_;
+};
 
 class CudaGraphStep final : public CapturedStep {
 public:
@@ -220,6 +235,14 @@ Result<std::unique_ptr<CapturedStep>> CudaOps::capture(const std::function<Statu
     return std::unique_ptr<CapturedStep>(std::move(captured));
 }
 
+Result<std::unique_ptr<DeviceSampler>> CudaOps::make_sampler(int64_t vocab, const SamplerSettings& settings) {
+    const GpuSamplingParams params{settings.temperature,    settings.top_k,          settings.top_p,
+                                   settings.min_p,          settings.repeat_penalty, settings.repeat_last_n,
+                                   settings.presence_penalty, settings.frequency_penalty, settings.seed};
+    KESTREL_ASSIGN_OR_RETURN(GpuSampler sampler, GpuSampler::create(vocab, params));
+    return std::unique_ptr<DeviceSampler>(std::make_unique<CudaDeviceSampler>(std::move(sampler), stream_));
+}
+
 Result<Weight> CudaOps::random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed) {
     Weight w;
     w.format = format;
@@ -328,6 +351,53 @@ void CudaOps::rms_norm_linear_blocks(const float* x, const float* norm_weight, i
         return gemv(q8, rows, w, out);
     }
     Ops::rms_norm_linear_blocks(x, norm_weight, rows, dim, eps, normed, keep_normed, w, widths, out);
+}
+
+Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
+                                 std::span<const int64_t> positions, const AttentionInputsParams& p,
+                                 const KvLayerView& cache) {
+    if (cache.dtype != KvDtype::kBF16) {
+        return Status(StatusCode::kInternal, "the CUDA backend's KV cache must be bf16");
+    }
+    const ProfileScope scope(*this, "attention_inputs");
+    AttentionInputs inputs;
+    inputs.q = q;
+    inputs.k = k;
+    inputs.v = v;
+    inputs.q_norm = q_norm;
+    inputs.k_norm = k_norm;
+    inputs.v_from_raw_k = p.v_from_raw_k;
+    inputs.v_norm = p.v_norm;
+    inputs.n_heads = p.n_heads;
+    inputs.n_kv_heads = p.n_kv_heads;
+    inputs.head_dim = p.head_dim;
+    inputs.rotary_pairs = p.rotary_pairs;
+    inputs.eps = p.eps;
+    inputs.theta = p.theta;
+    return cuda::attention_inputs(inputs, positions.data(), static_cast<int64_t>(positions.size()), bf16_cache(cache),
+                                  stream_);
+}
+
+void CudaOps::rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                                 float scale, float* residual) {
+    const ProfileScope scope(*this, "rms_norm_add_scale");
+    note(cuda::rms_norm_add_scale(x, weight, rows, dim, eps, scale, residual, stream_));
+}
+
+void CudaOps::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
+                                       bool keep_act, const Weight& w, float* out) {
+    if (rows == 1 && !keep_act && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8)) {
+        // Decode: gelu(gate) * up goes straight into the Q8 blocks of the down projection's GEMV.
+        Result<void*> blocks = ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block));
+        if (!blocks.ok()) return note(blocks.status());
+        auto* q8 = static_cast<Q8Block*>(*blocks);
+        {
+            const ProfileScope scope(*this, "gelu_tanh_and_mul_quantize_q8");
+            note(gelu_tanh_and_mul_quantize_q8(gate, up, rows, dim, q8, stream_));
+        }
+        return gemv(q8, rows, w, out);
+    }
+    Ops::gelu_tanh_and_mul_linear(gate, up, rows, dim, act, keep_act, w, out);
 }
 
 void CudaOps::rope_neox(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,

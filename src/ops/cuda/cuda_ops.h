@@ -36,6 +36,7 @@ public:
     Result<std::unique_ptr<CapturedStep>> capture(const std::function<Status()>& step) override;
     Result<Weight> random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed) override;
 
+    Result<std::unique_ptr<DeviceSampler>> make_sampler(int64_t vocab, const SamplerSettings& settings) override;
     void set_profiling(bool enabled) override { profiling_ = enabled; }
     std::vector<OpTiming> take_profile() override;
 
@@ -60,6 +61,13 @@ public:
                         int64_t head_dim, int64_t rotary_pairs, float eps, double theta) override;
     void linear_blocks(const float* x, int64_t rows, const Weight& w, std::span<const int64_t> widths,
                        float* out) override;
+    Status attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
+                            std::span<const int64_t> positions, const AttentionInputsParams& params,
+                            const KvLayerView& cache) override;
+    void rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float scale,
+                            float* residual) override;
+    void gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
+                                  bool keep_act, const Weight& w, float* out) override;
     void rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
                                 float* normed, bool keep_normed, const Weight& w, std::span<const int64_t> widths,
                                 float* out) override;

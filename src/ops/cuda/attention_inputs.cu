@@ -1,0 +1,245 @@
+// The fused attention inputs of a Gemma 3 / 4 layer (host API: attention_inputs.h; CPU twin:
+// make_cpu_ops()' head_norm_rope, rms_norm and kv_write, then fp32_to_bf16).
+//
+// attention_inputs_kernel: one warp per (token, head) item over n_heads q heads then n_kv_heads kv
+//   heads. A q item is head_norm_rope_kernel's row (norm.cu); a kv item reads its raw k row into
+//   registers first, so with v_from_raw_k its v comes from those registers (no other warp touches
+//   the row, so nothing races), writes v (normalised or not) to v and the V cache, then k as a q
+//   item and to the K cache. The norm is load_row_inv_rms<32> / normalise_chunk (small_ops.cuh),
+//   the very functions head_norm_rope and rms_norm run for head_dim <= 1024, and the rotation is
+//   rope_cos_sin / rotate_pair, so every value is bit for bit the composition's. Latency bound at
+//   decode (T * 36..48 warps): 4 warps per block spread the few items over more SMs than 8 would.
+#include "ops/cuda/attention_inputs.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/small_ops.cuh"
+#include "ops/cuda/small_ops.h"  // kMaxRopePairs
+
+namespace kestrel::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kMaxHeadDim = static_cast<int>(kMaxAttentionInputsHeadDim);
+static_assert(kMaxHeadDim <= 32 * kNormChunks * 4,
+              "a row must fit one warp's registers in load_row_inv_rms<32>");
+
+struct KernelArgs {
+    float* q;
+    float* k;
+    float* v;
+    const float* q_norm;
+    const float* k_norm;
+    const int64_t* positions;
+    uint16_t* k_cache;
+    uint16_t* v_cache;
+    int items;            // n_tokens * heads_per_token
+    int heads_per_token;  // n_heads + n_kv_heads
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int rotary_pairs;
+    int capacity;
+    float eps;
+    bool v_from_raw_k;
+    bool v_norm;
+    bool q_norm_vec4;  // q_norm 16-byte aligned: float4 loads (the values do not depend on it)
+    bool k_norm_vec4;
+};
+
+// fp32 -> bf16 bits exactly as kv_write_bf16 (attention_decode.cu) and fp32_to_bf16 (core/half.h):
+// round to nearest even, NaN stays a quiet NaN with its sign and top payload bits.
+__device__ __forceinline__ uint32_t bf16_bits(float value) {
+    uint32_t bits = __float_as_uint(value);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return bits >> 16;
+}
+
+// Chunk c (4 floats) of a row to the fp32 row and, when cache_row is set, to its bf16 cache row.
+__device__ __forceinline__ void store_output_chunk(float* row, uint16_t* cache_row, int c,
+                                                   float4 y) {
+    reinterpret_cast<float4*>(row)[c] = y;
+    if (cache_row != nullptr) {
+        reinterpret_cast<uint2*>(cache_row)[c] = make_uint2(
+            bf16_bits(y.x) | (bf16_bits(y.y) << 16), bf16_bits(y.z) | (bf16_bits(y.w) << 16));
+    }
+}
+
+// head_norm_rope_kernel's row (norm.cu) from the raw row already in registers: normalise into
+// shared memory, rotate pairs (j, j + head_dim / 2) for j < rotary_pairs, then store the row (and
+// its cache row). Every lane of the warp calls this.
+__device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], float inv_rms,
+                                              const float* weight, bool weight_vec4,
+                                              int64_t position, const KernelArgs& a,
+                                              const RopeTable& table, float* staged, int lane,
+                                              float* row, uint16_t* cache_row) {
+    const int chunks = a.head_dim / 4;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = lane + k * 32;
+        if (c >= chunks) break;
+        reinterpret_cast<float4*>(staged)[c] =
+            normalise_chunk(raw[k], inv_rms, weight, c, a.head_dim, weight_vec4);
+    }
+    __syncwarp();
+    const int half = a.head_dim / 2;
+    for (int j = lane; j < half; j += 32) {
+        float first = staged[j];
+        float second = staged[j + half];
+        if (j < a.rotary_pairs) {
+            float c, s;
+            rope_cos_sin(position, table.inv_freq[j], c, s);
+            rotate_pair(first, second, c, s);
+        }
+        staged[j] = first;
+        staged[j + half] = second;
+    }
+    __syncwarp();
+    for (int c = lane; c < chunks; c += 32) {
+        store_output_chunk(row, cache_row, c, reinterpret_cast<const float4*>(staged)[c]);
+    }
+}
+
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    attention_inputs_kernel(KernelArgs a, RopeTable table) {
+    __shared__ __align__(16) float stage[kWarpsPerBlock][kMaxHeadDim];
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) & 31;
+    const int item = static_cast<int>(blockIdx.x) * kWarpsPerBlock + warp;
+    if (item >= a.items) return;  // whole warps leave: the shuffles below always see 32 lanes
+    const int token = item / a.heads_per_token;
+    const int head = item % a.heads_per_token;
+    const int64_t position = a.positions[token];
+    float* staged = stage[warp];
+    float4 raw[kNormChunks];
+
+    if (head < a.n_heads) {
+        float* q_row = a.q + (static_cast<int64_t>(token) * a.n_heads + head) * a.head_dim;
+        const float inv_rms =
+            load_row_inv_rms<32>(q_row, a.head_dim, a.eps, true, lane, raw, nullptr);
+        norm_rope_row(raw, inv_rms, a.q_norm, a.q_norm_vec4, position, a, table, staged, lane,
+                      q_row, nullptr);
+        return;
+    }
+
+    const int kv_head = head - a.n_heads;
+    const int64_t row_offset = (static_cast<int64_t>(token) * a.n_kv_heads + kv_head) * a.head_dim;
+    // kv_write_bf16: slot = positions[t] % capacity.
+    const int64_t cache_offset = ((position % a.capacity) * a.n_kv_heads + kv_head) * a.head_dim;
+    float* k_row = a.k + row_offset;
+    float* v_row = a.v + row_offset;
+    const int chunks = a.head_dim / 4;
+    const float k_inv_rms =
+        load_row_inv_rms<32>(k_row, a.head_dim, a.eps, true, lane, raw, nullptr);
+
+    // V first, while raw k is still in registers: rms_norm(v, no weight) is x * inv_rms of the
+    // same row sum as k's norm when v is the raw k.
+    if (a.v_from_raw_k) {
+#pragma unroll
+        for (int k = 0; k < kNormChunks; ++k) {
+            const int c = lane + k * 32;
+            if (c >= chunks) break;
+            const float4 y = a.v_norm
+                                 ? normalise_chunk(raw[k], k_inv_rms, nullptr, c, a.head_dim, true)
+                                 : raw[k];
+            store_output_chunk(v_row, a.v_cache + cache_offset, c, y);
+        }
+    } else {
+        float4 v_raw[kNormChunks];
+        const float v_inv_rms =
+            load_row_inv_rms<32>(v_row, a.head_dim, a.eps, true, lane, v_raw, nullptr);
+#pragma unroll
+        for (int k = 0; k < kNormChunks; ++k) {
+            const int c = lane + k * 32;
+            if (c >= chunks) break;
+            if (a.v_norm) {
+                store_output_chunk(
+                    v_row, a.v_cache + cache_offset, c,
+                    normalise_chunk(v_raw[k], v_inv_rms, nullptr, c, a.head_dim, true));
+            } else {  // v stays as it is; only its cache row is written
+                const float4 y = v_raw[k];
+                reinterpret_cast<uint2*>(a.v_cache + cache_offset)[c] =
+                    make_uint2(bf16_bits(y.x) | (bf16_bits(y.y) << 16),
+                               bf16_bits(y.z) | (bf16_bits(y.w) << 16));
+            }
+        }
+    }
+    norm_rope_row(raw, k_inv_rms, a.k_norm, a.k_norm_vec4, position, a, table, staged, lane, k_row,
+                  a.k_cache + cache_offset);
+}
+
+bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace
+
+Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions, int64_t n_tokens,
+                        const KvCacheBf16View& cache, cudaStream_t stream) {
+    const int64_t hd = inputs.head_dim;
+    const int64_t heads_per_token = inputs.n_heads + inputs.n_kv_heads;
+    if (n_tokens < 1 || inputs.n_heads < 1 || inputs.n_kv_heads < 1 || hd < 16 || hd % 16 != 0 ||
+        hd > kMaxAttentionInputsHeadDim || inputs.rotary_pairs < 0 ||
+        inputs.rotary_pairs > hd / 2 || inputs.rotary_pairs > kMaxRopePairs ||
+        n_tokens * heads_per_token > (int64_t{1} << 31) - 1) {
+        return Status(StatusCode::kInvalidArgument,
+                      "attention_inputs: " + std::to_string(n_tokens) + " tokens of " +
+                          std::to_string(inputs.n_heads) + " q / " +
+                          std::to_string(inputs.n_kv_heads) + " kv heads x " + std::to_string(hd) +
+                          " with " + std::to_string(inputs.rotary_pairs) +
+                          " rotating pairs: head_dim must be a multiple of 16 in [16, " +
+                          std::to_string(kMaxAttentionInputsHeadDim) +
+                          "], rotating pairs <= head_dim / 2");
+    }
+    if (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31) || n_tokens > cache.capacity ||
+        cache.n_kv_heads != inputs.n_kv_heads || cache.head_dim != hd || cache.v_head_dim != hd) {
+        return Status(StatusCode::kInvalidArgument,
+                      "attention_inputs: cache of capacity " + std::to_string(cache.capacity) +
+                          ", " + std::to_string(cache.n_kv_heads) + " kv heads x " +
+                          std::to_string(cache.head_dim) + " / " +
+                          std::to_string(cache.v_head_dim) + " does not fit " +
+                          std::to_string(n_tokens) + " tokens of " +
+                          std::to_string(inputs.n_kv_heads) + " kv heads x " + std::to_string(hd));
+    }
+    if (positions == nullptr || inputs.q == nullptr || inputs.k == nullptr || inputs.v == nullptr ||
+        cache.k == nullptr || cache.v == nullptr || !aligned16(inputs.q) || !aligned16(inputs.k) ||
+        !aligned16(inputs.v) || !aligned16(cache.k) || !aligned16(cache.v)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "attention_inputs: null pointer, or q / k / v / cache not 16-byte aligned");
+    }
+    KernelArgs args{};
+    args.q = inputs.q;
+    args.k = inputs.k;
+    args.v = inputs.v;
+    args.q_norm = inputs.q_norm;
+    args.k_norm = inputs.k_norm;
+    args.positions = positions;
+    args.k_cache = cache.k;
+    args.v_cache = cache.v;
+    args.items = static_cast<int>(n_tokens * heads_per_token);
+    args.heads_per_token = static_cast<int>(heads_per_token);
+    args.n_heads = static_cast<int>(inputs.n_heads);
+    args.n_kv_heads = static_cast<int>(inputs.n_kv_heads);
+    args.head_dim = static_cast<int>(hd);
+    args.rotary_pairs = static_cast<int>(inputs.rotary_pairs);
+    args.capacity = static_cast<int>(cache.capacity);
+    args.eps = inputs.eps;
+    args.v_from_raw_k = inputs.v_from_raw_k;
+    args.v_norm = inputs.v_norm;
+    args.q_norm_vec4 = aligned16(inputs.q_norm);
+    args.k_norm_vec4 = aligned16(inputs.k_norm);
+    // head_norm_rope's table: inv_freq[j] = theta^(-2j / head_dim) in fp32 on the host.
+    const RopeTable table = make_rope_table(inputs.rotary_pairs, hd, inputs.theta);
+    const int64_t blocks = (n_tokens * heads_per_token + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    attention_inputs_kernel<<<static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0, stream>>>(
+        args, table);
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,54 @@
+// Host API of the fused attention-input kernel (attention_inputs.cu): everything a Gemma 3 / 4
+// layer does between the stacked q|k|v projection and attention, in one launch instead of five
+// (copy raw k -> v, head_norm_rope(q), head_norm_rope(k), rms_norm(v), kv_write_bf16). In a
+// captured decode graph each launch costs a few microseconds, more than this work itself.
+// Plain C++: includable from .cpp files.
+//
+// Bit for bit the composition of the existing launchers (small_ops.h, attention.h):
+//   if v_from_raw_k: cudaMemcpyAsync(v, k)
+//   head_norm_rope(q, q_norm, positions, T, n_heads, head_dim, rotary_pairs, eps, theta)
+//   head_norm_rope(k, k_norm, positions, T, n_kv_heads, head_dim, rotary_pairs, eps, theta)
+//   if v_norm: rms_norm(v, nullptr, T * n_kv_heads, head_dim, eps, v)
+//   kv_write_bf16(cache, positions, T, k, v)
+// tests/unit/cuda_attention_inputs_test.cpp holds it to that composition and to the CPU twin
+// (make_cpu_ops(): head_norm_rope, rms_norm, kv_write, then fp32_to_bf16).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kestrel/status.h"
+#include "ops/cuda/attention.h"  // KvCacheBf16View
+
+namespace kestrel::cuda {
+
+// One layer's attention inputs for T tokens; all pointers are device pointers.
+struct AttentionInputs {
+    float* q = nullptr;             // [T, n_heads, head_dim] fp32, in place
+    float* k = nullptr;             // [T, n_kv_heads, head_dim] fp32, in place
+    float* v = nullptr;             // [T, n_kv_heads, head_dim] fp32, in place
+    const float* q_norm = nullptr;  // [head_dim] QK-norm weights (null: no weight)
+    const float* k_norm = nullptr;
+    bool v_from_raw_k = false;  // Gemma 4 K=V layers: v = the raw k (before k's norm and RoPE); v's
+                                // input is ignored
+    bool v_norm = false;        // Gemma 4: v = rms_norm(v) without weight; Gemma 3: v untouched
+    int64_t n_heads = 0;
+    int64_t n_kv_heads = 0;
+    int64_t head_dim = 0;  // multiple of 16, at most kMaxAttentionInputsHeadDim
+    int64_t rotary_pairs =
+        0;  // RoPE rotates pairs (j, j + head_dim / 2) for j < rotary_pairs (<= head_dim / 2)
+    float eps = 1e-6f;
+    double theta = 10000.0;  // inv_freq[j] = theta^(-2j / head_dim)
+};
+
+constexpr int64_t kMaxAttentionInputsHeadDim = 512;
+
+// positions: device int64 [n_tokens], slot = position % cache.capacity (two tokens must not share
+// a slot). The cache must match the shape: n_kv_heads, head_dim == v_head_dim == inputs.head_dim.
+// q, k, v and the cache 16-byte aligned. One launch: never synchronises, allocates or copies, so
+// it can be captured into a CUDA graph and replayed with new device positions.
+Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions, int64_t n_tokens,
+                        const KvCacheBf16View& cache, cudaStream_t stream);
+
+}  // namespace kestrel::cuda
