@@ -41,6 +41,8 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/small_ops.h"
 #include "ops/ops.h"
+
+#include "cuda_test_support.h"
 #endif
 
 namespace kestrel {
@@ -54,7 +56,12 @@ TEST(CudaAttentionInputs, NeedsTheCudaBuild) {
 
 #else
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+using kestrel::testing::copy_to_device;
+using kestrel::testing::cuda_device_present;
+using kestrel::testing::DeviceBuffer;
+using kestrel::testing::download;
+using kestrel::testing::upload;
+
 #define STATUS_OK(expr)                                 \
     do {                                                \
         const Status status_ = (expr);                  \
@@ -63,43 +70,6 @@ TEST(CudaAttentionInputs, NeedsTheCudaBuild) {
 
 constexpr double kU = 0x1.0p-24;
 constexpr float kEps = 1e-6f;
-
-// Owns one device allocation.
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_ != nullptr) (void)cudaFree(ptr_);
-    }
-    cudaError_t alloc(size_t bytes) { return cudaMalloc(&ptr_, std::max<size_t>(bytes, 16)); }
-    template <class T>
-    T* as() const {
-        return static_cast<T*>(ptr_);
-    }
-
-private:
-    void* ptr_ = nullptr;
-};
-
-template <class T>
-void upload(DeviceBuffer& d, const std::vector<T>& host) {
-    CUDA_OK(d.alloc(host.size() * sizeof(T)));
-    CUDA_OK(cudaMemcpy(d.as<void>(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-}
-
-template <class T>
-void copy_to_device(T* device, const std::vector<T>& host) {
-    CUDA_OK(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-}
-
-template <class T>
-std::vector<T> download(const T* device, size_t n) {
-    std::vector<T> host(n);
-    EXPECT_EQ(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return host;
-}
 
 // Activations with the occasional outlier, as real ones have.
 std::vector<float> random_vector(size_t n, uint32_t seed, float sigma = 1.0f) {
@@ -272,9 +242,7 @@ void expect_slots(const std::vector<uint16_t>& cache, const std::vector<uint16_t
 class CudaAttentionInputs : public ::testing::Test {
 protected:
     void SetUp() override {
-        int count = 0;
-        if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0)
-            GTEST_SKIP() << "no CUDA device";
+        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
         cpu_ = make_cpu_ops(1);
     }
     std::unique_ptr<Ops> cpu_;

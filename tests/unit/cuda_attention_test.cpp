@@ -36,6 +36,8 @@
 #include "core/half.h"
 #include "ops/cuda/attention.h"
 #include "ops/ops.h"
+
+#include "cuda_test_support.h"
 #endif
 
 namespace kestrel {
@@ -47,30 +49,13 @@ TEST(CudaAttention, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KE
 
 #else
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
-// Owns one device allocation.
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_ != nullptr) (void)cudaFree(ptr_);
-    }
-    cudaError_t alloc(size_t bytes) { return cudaMalloc(&ptr_, bytes == 0 ? 16 : bytes); }
-    template <class T>
-    T* as() const { return static_cast<T*>(ptr_); }
-
-private:
-    void* ptr_ = nullptr;
-};
+using kestrel::testing::cuda_device_present;
+using kestrel::testing::DeviceBuffer;
 
 class CudaAttention : public ::testing::Test {
 protected:
     void SetUp() override {
-        int count = 0;
-        if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
+        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
     }
 };
 

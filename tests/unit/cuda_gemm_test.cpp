@@ -40,6 +40,8 @@
 #include "core/half.h"
 #include "ops/cuda/gemm_prefill.h"
 #include "ops/weight_format.h"
+
+#include "cuda_test_support.h"
 #endif
 
 namespace kestrel {
@@ -51,43 +53,15 @@ TEST(CudaGemm, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KESTREL
 
 #else
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
-// Owns one device allocation.
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_ != nullptr) (void)cudaFree(ptr_);
-    }
-    cudaError_t alloc(size_t bytes) { return cudaMalloc(&ptr_, bytes); }
-    template <class T>
-    T* as() const { return static_cast<T*>(ptr_); }
-
-private:
-    void* ptr_ = nullptr;
-};
-
-template <class T>
-void upload(const std::vector<T>& host, DeviceBuffer& device) {
-    CUDA_OK(device.alloc(host.size() * sizeof(T)));
-    CUDA_OK(cudaMemcpy(device.as<void>(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-}
-
-template <class T>
-std::vector<T> download(const DeviceBuffer& device, size_t count) {
-    std::vector<T> host(count);
-    EXPECT_EQ(cudaMemcpy(host.data(), device.as<void>(), count * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return host;
-}
+using kestrel::testing::cuda_device_present;
+using kestrel::testing::DeviceBuffer;
+using kestrel::testing::download;
+using kestrel::testing::upload;
 
 class CudaGemm : public ::testing::Test {
 protected:
     void SetUp() override {
-        int count = 0;
-        if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
+        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
         auto created = cuda::GemmContext::create();
         ASSERT_TRUE(created.ok()) << created.status().message();
         context_ = std::move(created).value();
@@ -227,8 +201,8 @@ std::unique_ptr<TestWeight> make_w4(int64_t n, int64_t k, uint64_t seed) {
     t->format = "w4";
     t->n = n;
     t->k = k;
-    upload(w->qs, t->qs);
-    upload(w->scale_min, t->scale_min);
+    upload(t->qs, w->qs);
+    upload(t->scale_min, w->scale_min);
     const cuda::W4DeviceView view{t->qs.as<uint8_t>(), t->scale_min.as<uint32_t>(), n, k};
     t->rows_f32 = [w](const std::vector<int64_t>& rows) { return w4_dequantize(select_rows(*w, rows)); };
     t->gemm = [view](cuda::GemmContext& c, const float* x, int64_t m, void* scratch, float* y, cudaStream_t s) {
@@ -243,8 +217,8 @@ std::unique_ptr<TestWeight> make_w8(int64_t n, int64_t k, uint64_t seed) {
     t->format = "w8";
     t->n = n;
     t->k = k;
-    upload(w->qs, t->qs);
-    upload(w->scale_min, t->scale_min);
+    upload(t->qs, w->qs);
+    upload(t->scale_min, w->scale_min);
     const cuda::W8DeviceView view{t->qs.as<int8_t>(), t->scale_min.as<uint32_t>(), n, k};
     t->rows_f32 = [w](const std::vector<int64_t>& rows) { return w8_dequantize_rows(*w, rows); };
     t->gemm = [view](cuda::GemmContext& c, const float* x, int64_t m, void* scratch, float* y, cudaStream_t s) {
@@ -259,7 +233,7 @@ std::unique_ptr<TestWeight> make_bf16(int64_t n, int64_t k, uint64_t seed) {
     t->format = "bf16";
     t->n = n;
     t->k = k;
-    upload(*w, t->qs);
+    upload(t->qs, *w);
     const uint16_t* device_w = t->qs.as<uint16_t>();
     t->rows_f32 = [w, k](const std::vector<int64_t>& rows) {
         std::vector<float> out;
@@ -324,7 +298,7 @@ void run_and_check(cuda::GemmContext& context, const TestWeight& w, int64_t m, u
                               std::to_string(w.n) + " slice " + std::to_string(context.weight_slice_bytes());
     const std::vector<float> x = random_x(m, w.k, seed);
     DeviceBuffer dx, dy, scratch;
-    upload(x, dx);
+    upload(dx, x);
     CUDA_OK(dy.alloc(static_cast<size_t>(m * w.n) * 4));
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(m, w.n, w.k)));
     CUDA_OK(cudaMemset(dy.as<void>(), 0xff, static_cast<size_t>(m * w.n) * 4));  // NaN poison
@@ -349,8 +323,8 @@ TEST_F(CudaGemm, DequantizeW4MatchesTwinBitForBit) {
         sm[1] = edges[e][1];
     }
     DeviceBuffer qs, scale_min, out;
-    upload(w.qs, qs);
-    upload(w.scale_min, scale_min);
+    upload(qs, w.qs);
+    upload(scale_min, w.scale_min);
     const cuda::W4DeviceView view{qs.as<uint8_t>(), scale_min.as<uint32_t>(), n, k};
     const std::vector<float> expected = w4_dequantize(w);
     CUDA_OK(out.alloc(static_cast<size_t>((rows + 2) * k) * 2));  // a guard row either side
@@ -380,8 +354,8 @@ TEST_F(CudaGemm, DequantizeW8MatchesTwinBitForBit) {
         sm[1] = edges[e][1];
     }
     DeviceBuffer qs, scale_min, out;
-    upload(w.qs, qs);
-    upload(w.scale_min, scale_min);
+    upload(qs, w.qs);
+    upload(scale_min, w.scale_min);
     const cuda::W8DeviceView view{qs.as<int8_t>(), scale_min.as<uint32_t>(), n, k};
     std::vector<int64_t> wanted_rows;
     for (int64_t r = row_begin; r < row_begin + rows; ++r) wanted_rows.push_back(r);
@@ -411,7 +385,7 @@ TEST_F(CudaGemm, ConvertMatchesTwinBitForBit) {
                                  0x00000001u, 0x807fffffu, 0x00408000u, 0xc2f98000u};
     for (size_t i = 0; i < std::size(specials); ++i) x[100 + 3 * i] = std::bit_cast<float>(specials[i]);
     DeviceBuffer dx, out;
-    upload(x, dx);
+    upload(dx, x);
     CUDA_OK(out.alloc((x.size() + 8) * 2));
     for (int offset = 0; offset < 2; ++offset) {
         const int64_t count = static_cast<int64_t>(x.size()) - offset;
@@ -507,7 +481,7 @@ TEST_F(CudaGemm, CapturedInAGraph) {
     const auto w = make_w4(n, k, 77);
     const std::vector<float> x = random_x(m, k, 78);
     DeviceBuffer dx, dy, scratch;
-    upload(x, dx);
+    upload(dx, x);
     CUDA_OK(dy.alloc(static_cast<size_t>(m * n) * 4));
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(m, n, k)));
     CUDA_OK(cudaDeviceSynchronize());  // the uploads, on the legacy stream, which `stream` does not wait for
@@ -540,7 +514,7 @@ TEST_F(CudaGemm, NaNActivationGivesNaNRow) {
     std::vector<float> x = random_x(m, k, 10);
     x[static_cast<size_t>(2 * k + 77)] = std::numeric_limits<float>::quiet_NaN();
     DeviceBuffer dx, dy, scratch;
-    upload(x, dx);
+    upload(dx, x);
     CUDA_OK(dy.alloc(static_cast<size_t>(m * n) * 4));
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(m, n, k)));
     CUDA_OK(cudaMemset(dy.as<void>(), 0, static_cast<size_t>(m * n) * 4));
@@ -555,8 +529,8 @@ TEST_F(CudaGemm, RejectsBadArguments) {
     const int64_t n = 8, k = 64;
     const W4Weights host = random_w4(n, k, 1);
     DeviceBuffer qs, scale_min, x, y, scratch;
-    upload(host.qs, qs);
-    upload(host.scale_min, scale_min);
+    upload(qs, host.qs);
+    upload(scale_min, host.scale_min);
     CUDA_OK(x.alloc(16 * k * 4));
     CUDA_OK(y.alloc(16 * n * 4));
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(16, n, k)));

@@ -25,6 +25,8 @@
 
 #include "ops/cuda/sampling.h"
 #include "runtime/sampler.h"
+
+#include "cuda_test_support.h"
 #endif
 
 namespace kestrel {
@@ -36,35 +38,19 @@ TEST(CudaSampling, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KES
 
 #else
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+using kestrel::testing::cuda_device_present;
+using kestrel::testing::DeviceBuffer;
+
 #define STATUS_OK(expr)                                 \
     do {                                                \
         const Status status_ = (expr);                  \
         ASSERT_TRUE(status_.ok()) << status_.message(); \
     } while (0)
 
-// Owns one device allocation.
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_ != nullptr) (void)cudaFree(ptr_);
-    }
-    cudaError_t alloc(size_t bytes) { return cudaMalloc(&ptr_, std::max<size_t>(bytes, 16)); }
-    template <class T>
-    T* as() const { return static_cast<T*>(ptr_); }
-
-private:
-    void* ptr_ = nullptr;
-};
-
 class CudaSampling : public ::testing::Test {
 protected:
     void SetUp() override {
-        int count = 0;
-        if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
+        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
     }
 };
 

@@ -1,0 +1,88 @@
+// Helpers shared by the CUDA kernel tests (tests/unit/cuda_*_test.cpp): device memory that frees
+// itself when an assertion returns early, and the skip condition for machines without a GPU.
+// Include it only where KESTREL_HAS_CUDA is set: the non-CUDA build has no <cuda_runtime.h>.
+#pragma once
+
+#if !KESTREL_HAS_CUDA
+#error "cuda_test_support.h needs the CUDA build (KESTREL_HAS_CUDA=1)"
+#endif
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+// A fatal assertion, so a failed allocation or copy stops the test before a kernel reads garbage.
+// Only usable in functions returning void (gtest's ASSERT_* rule).
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+namespace kestrel::testing {
+
+// Owns one device allocation, so an ASSERT that returns early does not leak it. Not copyable (two
+// owners would free twice) and, as no test hands one on, not movable either.
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    ~DeviceBuffer() { release(); }
+
+    // At least 16 bytes: an empty upload must still give a non-null pointer, which the ops'
+    // argument checks require. A second call replaces the first allocation rather than leaking it.
+    cudaError_t alloc(size_t bytes) {
+        release();
+        return cudaMalloc(&ptr_, std::max<size_t>(bytes, 16));
+    }
+
+    template <class T>
+    T* as() const {
+        return static_cast<T*>(ptr_);
+    }
+
+private:
+    void release() {
+        if (ptr_ != nullptr) (void)cudaFree(ptr_);
+        ptr_ = nullptr;
+    }
+
+    void* ptr_ = nullptr;
+};
+
+// Allocates `device` to hold `host` and copies it there.
+template <class T>
+void upload(DeviceBuffer& device, const std::vector<T>& host) {
+    CUDA_OK(device.alloc(host.size() * sizeof(T)));
+    CUDA_OK(cudaMemcpy(device.as<void>(), host.data(), host.size() * sizeof(T),
+                       cudaMemcpyHostToDevice));
+}
+
+// Overwrites memory that is already allocated (e.g. between replays of a captured graph, whose
+// pointers must not change).
+template <class T>
+void copy_to_device(T* device, const std::vector<T>& host) {
+    CUDA_OK(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+// EXPECT, not ASSERT: gtest's fatal assertions need a void function. A failed copy still fails
+// the test; the caller just goes on comparing zeros.
+template <class T>
+std::vector<T> download(const T* device, size_t n) {
+    std::vector<T> host(n);
+    EXPECT_EQ(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return host;
+}
+
+template <class T>
+std::vector<T> download(const DeviceBuffer& device, size_t n) {
+    return download(device.as<const T>(), n);
+}
+
+// For the fixtures' SetUp: false (skip) when the driver is missing as well as when no device is.
+inline bool cuda_device_present() {
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+}  // namespace kestrel::testing
