@@ -1,5 +1,5 @@
 // The Ops interface: every numerical step a model's forward takes (DESIGN.md "The Ops
-// interface"). models/<arch>.cpp call only these; a backend (cpu/ now, cuda/ later) implements
+// interface"). models/<arch>.cpp call only these; a backend (cpu/, cuda/) implements
 // them. The CPU backend is the reference the CUDA kernels are tested against: plain fp32 loops
 // with fp32 accumulation, results independent of the thread count and of how a prompt is split
 // into chunks (each output element is computed by the same sequence of operations).
