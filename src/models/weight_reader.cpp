@@ -163,19 +163,6 @@ Result<Weight> upload_engine_weights(Ops& ops, const EngineWeights& converted, i
     return ops.upload(WeightFormat::kBF16, out, in, bytes_of(std::get<Bf16Weights>(converted).values));
 }
 
-// W4 as W8, exactly: the same 4-bit codes as int8 and the same (scale, min) per group.
-W8Weights widen_to_w8(const W4Weights& w4) {
-    W8Weights w8;
-    w8.n = w4.n;
-    w8.k = w4.k;
-    w8.qs.resize(static_cast<size_t>(w4.n * w4.k));
-    for (int64_t r = 0; r < w4.n; ++r) {
-        for (int64_t c = 0; c < w4.k; ++c) w8.qs[static_cast<size_t>(r * w4.k + c)] = static_cast<int8_t>(w4_q(w4, r, c));
-    }
-    w8.scale_min = w4.scale_min;
-    return w8;
-}
-
 Bf16Weights round_to_bf16(const EngineWeights& weights) {
     if (const auto* bf16 = std::get_if<Bf16Weights>(&weights)) return *bf16;
     const std::vector<float> values = std::holds_alternative<W4Weights>(weights)
@@ -235,7 +222,7 @@ Result<Weight> WeightReader::read_matrix_stack(std::span<const TensorName> names
         stacked.k = in;
         for (const EngineWeights& part : parts) {
             const W8Weights w8 = std::holds_alternative<W8Weights>(part) ? std::get<W8Weights>(part)
-                                                                          : widen_to_w8(std::get<W4Weights>(part));
+                                                                          : w8_from_w4(std::get<W4Weights>(part));
             stacked.qs.insert(stacked.qs.end(), w8.qs.begin(), w8.qs.end());
             stacked.scale_min.insert(stacked.scale_min.end(), w8.scale_min.begin(), w8.scale_min.end());
         }

@@ -506,6 +506,27 @@ Result<W8Weights> w8_from_q6_k(std::span<const uint8_t> src, int64_t n, int64_t 
     return w;
 }
 
+W8Weights w8_from_w4(const W4Weights& w4, int threads) {
+    W8Weights w8;
+    w8.n = w4.n;
+    w8.k = w4.k;
+    w8.qs.resize(static_cast<size_t>(w4.n * w4.k));
+    // Byte b of a group's 16 holds weight b (low nibble) and weight b + 16 (high nibble).
+    const int64_t groups = w4.n * (w4.k / kW4Group);
+    cpu::parallel_for(groups, cpu::resolve_threads(threads), kW4Group, [&](int64_t begin, int64_t end) {
+        for (int64_t g = begin; g < end; ++g) {
+            const uint8_t* in = w4.qs.data() + g * (kW4Group / 2);
+            int8_t* out = w8.qs.data() + g * kW4Group;
+            for (int64_t b = 0; b < kW4Group / 2; ++b) {
+                out[b] = static_cast<int8_t>(in[b] & 0x0F);
+                out[b + kW4Group / 2] = static_cast<int8_t>(in[b] >> 4);
+            }
+        }
+    });
+    w8.scale_min = w4.scale_min;
+    return w8;
+}
+
 Result<W8Weights> w8_from_f32(std::span<const float> src, int64_t n, int64_t k, int threads) {
     KESTREL_RETURN_IF_ERROR(check_shape("w8_from_f32", n, k, kW8Group));
     if (static_cast<int64_t>(src.size()) != n * k) {

@@ -84,6 +84,11 @@ Result<W8Weights> w8_from_q6_k(std::span<const uint8_t> src, int64_t n, int64_t 
 // non-finite weights or amax / 127 beyond fp16's range.
 Result<W8Weights> w8_from_f32(std::span<const float> src, int64_t n, int64_t k, int threads = 0);
 
+// W4 as W8, exactly: the same 4-bit codes as int8 and the same (scale, min) per group, so
+// w8_dequantize of the result equals w4_dequantize bit for bit. For stacking a W4 matrix with a
+// W8 one (a Q4_K q|k beside a Q6_K v) into one projection.
+W8Weights w8_from_w4(const W4Weights& w4, int threads = 0);
+
 // y[m, n] = Σ_k W[n, k] x[m, k], x [m_rows, k] fp32, y [m_rows, n]: the fp32 W8 reference
 // (weights dequantised in fp32, products accumulated in double, rounded once to fp32).
 void matvec_w8_f32(const W8Weights& w, const float* x, int64_t m_rows, float* y);

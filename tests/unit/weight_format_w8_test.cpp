@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -112,6 +114,29 @@ uint16_t nearest_fp16(double v) {
 }
 
 // ---- Q8_0 ---------------------------------------------------------------------------------
+
+// Stacking widens W4 parts to W8: the same weights bit for bit, at any thread count.
+TEST(WeightFormatW8, W4WidensToW8Exactly) {
+    const int64_t n = 37, k = 96;
+    std::vector<float> src(static_cast<size_t>(n * k));
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 0.05f);
+    for (float& w : src) w = normal(rng);
+    Result<W4Weights> w4 = w4_from_f32(src, n, k);
+    ASSERT_TRUE(w4.ok()) << w4.status().message();
+    const std::vector<float> expected = w4_dequantize(*w4);
+    for (int threads : {1, 3}) {
+        const W8Weights w8 = w8_from_w4(*w4, threads);
+        ASSERT_EQ(w8.n, n);
+        ASSERT_EQ(w8.k, k);
+        const std::vector<float> widened = w8_dequantize(w8);
+        ASSERT_EQ(widened.size(), expected.size());
+        for (size_t i = 0; i < expected.size(); ++i) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(widened[i]), std::bit_cast<uint32_t>(expected[i])) << i;
+        }
+        for (int64_t c = 0; c < k; ++c) ASSERT_EQ(w8.qs[static_cast<size_t>(5 * k + c)], w4_q(*w4, 5, c));
+    }
+}
 
 TEST(WeightFormatW8, Q80ConvertsExactly) {
     std::mt19937 rng(1);
