@@ -12,7 +12,7 @@ namespace kestrel {
 
 struct MemoryPlanOptions {
     int64_t context = 0;                // tokens per session; 0 = the model's trained context
-    int64_t prefill_chunk = 512;        // tokens per prefill step
+    int64_t prefill_chunk = 2048;       // tokens per prefill step (the CUDA backend's default)
     int64_t kv_bytes_per_element = 2;   // bf16 K/V
 };
 
