@@ -17,26 +17,10 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench_check.h"
 #include "ops/cuda/attention.h"
 
 namespace {
-
-#define CHECK(expr)                                                                                  \
-    do {                                                                                             \
-        cudaError_t e_ = (expr);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-            std::exit(1);                                                                            \
-        }                                                                                            \
-    } while (0)
-#define CHECK_STATUS(expr)                                                                           \
-    do {                                                                                             \
-        kestrel::Status s_ = (expr);                                                                 \
-        if (!s_.ok()) {                                                                              \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.message().c_str()); \
-            std::exit(1);                                                                            \
-        }                                                                                            \
-    } while (0)
 
 // bf16 in +-[0.5, 1) * 2^-2..2^0 with random signs: finite, never zero.
 __global__ void fill_bf16(uint16_t* p, int64_t n, uint32_t seed) {

@@ -26,26 +26,11 @@
 #include <memory>
 #include <vector>
 
+#include "bench_check.h"
 #include "ops/cuda/gemm_prefill.h"
 
 namespace {
 
-#define CHECK(expr)                                                                                  \
-    do {                                                                                             \
-        cudaError_t e_ = (expr);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-            std::exit(1);                                                                            \
-        }                                                                                            \
-    } while (0)
-#define CHECK_STATUS(expr)                                                                 \
-    do {                                                                                   \
-        kestrel::Status s_ = (expr);                                                       \
-        if (!s_.ok()) {                                                                    \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.message().c_str()); \
-            std::exit(1);                                                                  \
-        }                                                                                  \
-    } while (0)
 #define CHECK_CUBLAS(expr)                                                                          \
     do {                                                                                            \
         cublasStatus_t b_ = (expr);                                                                 \

@@ -14,27 +14,11 @@
 #include <cstdlib>
 #include <vector>
 
+#include "bench_check.h"
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/gemv_w8a8.h"
 
 namespace {
-
-#define CHECK(expr)                                                                                  \
-    do {                                                                                             \
-        cudaError_t e_ = (expr);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-            std::exit(1);                                                                            \
-        }                                                                                            \
-    } while (0)
-#define CHECK_STATUS(expr)                                                                 \
-    do {                                                                                   \
-        kestrel::Status s_ = (expr);                                                       \
-        if (!s_.ok()) {                                                                    \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.message().c_str()); \
-            std::exit(1);                                                                  \
-        }                                                                                  \
-    } while (0)
 
 __global__ void fill_random(uint32_t* p, int64_t words, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words; i += int64_t{gridDim.x} * blockDim.x) {
