@@ -16,6 +16,7 @@
 // Norms are (1 + w) RMSNorms (HF Gemma3RMSNorm). GGUF files store 1 + w already (llama.cpp's
 // converter adds 1); HF checkpoints store w, so the loader adds 1 there.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -146,6 +147,17 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     ops.embed(batch.tokens, w_.token_embd, static_cast<float>(std::sqrt(static_cast<double>(d))), x);
     show("inp_scaled", -1, x, d);
 
+    // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection. Layer 0's here;
+    // every later layer's is fused with the end of the layer before it
+    // (residual_norm_linear_blocks).
+    auto qkv_widths = [&](const LayerConfig& lc) {
+        return std::array<int64_t, 3>{n_heads * lc.head_dim, lc.n_kv_heads * lc.head_dim,
+                                      lc.n_kv_heads * lc.v_head_dim};
+    };
+    ops.rms_norm_linear_blocks(x, w_.layers[0].attn_norm.f32(), n_tokens, d, eps, attn_norm, keep,
+                               w_.layers[0].wqkv, qkv_widths(config_.layers[0]), qkv);
+    show("attn_norm", 0, attn_norm, d);
+
     for (int64_t il = 0; il < config_.n_layers; ++il) {
         const Gemma3Layer& layer = w_.layers[il];
         const LayerConfig& lc = config_.layers[il];
@@ -155,16 +167,11 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         // Gemma 3: sliding layers use the local base frequency (1e4), full layers the global (1e6).
         const double theta = sliding ? config_.rope_theta_sliding : config_.rope_theta;
 
-        // ---- attention ----
+        // ---- attention (q | k | v already projected) ----
 
-        const int64_t widths[] = {n_heads * hd, n_kv * hd, n_kv * lc.v_head_dim};
         float* q = qkv;
-        float* k = q + n_tokens * widths[0];
-        float* v = k + n_tokens * widths[1];
-        // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection.
-        ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv, widths,
-                                   q);
-        show("attn_norm", il, attn_norm, d);
+        float* k = q + n_tokens * n_heads * hd;
+        float* v = k + n_tokens * n_kv * hd;
         show("Vcur", il, v, n_kv * lc.v_head_dim);
 
         // Gemma 3: per-head RMSNorm of q and k (QK-norm) before NeoX RoPE; V is neither normed nor
@@ -183,24 +190,37 @@ Status Gemma3::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
 
         // Gemma 3: scores = q·k * query_pre_attn_scalar^-0.5; sliding layers see the last `window` positions.
         const AttentionParams params{n_heads, query_scale_, sliding ? config_.sliding_window : 0, 0.0f};
-        ops.attention(q, batch.positions, kv[il], params, attn_out);
+        // attn_proj = attention(q, cache) Wo^T (the attention rows are stored only for the debug
+        // hook).
+        ops.attention_linear(q, batch.positions, kv[il], params, attn_out, keep, layer.wo,
+                             attn_proj);
         show("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
-
-        ops.linear(attn_out, n_tokens, layer.wo, attn_proj);
         show("attn_proj", il, attn_proj, d);
-        // Sandwich norm: x = x + rms_norm(attn, post_attention_norm).
-        ops.rms_norm_add(attn_proj, layer.post_attn_norm.f32(), n_tokens, d, eps, x);
+        // Sandwich norm: x = x + rms_norm(attn, post_attention_norm); then the feed-forward's
+        // h = rms_norm(x, pre_feedforward_norm) and gate | up = h Wgu^T.
+        ops.residual_norm_linear_blocks(attn_proj, layer.post_attn_norm.f32(), 1.0f, x,
+                                        layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep,
+                                        layer.w_gate_up, ffn_widths, gate_up);
         show("attn_residual", il, x, d);
+        show("ffn_norm", il, ffn_norm, d);
 
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
-        ops.rms_norm_linear_blocks(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep, layer.w_gate_up,
-                                   ffn_widths, gate_up);
-        show("ffn_norm", il, ffn_norm, d);
         ops.gelu_tanh_and_mul_linear(gate, up, n_tokens, f, ffn_act, keep, layer.w_down, ffn_out);
         show("ffn_act", il, ffn_act, f);
         show("ffn_out", il, ffn_out, d);
-        ops.rms_norm_add(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, x);
-        show("l_out", il, x, d);
+        // x = x + rms_norm(ffn, post_feedforward_norm), then the next layer's q | k | v.
+        if (il + 1 < config_.n_layers) {
+            const int64_t next = il + 1;
+            ops.residual_norm_linear_blocks(ffn_out, layer.post_ffn_norm.f32(), 1.0f, x,
+                                            w_.layers[next].attn_norm.f32(), n_tokens, d, eps,
+                                            attn_norm, keep, w_.layers[next].wqkv,
+                                            qkv_widths(config_.layers[next]), qkv);
+            show("l_out", il, x, d);
+            show("attn_norm", next, attn_norm, d);
+        } else {
+            ops.rms_norm_add(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, x);
+            show("l_out", il, x, d);
+        }
     }
 
     // ---- output: final norm, tied lm_head (only the rows whose logits are asked for) ----

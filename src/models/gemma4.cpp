@@ -161,6 +161,23 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
     ops.embed(batch.tokens, w_.token_embd, static_cast<float>(std::sqrt(static_cast<double>(d))), x);
     show("inp_scaled", -1, x, d);
 
+    // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection (K=V layers
+    // project q | k: V is the raw k, attention_k_eq_v). Layer 0's here; every later layer's is
+    // fused with the end of the layer before it (residual_norm_linear_blocks below).
+    struct QkvWidths {
+        int64_t widths[3];
+        size_t count;
+        std::span<const int64_t> span() const { return std::span(widths, count); }
+    };
+    auto qkv_widths = [&](const LayerConfig& lc) {
+        return QkvWidths{
+            {n_heads * lc.head_dim, lc.n_kv_heads * lc.head_dim, lc.n_kv_heads * lc.v_head_dim},
+            lc.k_eq_v ? size_t{2} : size_t{3}};
+    };
+    ops.rms_norm_linear_blocks(x, w_.layers[0].attn_norm.f32(), n_tokens, d, eps, attn_norm, keep,
+                               w_.layers[0].wqkv, qkv_widths(config_.layers[0]).span(), qkv);
+    show("attn_norm", 0, attn_norm, d);
+
     for (int64_t il = 0; il < config_.n_layers; ++il) {
         const Gemma4Layer& layer = w_.layers[il];
         const LayerConfig& lc = config_.layers[il];
@@ -168,18 +185,10 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
         const int64_t hd = lc.head_dim;
         const int64_t n_kv = lc.n_kv_heads;
 
-        // ---- attention ----
-
-        // h = rms_norm(x, attn_norm); q | k | v = h Wqkv^T in one stacked projection (K=V layers
-        // project q | k: V is the raw k, attention_k_eq_v).
-        const int64_t q_dim = n_heads * hd, k_dim = n_kv * hd;
+        // ---- attention (q | k | v already projected) ----
         float* q = qkv;
-        float* k = q + n_tokens * q_dim;
-        float* v = k + n_tokens * k_dim;
-        const int64_t qkv_widths[] = {q_dim, k_dim, n_kv * lc.v_head_dim};
-        ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep, layer.wqkv,
-                                   std::span(qkv_widths).first(lc.k_eq_v ? 2 : 3), q);
-        show("attn_norm", il, attn_norm, d);
+        float* k = q + n_tokens * n_heads * hd;
+        float* v = k + n_tokens * n_kv * hd;
 
         // QK-norm (per head, learned weight) then RoPE; V gets an RMSNorm without weight and no
         // RoPE; then K and V into the cache. Sliding layers: default RoPE over the whole head
@@ -201,26 +210,39 @@ Status Gemma4::forward(Ops& ops, const Batch& batch, std::span<const KvLayerView
 
         // Gemma 4: scores = q·k * 1.0 (HF `self.scaling = 1.0`); sliding layers see the last `window` positions.
         const AttentionParams params{n_heads, 1.0f, sliding ? config_.sliding_window : 0, 0.0f};
-        ops.attention(q, batch.positions, kv[il], params, attn_out);
+        // attn_proj = attention(q, cache) Wo^T (the attention rows are stored only for the debug
+        // hook).
+        ops.attention_linear(q, batch.positions, kv[il], params, attn_out, keep, layer.wo,
+                             attn_proj);
         show("kqv_out", il, attn_out, n_heads * lc.v_head_dim);
-
-        ops.linear(attn_out, n_tokens, layer.wo, attn_proj);
         show("attn_proj", il, attn_proj, d);
-        // Sandwich norm: x = x + rms_norm(attn, post_attention_norm).
-        ops.rms_norm_add(attn_proj, layer.post_attn_norm.f32(), n_tokens, d, eps, x);
+        // Sandwich norm: x = x + rms_norm(attn, post_attention_norm); then the feed-forward's
+        // h = rms_norm(x, pre_feedforward_norm) and gate | up = h Wgu^T.
+        ops.residual_norm_linear_blocks(attn_proj, layer.post_attn_norm.f32(), 1.0f, x,
+                                        layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep,
+                                        layer.w_gate_up, ffn_widths, gate_up);
         show("attn_residual", il, x, d);
+        show("ffn_norm", il, ffn_norm, d);
 
         // ---- feed-forward: down(gelu_tanh(gate(h)) * up(h)) ----
-        ops.rms_norm_linear_blocks(x, layer.ffn_norm.f32(), n_tokens, d, eps, ffn_norm, keep, layer.w_gate_up,
-                                   ffn_widths, gate_up);
-        show("ffn_norm", il, ffn_norm, d);
         ops.gelu_tanh_and_mul_linear(gate, up, n_tokens, f, ffn_act, keep, layer.w_down, ffn_out);
         show("ffn_act", il, ffn_act, f);
         show("ffn_out", il, ffn_out, d);
         // x = (x + rms_norm(ffn, post_ffw_norm)) * layer_scalar: HF Gemma4TextDecoderLayer scales
-        // the whole residual stream after both residual adds.
-        ops.rms_norm_add_scale(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps, layer.layer_scalar, x);
-        show("l_out", il, x, d);
+        // the whole residual stream after both residual adds. Then the next layer's q | k | v.
+        if (il + 1 < config_.n_layers) {
+            const int64_t next = il + 1;
+            ops.residual_norm_linear_blocks(ffn_out, layer.post_ffn_norm.f32(), layer.layer_scalar,
+                                            x, w_.layers[next].attn_norm.f32(), n_tokens, d, eps,
+                                            attn_norm, keep, w_.layers[next].wqkv,
+                                            qkv_widths(config_.layers[next]).span(), qkv);
+            show("l_out", il, x, d);
+            show("attn_norm", next, attn_norm, d);
+        } else {
+            ops.rms_norm_add_scale(ffn_out, layer.post_ffn_norm.f32(), n_tokens, d, eps,
+                                   layer.layer_scalar, x);
+            show("l_out", il, x, d);
+        }
     }
 
     // ---- output: final norm, tied lm_head, softcap (only the rows whose logits are asked for) ----

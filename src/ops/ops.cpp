@@ -83,6 +83,24 @@ void Ops::rms_norm_add_scale(const float* x, const float* weight, int64_t rows, 
     scale(residual, rows * dim, s);
 }
 
+void Ops::attention_linear(const float* q, std::span<const int64_t> positions,
+                           const KvLayerView& cache, const AttentionParams& params, float* attn_out,
+                           bool keep_attn_out, const Weight& w, float* out) {
+    (void)keep_attn_out;
+    attention(q, positions, cache, params, attn_out);
+    linear(attn_out, static_cast<int64_t>(positions.size()), w, out);
+}
+
+void Ops::residual_norm_linear_blocks(const float* x, const float* post_norm_weight, float scale_by,
+                                      float* residual, const float* pre_norm_weight, int64_t rows,
+                                      int64_t dim, float eps, float* normed, bool keep_normed,
+                                      const Weight& w, std::span<const int64_t> widths,
+                                      float* out) {
+    rms_norm_add_scale(x, post_norm_weight, rows, dim, eps, scale_by, residual);
+    rms_norm_linear_blocks(residual, pre_norm_weight, rows, dim, eps, normed, keep_normed, w,
+                           widths, out);
+}
+
 void Ops::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
                                    bool keep_act, const Weight& w, float* out) {
     (void)keep_act;

@@ -398,6 +398,24 @@ public:
     virtual void rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
                                     float scale, float* residual);
 
+    // attention(q, positions, cache, params, attn_out), then out = linear(attn_out, w): the
+    // attention block's output projection. `attn_out` is written only when keep_attn_out (a backend
+    // may hand the attention's rows to its GEMV as quantised blocks without storing them).
+    virtual void attention_linear(const float* q, std::span<const int64_t> positions,
+                                  const KvLayerView& cache, const AttentionParams& params,
+                                  float* attn_out, bool keep_attn_out, const Weight& w, float* out);
+
+    // The seam between two blocks of a sandwich-norm decoder: rms_norm_add_scale(x,
+    // post_norm_weight, scale, residual) finishes one block (scale 1, or Gemma 4's layer scalar),
+    // then rms_norm_linear_blocks(residual, pre_norm_weight, ..., w, widths, out) starts the next.
+    // A backend may do the residual update and the next norm's quantisation in one pass.
+    virtual void residual_norm_linear_blocks(const float* x, const float* post_norm_weight,
+                                             float scale, float* residual,
+                                             const float* pre_norm_weight, int64_t rows,
+                                             int64_t dim, float eps, float* normed,
+                                             bool keep_normed, const Weight& w,
+                                             std::span<const int64_t> widths, float* out);
+
     // act = gelu_tanh(gate) * up [rows, dim], then out = act W^T: the feed-forward's end. `act` is
     // written only when keep_act (a backend may quantise it for its GEMV without storing it).
     virtual void gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,

@@ -15,7 +15,8 @@
 // 31B sliding (16 kv heads x 256, window 1024, ring 1535) and full (4 kv heads x 512) layers,
 // Gemma 3 270M (1 kv head), odd shapes (head dims 32..384, group 5, different v head dim,
 // softcap, window 5). q ~ N(0, 1), k ~ N(0, s^2) with s making scores' std ~2.5, v ~ N(0, 1).
-// Skips without a GPU.
+// attention_decode_quantize_q8 (the o-projection's Q8 blocks from the reduce kernel) must equal
+// attention_decode then quantize_q8 byte for byte on every decode query. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #if KESTREL_HAS_CUDA
@@ -35,6 +36,7 @@
 
 #include "core/half.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/gemv_w4a8.h"  // quantize_q8
 #include "ops/ops.h"
 
 #include "cuda_test_support.h"
@@ -207,6 +209,51 @@ void compare(const LayerShape& s, const Cache& cache, const std::vector<float>& 
     }
 }
 
+// attention_decode_quantize_q8 against attention_decode then quantize_q8: the float rows bit for
+// bit (`decoded`, this query's attention_decode output) and all 48 bytes of every Q8 block, with
+// and without the float output (buffers poisoned first).
+void check_decode_q8_output(const LayerShape& s, Cache& cache, const DeviceBuffer& q_dev,
+                            const DeviceBuffer& positions_dev, int64_t n_tokens,
+                            DeviceBuffer& workspace, const DeviceBuffer& decoded_dev,
+                            const std::vector<float>& decoded) {
+    const int64_t row = s.n_heads * s.v_head_dim;
+    const size_t blocks = static_cast<size_t>(n_tokens * row / 32);
+    const size_t q8_bytes = blocks * sizeof(Q8Block);
+    DeviceBuffer out_dev, q8_with_out, q8_alone, q8_reference;
+    CUDA_OK(out_dev.alloc(decoded.size() * 4));
+    CUDA_OK(q8_with_out.alloc(q8_bytes));
+    CUDA_OK(q8_alone.alloc(q8_bytes));
+    CUDA_OK(q8_reference.alloc(q8_bytes));
+    CUDA_OK(cudaMemset(out_dev.as<void>(), 0xff, decoded.size() * 4));
+    CUDA_OK(cudaMemset(q8_with_out.as<void>(), 0xff, q8_bytes));
+    CUDA_OK(cudaMemset(q8_alone.as<void>(), 0xff, q8_bytes));
+    Status status = cuda::attention_decode_quantize_q8(
+        q_dev.as<float>(), positions_dev.as<int64_t>(), n_tokens, cache.device_view, s.attention(),
+        workspace.as<void>(), out_dev.as<float>(), q8_with_out.as<Q8Block>(), nullptr);
+    ASSERT_TRUE(status.ok()) << status.message();
+    status = cuda::attention_decode_quantize_q8(
+        q_dev.as<float>(), positions_dev.as<int64_t>(), n_tokens, cache.device_view, s.attention(),
+        workspace.as<void>(), nullptr, q8_alone.as<Q8Block>(), nullptr);
+    ASSERT_TRUE(status.ok()) << status.message();
+    status = cuda::quantize_q8(decoded_dev.as<float>(), n_tokens, row, row,
+                               q8_reference.as<Q8Block>(), nullptr);
+    ASSERT_TRUE(status.ok()) << status.message();
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<float> out(decoded.size());
+    CUDA_OK(cudaMemcpy(out.data(), out_dev.as<void>(), out.size() * 4, cudaMemcpyDeviceToHost));
+    ASSERT_EQ(std::memcmp(out.data(), decoded.data(), out.size() * 4), 0)
+        << s.name << ": float rows differ";
+    std::vector<uint8_t> with_out(q8_bytes), alone(q8_bytes), reference(q8_bytes);
+    CUDA_OK(cudaMemcpy(with_out.data(), q8_with_out.as<void>(), q8_bytes, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(alone.data(), q8_alone.as<void>(), q8_bytes, cudaMemcpyDeviceToHost));
+    CUDA_OK(
+        cudaMemcpy(reference.data(), q8_reference.as<void>(), q8_bytes, cudaMemcpyDeviceToHost));
+    ASSERT_EQ(std::memcmp(with_out.data(), reference.data(), q8_bytes), 0)
+        << s.name << ": Q8 blocks (with out) differ";
+    ASSERT_EQ(std::memcmp(alone.data(), reference.data(), q8_bytes), 0)
+        << s.name << ": Q8 blocks (alone) differ";
+}
+
 enum class Path { kAuto, kPrefill, kDecode };
 
 // Runs attention for tokens start..start+n_tokens-1 on the filled cache and compares.
@@ -249,6 +296,12 @@ void check_query(const LayerShape& s, Cache& cache, int64_t start, int64_t n_tok
     std::vector<float> gpu(out_size);
     CUDA_OK(cudaMemcpy(gpu.data(), out_dev.as<void>(), out_size * 4, cudaMemcpyDeviceToHost));
     const char* path_name = path == Path::kAuto ? "auto" : path == Path::kPrefill ? "prefill" : "decode";
+    const bool decoded = path == Path::kDecode ||
+                         (path == Path::kAuto && n_tokens <= cuda::kAttentionDecodeMaxTokens);
+    if (decoded && s.v_head_dim % 32 == 0) {
+        ASSERT_NO_FATAL_FAILURE(check_decode_q8_output(s, cache, q_dev, positions_dev, n_tokens,
+                                                       workspace, out_dev, gpu));
+    }
     compare(s, cache, q, positions, gpu,
             std::string(path_name) + " T=" + std::to_string(n_tokens) + " at " + std::to_string(start), worst);
 }

@@ -1,19 +1,21 @@
-// The fused feed-forward-end kernels (src/ops/cuda/fused_ffn.h) against the launch pairs they
+// The fused block-end kernels (src/ops/cuda/fused_ffn.h) against the launch pairs they
 // replace, and against those pairs' CPU twins, at the Gemma 4 31B shapes (ffn 21504, d_model
 // 5376; 1, 3 and 17 rows), Gemma 3 270M (ffn 2048, d_model 640) and odd ones (dim 96 x 7 rows,
 // unaligned pointers, the 32- / 256- / 1024-thread norm rows), with NaN, infinite and all-zero
 // rows. Skips without a GPU. With u = 2^-24 (half an fp32 ulp, relative):
 //   gelu_tanh_and_mul_quantize_q8: all 48 bytes of every Q8 block equal to gelu_tanh_and_mul then
 //     quantize_q8 on the GPU (outputs poisoned with 0xff first). Against the CPU (gelu_tanh_and_mul
-//     then quantize_q8_row): a block is NaN (d NaN, q 0) exactly where the CPU's is; otherwise, with
-//     e_i = 8u (|0.5 gate up| + |cpu|) the gelu tolerance of cuda_small_ops_test.cpp,
-//     |d - d_cpu| <= max_i e_i / 127 + 2u d_cpu, |q - q_cpu| <= 1 and
-//     |d q - d_cpu q_cpu| <= (d + d_cpu) / 2 + e_i (each side within half a step of its own input).
+//     then quantize_q8_row): a block is NaN (d NaN, q 0) exactly where the CPU's is; otherwise,
+//     with e_i = 8u (|0.5 gate up| + |cpu|) the gelu tolerance of cuda_small_ops_test.cpp, |d -
+//     d_cpu| <= max_i e_i / 127 + 2u d_cpu, |q - q_cpu| <= 1 and |d q - d_cpu q_cpu| <= (d + d_cpu)
+//     / 2 + e_i (each side within half a step of its own input).
 //   rms_norm_add_scale: bit for bit rms_norm_add then scale on the GPU (in place: the residual is
 //     input and output, so instead of poison, NaN guards either side must stay untouched and rows
 //     with finite inputs must come out NaN-free). Against the CPU: rms_norm_add's tolerance
 //     (32u |normed| + 2u |residual + normed|), times |scale|, plus 2u |expected| for the scaling's
 //     rounding; NaN exactly where the CPU has NaN.
+//   rms_norm_add_scale_norm_quantize_q8: bit for bit rms_norm_add_scale then rms_norm_quantize_q8
+//     (residual and Q8 bytes).
 #include <gtest/gtest.h>
 
 #if KESTREL_HAS_CUDA
@@ -308,6 +310,70 @@ TEST_F(CudaFusedFfn, RmsNormAddScaleIsRmsNormAddThenScale) {
     std::printf("rms_norm_add_scale vs CPU: max error = %.3f of the tolerance\n", worst);
 }
 
+// The block seam: rms_norm_add_scale, then the next pre-norm's Q8 blocks from the registers. Bit
+// for bit the launches it replaces (rms_norm_add_scale, then rms_norm_quantize_q8 reading the
+// residual back), both outputs: the residual and all 48 bytes of every Q8 block (poisoned first).
+// Each of those launches is held to its CPU twin above and in cuda_small_ops_test.cpp.
+TEST_F(CudaFusedFfn, RmsNormAddScaleNormQuantizeIsTheThreeLaunches) {
+    uint32_t seed = 500;
+    int checked = 0;
+    for (const Case& c : kNormCases) {
+        if (c.dim % 32 != 0) continue;  // the Q8 blocks need whole groups of 32
+        for (const bool weighted : {true, false}) {
+            const float scale = weighted ? 0.8671875f : 1.0f;
+            const size_t n = static_cast<size_t>(c.rows * c.dim);
+            const size_t total = n + static_cast<size_t>(c.offset);
+            std::vector<float> x = random_vector(total, ++seed);
+            add_special_rows(x, c.rows, c.dim, c.offset);
+            const std::vector<float> residual = random_vector(total, ++seed, 3.0f);
+            const std::vector<float> w = random_weight(static_cast<size_t>(c.dim), ++seed);
+            const std::vector<float> next_w = random_weight(static_cast<size_t>(c.dim), ++seed);
+            const std::string what =
+                std::string(c.what) + (weighted ? "" : " (no weight, scale 1)");
+            const size_t blocks = n / 32;
+            const std::vector<uint8_t> poison(blocks * sizeof(Q8Block), 0xff);
+            DeviceBuffer dx, dw, dnext, dfused, dsplit, dq8_fused, dq8_split;
+            upload(dx, x);
+            upload(dw, w);
+            upload(dnext, next_w);
+            upload(dfused, residual);
+            upload(dsplit, residual);
+            upload(dq8_fused, poison);
+            upload(dq8_split, poison);
+            const float* px = dx.as<float>() + c.offset;
+            const float* pw = weighted ? dw.as<float>() : nullptr;
+            const float* pnext = weighted ? dnext.as<float>() : nullptr;
+            float* fused_residual = dfused.as<float>() + c.offset;
+            float* split_residual = dsplit.as<float>() + c.offset;
+
+            STATUS_OK(cuda::rms_norm_add_scale_norm_quantize_q8(px, pw, c.rows, c.dim, 1e-6f, scale,
+                                                                fused_residual, pnext,
+                                                                dq8_fused.as<Q8Block>(), nullptr));
+            STATUS_OK(cuda::rms_norm_add_scale(px, pw, c.rows, c.dim, 1e-6f, scale, split_residual,
+                                               nullptr));
+            STATUS_OK(cuda::rms_norm_quantize_q8(split_residual, pnext, c.rows, c.dim, 1e-6f,
+                                                 dq8_split.as<Q8Block>(), nullptr));
+            CUDA_OK(cudaDeviceSynchronize());
+            const std::vector<float> got = download(fused_residual, n);
+            const std::vector<float> want = download(split_residual, n);
+            for (size_t i = 0; i < n; ++i) {
+                ASSERT_TRUE(same_value(got[i], want[i]))
+                    << what << " residual " << i << ": fused " << got[i] << " launches " << want[i];
+            }
+            const std::vector<uint8_t> q8_got = download(dq8_fused.as<uint8_t>(), poison.size());
+            const std::vector<uint8_t> q8_want = download(dq8_split.as<uint8_t>(), poison.size());
+            for (size_t b = 0; b < blocks; ++b) {
+                ASSERT_EQ(std::memcmp(q8_got.data() + b * sizeof(Q8Block),
+                                      q8_want.data() + b * sizeof(Q8Block), sizeof(Q8Block)),
+                          0)
+                    << what << ": Q8 block " << b << " differs";
+            }
+            ++checked;
+        }
+    }
+    EXPECT_GE(checked, 12);
+}
+
 // Decode-step cost (T = 1, Gemma 4): each side captured 100 times into a CUDA graph, so the times
 // are what the engine's graph sees, launch gaps included. Printed, not asserted.
 TEST_F(CudaFusedFfn, DecodeTimings) {
@@ -385,6 +451,16 @@ TEST(CudaFusedFfnArguments, RejectsBadShapesAndPointers) {
     EXPECT_FALSE(cuda::rms_norm_add_scale(nullptr, data, 1, 64, 1e-6f, 1.0f, data, nullptr).ok());
     EXPECT_FALSE(cuda::rms_norm_add_scale(data, data, 1, 64, 1e-6f, 1.0f, nullptr, nullptr).ok());
     EXPECT_TRUE(cuda::rms_norm_add_scale(data, data, 0, 64, 1e-6f, 1.0f, data, nullptr).ok());
+    EXPECT_FALSE(cuda::rms_norm_add_scale_norm_quantize_q8(data, data, 1, 48, 1e-6f, 1.0f, data,
+                                                           data, blocks, nullptr)
+                     .ok());  // dim % 32
+    EXPECT_FALSE(cuda::rms_norm_add_scale_norm_quantize_q8(data, data, 1, 32, 1e-6f, 1.0f, data,
+                                                           data, nullptr, nullptr)
+                     .ok());
+    EXPECT_FALSE(
+        cuda::rms_norm_add_scale_norm_quantize_q8(data, data, 1, 32, 1e-6f, 1.0f, data, data,
+                                                  reinterpret_cast<Q8Block*>(data + 1), nullptr)
+            .ok());
 }
 
 #endif  // KESTREL_HAS_CUDA

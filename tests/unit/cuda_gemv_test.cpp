@@ -1,8 +1,10 @@
 // The W4A8 decode GEMV (src/ops/cuda/gemv_w4a8.cu) against its CPU twins (ops/weight_format.h)
-// at the Gemma 4 31B shapes and odd ones, M = 1..8. Q8 activation blocks must match the twin
-// bit for bit; GEMV outputs (poisoned with NaN first, every one must be written and finite) must
-// match matvec_w4a8 to fp32 accumulation-order tolerance, (groups + 40) 2^-24 Σ|terms|, and the
-// fp32 W4 reference within the error of the activations' own int8 rounding. Skips without a GPU.
+// at the Gemma 4 31B shapes and odd ones, M = 1..8, which between them reach every split-K variant
+// (S = 1, 2, 4, 8 warps per row) at M = 1 and at M > 2 (EveryWarpSplitIsTested checks that on the
+// GPU at hand). Q8 activation blocks must match the twin bit for bit; GEMV outputs (poisoned with
+// NaN first, every one must be written and finite) must match matvec_w4a8 to fp32
+// accumulation-order tolerance, (groups + 40) 2^-24 Σ|terms|, and the fp32 W4 reference within the
+// error of the activations' own int8 rounding. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #if KESTREL_HAS_CUDA
@@ -178,6 +180,49 @@ void check_gemv(const W4Weights& w, const DeviceW4& dw, int64_t m, uint64_t seed
     }
 }
 
+// {K, N}. Gemma 4 31B: q/k/v/gate/up (K = 5376 -> 8192, 16384, 4096, 21504), the stacked
+// gate|up (5376 -> 43008), down (21504 -> 5376), o (8192 or 16384 -> 5376).
+constexpr int64_t kGemma4Shapes[][2] = {{5376, 8192},  {5376, 16384}, {5376, 4096}, {5376, 21504},
+                                        {5376, 43008}, {21504, 5376}, {8192, 5376}, {16384, 5376}};
+// Odd shapes: a last block partly past n, rows shorter than a warp's 32 lanes or not a multiple
+// of them. The last three split K on any GPU (few rows; S capped by the row length): {2080, 45}
+// 65 groups, S = 2; {4128, 1001} 129 groups, S = 4; {8224, 37} 257 groups, S = 8, each with one
+// group left over for a last, mostly idle round.
+constexpr int64_t kOddShapes[][2] = {{32, 1},     {64, 7},    {96, 33},     {256, 3},  {1024, 17},
+                                     {1056, 250}, {2080, 45}, {4128, 1001}, {8224, 37}};
+
+// The split-K rule (gemv_w4a8.h) on an H100's 132 SMs: the N = 5376 shapes split enough to give
+// >= 8 blocks per SM, large N stays whole, short rows (< 2 slices of 32 groups) stay whole.
+TEST(CudaGemvSplitRule, H100Shapes) {
+    constexpr int kH100Sms = 132;
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 1, kH100Sms), 2);  // 672 -> 1344 blocks
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 8192, 3, kH100Sms), 4);   // R = 2: 336 -> 1344
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 1, kH100Sms), 1);  // 2048 blocks already
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 8, kH100Sms), 2);  // 1024 -> 2048
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(43008, 5376, 8, kH100Sms), 1);
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(4096, 5376, 3, kH100Sms), 4);   // 168 groups: at most 4
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(37, 8224, 1, kH100Sms), 8);
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(250, 1056, 1, kH100Sms), 1);    // 33 groups: one slice
+}
+
+TEST_F(CudaGemv, EveryWarpSplitIsTested) {
+    const Result<int> sms = cuda::gemv_sm_count();
+    ASSERT_TRUE(sms.ok()) << sms.status().message();
+    for (const int64_t m : {1, 3}) {
+        std::vector<int> reached;
+        const auto add = [&](const int64_t(&shape)[2]) {
+            reached.push_back(cuda::gemv_w4a8_warps_per_row(shape[1], shape[0], m, *sms));
+        };
+        for (const auto& shape : kGemma4Shapes) add(shape);
+        for (const auto& shape : kOddShapes) add(shape);
+        for (const int split : {1, 2, 4, 8}) {
+            EXPECT_NE(std::find(reached.begin(), reached.end(), split), reached.end())
+                << "no test shape reaches S = " << split << " at m = " << m << " on " << *sms
+                << " SMs: add one to kGemma4Shapes or kOddShapes";
+        }
+    }
+}
+
 TEST_F(CudaGemv, QuantizeMatchesTwinBitForBit) {
     const int64_t m = 3, k = 5376, groups = k / 32;
     std::vector<float> x = random_x(m, k, 3);
@@ -213,15 +258,12 @@ TEST_F(CudaGemv, QuantizeMatchesTwinBitForBit) {
     }
 }
 
-// Gemma 4 31B: q/k/v/gate/up (K = 5376 -> 8192, 16384, 4096, 21504), down (21504 -> 5376),
-// o (8192 or 16384 -> 5376). Every output is checked for being written; a sample of rows
-// (first 64, last 64, every 97th) against the twins, to keep the CPU side short.
+// Every output is checked for being written; a sample of rows (first 64, last 64, every 97th)
+// against the twins, to keep the CPU side short.
 TEST_F(CudaGemv, Gemma4ShapesAllRowCounts) {
-    const int64_t shapes[][2] = {{5376, 8192}, {5376, 16384}, {5376, 4096}, {5376, 21504},
-                                 {21504, 5376}, {8192, 5376},  {16384, 5376}};
     Worst worst;
     uint64_t seed = 100;
-    for (const auto& shape : shapes) {
+    for (const auto& shape : kGemma4Shapes) {
         const int64_t k = shape[0], n = shape[1];
         const W4Weights w = random_w4(n, k, ++seed);
         DeviceW4 dw;
@@ -241,10 +283,9 @@ TEST_F(CudaGemv, Gemma4ShapesAllRowCounts) {
 }
 
 TEST_F(CudaGemv, OddShapesAllRowCounts) {
-    const int64_t shapes[][2] = {{32, 1}, {64, 7}, {96, 33}, {256, 3}, {1024, 17}, {4128, 1001}, {1056, 250}};
     Worst worst;
     uint64_t seed = 500;
-    for (const auto& shape : shapes) {
+    for (const auto& shape : kOddShapes) {
         const W4Weights w = random_w4(shape[1], shape[0], ++seed);
         DeviceW4 dw;
         upload(w, dw);

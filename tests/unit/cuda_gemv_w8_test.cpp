@@ -1,10 +1,13 @@
 // The W8A8 decode GEMV (src/ops/cuda/gemv_w8a8.cu) against its CPU twin matvec_w8a8
 // (ops/weight_format_w8.h) at the Gemma 4 31B shapes (incl. the 262144-row output head, which a
-// Q6_K token_embd makes W8) and odd ones, M = 1..8. GEMV outputs are poisoned with NaN first;
-// every one must be written and finite, and match the twin to fp32 accumulation-order tolerance,
-// (groups + groups/16 + 40) 2^-24 Σ|terms| (the twin's sequential sum over groups, the kernel's
-// per-lane sums over 2 groups / 32 chunks and its 5 shuffle levels), and the fp32 W8 reference
-// within the error of the activations' own int8 rounding. Skips without a GPU.
+// Q6_K token_embd makes W8) and odd ones, M = 1..8, which between them reach every split-K variant
+// (S = 1, 2, 4, 8 warps per row) at M = 1 and at M > 2 (EveryWarpSplitIsTested checks that on the
+// GPU at hand). GEMV outputs are poisoned with NaN first; every one must be written and finite,
+// and match the twin to fp32 accumulation-order tolerance, (groups + groups/16 + 40) 2^-24
+// Σ|terms| (the twin's sequential sum over groups; the kernel's per-lane sums over at most
+// 2 groups / 32 chunks, its 5 shuffle levels and at most 7 additions of split-K partials), and
+// the fp32 W8 reference within the error of the activations' own int8 rounding. Skips without a
+// GPU.
 #include <gtest/gtest.h>
 
 #if KESTREL_HAS_CUDA
@@ -207,15 +210,54 @@ std::vector<int64_t> sample_rows(int64_t n) {
     return rows;
 }
 
-// Gemma 4 31B: q/k/v/gate/up (K = 5376 -> 8192, 16384, 4096, 21504), down (21504 -> 5376),
-// o (8192 or 16384 -> 5376). Every output is checked for being written; a sample of rows
-// against the twins, to keep the CPU side short.
+// {K, N}. Gemma 4 31B: q/k/v/gate/up (K = 5376 -> 8192, 16384, 4096, 21504), the stacked
+// gate|up (5376 -> 43008), down (21504 -> 5376), o (8192 or 16384 -> 5376).
+constexpr int64_t kGemma4Shapes[][2] = {{5376, 8192},  {5376, 16384}, {5376, 4096}, {5376, 21504},
+                                        {5376, 43008}, {21504, 5376}, {8192, 5376}, {16384, 5376}};
+// Odd shapes: a last block partly past n, rows shorter than a warp's 32 lanes or not a multiple
+// of them. Few rows, so S is capped by the row length on any GPU: {1056, 250} 66 chunks, S = 2;
+// {2080, 45} 130 chunks, S = 4; {4128, 1001} and {8224, 37} S = 8, with two chunks left over
+// for a last, mostly idle round ({8224, 37}: 514 chunks).
+constexpr int64_t kOddShapes[][2] = {{32, 1},     {64, 7},    {96, 33},     {256, 3},  {1024, 17},
+                                     {1056, 250}, {2080, 45}, {4128, 1001}, {8224, 37}};
+
+// The split-K rule (gemv_w4a8.h) for W8 rows (2 k / 32 chunks, slices of 32 chunks) on an
+// H100's 132 SMs: the N = 5376 shapes split to >= 8 blocks per SM, large N stays whole.
+TEST(CudaGemvW8SplitRule, H100Shapes) {
+    constexpr int kH100Sms = 132;
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(5376, 21504, 1, kH100Sms), 2);  // 672 -> 1344 blocks
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(5376, 8192, 3, kH100Sms), 4);   // R = 2: 336 -> 1344
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(16384, 5376, 1, kH100Sms), 1);  // 2048 already
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(4096, 5376, 3, kH100Sms), 8);   // 336 chunks: 10 slices
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(262144, 5376, 8, kH100Sms), 1);
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(250, 1056, 1, kH100Sms), 2);  // 66 chunks: 2 slices
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(3, 256, 1, kH100Sms), 1);     // 16 chunks
+}
+
+TEST_F(CudaGemvW8, EveryWarpSplitIsTested) {
+    const Result<int> sms = cuda::gemv_sm_count();
+    ASSERT_TRUE(sms.ok()) << sms.status().message();
+    for (const int64_t m : {1, 3}) {
+        std::vector<int> reached;
+        const auto add = [&](const int64_t(&shape)[2]) {
+            reached.push_back(cuda::gemv_w8a8_warps_per_row(shape[1], shape[0], m, *sms));
+        };
+        for (const auto& shape : kGemma4Shapes) add(shape);
+        for (const auto& shape : kOddShapes) add(shape);
+        for (const int split : {1, 2, 4, 8}) {
+            EXPECT_NE(std::find(reached.begin(), reached.end(), split), reached.end())
+                << "no test shape reaches S = " << split << " at m = " << m << " on " << *sms
+                << " SMs: add one to kGemma4Shapes or kOddShapes";
+        }
+    }
+}
+
+// Every output is checked for being written; a sample of rows against the twins, to keep the
+// CPU side short.
 TEST_F(CudaGemvW8, Gemma4ShapesAllRowCounts) {
-    const int64_t shapes[][2] = {{5376, 8192},  {5376, 16384}, {5376, 4096}, {5376, 21504},
-                                 {21504, 5376}, {8192, 5376},  {16384, 5376}};
     Worst worst;
     uint64_t seed = 100;
-    for (const auto& shape : shapes) {
+    for (const auto& shape : kGemma4Shapes) {
         const int64_t k = shape[0], n = shape[1];
         const W8Weights w = random_w8(n, k, ++seed);
         DeviceW8 dw;
@@ -251,11 +293,9 @@ TEST_F(CudaGemvW8, Gemma4OutputHead) {
 }
 
 TEST_F(CudaGemvW8, OddShapesAllRowCounts) {
-    const int64_t shapes[][2] = {{32, 1},    {64, 7},      {96, 33},   {256, 3},
-                                 {1024, 17}, {4128, 1001}, {1056, 250}};
     Worst worst;
     uint64_t seed = 500;
-    for (const auto& shape : shapes) {
+    for (const auto& shape : kOddShapes) {
         const W8Weights w = random_w8(shape[1], shape[0], ++seed);
         DeviceW8 dw;
         upload(w, dw);

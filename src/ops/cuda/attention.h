@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kestrel/status.h"
+#include "ops/weight_format.h"  // Q8Block
 
 namespace kestrel::cuda {
 
@@ -65,6 +66,15 @@ Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tok
 // read on the device; a second kernel combines the splits. Any T >= 1 (cheap for T <= 8).
 Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
                         const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream);
+
+// attention_decode whose reduce kernel also writes the Q8 blocks (quantize_q8, gemv_w4a8.h) of
+// each output row [T, n_heads * v_head_dim] to out_q8 [T, n_heads * v_head_dim / 32] (16-byte
+// aligned): bit for bit attention_decode then quantize_q8, one launch fewer before the
+// o-projection's GEMV. out may be null (only the Q8 blocks). v_head_dim % 32 == 0.
+Status attention_decode_quantize_q8(const float* q, const int64_t* positions, int64_t n_tokens,
+                                    const KvCacheBf16View& cache, const AttentionShape& shape,
+                                    void* workspace, float* out, Q8Block* out_q8,
+                                    cudaStream_t stream);
 
 // The engine's entry points: decode for n_tokens <= kAttentionDecodeMaxTokens, else prefill.
 inline size_t attention_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {

@@ -43,7 +43,9 @@ struct AttentionKernelArgs {
     const int64_t* positions = nullptr;   // [T], device
     const uint16_t* k_cache = nullptr;    // [capacity, n_kv_heads, head_dim] bf16
     const uint16_t* v_cache = nullptr;    // [capacity, n_kv_heads, v_head_dim] bf16
-    float* out = nullptr;                 // [T, n_heads, v_head_dim]
+    float* out = nullptr;  // [T, n_heads, v_head_dim]; decode: may be null with out_q8
+    Q8Block* out_q8 =
+        nullptr;  // decode: null, or the Q8 blocks of out [T, n_heads * v_head_dim / 32]
     float* partial_acc = nullptr;         // decode: [max_splits, T * n_heads, v_head_dim], unnormalised O
     float* partial_ml = nullptr;          // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
     int n_tokens = 0;
@@ -68,8 +70,9 @@ inline int attention_padded_head_dim(int64_t head_dim, int64_t v_head_dim) {
 inline bool attention_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Shapes and pointers both launchers require (see attention.h).
-inline Status check_attention_arguments(const char* what, const float* q, const int64_t* positions, int64_t n_tokens,
-                                        const KvCacheBf16View& cache, const AttentionShape& shape, const float* out) {
+inline Status check_attention_arguments(const char* what, const float* q, const int64_t* positions,
+                                        int64_t n_tokens, const KvCacheBf16View& cache,
+                                        const AttentionShape& shape, const void* out) {
     const auto fail = [&](const std::string& message) {
         return Status(StatusCode::kInvalidArgument, std::string(what) + ": " + message);
     };

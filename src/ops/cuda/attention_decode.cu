@@ -8,7 +8,8 @@
 //   cut into decode_splits_used(n) chunks of whole K/V tiles. Blocks without keys write a
 //   neutral partial (m = -inf, l = 0) and exit. Partials are (m, l, unnormalised O).
 // attention_decode_reduce_kernel: one block per (token, query head) rescales the used splits'
-//   partials to their common max and divides by the summed l (the same split plan, recomputed).
+//   partials to their common max and divides by the summed l (the same split plan, recomputed);
+//   for the o-projection's GEMV it can also write the row's Q8 blocks, saving a quantise launch.
 // kv_write_bf16_kernel: one thread per 8 elements (two 16-byte fp32 loads, one 16-byte store).
 #include <algorithm>
 #include <string>
@@ -16,6 +17,8 @@
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/small_ops.cuh"  // quantize_q8_warp
 
 namespace kestrel::cuda {
 namespace {
@@ -39,6 +42,8 @@ __global__ void kv_write_bf16_kernel(const float* __restrict__ k, const float* _
                                      const int64_t* __restrict__ positions, int64_t k_chunks, int64_t total_chunks,
                                      int k_row, int v_row, int capacity, uint16_t* __restrict__ k_cache,
                                      uint16_t* __restrict__ v_cache) {
+    wait_for_upstream();
+    allow_downstream();
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total_chunks;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const bool is_k = i < k_chunks;
@@ -59,6 +64,8 @@ __global__ void kv_write_bf16_kernel(const float* __restrict__ k, const float* _
 template <int kHeadDimPad>
 __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     attention_decode_kernel(AttentionKernelArgs a) {
+    wait_for_upstream();
+    allow_downstream();
     using C = DecodeConfig<kHeadDimPad>;
     extern __shared__ __align__(16) unsigned char shared[];
     const int split = static_cast<int>(blockIdx.x);
@@ -114,6 +121,8 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
 }
 
 __global__ void __launch_bounds__(kReduceThreads) attention_decode_reduce_kernel(AttentionKernelArgs a) {
+    wait_for_upstream();
+    allow_downstream();
     __shared__ float weight[kDecodeMaxSplits];
     const int prow = static_cast<int>(blockIdx.x);  // t * n_heads + h
     const int partial_rows = a.n_tokens * a.n_heads;
@@ -139,6 +148,8 @@ __global__ void __launch_bounds__(kReduceThreads) attention_decode_reduce_kernel
     __syncthreads();
     // No split with a key (impossible for a valid call) gives 0 / 0 = NaN, never a silent 0.
     const float inv_denominator = 1.0f / denominator;
+    // With out_q8, v_head_dim % 32 == 0 and the block is whole warps: each step's 32 columns of a
+    // warp are one Q8 block of the row, quantised together.
     for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
         float sum = 0.0f;
         for (int s = 0; s < splits; ++s) {
@@ -146,7 +157,10 @@ __global__ void __launch_bounds__(kReduceThreads) attention_decode_reduce_kernel
                 sum += weight[s] * a.partial_acc[(static_cast<int64_t>(s) * partial_rows + prow) * a.v_head_dim + col];
             }
         }
-        a.out[static_cast<int64_t>(prow) * a.v_head_dim + col] = sum * inv_denominator;
+        const float value = sum * inv_denominator;
+        const int64_t index = static_cast<int64_t>(prow) * a.v_head_dim + col;
+        if (a.out != nullptr) a.out[index] = value;
+        if (a.out_q8 != nullptr) quantize_q8_warp(value, a.out_q8 + index / 32);
     }
 }
 
@@ -171,13 +185,15 @@ Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStr
     static_assert(C::kRows == 16, "decode_max_splits counts row tiles of 16");
     KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSharedBytes));
-    attention_decode_kernel<kHeadDimPad>
-        <<<dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
-                static_cast<unsigned>(row_tiles)),
-           C::kThreads, C::kSharedBytes, stream>>>(args);
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        attention_decode_kernel<kHeadDimPad>,
+        dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
+             static_cast<unsigned>(row_tiles)),
+        dim3(C::kThreads), C::kSharedBytes, stream, args));
     KESTREL_CUDA_CHECK(cudaGetLastError());
-    attention_decode_reduce_kernel<<<static_cast<unsigned>(args.n_tokens * args.n_heads), kReduceThreads, 0, stream>>>(
-        args);
+    KESTREL_CUDA_CHECK(launch_overlapped(attention_decode_reduce_kernel,
+                                         dim3(static_cast<unsigned>(args.n_tokens * args.n_heads)),
+                                         dim3(kReduceThreads), 0, stream, args));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -205,8 +221,10 @@ Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int
     const int64_t k_chunks = n_tokens * (k_row / 8);
     const int64_t total_chunks = k_chunks + n_tokens * (v_row / 8);
     const int64_t blocks = std::min<int64_t>((total_chunks + kWriteThreads - 1) / kWriteThreads, 16384);
-    kv_write_bf16_kernel<<<static_cast<unsigned>(blocks), kWriteThreads, 0, stream>>>(
-        k, v, positions, k_chunks, total_chunks, k_row, v_row, static_cast<int>(cache.capacity), cache.k, cache.v);
+    KESTREL_CUDA_CHECK(launch_overlapped(kv_write_bf16_kernel, dim3(static_cast<unsigned>(blocks)),
+                                         dim3(kWriteThreads), 0, stream, k, v, positions, k_chunks,
+                                         total_chunks, k_row, v_row,
+                                         static_cast<int>(cache.capacity), cache.k, cache.v));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -218,14 +236,32 @@ size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View&
            static_cast<size_t>(splits * n_tokens * shape.n_heads * 2) * sizeof(float);
 }
 
-Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
-                        const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream) {
-    KESTREL_RETURN_IF_ERROR(check_attention_arguments("attention_decode", q, positions, n_tokens, cache, shape, out));
-    if (workspace == nullptr || !attention_aligned16(workspace)) {
+namespace {
+
+Status launch_attention_decode(const char* what, const float* q, const int64_t* positions,
+                               int64_t n_tokens, const KvCacheBf16View& cache,
+                               const AttentionShape& shape, void* workspace, float* out,
+                               Q8Block* out_q8, cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(
+        check_attention_arguments(what, q, positions, n_tokens, cache, shape,
+                                  out != nullptr ? static_cast<const void*>(out) : out_q8));
+    if (out != nullptr && out_q8 != nullptr && !attention_aligned16(out_q8)) {
         return Status(StatusCode::kInvalidArgument,
-                      "attention_decode: needs a 16-byte aligned workspace of attention_decode_workspace_bytes");
+                      std::string(what) + ": Q8 output not 16-byte aligned");
+    }
+    if (out_q8 != nullptr && cache.v_head_dim % 32 != 0) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": Q8 output needs v_head_dim % 32 == 0, not " +
+                          std::to_string(cache.v_head_dim));
+    }
+    if (workspace == nullptr || !attention_aligned16(workspace)) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            std::string(what) +
+                ": needs a 16-byte aligned workspace of attention_decode_workspace_bytes");
     }
     AttentionKernelArgs args = make_attention_kernel_args(q, positions, n_tokens, cache, shape, out);
+    args.out_q8 = out_q8;
     const int64_t splits = decode_max_splits(n_tokens, cache, shape);
     args.max_splits = static_cast<int>(splits);
     args.partial_acc = static_cast<float*>(workspace);
@@ -239,6 +275,26 @@ Status attention_decode(const float* q, const int64_t* positions, int64_t n_toke
         case 256: return launch_decode<256>(args, row_tiles, stream);
         default: return launch_decode<512>(args, row_tiles, stream);
     }
+}
+
+}  // namespace
+
+Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens,
+                        const KvCacheBf16View& cache, const AttentionShape& shape, void* workspace,
+                        float* out, cudaStream_t stream) {
+    return launch_attention_decode("attention_decode", q, positions, n_tokens, cache, shape,
+                                   workspace, out, nullptr, stream);
+}
+
+Status attention_decode_quantize_q8(const float* q, const int64_t* positions, int64_t n_tokens,
+                                    const KvCacheBf16View& cache, const AttentionShape& shape,
+                                    void* workspace, float* out, Q8Block* out_q8,
+                                    cudaStream_t stream) {
+    if (out_q8 == nullptr) {
+        return Status(StatusCode::kInvalidArgument, "attention_decode_quantize_q8: null Q8 output");
+    }
+    return launch_attention_decode("attention_decode_quantize_q8", q, positions, n_tokens, cache,
+                                   shape, workspace, out, out_q8, stream);
 }
 
 }  // namespace kestrel::cuda

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.cuh"
 #include "ops/cuda/small_ops.h"  // kMaxRopePairs
 
@@ -107,6 +108,8 @@ __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], 
 
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     attention_inputs_kernel(KernelArgs a, RopeTable table) {
+    wait_for_upstream();
+    allow_downstream();
     __shared__ __align__(16) float stage[kWarpsPerBlock][kMaxHeadDim];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) & 31;
@@ -236,8 +239,9 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
     // head_norm_rope's table: inv_freq[j] = theta^(-2j / head_dim) in fp32 on the host.
     const RopeTable table = make_rope_table(inputs.rotary_pairs, hd, inputs.theta);
     const int64_t blocks = (n_tokens * heads_per_token + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    attention_inputs_kernel<<<static_cast<unsigned>(blocks), 32 * kWarpsPerBlock, 0, stream>>>(
-        args, table);
+    KESTREL_CUDA_CHECK(launch_overlapped(attention_inputs_kernel,
+                                         dim3(static_cast<unsigned>(blocks)),
+                                         dim3(32 * kWarpsPerBlock), 0, stream, args, table));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

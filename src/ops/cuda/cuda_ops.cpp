@@ -300,11 +300,11 @@ void CudaOps::rms_norm(const float* x, const float* weight, int64_t rows, int64_
 }
 
 void CudaOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
-    if (rows <= kGemvMaxRows && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8)) {
+    if (gemv_path(rows, w)) {
         // Decode: activations quantised once to Q8 blocks, then the dp4a GEMV.
-        Result<void*> blocks = ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block));
+        Result<Q8Block*> blocks = q8_blocks(w);
         if (!blocks.ok()) return note(blocks.status());
-        auto* q8 = static_cast<Q8Block*>(*blocks);
+        Q8Block* q8 = *blocks;
         {
             const ProfileScope scope(*this, "quantize_q8");
             note(quantize_q8(x, rows, w.in, w.in, q8, stream_));
@@ -329,6 +329,17 @@ void CudaOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
     }
 }
 
+bool CudaOps::gemv_path(int64_t rows, const Weight& w) {
+    return rows <= kGemvMaxRows && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8);
+}
+
+Result<Q8Block*> CudaOps::q8_blocks(const Weight& w) {
+    KESTREL_ASSIGN_OR_RETURN(
+        void* blocks,
+        ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block)));
+    return static_cast<Q8Block*>(blocks);
+}
+
 void CudaOps::gemv(const Q8Block* q8, int64_t rows, const Weight& w, float* y) {
     const ProfileScope scope(*this, w.format == WeightFormat::kW4 ? "gemv_w4a8" : "gemv_w8a8");
     note(w.format == WeightFormat::kW4 ? gemv_w4a8(w4_view(w), q8, rows, y, stream_)
@@ -338,12 +349,12 @@ void CudaOps::gemv(const Q8Block* q8, int64_t rows, const Weight& w, float* y) {
 void CudaOps::rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
                                      float* normed, bool keep_normed, const Weight& w,
                                      std::span<const int64_t> widths, float* out) {
-    if (rows == 1 && !keep_normed && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8)) {
+    if (rows == 1 && !keep_normed && gemv_path(rows, w)) {
         // Decode: the norm's rows go straight into Q8 blocks (one kernel), then one GEMV over
         // the stacked weight.
-        Result<void*> blocks = ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block));
+        Result<Q8Block*> blocks = q8_blocks(w);
         if (!blocks.ok()) return note(blocks.status());
-        auto* q8 = static_cast<Q8Block*>(*blocks);
+        Q8Block* q8 = *blocks;
         {
             const ProfileScope scope(*this, "rms_norm_quantize_q8");
             note(rms_norm_quantize_q8(x, norm_weight, rows, dim, eps, q8, stream_));
@@ -351,6 +362,28 @@ void CudaOps::rms_norm_linear_blocks(const float* x, const float* norm_weight, i
         return gemv(q8, rows, w, out);
     }
     Ops::rms_norm_linear_blocks(x, norm_weight, rows, dim, eps, normed, keep_normed, w, widths, out);
+}
+
+void CudaOps::residual_norm_linear_blocks(const float* x, const float* post_norm_weight,
+                                          float scale, float* residual,
+                                          const float* pre_norm_weight, int64_t rows, int64_t dim,
+                                          float eps, float* normed, bool keep_normed,
+                                          const Weight& w, std::span<const int64_t> widths,
+                                          float* out) {
+    if (rows == 1 && !keep_normed && gemv_path(rows, w)) {
+        // Decode: post-norm, residual update and the next pre-norm's Q8 blocks in one kernel, then
+        // one GEMV over the stacked weight.
+        Result<Q8Block*> blocks = q8_blocks(w);
+        if (!blocks.ok()) return note(blocks.status());
+        {
+            const ProfileScope scope(*this, "rms_norm_add_scale_norm_quantize_q8");
+            note(rms_norm_add_scale_norm_quantize_q8(x, post_norm_weight, rows, dim, eps, scale,
+                                                     residual, pre_norm_weight, *blocks, stream_));
+        }
+        return gemv(*blocks, rows, w, out);
+    }
+    Ops::residual_norm_linear_blocks(x, post_norm_weight, scale, residual, pre_norm_weight, rows,
+                                     dim, eps, normed, keep_normed, w, widths, out);
 }
 
 Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
@@ -386,11 +419,11 @@ void CudaOps::rms_norm_add_scale(const float* x, const float* weight, int64_t ro
 
 void CudaOps::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
                                        bool keep_act, const Weight& w, float* out) {
-    if (rows == 1 && !keep_act && (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8)) {
+    if (rows == 1 && !keep_act && gemv_path(rows, w)) {
         // Decode: gelu(gate) * up goes straight into the Q8 blocks of the down projection's GEMV.
-        Result<void*> blocks = ensure(q8_, static_cast<size_t>(kGemvMaxRows * (w.in / 32)) * sizeof(Q8Block));
+        Result<Q8Block*> blocks = q8_blocks(w);
         if (!blocks.ok()) return note(blocks.status());
-        auto* q8 = static_cast<Q8Block*>(*blocks);
+        Q8Block* q8 = *blocks;
         {
             const ProfileScope scope(*this, "gelu_tanh_and_mul_quantize_q8");
             note(gelu_tanh_and_mul_quantize_q8(gate, up, rows, dim, q8, stream_));
@@ -423,20 +456,46 @@ void CudaOps::kv_write(const KvLayerView& cache, std::span<const int64_t> positi
     note(kv_write_bf16(bf16_cache(cache), positions.data(), static_cast<int64_t>(positions.size()), k, v, stream_));
 }
 
+Result<void*> CudaOps::attention_workspace(const KvCacheBf16View& cache,
+                                           const AttentionShape& shape, int64_t tokens) {
+    const size_t bytes = attention_workspace_bytes(tokens, cache, shape);
+    if (bytes == 0) return static_cast<void*>(nullptr);
+    return ensure(attention_, bytes);
+}
+
 void CudaOps::attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
                         const AttentionParams& params, float* out) {
     const ProfileScope scope(*this, "attention");
     const KvCacheBf16View view = bf16_cache(cache);
     const AttentionShape shape{params.n_heads, params.scale, params.window, params.softcap};
     const auto tokens = static_cast<int64_t>(positions.size());
-    const size_t bytes = attention_workspace_bytes(tokens, view, shape);
-    void* workspace = nullptr;
-    if (bytes > 0) {
-        Result<void*> grown = ensure(attention_, bytes);
-        if (!grown.ok()) return note(grown.status());
-        workspace = *grown;
+    Result<void*> workspace = attention_workspace(view, shape, tokens);
+    if (!workspace.ok()) return note(workspace.status());
+    note(cuda::attention(q, positions.data(), tokens, view, shape, *workspace, out, stream_));
+}
+
+void CudaOps::attention_linear(const float* q, std::span<const int64_t> positions,
+                               const KvLayerView& cache, const AttentionParams& params,
+                               float* attn_out, bool keep_attn_out, const Weight& w, float* out) {
+    const auto tokens = static_cast<int64_t>(positions.size());
+    const KvCacheBf16View view = bf16_cache(cache);
+    if (tokens <= kAttentionDecodeMaxTokens && gemv_path(tokens, w) && view.v_head_dim % 32 == 0 &&
+        w.in == params.n_heads * view.v_head_dim) {
+        // Decode: the split-K reduce writes the o-projection's Q8 blocks itself.
+        const AttentionShape shape{params.n_heads, params.scale, params.window, params.softcap};
+        Result<void*> workspace = attention_workspace(view, shape, tokens);
+        if (!workspace.ok()) return note(workspace.status());
+        Result<Q8Block*> blocks = q8_blocks(w);
+        if (!blocks.ok()) return note(blocks.status());
+        {
+            const ProfileScope scope(*this, "attention_quantize_q8");
+            note(attention_decode_quantize_q8(q, positions.data(), tokens, view, shape, *workspace,
+                                              keep_attn_out ? attn_out : nullptr, *blocks,
+                                              stream_));
+        }
+        return gemv(*blocks, tokens, w, out);
     }
-    note(cuda::attention(q, positions.data(), tokens, view, shape, workspace, out, stream_));
+    Ops::attention_linear(q, positions, cache, params, attn_out, keep_attn_out, w, out);
 }
 
 void CudaOps::gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "ops/cuda/attention.h"
 #include "ops/cuda/gemm_prefill.h"
 #include "ops/ops.h"
 
@@ -71,6 +72,14 @@ public:
     void rms_norm_linear_blocks(const float* x, const float* norm_weight, int64_t rows, int64_t dim, float eps,
                                 float* normed, bool keep_normed, const Weight& w, std::span<const int64_t> widths,
                                 float* out) override;
+    void attention_linear(const float* q, std::span<const int64_t> positions,
+                          const KvLayerView& cache, const AttentionParams& params, float* attn_out,
+                          bool keep_attn_out, const Weight& w, float* out) override;
+    void residual_norm_linear_blocks(const float* x, const float* post_norm_weight, float scale,
+                                     float* residual, const float* pre_norm_weight, int64_t rows,
+                                     int64_t dim, float eps, float* normed, bool keep_normed,
+                                     const Weight& w, std::span<const int64_t> widths,
+                                     float* out) override;
     void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                            int64_t rotary_pairs, double theta) override;
     void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
@@ -108,8 +117,15 @@ private:
     void note(const Status& status);
     void unsupported(const char* op);
     Result<void*> ensure(Scratch& scratch, size_t bytes);
+    // Whether `rows` rows into w take the decode path: Q8 activations and a dp4a GEMV.
+    static bool gemv_path(int64_t rows, const Weight& w);
+    // The Q8 activation buffer (q8_) grown for up to kGemvMaxRows rows of w's input.
+    Result<Q8Block*> q8_blocks(const Weight& w);
     // The GEMV of up to kGemvMaxRows rows of Q8 blocks (already in q8_) with a W4/W8 weight.
     void gemv(const Q8Block* q8, int64_t rows, const Weight& w, float* y);
+    // The decode attention's split-K partials, grown for this call's shape.
+    Result<void*> attention_workspace(const KvCacheBf16View& cache, const AttentionShape& shape,
+                                      int64_t tokens);
 
     cudaStream_t stream_ = nullptr;
     bool capturing_ = false;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.h"
 
 namespace kestrel::cuda {
@@ -55,6 +56,8 @@ struct Softcap {
 template <class F>
 __global__ void __launch_bounds__(kThreads)
     elementwise_kernel(const float* a, const float* b, float* out, int64_t n, bool vec4, F f) {
+    wait_for_upstream();
+    allow_downstream();
     const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
     int64_t scalar_from = 0;
@@ -83,7 +86,8 @@ Status launch(const char* what, const float* a, const float* b, float* out, int6
     const bool vec4 = aligned16(a) && aligned16(b) && aligned16(out);
     const int64_t work = vec4 ? (n + 3) / 4 : n;
     const int64_t blocks = std::min(kMaxBlocks, (work + kThreads - 1) / kThreads);
-    elementwise_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, b, out, n, vec4, f);
+    KESTREL_CUDA_CHECK(launch_overlapped(elementwise_kernel<F>, dim3(static_cast<unsigned>(blocks)),
+                                         dim3(kThreads), 0, stream, a, b, out, n, vec4, f));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

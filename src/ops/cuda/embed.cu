@@ -12,6 +12,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.cuh"
 #include "ops/cuda/small_ops.h"
 
@@ -27,6 +28,8 @@ __device__ __forceinline__ float4 nan4() {
 
 __global__ void __launch_bounds__(kThreads)
     embed_kernel(const int32_t* ids, const float* table, int64_t vocab, int dim, float scale, float* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
     const int32_t id = ids[blockIdx.x];
     const bool valid = id >= 0 && id < vocab;
     const float* src = table + static_cast<int64_t>(valid ? id : 0) * dim;
@@ -47,6 +50,8 @@ __device__ __forceinline__ float dequantize(float group_scale, float group_min, 
 __global__ void __launch_bounds__(kThreads)
     embed_w4_kernel(const int32_t* ids, const uint4* qs, const uint32_t* scale_min, int64_t vocab, int groups,
                     float scale, float* out) {
+    wait_for_upstream();
+    allow_downstream();
     const int32_t id = ids[blockIdx.x];
     const bool valid = id >= 0 && id < vocab;
     const int64_t row = static_cast<int64_t>(valid ? id : 0) * groups;
@@ -98,8 +103,9 @@ Status embed(const int32_t* ids, int64_t tokens, const float* table, int64_t voc
     if (tokens == 0) return ok_status();
     const bool vec4 = dim % 4 == 0 && reinterpret_cast<uintptr_t>(table) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(out) % 16 == 0;
-    embed_kernel<<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(ids, table, vocab, static_cast<int>(dim),
-                                                                         scale, out, vec4);
+    KESTREL_CUDA_CHECK(launch_overlapped(embed_kernel, dim3(static_cast<unsigned>(tokens)),
+                                         dim3(kThreads), 0, stream, ids, table, vocab,
+                                         static_cast<int>(dim), scale, out, vec4));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -115,9 +121,10 @@ Status embed(const int32_t* ids, int64_t tokens, const W4DeviceView& table, floa
                           "] needs k % 32 == 0, scales, and 16-byte aligned nibbles and output");
     }
     if (tokens == 0) return ok_status();
-    embed_w4_kernel<<<static_cast<unsigned>(tokens), kThreads, 0, stream>>>(
-        ids, reinterpret_cast<const uint4*>(table.qs), table.scale_min, table.n, static_cast<int>(table.k / 32), scale,
-        out);
+    KESTREL_CUDA_CHECK(launch_overlapped(embed_w4_kernel, dim3(static_cast<unsigned>(tokens)),
+                                         dim3(kThreads), 0, stream, ids,
+                                         reinterpret_cast<const uint4*>(table.qs), table.scale_min,
+                                         table.n, static_cast<int>(table.k / 32), scale, out));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

@@ -1,6 +1,6 @@
-// Fused kernels at the two ends of the decode step's feed-forward block (host API: fused_ffn.h).
-// Each is one launch in place of two (~2-4 us each in a CUDA graph at T = 1) and performs the
-// pair's fp32 operations in the pair's order, so the results are bit for bit the pair's.
+// Fused kernels at the ends of the decode step's blocks (host API: fused_ffn.h). Each is one
+// launch in place of two or three (~2-4 us each in a CUDA graph at T = 1) and performs their fp32
+// operations in their order, so the results are bit for bit theirs.
 //
 // gelu_tanh_and_mul_q8_kernel: thread c owns chunk c (elements [4c, 4c + 4)) of the flattened
 //   [rows, dim] gate and up (dim % 32 == 0, so chunks never straddle rows, and the 8 chunks of a
@@ -11,7 +11,9 @@
 //   spread over as many SMs as possible, since the op is one DRAM round trip (latency bound).
 // rms_norm_add_scale_kernel<kThreads>: norm.cu's rms_norm_kernel<kThreads, kAddToResidual> (the
 //   same thread count per row for the same dim, so the same sum-of-squares order, small_ops.cuh),
-//   with elementwise.cu's Scale applied to each sum before it is stored.
+//   with elementwise.cu's Scale applied to each sum before it is stored; with kNextNormQ8 it goes
+//   on to the next block's pre-norm and its Q8 blocks (norm.cu's rms_norm_q8_kernel) from the
+//   registers, so the residual is written once and never read back.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -19,6 +21,7 @@
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/fused_ffn.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.cuh"
 #include "ops/cuda/small_ops.h"  // kMaxNormDim
 
@@ -46,44 +49,11 @@ __device__ __forceinline__ float4 load_flat_chunk(const float* __restrict__ p, i
     return make_float4(q[0], q[1], q[2], q[3]);
 }
 
-// norm.cu quantize_q8_lanes: lanes 8g .. 8g + 7 of the warp hold one Q8 block's 32 values, 4 each
-// in element order. The operations of quantize_q8_kernel / quantize_q8_row: d = amax / 127,
-// q = clamp(rint(v / d)), a block with a NaN or an infinity gets d = NaN and q = 0 (fmaxf and
-// the integer sum are order-free, so 8 lanes of 4 give what 32 lanes of 1 give). Every lane of
-// the warp must call this.
-__device__ __forceinline__ void quantize_q8_lanes(float4 y, bool store, Q8Block* block) {
-    const int lane = static_cast<int>(threadIdx.x) & 31;
-    const int lane_in_block = lane & 7;
-    const bool finite = isfinite(y.x) && isfinite(y.y) && isfinite(y.z) && isfinite(y.w);
-    const unsigned not_finite = __ballot_sync(kFullMask, !finite);
-    const bool bad = ((not_finite >> (lane & ~7)) & 0xffu) != 0;
-    float amax = fmaxf(fmaxf(fabsf(y.x), fabsf(y.y)), fmaxf(fabsf(y.z), fabsf(y.w)));
-#pragma unroll
-    for (int off = 4; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
-    float d = __fdiv_rn(amax, 127.0f);
-    int q[4] = {0, 0, 0, 0};
-    if (d > 0.0f && !bad) {
-        const float values[4] = {y.x, y.y, y.z, y.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) q[i] = min(127, max(-127, __float2int_rn(__fdiv_rn(values[i], d))));
-    }
-    int sum = q[0] + q[1] + q[2] + q[3];
-#pragma unroll
-    for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(kFullMask, sum, off);
-    if (bad) d = __int_as_float(0x7fc00000);
-    if (!store) return;
-    const uint32_t packed = (static_cast<uint32_t>(q[0]) & 0xffu) | ((static_cast<uint32_t>(q[1]) & 0xffu) << 8) |
-                            ((static_cast<uint32_t>(q[2]) & 0xffu) << 16) | (static_cast<uint32_t>(q[3]) << 24);
-    reinterpret_cast<uint32_t*>(block->qs)[lane_in_block] = packed;
-    // d, sum and the zero padding: the block's third 16 bytes, one store.
-    if (lane_in_block == 0) {
-        reinterpret_cast<uint4*>(block)[2] = make_uint4(__float_as_uint(d), static_cast<uint32_t>(sum), 0u, 0u);
-    }
-}
-
 __global__ void __launch_bounds__(kGeluThreads)
     gelu_tanh_and_mul_q8_kernel(const float* __restrict__ gate, const float* __restrict__ up, int64_t chunks,
                                 bool vec4, Q8Block* __restrict__ out) {
+    wait_for_upstream();
+    allow_downstream();
     const int64_t c = static_cast<int64_t>(blockIdx.x) * kGeluThreads + threadIdx.x;
     // chunks % 8 == 0: a Q8 block's 8 lanes are all in or all out; the rest still join the shuffles.
     const bool mine = c < chunks;
@@ -97,20 +67,29 @@ __global__ void __launch_bounds__(kGeluThreads)
     quantize_q8_lanes(y, mine, out + c / 8);
 }
 
-// ---- rms_norm, residual add, scale -------------------------------------------------------------------
+// ---- rms_norm, residual add, scale (then the next block's norm -> Q8)
+// ---------------------------------
 
-template <int kThreads>
-__global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
-    rms_norm_add_scale_kernel(const float* x, const float* weight, int rows, int dim, float eps, float scale,
-                              float* residual, bool vec4) {
-    __shared__ float warp_totals[kThreads / 32];
+// kNextNormQ8: the updated residual row, still in registers, is normalised again with
+// next_weight and quantised to Q8 as rms_norm_q8_kernel (norm.cu) would do after reading it back:
+// same thread count per row, same chunk ownership, same sum-of-squares order.
+template <int kThreads, bool kNextNormQ8>
+__global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
+    rms_norm_add_scale_kernel(const float* x, const float* weight, int rows, int dim, float eps,
+                              float scale, float* residual, const float* next_weight,
+                              Q8Block* next_q8, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
+    // Two arrays: the second reduction must not overwrite totals another warp may still be reading.
+    __shared__ float warp_totals[2][kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
     const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
     if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
     const float* x_row = x + row * dim;
     float* residual_row = residual + row * dim;
     float4 v[kNormChunks];
-    const float inv_rms = load_row_inv_rms<kThreads>(x_row, dim, eps, vec4, thread_in_row, v, warp_totals);
+    const float inv_rms =
+        load_row_inv_rms<kThreads>(x_row, dim, eps, vec4, thread_in_row, v, warp_totals[0]);
     const int chunks = (dim + 3) / 4;
 #pragma unroll
     for (int k = 0; k < kNormChunks; ++k) {
@@ -121,7 +100,26 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
         // rms_norm_add's r + y, then scale's (r + y) * s: two roundings, as the two launches do.
         const float4 sum = make_float4(__fadd_rn(r.x, y.x), __fadd_rn(r.y, y.y), __fadd_rn(r.z, y.z),
                                        __fadd_rn(r.w, y.w));
-        store_chunk(residual_row, c, dim, vec4, chunk_times(sum, scale));
+        v[k] = chunk_times(sum, scale);
+        store_chunk(residual_row, c, dim, vec4, v[k]);
+    }
+    if constexpr (kNextNormQ8) {
+        // v holds the new residual; chunks past the row are still the zeros load_row_inv_rms put
+        // there.
+        const float next_inv_rms =
+            row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals[1]);
+        Q8Block* out_row = next_q8 + row * (dim / 32);
+        const int warp_first_chunk = thread_in_row & ~31;
+#pragma unroll
+        for (int k = 0; k < kNormChunks; ++k) {
+            // Whole warps skip together, so the shuffles inside always see all 32 lanes.
+            if (warp_first_chunk + k * kThreads >= chunks) break;
+            const int c = thread_in_row + k * kThreads;
+            const bool mine = c < chunks;
+            const float4 y = mine ? normalise_chunk(v[k], next_inv_rms, next_weight, c, dim, vec4)
+                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            quantize_q8_lanes(y, mine, out_row + c / 8);
+        }
     }
 }
 
@@ -151,39 +149,69 @@ Status gelu_tanh_and_mul_quantize_q8(const float* gate, const float* up, int64_t
     const int64_t chunks = rows * dim / 4;
     const bool vec4 = aligned16(gate) && aligned16(up);
     const int64_t grid = (chunks + kGeluThreads - 1) / kGeluThreads;
-    gelu_tanh_and_mul_q8_kernel<<<static_cast<unsigned>(grid), kGeluThreads, 0, stream>>>(gate, up, chunks, vec4,
-                                                                                           out);
+    KESTREL_CUDA_CHECK(launch_overlapped(gelu_tanh_and_mul_q8_kernel,
+                                         dim3(static_cast<unsigned>(grid)), dim3(kGeluThreads), 0,
+                                         stream, gate, up, chunks, vec4, out));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
 
-Status rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float scale,
-                          float* residual, cudaStream_t stream) {
-    if (rows < 0 || dim <= 0 || dim > kMaxNormDim || rows > (int64_t{1} << 31) - 1) {
-        return Status(StatusCode::kInvalidArgument, "rms_norm_add_scale: shape [" + std::to_string(rows) + ", " +
-                                                        std::to_string(dim) + "] needs 0 < dim <= " +
-                                                        std::to_string(kMaxNormDim));
+namespace {
+
+template <bool kNextNormQ8>
+Status launch_rms_norm_add_scale(const char* what, const float* x, const float* weight,
+                                 int64_t rows, int64_t dim, float eps, float scale, float* residual,
+                                 const float* next_weight, Q8Block* next_q8, cudaStream_t stream) {
+    if (rows < 0 || dim <= 0 || dim > kMaxNormDim || rows > (int64_t{1} << 31) - 1 ||
+        (kNextNormQ8 && dim % 32 != 0)) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": shape [" + std::to_string(rows) + ", " +
+                          std::to_string(dim) + "] needs 0 < dim <= " +
+                          std::to_string(kMaxNormDim) + (kNextNormQ8 ? " and dim % 32 == 0" : ""));
     }
     if (rows == 0) return ok_status();
-    if (x == nullptr || residual == nullptr) {
-        return Status(StatusCode::kInvalidArgument, "rms_norm_add_scale: null input or residual");
+    if (x == nullptr || residual == nullptr ||
+        (kNextNormQ8 && (next_q8 == nullptr || !aligned16(next_q8)))) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            std::string(what) + ": null input or residual, or Q8 output not 16-byte aligned");
     }
     // norm.cu's launch_rms_norm: the same thread count per row for the same dim (the reduction
     // order), and float4 access when every row is 16-byte aligned.
-    const bool vec4 = dim % 4 == 0 && aligned16(x) && aligned16(weight) && aligned16(residual);
+    const bool vec4 = dim % 4 == 0 && aligned16(x) && aligned16(weight) && aligned16(residual) &&
+                      aligned16(next_weight);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
     if (dim <= 32 * kNormChunks * 4) {
-        rms_norm_add_scale_kernel<32><<<row_blocks(rows, kRowsPerBlock<32>), 32 * kRowsPerBlock<32>, 0, stream>>>(
-            x, weight, r, d, eps, scale, residual, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_add_scale_kernel<32, kNextNormQ8>,
+                                             dim3(row_blocks(rows, kRowsPerBlock<32>)),
+                                             dim3(32 * kRowsPerBlock<32>), 0, stream, x, weight, r,
+                                             d, eps, scale, residual, next_weight, next_q8, vec4));
     } else if (dim <= 256 * kNormChunks * 4) {
-        rms_norm_add_scale_kernel<256><<<row_blocks(rows, 1), 256, 0, stream>>>(x, weight, r, d, eps, scale,
-                                                                                residual, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            rms_norm_add_scale_kernel<256, kNextNormQ8>, dim3(row_blocks(rows, 1)), dim3(256), 0,
+            stream, x, weight, r, d, eps, scale, residual, next_weight, next_q8, vec4));
     } else {
-        rms_norm_add_scale_kernel<1024><<<row_blocks(rows, 1), 1024, 0, stream>>>(x, weight, r, d, eps, scale,
-                                                                                  residual, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            rms_norm_add_scale_kernel<1024, kNextNormQ8>, dim3(row_blocks(rows, 1)), dim3(1024), 0,
+            stream, x, weight, r, d, eps, scale, residual, next_weight, next_q8, vec4));
     }
-    KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
+}
+
+}  // namespace
+
+Status rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                          float scale, float* residual, cudaStream_t stream) {
+    return launch_rms_norm_add_scale<false>("rms_norm_add_scale", x, weight, rows, dim, eps, scale,
+                                            residual, nullptr, nullptr, stream);
+}
+
+Status rms_norm_add_scale_norm_quantize_q8(const float* x, const float* weight, int64_t rows,
+                                           int64_t dim, float eps, float scale, float* residual,
+                                           const float* next_weight, Q8Block* out,
+                                           cudaStream_t stream) {
+    return launch_rms_norm_add_scale<true>("rms_norm_add_scale_norm_quantize_q8", x, weight, rows,
+                                           dim, eps, scale, residual, next_weight, out, stream);
 }
 
 }  // namespace kestrel::cuda

@@ -1,7 +1,7 @@
-// Host API of the fused kernels at the two ends of the decode step's feed-forward block
-// (fused_ffn.cu). Each replaces a pair of launches of the existing ops and is bit for bit that
-// pair, so the CPU twins are the pairs' twins: make_cpu_ops() gelu_tanh_and_mul then
-// quantize_q8_row (ops/weight_format.h), and rms_norm_add then scale. tests/unit/
+// Host API of the fused kernels at the ends of the decode step's blocks (fused_ffn.cu). Each
+// replaces two or three launches of the existing ops and is bit for bit those launches, so the
+// CPU twins are theirs: make_cpu_ops() gelu_tanh_and_mul then quantize_q8_row
+// (ops/weight_format.h); rms_norm_add then scale (then rms_norm then quantize_q8_row). tests/unit/
 // cuda_fused_ffn_test.cpp holds the kernels to both. Plain C++: includable from .cpp files.
 //
 // All pointers are device pointers. Launchers only launch: they never synchronise, allocate or
@@ -29,5 +29,14 @@ Status gelu_tanh_and_mul_quantize_q8(const float* gate, const float* up, int64_t
 // null (no weight).
 Status rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float scale,
                           float* residual, cudaStream_t stream);
+
+// rms_norm_add_scale, then out = the Q8 blocks of rms_norm(residual, next_weight): bit for bit
+// rms_norm_add_scale then rms_norm_quantize_q8 (small_ops.h). The seam between two blocks of a
+// sandwich-norm decoder (post-norm and residual update of one, pre-norm of the next) in one launch.
+// dim % 32 == 0; out [rows, dim / 32], 16-byte aligned.
+Status rms_norm_add_scale_norm_quantize_q8(const float* x, const float* weight, int64_t rows,
+                                           int64_t dim, float eps, float scale, float* residual,
+                                           const float* next_weight, Q8Block* out,
+                                           cudaStream_t stream);
 
 }  // namespace kestrel::cuda

@@ -1,19 +1,34 @@
-// Launchers of the W4A8 decode GEMV family (kernels: gemv_w4a8.cuh). Variant choice by shape:
+// Launchers of the W4A8 decode GEMV family (kernels: gemv_w4a8.cuh), and the split-K rule that
+// gemv_w8a8.cu shares. Variant choice by shape:
 //   M (activation rows) 1..8 is a template parameter (accumulators stay in registers);
-//   R (weight rows per warp) = 1 for M <= 2, 2 above: at larger M each Q8 block load is reused
-//   by two weight rows, keeping L1 traffic per weight byte near the M = 2 level;
+//   R (weight rows per warp) = gemv_rows_per_warp(M): 1 for M <= 2, 2 above: at larger M each Q8
+//   block load is reused by two weight rows, keeping L1 traffic per weight byte near M = 2;
 //   U (groups in flight per lane) = 4 for M <= 2, 2 above (register pressure). Tried and
 //   measured slower (H100, 2026): U = 8 at M = 1, K <= 8192 capped at 64 registers (+2-4%
-//   time): see bench/gemv_w4a8_notes.md.
+//   time): see bench/gemv_w4a8_notes.md;
+//   S (warps per row group, split-K inside the block) = gemv_warps_per_row (gemv_w4a8.h): the
+//   notes measured 70-80% of copy bandwidth where N = 5376 gave 672 blocks and 89-92% from
+//   2048 blocks up, so S grows the grid of the small-N shapes to >= 8 blocks per SM.
+// Every kernel here is launched with launch_overlapped (PDL, launch.cuh): its prologue (the
+// GEMV's first weight lines towards L2) overlaps the previous kernel's tail.
 #include "ops/cuda/gemv_w4a8.h"
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemv_w4a8.cuh"
+#include "ops/cuda/launch.cuh"
 
 namespace kestrel::cuda {
 namespace {
+
+// Grid size, in blocks per SM, from which the split stops: the notes' shapes ran at 89-92% of copy
+// bandwidth from ~15 blocks per SM and at 70-80% with ~4-8; at 8 the block that an SM gets
+// beyond its fair share is at most an eighth of its work. A starting point to tune with
+// bench/gemv_w4a8_bench on the H100.
+constexpr int64_t kGemvBlocksPerSm = 8;
 
 bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) % to) == 0; }
 
@@ -31,24 +46,59 @@ Status quantize_q8_impl(const T* x, int64_t m, int64_t k, int64_t ldx, Q8Block* 
     const int64_t n_blocks = m * groups;
     constexpr int kWarps = 8;
     const int64_t grid = (n_blocks + kWarps - 1) / kWarps;
-    quantize_q8_kernel<T><<<static_cast<unsigned>(grid), kWarps * 32, 0, stream>>>(
-        x, ldx, static_cast<int>(groups), n_blocks, out);
-    KESTREL_CUDA_CHECK(cudaGetLastError());
+    KESTREL_CUDA_CHECK(launch_overlapped(quantize_q8_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(kWarps * 32),
+                                         0, stream, x, ldx, static_cast<int>(groups), n_blocks, out));
+    return ok_status();
+}
+
+template <int M, int R, int U, int S>
+Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
+    const int64_t rows_per_block = GemvWarpPlace<R, S>::kRowsPerBlock;
+    const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
+    KESTREL_CUDA_CHECK(launch_overlapped(gemv_w4a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)),
+                                         dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs),
+                                         w.scale_min, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
+                                         static_cast<int>(w.k / 32)));
     return ok_status();
 }
 
 template <int M, int R, int U>
 Status launch(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
-    const int64_t rows_per_block = static_cast<int64_t>(kGemvWarps) * R;
-    const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
-    gemv_w4a8_kernel<M, R, U><<<static_cast<unsigned>(grid), kGemvWarps * 32, 0, stream>>>(
-        reinterpret_cast<const uint4*>(w.qs), w.scale_min, reinterpret_cast<const uint4*>(a), y,
-        static_cast<int>(w.n), static_cast<int>(w.k / 32));
-    KESTREL_CUDA_CHECK(cudaGetLastError());
-    return ok_status();
+    static_assert(R == gemv_rows_per_warp(M), "gemv_warps_per_row must see the R the kernel runs with");
+    KESTREL_ASSIGN_OR_RETURN(const int sm_count, gemv_sm_count());
+    switch (gemv_w4a8_warps_per_row(w.n, w.k, M, sm_count)) {
+        case 1: return launch_split<M, R, U, 1>(w, a, y, stream);
+        case 2: return launch_split<M, R, U, 2>(w, a, y, stream);
+        case 4: return launch_split<M, R, U, 4>(w, a, y, stream);
+        default: return launch_split<M, R, U, 8>(w, a, y, stream);
+    }
 }
 
 }  // namespace
+
+int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count) {
+    const int64_t rows_per_warp = gemv_rows_per_warp(m);
+    const int64_t wanted_blocks = kGemvBlocksPerSm * std::max(sm_count, 1);
+    int split = 1;
+    while (split < kGemvWarps && 2 * split <= row_slices) {
+        const int64_t rows_per_block = (kGemvWarps / split) * rows_per_warp;
+        if ((n + rows_per_block - 1) / rows_per_block >= wanted_blocks) break;
+        split *= 2;
+    }
+    return split;
+}
+
+Result<int> gemv_sm_count() {
+    // Relaxed: racing first calls store the same value; 0 means not yet queried.
+    static std::atomic<int> cached{0};
+    int count = cached.load(std::memory_order_relaxed);
+    if (count > 0) return count;
+    int device = 0;
+    KESTREL_CUDA_CHECK(cudaGetDevice(&device));
+    KESTREL_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    cached.store(count, std::memory_order_relaxed);
+    return count;
+}
 
 Status quantize_q8(const float* x, int64_t m, int64_t k, int64_t ldx, Q8Block* out, cudaStream_t stream) {
     return quantize_q8_impl(x, m, k, ldx, out, stream);

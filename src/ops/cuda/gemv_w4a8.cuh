@@ -1,16 +1,29 @@
-// W4A8 decode GEMV kernels (launcher: gemv_w4a8.cu; formats and CPU twins: ops/weight_format.h).
+// W4A8 decode GEMV kernels (launcher: gemv_w4a8.cu; formats and CPU twins: ops/weight_format.h),
+// and the block structure gemv_w8a8.cu shares.
 //
 // quantize_q8_kernel: one warp per 32-element block; lane i owns element i. Same float ops as
 //   quantize_q8_row (IEEE division, round-to-nearest-even), so the blocks match bit for bit.
-// gemv_w4a8_kernel<M, R, U>: one warp per R consecutive output rows, 8 warps per block. Lane l
-//   handles groups g = l + 32 u (+ 32 U per step): per group and row one 16-byte weight load and
-//   one 4-byte (scale, min) load, the warp's loads of a row contiguous (512 B and 128 B); all U x R
-//   loads of a step are issued before any math. Per activation row m the Q8 block is three 16-byte
-//   loads (reused across the R weight rows), then 8 dp4a per weight row:
+// gemv_w4a8_kernel<M, R, U, S>: 8 warps per block form 8 / S row groups of R consecutive output
+//   rows; the S warps of a group split each row's K (split-K inside the block), because at
+//   N = 5376 a warp per row leaves too few blocks to balance over the SMs (gemv_warps_per_row,
+//   gemv_w4a8.h). Warp s of a group, lane l, handles groups g = 32 s + l + 32 S j: the split is
+//   interleaved by 32 groups, so each warp load of a row is still 512 contiguous bytes (and
+//   128 B of (scale, min)), and the S warps stream neighbouring stretches of the row together.
+//   Per group and row one 16-byte weight load and one 4-byte (scale, min) load; all U x R loads
+//   of a step (groups g, g + 32 S, ...) are issued before any math. Per activation row m the Q8
+//   block is three 16-byte loads (reused across the R weight rows), then 8 dp4a per weight row:
 //     lo = p & 0x0F0F0F0F  (weights b..b+3 of the group)    x activation bytes 0..15
 //     hi = (p >> 4) & 0x0F0F0F0F (weights b+16..b+19)       x activation bytes 16..31
-//   acc += d_a * (scale * dot - min * sum_a); lanes reduced with xor shuffles at the end.
+//   acc += d_a * (scale * dot - min * sum_a). Lanes are reduced with xor shuffles; with S > 1
+//   lane 0 of each warp leaves its partial sums in shared memory and, after one barrier, one
+//   thread per (m, row) adds the S partials in slice order (deterministic: a shape gives the
+//   same bits on every run on a given GPU model, S depending on its SM count). Warps past n
+//   still reach that barrier (no early return).
 //   Weights and scales stream (ld.global.cs): each is read once; activations stay in L1.
+// Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
+//   for the previous kernel, a GEMV warp only asks L2 for the weight and (scale, min) lines of
+//   its first step (constants, which no kernel writes), so DRAM is already busy when the wait
+//   ends.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -18,11 +31,11 @@
 
 #include <cstdint>
 
+#include "ops/cuda/gemv_w4a8.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/weight_format.h"
 
 namespace kestrel::cuda {
-
-constexpr int kGemvWarps = 8;  // warps per block
 
 __device__ __forceinline__ float load_as_float(const float* p) { return *p; }
 __device__ __forceinline__ float load_as_float(const uint16_t* p) {
@@ -32,6 +45,8 @@ __device__ __forceinline__ float load_as_float(const uint16_t* p) {
 template <class T>
 __global__ void __launch_bounds__(256) quantize_q8_kernel(const T* __restrict__ x, int64_t ldx, int groups,
                                                          int64_t n_blocks, Q8Block* __restrict__ out) {
+    wait_for_upstream();  // x is the previous kernel's output; `out` may still be read by it
+    allow_downstream();
     const int lane = threadIdx.x & 31;
     const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     if (block >= n_blocks) return;
@@ -73,47 +88,147 @@ __device__ __forceinline__ int dot_group(const uint4& w, const uint4& a_lo, cons
     return dot;
 }
 
+// Where a warp works under a split of S warps per row group of R rows.
+template <int R, int S>
+struct GemvWarpPlace {
+    static_assert(S == 1 || S == 2 || S == 4 || S == 8, "S warps per row group divide the block's 8");
+    static constexpr int kRowGroups = kGemvWarps / S;
+    static constexpr int kRowsPerBlock = kRowGroups * R;
+    static constexpr int kSliceStride = 32 * S;  // work units between a lane's consecutive ones
+
+    int lane;
+    int warp;        // in the block
+    int row0;        // first of the warp's R rows (may be >= n in the last block)
+    int first_unit;  // the lane's first work unit (group or chunk) of each row: 32 s + l
+
+    // Unsigned arithmetic on the indices (as shifts and masks; signed division by 32 or S would
+    // need sign fix-ups).
+    __device__ __forceinline__ GemvWarpPlace()
+        : lane(static_cast<int>(threadIdx.x % 32u)),
+          warp(static_cast<int>(threadIdx.x / 32u)),
+          row0(static_cast<int>((blockIdx.x * kRowGroups + threadIdx.x / 32u / S) * R)),
+          first_unit(static_cast<int>(threadIdx.x / 32u % S * 32u + threadIdx.x % 32u)) {}
+};
+
+// Every lane of the warp ends with the warp's total of each accumulator.
+template <int M, int R>
+__device__ __forceinline__ void sum_across_lanes(float (&acc)[M][R]) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float v = acc[m][r];
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            acc[m][r] = v;
+        }
+}
+
+// y[m, row] for the block's rows from the warps' lane-reduced sums. S == 1: the warp owns its
+// rows and stores them itself, no barrier. S > 1: partials go through shared memory and are added
+// in slice order s = 0..S-1 by one thread per (m, row), consecutive threads on consecutive rows
+// (coalesced stores). Every thread of the block must call this (it holds __syncthreads).
+template <int M, int R, int S>
+__device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place, const float (&acc)[M][R],
+                                           float* __restrict__ y, int n) {
+    if constexpr (S == 1) {
+        if (place.lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (place.row0 + r < n) {
+#pragma unroll
+                    for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * n + place.row0 + r] = acc[m][r];
+                }
+            }
+        }
+    } else {
+        constexpr int kRowsPerBlock = GemvWarpPlace<R, S>::kRowsPerBlock;
+        static_assert(M * kRowsPerBlock <= kGemvWarps * 32, "one thread per (m, row) of the block");
+        __shared__ float partial[kGemvWarps][M][R];
+        if (place.lane == 0) {
+#pragma unroll
+            for (int m = 0; m < M; ++m)
+#pragma unroll
+                for (int r = 0; r < R; ++r) partial[place.warp][m][r] = acc[m][r];
+        }
+        __syncthreads();
+        const int t = static_cast<int>(threadIdx.x);
+        if (t < M * kRowsPerBlock) {
+            const int m = t / kRowsPerBlock;
+            const int local_row = t % kRowsPerBlock;  // = row group * R + r
+            const int row = static_cast<int>(blockIdx.x) * kRowsPerBlock + local_row;
+            if (row < n) {
+                const int first_warp = local_row / R * S;
+                const int r = local_row % R;
+                float sum = partial[first_warp][m][r];
+#pragma unroll
+                for (int s = 1; s < S; ++s) sum += partial[first_warp + s][m][r];
+                y[static_cast<int64_t>(m) * n + row] = sum;
+            }
+        }
+    }
+}
+
 // qs: [n, groups] 16-byte groups; sm: [n, groups] (scale, min) half2 words; act: [M, groups] Q8
 // blocks as 3 uint4 each; y: [M, n].
-template <int M, int R, int U>
+template <int M, int R, int U, int S>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint32_t* __restrict__ sm, const uint4* __restrict__ act,
                      float* __restrict__ y, int n, int groups) {
-    const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * R;
-    if (row0 >= n) return;
+    using Place = GemvWarpPlace<R, S>;
+    constexpr int kStride = Place::kSliceStride;
+    const Place place;
+    // Addresses relative to the lane's first group (g = first_unit + j): one pointer per row and
+    // constant offsets per step (indexed from the row start, the S > 1 variants kept a pointer per
+    // u and took 18-35 more registers in ptxas). A warp wholly past n (last block only) gets no
+    // groups but still reaches store_rows' barrier.
+    const int lane_groups = (place.row0 < n ? groups : 0) - place.first_unit;  // the lane's j < this
     const uint4* wrow[R];
     const uint32_t* srow[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const int64_t row = min(row0 + r, n - 1);  // rows past n re-read the last row; never stored
-        wrow[r] = qs + row * groups;
-        srow[r] = sm + row * groups;
+        const int64_t row = min(place.row0 + r, n - 1);  // rows past n re-read the last row; never stored
+        wrow[r] = qs + row * groups + place.first_unit;
+        srow[r] = sm + row * groups + place.first_unit;
     }
+    const uint4* lane_act = act + static_cast<int64_t>(place.first_unit) * 3;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        if (kStride * u < lane_groups) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                prefetch_l2(wrow[r] + kStride * u);
+                prefetch_l2(srow[r] + kStride * u);
+            }
+        }
+    }
+    wait_for_upstream();  // act is the previous kernel's output; y may still be read by it
+    allow_downstream();
+
     float acc[M][R];
 #pragma unroll
     for (int m = 0; m < M; ++m)
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
 
-    for (int g0 = lane; g0 < groups; g0 += 32 * U) {
+    for (int j0 = 0; j0 < lane_groups; j0 += kStride * U) {
         uint4 wv[U][R];
         uint32_t sv[U][R];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int g = g0 + 32 * u;
-            if (g < groups) {
+            const int j = j0 + kStride * u;
+            if (j < lane_groups) {
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
-                    wv[u][r] = __ldcs(wrow[r] + g);
-                    sv[u][r] = __ldcs(srow[r] + g);
+                    wv[u][r] = __ldcs(wrow[r] + j);
+                    sv[u][r] = __ldcs(srow[r] + j);
                 }
             }
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int g = g0 + 32 * u;
-            if (g < groups) {
+            const int j = j0 + kStride * u;
+            if (j < lane_groups) {
                 float scale[R], mn[R];
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
@@ -123,7 +238,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
                 }
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
-                    const uint4* blk = act + (static_cast<int64_t>(m) * groups + g) * 3;
+                    const uint4* blk = lane_act + (static_cast<int64_t>(m) * groups + j) * 3;
                     const uint4 a_lo = __ldg(blk);
                     const uint4 a_hi = __ldg(blk + 1);
                     const uint2 a_ds = __ldg(reinterpret_cast<const uint2*>(blk + 2));
@@ -138,24 +253,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
             }
         }
     }
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            float v = acc[m][r];
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-            acc[m][r] = v;
-        }
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            if (row0 + r < n) {
-#pragma unroll
-                for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * n + row0 + r] = acc[m][r];
-            }
-        }
-    }
+    sum_across_lanes(acc);
+    store_rows(place, acc, y, n);
 }
 
 }  // namespace kestrel::cuda

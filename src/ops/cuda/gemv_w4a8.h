@@ -24,6 +24,35 @@ struct W4DeviceView {
 
 constexpr int64_t kGemvMaxRows = 8;
 
+// ---- split-K within a block (shared by the W4A8 and W8A8 launchers) ----------------------
+
+// Warps per block of both GEMVs.
+constexpr int kGemvWarps = 8;
+
+// Weight rows per warp (R) for m activation rows: at m > 2 each Q8 block load is reused by two
+// weight rows, keeping L1 traffic per weight byte near the m = 2 level.
+constexpr int gemv_rows_per_warp(int64_t m) { return m <= 2 ? 1 : 2; }
+
+// How many warps share each row group (S: 1, 2, 4 or 8; the block's 8 warps form 8 / S row groups
+// of R rows). Why: at N = 5376 one warp per row gives 672 blocks, 5.09 per SM on an H100, and the
+// SMs that get a sixth block finish ~18% after the others. Splitting K shrinks the blocks, so the
+// grid grows until the imbalance is a small share of the kernel. Rule: the smallest S whose grid,
+// ceil(n / (8 / S * R)) blocks, reaches kGemvBlocksPerSm (8) blocks per SM, capped so that each
+// warp of a row group gets at least one full 32-lane slice of the row (row_slices = the row's
+// work units / 32: W4 k / 1024, W8 k / 512); short rows keep S = 1, where extra warps would idle.
+// Pure function of its arguments: the launchers pass gemv_sm_count(), tests use it to see which
+// variants their shapes reach.
+int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count);
+
+// gemv_warps_per_row for a W4 matrix [n, k]: a lane's work unit is one 32-weight group.
+inline int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count) {
+    return gemv_warps_per_row(n, m, k / 32 / 32, sm_count);
+}
+
+// Multiprocessor count of the current device, queried on the first call and then cached (the
+// launchers run per token; the engine drives one device per process).
+Result<int> gemv_sm_count();
+
 // x [m, k] (row stride ldx elements, k % 32 == 0) -> out [m, k/32] Q8 blocks (16-aligned),
 // exactly as quantize_q8_row. fp32 or bf16 (raw bits) input.
 Status quantize_q8(const float* x, int64_t m, int64_t k, int64_t ldx, Q8Block* out, cudaStream_t stream);

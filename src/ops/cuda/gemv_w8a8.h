@@ -29,4 +29,10 @@ struct W8DeviceView {
 // Matches matvec_w8a8 up to fp32 accumulation order. Never synchronises or allocates.
 Status gemv_w8a8(const W8DeviceView& w, const Q8Block* a, int64_t m, float* y, cudaStream_t stream);
 
+// The warps per row group gemv_w8a8 picks (gemv_warps_per_row, gemv_w4a8.h) for W [n, k]: a
+// lane's work unit is a 16-byte half group, 2 k / 32 of them per row.
+inline int gemv_w8a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count) {
+    return gemv_warps_per_row(n, m, k / 16 / 32, sm_count);
+}
+
 }  // namespace kestrel::cuda

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.cuh"
 #include "ops/cuda/small_ops.h"
 
@@ -26,6 +27,8 @@ enum class NormOutput { kStore, kAddToResidual };
 template <int kThreads, NormOutput kOutput>
 __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     rms_norm_kernel(const float* x, const float* weight, int rows, int dim, float eps, float* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
     __shared__ float warp_totals[kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
     const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
@@ -48,44 +51,11 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     }
 }
 
-// Lanes 8g .. 8g + 7 of the warp hold one Q8 block's 32 values, 4 each in element order. The
-// operations of quantize_q8_kernel / quantize_q8_row: d = amax / 127, q = clamp(rint(v / d)),
-// a block with a NaN or an infinity gets d = NaN and q = 0. Every lane of the warp must call this.
-__device__ __forceinline__ void quantize_q8_lanes(float4 y, bool store, Q8Block* block) {
-    const int lane = static_cast<int>(threadIdx.x) & 31;
-    const int lane_in_block = lane & 7;
-    const bool finite = isfinite(y.x) && isfinite(y.y) && isfinite(y.z) && isfinite(y.w);
-    const unsigned not_finite = __ballot_sync(kFullMask, !finite);
-    const bool bad = ((not_finite >> (lane & ~7)) & 0xffu) != 0;
-    float amax = fmaxf(fmaxf(fabsf(y.x), fabsf(y.y)), fmaxf(fabsf(y.z), fabsf(y.w)));
-#pragma unroll
-    for (int off = 4; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
-    float d = __fdiv_rn(amax, 127.0f);
-    int q[4] = {0, 0, 0, 0};
-    if (d > 0.0f && !bad) {
-        const float values[4] = {y.x, y.y, y.z, y.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) q[i] = min(127, max(-127, __float2int_rn(__fdiv_rn(values[i], d))));
-    }
-    int sum = q[0] + q[1] + q[2] + q[3];
-#pragma unroll
-    for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(kFullMask, sum, off);
-    if (bad) d = __int_as_float(0x7fc00000);
-    if (!store) return;
-    const uint32_t packed = (static_cast<uint32_t>(q[0]) & 0xffu) | ((static_cast<uint32_t>(q[1]) & 0xffu) << 8) |
-                            ((static_cast<uint32_t>(q[2]) & 0xffu) << 16) | (static_cast<uint32_t>(q[3]) << 24);
-    reinterpret_cast<uint32_t*>(block->qs)[lane_in_block] = packed;
-    if (lane_in_block == 0) {
-        block->d = d;
-        block->sum = sum;
-        block->pad[0] = 0;
-        block->pad[1] = 0;
-    }
-}
-
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     rms_norm_q8_kernel(const float* x, const float* weight, int rows, int dim, float eps, Q8Block* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
     __shared__ float warp_totals[kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
     const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
@@ -114,6 +84,8 @@ constexpr int kMaxHeadDim = 32 * kNormChunks * 4;
 __global__ void __launch_bounds__(32 * kHeadRowsPerBlock)
     head_norm_rope_kernel(float* x, const float* weight, const int64_t* positions, int rows, int n_heads,
                           int head_dim, int rotary_pairs, float eps, bool vec4, RopeTable table) {
+    wait_for_upstream();
+    allow_downstream();
     __shared__ float stage[kHeadRowsPerBlock][kMaxHeadDim];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) & 31;
@@ -181,12 +153,17 @@ Status launch_rms_norm(const float* x, const float* weight, int64_t rows, int64_
     const bool vec4 = rows_vec4(dim, x, weight, out);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
     if (dim <= 32 * kNormChunks * 4) {
-        rms_norm_kernel<32, kOutput><<<row_blocks(rows, kRowsPerBlock<32>), 32 * kRowsPerBlock<32>, 0, stream>>>(
-            x, weight, r, d, eps, out, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            rms_norm_kernel<32, kOutput>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
+            dim3(32 * kRowsPerBlock<32>), 0, stream, x, weight, r, d, eps, out, vec4));
     } else if (dim <= 256 * kNormChunks * 4) {
-        rms_norm_kernel<256, kOutput><<<row_blocks(rows, 1), 256, 0, stream>>>(x, weight, r, d, eps, out, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_kernel<256, kOutput>,
+                                             dim3(row_blocks(rows, 1)), dim3(256), 0, stream, x,
+                                             weight, r, d, eps, out, vec4));
     } else {
-        rms_norm_kernel<1024, kOutput><<<row_blocks(rows, 1), 1024, 0, stream>>>(x, weight, r, d, eps, out, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_kernel<1024, kOutput>,
+                                             dim3(row_blocks(rows, 1)), dim3(1024), 0, stream, x,
+                                             weight, r, d, eps, out, vec4));
     }
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
@@ -217,12 +194,17 @@ Status rms_norm_quantize_q8(const float* x, const float* weight, int64_t rows, i
     const bool vec4 = rows_vec4(dim, x, weight, nullptr);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
     if (dim <= 32 * kNormChunks * 4) {
-        rms_norm_q8_kernel<32><<<row_blocks(rows, kRowsPerBlock<32>), 32 * kRowsPerBlock<32>, 0, stream>>>(
-            x, weight, r, d, eps, out, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            rms_norm_q8_kernel<32>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
+            dim3(32 * kRowsPerBlock<32>), 0, stream, x, weight, r, d, eps, out, vec4));
     } else if (dim <= 256 * kNormChunks * 4) {
-        rms_norm_q8_kernel<256><<<row_blocks(rows, 1), 256, 0, stream>>>(x, weight, r, d, eps, out, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_q8_kernel<256>, dim3(row_blocks(rows, 1)),
+                                             dim3(256), 0, stream, x, weight, r, d, eps, out,
+                                             vec4));
     } else {
-        rms_norm_q8_kernel<1024><<<row_blocks(rows, 1), 1024, 0, stream>>>(x, weight, r, d, eps, out, vec4);
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_q8_kernel<1024>, dim3(row_blocks(rows, 1)),
+                                             dim3(1024), 0, stream, x, weight, r, d, eps, out,
+                                             vec4));
     }
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
@@ -245,9 +227,11 @@ Status head_norm_rope(float* x, const float* weight, const int64_t* positions, i
     }
     const int64_t rows = tokens * n_heads;
     const RopeTable table = make_rope_table(rotary_pairs, head_dim, theta);
-    head_norm_rope_kernel<<<row_blocks(rows, kHeadRowsPerBlock), 32 * kHeadRowsPerBlock, 0, stream>>>(
-        x, weight, positions, static_cast<int>(rows), static_cast<int>(n_heads), static_cast<int>(head_dim),
-        static_cast<int>(rotary_pairs), eps, rows_vec4(head_dim, x, weight, nullptr), table);
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        head_norm_rope_kernel, dim3(row_blocks(rows, kHeadRowsPerBlock)),
+        dim3(32 * kHeadRowsPerBlock), 0, stream, x, weight, positions, static_cast<int>(rows),
+        static_cast<int>(n_heads), static_cast<int>(head_dim), static_cast<int>(rotary_pairs), eps,
+        rows_vec4(head_dim, x, weight, nullptr), table));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.cuh"
 #include "ops/cuda/small_ops.h"
 
@@ -23,6 +24,8 @@ constexpr int kRopeThreads = 256;
 __global__ void __launch_bounds__(kRopeThreads)
     rope_kernel(float* x, const int64_t* positions, int64_t total_pairs, int n_heads, int head_dim, int pair_distance,
                 int n_pairs, RopeTable table) {
+    wait_for_upstream();
+    allow_downstream();
     const int64_t i = static_cast<int64_t>(blockIdx.x) * kRopeThreads + threadIdx.x;
     if (i >= total_pairs) return;
     const int j = static_cast<int>(i % n_pairs);
@@ -55,9 +58,10 @@ Status launch_rope(const char* what, float* x, const int64_t* positions, int64_t
     }
     const RopeTable table = make_rope_table(n_pairs, frequency_dim, theta);
     const int64_t blocks = (total_pairs + kRopeThreads - 1) / kRopeThreads;
-    rope_kernel<<<static_cast<unsigned>(blocks), kRopeThreads, 0, stream>>>(
-        x, positions, total_pairs, static_cast<int>(n_heads), static_cast<int>(head_dim),
-        static_cast<int>(pair_distance), static_cast<int>(n_pairs), table);
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        rope_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kRopeThreads), 0, stream, x,
+        positions, total_pairs, static_cast<int>(n_heads), static_cast<int>(head_dim),
+        static_cast<int>(pair_distance), static_cast<int>(n_pairs), table));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

@@ -1,4 +1,5 @@
-// Device helpers shared by the small-op kernels (norm.cu, rope.cu; host API: small_ops.h).
+// Device helpers shared by the small-op kernels (norm.cu, rope.cu, fused_ffn.cu; host API:
+// small_ops.h).
 //
 // Float arithmetic is written with __fmul_rn / __fadd_rn / __fdiv_rn: nvcc would otherwise
 // contract a * b + c into one FMA, while the CPU twins are built with -ffp-contract=off; with the
@@ -15,6 +16,8 @@
 
 #include <cmath>
 #include <cstdint>
+
+#include "ops/weight_format.h"  // Q8Block
 
 namespace kestrel::cuda {
 
@@ -67,20 +70,14 @@ template <int kThreads>
 constexpr int kRowsPerBlock = kThreads == 32 ? 8 : 1;
 constexpr int kNormChunks = 8;
 
-// Loads the row into v (chunk k of this thread = chunk t + k * kThreads, t = thread_in_row) and
-// returns 1 / sqrt(mean(x^2) + eps) as ops/cpu/norm.cpp computes it from the sum of squares.
-// warp_totals: kThreads / 32 floats of shared memory (unused for one-warp rows). For kThreads > 32
-// every thread of the block must call this (it synchronises the block).
+// 1 / sqrt(mean(x^2) + eps) of a row held in registers (chunk k of this thread = chunk
+// t + k * kThreads, t = thread_in_row; chunks past the row are zero), as ops/cpu/norm.cpp computes
+// it from the sum of squares. warp_totals: kThreads / 32 floats of shared memory (unused for
+// one-warp rows), not reused by the caller before a barrier. For kThreads > 32 every thread of
+// the block must call this (it synchronises the block).
 template <int kThreads>
-__device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, float eps, bool vec4,
-                                                  int thread_in_row, float4 (&v)[kNormChunks],
-                                                  float* warp_totals) {
-    const int chunks = (dim + 3) / 4;
-#pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        v[k] = c < chunks ? load_chunk(row, c, dim, vec4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
+__device__ __forceinline__ float row_inv_rms(const float4 (&v)[kNormChunks], int dim, float eps,
+                                             int thread_in_row, float* warp_totals) {
     float sum = 0.0f;
 #pragma unroll
     for (int k = 0; k < kNormChunks; ++k) {
@@ -102,11 +99,90 @@ __device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, flo
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean_square, eps)));
 }
 
+// Loads the row into v (chunk k of this thread = chunk t + k * kThreads) and returns its
+// row_inv_rms.
+template <int kThreads>
+__device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, float eps, bool vec4,
+                                                  int thread_in_row, float4 (&v)[kNormChunks],
+                                                  float* warp_totals) {
+    const int chunks = (dim + 3) / 4;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        v[k] = c < chunks ? load_chunk(row, c, dim, vec4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    return row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals);
+}
+
 // The normalised chunk: (x * inv_rms) * weight, or x * inv_rms without a weight.
 __device__ __forceinline__ float4 normalise_chunk(float4 x, float inv_rms, const float* weight, int c, int dim,
                                                   bool vec4) {
     const float4 y = chunk_times(x, inv_rms);
     return weight != nullptr ? chunk_times(y, load_chunk(weight, c, dim, vec4)) : y;
+}
+
+// ---- Q8 blocks from registers
+// -----------------------------------------------------------------------
+
+// Lanes 8g .. 8g + 7 of the warp hold one Q8 block's 32 values, 4 each in element order. The
+// operations of quantize_q8_kernel (gemv_w4a8.cuh) / quantize_q8_row: d = amax / 127,
+// q = clamp(rint(v / d)), a block with a NaN or an infinity gets d = NaN and q = 0 (fmaxf and the
+// integer sum are order-free, so 8 lanes of 4 give what 32 lanes of 1 give). Every lane of the
+// warp must call this; only lanes with `store` write.
+__device__ __forceinline__ void quantize_q8_lanes(float4 y, bool store, Q8Block* block) {
+    const int lane = static_cast<int>(threadIdx.x) & 31;
+    const int lane_in_block = lane & 7;
+    const bool finite = isfinite(y.x) && isfinite(y.y) && isfinite(y.z) && isfinite(y.w);
+    const unsigned not_finite = __ballot_sync(kFullMask, !finite);
+    const bool bad = ((not_finite >> (lane & ~7)) & 0xffu) != 0;
+    float amax = fmaxf(fmaxf(fabsf(y.x), fabsf(y.y)), fmaxf(fabsf(y.z), fabsf(y.w)));
+#pragma unroll
+    for (int off = 4; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
+    float d = __fdiv_rn(amax, 127.0f);
+    int q[4] = {0, 0, 0, 0};
+    if (d > 0.0f && !bad) {
+        const float values[4] = {y.x, y.y, y.z, y.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            q[i] = min(127, max(-127, __float2int_rn(__fdiv_rn(values[i], d))));
+    }
+    int sum = q[0] + q[1] + q[2] + q[3];
+#pragma unroll
+    for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(kFullMask, sum, off);
+    if (bad) d = __int_as_float(0x7fc00000);
+    if (!store) return;
+    const uint32_t packed =
+        (static_cast<uint32_t>(q[0]) & 0xffu) | ((static_cast<uint32_t>(q[1]) & 0xffu) << 8) |
+        ((static_cast<uint32_t>(q[2]) & 0xffu) << 16) | (static_cast<uint32_t>(q[3]) << 24);
+    reinterpret_cast<uint32_t*>(block->qs)[lane_in_block] = packed;
+    // d, sum and the zero padding: the block's third 16 bytes, one store.
+    if (lane_in_block == 0) {
+        reinterpret_cast<uint4*>(block)[2] =
+            make_uint4(__float_as_uint(d), static_cast<uint32_t>(sum), 0u, 0u);
+    }
+}
+
+// One Q8 block from a whole warp, lane i holding element i: quantize_q8_kernel's operations
+// (gemv_w4a8.cuh), for kernels that produce a row 32 elements per warp step. Every lane must call.
+__device__ __forceinline__ void quantize_q8_warp(float v, Q8Block* block) {
+    const int lane = static_cast<int>(threadIdx.x) & 31;
+    const bool bad = __any_sync(kFullMask, !isfinite(v));
+    float amax = fabsf(v);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
+    float d = __fdiv_rn(amax, 127.0f);
+    int q = 0;
+    if (d > 0.0f && !bad) q = min(127, max(-127, __float2int_rn(__fdiv_rn(v, d))));
+    int sum = q;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(kFullMask, sum, off);
+    if (bad) d = __int_as_float(0x7fc00000);
+    block->qs[lane] = static_cast<int8_t>(q);
+    if (lane == 0) {
+        reinterpret_cast<uint4*>(block)[2] =
+            make_uint4(__float_as_uint(d), static_cast<uint32_t>(sum), 0u, 0u);
+    }
 }
 
 // ---- RoPE ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
 
 namespace kestrel::cuda {
 namespace {
@@ -48,6 +49,8 @@ __global__ void fill_bf16_kernel(uint16_t* w, int64_t count, float a, uint64_t s
 
 __global__ void embed_w8_kernel(const int32_t* ids, int64_t vocab, int64_t dim, const int8_t* qs,
                                 const uint32_t* scale_min, float scale, float* out) {
+    wait_for_upstream();
+    allow_downstream();
     const int64_t t = blockIdx.y;
     const int32_t id = ids[t];
     float* row_out = out + t * dim;
@@ -68,6 +71,8 @@ __global__ void embed_w8_kernel(const int32_t* ids, int64_t vocab, int64_t dim, 
 
 __global__ void embed_bf16_kernel(const int32_t* ids, int64_t vocab, int64_t dim, const uint16_t* table, float scale,
                                   float* out) {
+    wait_for_upstream();
+    allow_downstream();
     const int64_t t = blockIdx.y;
     const int32_t id = ids[t];
     float* row_out = out + t * dim;
@@ -115,7 +120,9 @@ Status embed_w8(const int32_t* ids, int64_t tokens, const W8DeviceView& table, f
         return Status(StatusCode::kInvalidArgument, "embed_w8: 1..65535 tokens and a row of whole 32-groups");
     }
     const dim3 grid(static_cast<unsigned>((table.k + kThreads - 1) / kThreads), static_cast<unsigned>(tokens));
-    embed_w8_kernel<<<grid, kThreads, 0, stream>>>(ids, table.n, table.k, table.qs, table.scale_min, scale, out);
+    KESTREL_CUDA_CHECK(launch_overlapped(embed_w8_kernel, dim3(grid), dim3(kThreads), 0, stream,
+                                         ids, table.n, table.k, table.qs, table.scale_min, scale,
+                                         out));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -126,7 +133,8 @@ Status embed_bf16(const int32_t* ids, int64_t tokens, const uint16_t* table, int
         return Status(StatusCode::kInvalidArgument, "embed_bf16: 1..65535 tokens");
     }
     const dim3 grid(static_cast<unsigned>((dim + kThreads - 1) / kThreads), static_cast<unsigned>(tokens));
-    embed_bf16_kernel<<<grid, kThreads, 0, stream>>>(ids, vocab, dim, table, scale, out);
+    KESTREL_CUDA_CHECK(launch_overlapped(embed_bf16_kernel, dim3(grid), dim3(kThreads), 0, stream,
+                                         ids, vocab, dim, table, scale, out));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

@@ -1,0 +1,74 @@
+// Kernel launches with programmatic dependent launch (PDL, sm_90; CUDA programming guide,
+// "Programmatic Dependent Launch and Synchronization").
+//
+// Why: a decode step is ~800 launches, most of them a few microseconds long, and in a CUDA graph
+// each boundary still costs the drain of one grid and the ramp of the next (~2-4 us). Launched
+// with the programmatic-serialization attribute, a kernel may start while its predecessor in the
+// stream is still running: it sets up (and a GEMV streams its first weights towards L2, which no
+// earlier kernel writes) and then waits in wait_for_upstream() until the predecessor has finished
+// and its writes are visible. Graph capture keeps these edges.
+//
+// The contract, for every kernel launched with launch_overlapped():
+//   - call wait_for_upstream() before the first access to memory that an earlier kernel of the
+//     stream writes or reads (activations, caches, logits, anything but constant weights);
+//   - call allow_downstream() (anywhere; at entry is fine) so the next kernel may launch before
+//     this one ends. Without it the next kernel launches at this one's end, as without PDL.
+// Since each kernel waits for the full completion of its predecessor, which itself waited for its
+// own, the ordering of the whole stream is preserved transitively.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <string_view>
+#include <utility>
+
+namespace kestrel::cuda {
+
+// griddepcontrol exists from sm_90; on older targets both are no-ops (and launches serialise).
+__device__ __forceinline__ void wait_for_upstream() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_downstream() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Hint that `p`'s 128-byte line will be read soon (no register result, so it does not stall).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// KESTREL_PDL=0 in the environment launches without the attribute (each kernel then starts after
+// the previous one ends, as with <<<>>>): to measure what the overlap buys.
+inline bool overlapped_launches_enabled() {
+    static const bool enabled = [] {
+        const char* value = std::getenv("KESTREL_PDL");
+        return value == nullptr || std::string_view(value) != "0";
+    }();
+    return enabled;
+}
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...) with the programmatic stream
+// serialization attribute; returns the launch's error (callers check it like cudaGetLastError).
+template <class... Params, class... Args>
+cudaError_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                              cudaStream_t stream, Args&&... args) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = overlapped_launches_enabled() ? 1 : 0;
+    return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+}
+
+}  // namespace kestrel::cuda
