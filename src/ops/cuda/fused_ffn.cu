@@ -67,14 +67,16 @@ __global__ void __launch_bounds__(kGeluThreads)
     quantize_q8_lanes(y, mine, out + c / 8);
 }
 
-// ---- rms_norm, residual add, scale (then the next block's norm -> Q8)
-// ---------------------------------
+// ---- rms_norm, residual add, scale (then the next block's norm -> Q8) ---------------------------
 
 // kNextNormQ8: the updated residual row, still in registers, is normalised again with
 // next_weight and quantised to Q8 as rms_norm_q8_kernel (norm.cu) would do after reading it back:
 // same thread count per row, same chunk ownership, same sum-of-squares order.
+// Every operand (x, residual, both weights) is loaded before the first store: a store to the
+// residual may alias any later load as far as the compiler knows, so loads left inside the loops
+// would each wait for the one before (a dozen L2/DRAM round trips for one row instead of one).
 template <int kThreads, bool kNextNormQ8>
-__global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
+__global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     rms_norm_add_scale_kernel(const float* x, const float* weight, int rows, int dim, float eps,
                               float scale, float* residual, const float* next_weight,
                               Q8Block* next_q8, bool vec4) {
@@ -87,25 +89,35 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
     const float* x_row = x + row * dim;
     float* residual_row = residual + row * dim;
-    float4 v[kNormChunks];
-    const float inv_rms =
-        load_row_inv_rms<kThreads>(x_row, dim, eps, vec4, thread_in_row, v, warp_totals[0]);
     const int chunks = (dim + 3) / 4;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v[kNormChunks], r[kNormChunks], w[kNormChunks], next_w[kNormChunks];
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        const bool in_row = c < chunks;
+        v[k] = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
+        r[k] = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
+        w[k] = in_row && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
+        if constexpr (kNextNormQ8) {
+            next_w[k] =
+                in_row && next_weight != nullptr ? load_chunk(next_weight, c, dim, vec4) : zero;
+        }
+    }
+    const float inv_rms = row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals[0]);
 #pragma unroll
     for (int k = 0; k < kNormChunks; ++k) {
         const int c = thread_in_row + k * kThreads;
         if (c >= chunks) break;
-        const float4 y = normalise_chunk(v[k], inv_rms, weight, c, dim, vec4);
-        const float4 r = load_chunk(residual_row, c, dim, vec4);
+        const float4 y = normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr);
         // rms_norm_add's r + y, then scale's (r + y) * s: two roundings, as the two launches do.
-        const float4 sum = make_float4(__fadd_rn(r.x, y.x), __fadd_rn(r.y, y.y), __fadd_rn(r.z, y.z),
-                                       __fadd_rn(r.w, y.w));
+        const float4 sum = make_float4(__fadd_rn(r[k].x, y.x), __fadd_rn(r[k].y, y.y),
+                                       __fadd_rn(r[k].z, y.z), __fadd_rn(r[k].w, y.w));
         v[k] = chunk_times(sum, scale);
         store_chunk(residual_row, c, dim, vec4, v[k]);
     }
     if constexpr (kNextNormQ8) {
-        // v holds the new residual; chunks past the row are still the zeros load_row_inv_rms put
-        // there.
+        // v holds the new residual; chunks past the row are still zero.
         const float next_inv_rms =
             row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals[1]);
         Q8Block* out_row = next_q8 + row * (dim / 32);
@@ -116,8 +128,9 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
             if (warp_first_chunk + k * kThreads >= chunks) break;
             const int c = thread_in_row + k * kThreads;
             const bool mine = c < chunks;
-            const float4 y = mine ? normalise_chunk(v[k], next_inv_rms, next_weight, c, dim, vec4)
-                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            const float4 y = mine ? normalise_chunk(v[k], next_inv_rms,
+                                                    next_weight != nullptr ? &next_w[k] : nullptr)
+                                  : zero;
             quantize_q8_lanes(y, mine, out_row + c / 8);
         }
     }

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
@@ -55,10 +56,11 @@ template <int M, int R, int U, int S>
 Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
     const int64_t rows_per_block = GemvWarpPlace<R, S>::kRowsPerBlock;
     const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
-    KESTREL_CUDA_CHECK(launch_overlapped(gemv_w4a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)),
-                                         dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs),
-                                         w.scale_min, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
-                                         static_cast<int>(w.k / 32)));
+    KESTREL_CUDA_CHECK(
+        launch_overlapped(gemv_w4a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)),
+                          dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs),
+                          w.scale_min, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
+                          static_cast<int>(w.k / 32), gemv_prefetch_steps()));
     return ok_status();
 }
 
@@ -86,6 +88,14 @@ int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count) {
         split *= 2;
     }
     return split;
+}
+
+int gemv_prefetch_steps() {
+    static const int steps = [] {
+        const char* value = std::getenv("KESTREL_GEMV_PREFETCH");
+        return value != nullptr ? std::clamp(std::atoi(value), 0, 8) : kGemvPrefetchSteps;
+    }();
+    return steps;
 }
 
 Result<int> gemv_sm_count() {

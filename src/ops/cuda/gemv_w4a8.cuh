@@ -22,8 +22,8 @@
 //   Weights and scales stream (ld.global.cs): each is read once; activations stay in L1.
 // Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
 //   for the previous kernel, a GEMV warp only asks L2 for the weight and (scale, min) lines of
-//   its first step (constants, which no kernel writes), so DRAM is already busy when the wait
-//   ends.
+//   its first gemv_prefetch_steps() steps (constants, which no kernel writes), so DRAM is already
+//   busy when the wait ends.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -173,8 +173,9 @@ __device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place, con
 // blocks as 3 uint4 each; y: [M, n].
 template <int M, int R, int U, int S>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint32_t* __restrict__ sm, const uint4* __restrict__ act,
-                     float* __restrict__ y, int n, int groups) {
+    gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint32_t* __restrict__ sm,
+                     const uint4* __restrict__ act, float* __restrict__ y, int n, int groups,
+                     int prefetch_steps) {
     using Place = GemvWarpPlace<R, S>;
     constexpr int kStride = Place::kSliceStride;
     const Place place;
@@ -194,7 +195,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     const uint4* lane_act = act + static_cast<int64_t>(place.first_unit) * 3;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-        if (kStride * u < lane_groups) {
+        if (u < prefetch_steps && kStride * u < lane_groups) {
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 prefetch_l2(wrow[r] + kStride * u);

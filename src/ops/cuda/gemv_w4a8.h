@@ -53,6 +53,13 @@ inline int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count
 // launchers run per token; the engine drives one device per process).
 Result<int> gemv_sm_count();
 
+// How many of a lane's first load steps a GEMV prefetches into L2 before it waits for the
+// previous kernel (PDL, launch.cuh). More is not better: the prefetches share DRAM with that
+// kernel, and a latency-bound norm or attention kernel then waits behind them. Default
+// kGemvPrefetchSteps; KESTREL_GEMV_PREFETCH=N in the environment overrides it (to measure).
+constexpr int kGemvPrefetchSteps = 1;
+int gemv_prefetch_steps();
+
 // x [m, k] (row stride ldx elements, k % 32 == 0) -> out [m, k/32] Q8 blocks (16-aligned),
 // exactly as quantize_q8_row. fp32 or bf16 (raw bits) input.
 Status quantize_q8(const float* x, int64_t m, int64_t k, int64_t ldx, Q8Block* out, cudaStream_t stream);

@@ -50,7 +50,8 @@ __device__ __forceinline__ int dot_chunk(const uint4& w, const uint4& a) {
 template <int M, int R, int U, int S>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_w8a8_kernel(const uint4* __restrict__ qs, const uint32_t* __restrict__ sm,
-                     const uint4* __restrict__ act, float* __restrict__ y, int n, int groups) {
+                     const uint4* __restrict__ act, float* __restrict__ y, int n, int groups,
+                     int prefetch_steps) {
     using Place = GemvWarpPlace<R, S>;
     constexpr int kStride = Place::kSliceStride;
     const Place place;
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     const uint4* lane_act = act + static_cast<int64_t>(place.first_unit / 2) * 3 + half;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-        if (kStride * u < lane_chunks) {
+        if (u < prefetch_steps && kStride * u < lane_chunks) {
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 prefetch_l2(wrow[r] + kStride * u);
@@ -144,10 +145,11 @@ template <int M, int R, int U, int S>
 Status launch_split(const W8DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
     const int64_t rows_per_block = GemvWarpPlace<R, S>::kRowsPerBlock;
     const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
-    KESTREL_CUDA_CHECK(launch_overlapped(
-        gemv_w8a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)), dim3(kGemvWarps * 32), 0,
-        stream, reinterpret_cast<const uint4*>(w.qs), w.scale_min,
-        reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n), static_cast<int>(w.k / 32)));
+    KESTREL_CUDA_CHECK(
+        launch_overlapped(gemv_w8a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)),
+                          dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs),
+                          w.scale_min, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
+                          static_cast<int>(w.k / 32), gemv_prefetch_steps()));
     return ok_status();
 }
 

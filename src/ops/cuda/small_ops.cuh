@@ -114,6 +114,12 @@ __device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, flo
     return row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals);
 }
 
+// The normalised chunk with its weight chunk already loaded (null: no weight).
+__device__ __forceinline__ float4 normalise_chunk(float4 x, float inv_rms, const float4* weight) {
+    const float4 y = chunk_times(x, inv_rms);
+    return weight != nullptr ? chunk_times(y, *weight) : y;
+}
+
 // The normalised chunk: (x * inv_rms) * weight, or x * inv_rms without a weight.
 __device__ __forceinline__ float4 normalise_chunk(float4 x, float inv_rms, const float* weight, int c, int dim,
                                                   bool vec4) {
