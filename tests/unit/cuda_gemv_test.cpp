@@ -195,11 +195,11 @@ constexpr int64_t kOddShapes[][2] = {{32, 1},     {64, 7},    {96, 33},     {256
 // >= 8 blocks per SM, large N stays whole, short rows (< 2 slices of 32 groups) stay whole.
 TEST(CudaGemvSplitRule, H100Shapes) {
     constexpr int kH100Sms = 132;
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 1, kH100Sms), 2);  // 672 -> 1344 blocks
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 8192, 3, kH100Sms), 4);   // R = 2: 336 -> 1344
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 1, kH100Sms), 1);  // 2048 blocks already
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 8, kH100Sms), 2);  // 1024 -> 2048
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(43008, 5376, 8, kH100Sms), 1);
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 1, kH100Sms), 4);  // 672 -> 2688 blocks
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 8192, 3, kH100Sms), 8);   // R = 2: 336 -> 2688
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 1, kH100Sms), 2);  // 2048 -> 4096
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 8, kH100Sms), 4);  // 1024 -> 4096, 5 slices
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(43008, 5376, 8, kH100Sms), 1);  // 2688 blocks already
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(4096, 5376, 3, kH100Sms), 4);   // 168 groups: at most 4
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(37, 8224, 1, kH100Sms), 8);
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(250, 1056, 1, kH100Sms), 1);    // 33 groups: one slice

@@ -25,11 +25,19 @@
 namespace kestrel::cuda {
 namespace {
 
-// Grid size, in blocks per SM, from which the split stops: the notes' shapes ran at 89-92% of copy
-// bandwidth from ~15 blocks per SM and at 70-80% with ~4-8; at 8 the block that an SM gets
-// beyond its fair share is at most an eighth of its work. A starting point to tune with
-// bench/gemv_w4a8_bench on the H100.
-constexpr int64_t kGemvBlocksPerSm = 8;
+// Grid size, in blocks per SM, from which the split stops. Measured on the H100 (Gemma 4 31B
+// decode at depth 512, graph replay): 8 -> 111.6 tok/s, 16 -> 112.8, 32 -> 111.9. At 16 the block
+// an SM gets beyond its fair share is at most a sixteenth of its work, and bigger grids only add
+// partial sums. KESTREL_GEMV_BLOCKS_PER_SM=N in the environment overrides it (to measure).
+constexpr int64_t kGemvBlocksPerSm = 16;
+
+int64_t gemv_blocks_per_sm() {
+    static const int64_t blocks = [] {
+        const char* value = std::getenv("KESTREL_GEMV_BLOCKS_PER_SM");
+        return value != nullptr ? std::clamp<int64_t>(std::atoll(value), 1, 256) : kGemvBlocksPerSm;
+    }();
+    return blocks;
+}
 
 bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) % to) == 0; }
 
@@ -80,7 +88,7 @@ Status launch(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t st
 
 int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count) {
     const int64_t rows_per_warp = gemv_rows_per_warp(m);
-    const int64_t wanted_blocks = kGemvBlocksPerSm * std::max(sm_count, 1);
+    const int64_t wanted_blocks = gemv_blocks_per_sm() * std::max(sm_count, 1);
     int split = 1;
     while (split < kGemvWarps && 2 * split <= row_slices) {
         const int64_t rows_per_block = (kGemvWarps / split) * rows_per_warp;

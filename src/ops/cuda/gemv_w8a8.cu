@@ -22,8 +22,8 @@
 // weight rows above M = 2); U = 4 chunks in flight per lane for M <= 2, 2 above (registers);
 // S = gemv_w8a8_warps_per_row, the rule of gemv_w4a8.h with a row's chunks as its work units.
 // Launched with launch_overlapped (PDL): the first step's weight lines are prefetched into L2
-// before the kernel waits for its predecessor. The split-K and PDL version was not measured on
-// a GPU when written: bench/gemv_w4a8_bench.cu has the W8 rows.
+// before the kernel waits for its predecessor. H100 numbers: bench/gemv_w4a8_bench.cu (W8 rows),
+// bench/results/2026-11-23-gemma4-31b-h100-decode-seams.md.
 #include "ops/cuda/gemv_w8a8.h"
 
 #include <cuda_fp16.h>
