@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "core/half.h"
+#include "core/printable.h"
 #include "io/dequantize.h"
 
 namespace kestrel {
@@ -40,8 +41,9 @@ Result<std::vector<float>> read_tensor_f32(const WeightSource& source, const Wei
     }
     Status status = dequantize(tensor.dtype, bytes, tensor.n_elements, out.data());
     if (!status.ok()) {
-        return Status(status.code(), fmt::format("{} in tensor '{}' of {}", status.message(), tensor.name,
-                                                 source.description()));
+        // The name comes from the file: quoted printable, so the message stays one line.
+        return Status(status.code(), fmt::format("{} in tensor {} of {}", status.message(), quote_name(tensor.name),
+                                                 printable_full(source.description())));
     }
     return out;
 }

@@ -14,10 +14,15 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
+#include "io/gguf.h"
+#include "io/gguf_source.h"
+#include "io/gguf_writer.h"
+#include "io/weight_source.h"
 
 namespace kestrel {
 namespace {
@@ -157,6 +162,24 @@ TEST(DequantizeTest, UnsupportedTypeNamesTheType) {
         EXPECT_EQ(status.code(), StatusCode::kUnsupported) << info.name;
         EXPECT_EQ(status.message(), "unsupported type " + std::string(info.name));
     }
+}
+
+// A tensor name from the file is quoted printable in the error: a newline in it (found by the
+// GGUF fuzzer) must not split the one-line message.
+TEST(DequantizeTest, UnsupportedTensorErrorIsOneLineWhateverItsName) {
+    GgufWriter writer;
+    writer.set("general.architecture", gguf_string("gemma3"));
+    ASSERT_TRUE(writer.add_tensor("bad\nname", DType::kIQ2_XXS, {256}, std::vector<uint8_t>(66, 0)).ok());
+    Result<std::vector<uint8_t>> bytes = writer.to_bytes();
+    ASSERT_TRUE(bytes.ok());
+    Result<GgufFile> file = GgufFile::parse(*bytes, "line\nbreak.gguf");
+    ASSERT_TRUE(file.ok()) << file.status().message();
+    GgufSource source(std::make_shared<const GgufFile>(std::move(file).value()));
+    ASSERT_EQ(source.tensors().size(), 1u);
+    const Result<std::vector<float>> values = read_tensor_f32(source, source.tensors()[0]);
+    ASSERT_FALSE(values.ok());
+    EXPECT_EQ(values.status().message().find('\n'), std::string::npos) << values.status().message();
+    EXPECT_NE(values.status().message().find("'bad\\x0aname'"), std::string::npos) << values.status().message();
 }
 
 TEST(DequantizeTest, SizeMismatchIsInvalidArgument) {
