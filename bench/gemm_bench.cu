@@ -52,7 +52,25 @@ __global__ void fill_random(uint32_t* p, int64_t words, uint32_t seed) {
     }
 }
 
-// (scale, min) pairs: scale in [2^-9, 2^-8), min in [0, 2^-5): finite fp16 bits.
+// W4 group_scales words sc | m << 8: sc in [1, 255], m in [0, 255].
+__global__ void fill_group_scales(uint16_t* p, int64_t words, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words;
+         i += int64_t{gridDim.x} * blockDim.x) {
+        const uint32_t x = hash(i, seed);
+        p[i] = static_cast<uint16_t>((1u + (x & 0xffffu) % 255u) | (((x >> 16) & 0xffu) << 8));
+    }
+}
+
+// W4 super_scales words (d, dmin): d in [2^-14, 2^-13), dmin in [2^-13, 2^-12): finite fp16 bits.
+__global__ void fill_super_scales(uint32_t* p, int64_t words, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words;
+         i += int64_t{gridDim.x} * blockDim.x) {
+        const uint32_t x = hash(i, seed);
+        p[i] = ((1u << 10) | (x & 0x3ffu)) | (((2u << 10) | ((x >> 10) & 0x3ffu)) << 16);
+    }
+}
+
+// W8 (scale, min) pairs: scale in [2^-9, 2^-8), min in [0, 2^-5): finite fp16 bits.
 __global__ void fill_scale_min(uint32_t* p, int64_t words, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words; i += int64_t{gridDim.x} * blockDim.x) {
         const uint32_t x = hash(i, seed);
@@ -187,12 +205,16 @@ int main(int argc, char** argv) {
     std::printf("%-15s %-16s %9s %9s %8s\n", "K -> N", "path", "ms", "TFLOP/s", "of bf16");
     double worst_w4 = 1e9, worst_w4_sliced = 1e9, worst_bf16 = 1e9, worst_w8 = 1e9;
     for (const auto& shape : shapes) {
-        const int64_t k = shape[0], n = shape[1], groups = k / 32;
-        const int64_t bf16_bytes = n * k * 2, w4_bytes = n * k / 2 + n * groups * 4, w8_bytes = n * k + n * groups * 4;
+        const int64_t k = shape[0], n = shape[1], groups = k / 32, supers = (groups + 7) / 8;
+        // W4: qs + group_scales (2 bytes per 32 weights) + super_scales (4 bytes per 256).
+        const int64_t bf16_bytes = n * k * 2,
+                      w4_bytes = n * k / 2 + n * groups * 2 + n * supers * 4,
+                      w8_bytes = n * k + n * groups * 4;
         const auto copies_for = [&](int64_t bytes) { return static_cast<int>(std::max<int64_t>(2, (3 * l2 + bytes - 1) / bytes)); };
         const int bf16_copies = copies_for(bf16_bytes), w4_copies = copies_for(w4_bytes), w8_copies = copies_for(w8_bytes);
 
-        std::vector<void*> bf16_w(bf16_copies), w4_qs(w4_copies), w4_sm(w4_copies), w8_qs(w8_copies), w8_sm(w8_copies);
+        std::vector<void*> bf16_w(bf16_copies), w4_qs(w4_copies), w4_gs(w4_copies),
+            w4_ss(w4_copies), w8_qs(w8_copies), w8_sm(w8_copies);
         for (int c = 0; c < bf16_copies; ++c) {
             CHECK(cudaMalloc(&bf16_w[c], bf16_bytes));
             fill_bf16<<<1024, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(bf16_w[c]), n * k, 11 + c);
@@ -200,9 +222,13 @@ int main(int argc, char** argv) {
         }
         for (int c = 0; c < w4_copies; ++c) {
             CHECK(cudaMalloc(&w4_qs[c], n * k / 2));
-            CHECK(cudaMalloc(&w4_sm[c], n * groups * 4));
+            CHECK(cudaMalloc(&w4_gs[c], n * groups * 2));
+            CHECK(cudaMalloc(&w4_ss[c], n * supers * 4));
             fill_random<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(w4_qs[c]), n * k / 8, 17 + c);
-            fill_scale_min<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(w4_sm[c]), n * groups, 99 + c);
+            fill_group_scales<<<1024, 256, 0, stream>>>(static_cast<uint16_t*>(w4_gs[c]),
+                                                        n * groups, 99 + c);
+            fill_super_scales<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(w4_ss[c]),
+                                                        n * supers, 299 + c);
             check_fill();
         }
         for (int c = 0; c < w8_copies; ++c) {
@@ -214,7 +240,8 @@ int main(int argc, char** argv) {
         }
         const auto w4_view = [&](int c) {
             return kestrel::cuda::W4DeviceView{static_cast<const uint8_t*>(w4_qs[c]),
-                                               static_cast<const uint32_t*>(w4_sm[c]), n, k};
+                                               static_cast<const uint16_t*>(w4_gs[c]),
+                                               static_cast<const uint32_t*>(w4_ss[c]), n, k};
         };
         const auto w8_view = [&](int c) {
             return kestrel::cuda::W8DeviceView{static_cast<const int8_t*>(w8_qs[c]),
@@ -296,7 +323,8 @@ int main(int argc, char** argv) {
         for (void* p : bf16_w) CHECK(cudaFree(p));
         for (int c = 0; c < w4_copies; ++c) {
             CHECK(cudaFree(w4_qs[c]));
-            CHECK(cudaFree(w4_sm[c]));
+            CHECK(cudaFree(w4_gs[c]));
+            CHECK(cudaFree(w4_ss[c]));
         }
         for (int c = 0; c < w8_copies; ++c) {
             CHECK(cudaFree(w8_qs[c]));

@@ -1,7 +1,8 @@
 // Microbenchmark of the W4A8 and W8A8 decode GEMVs (src/ops/cuda/gemv_w4a8.cu, gemv_w8a8.cu) on
-// the Gemma 4 31B shapes: GB/s of the GEMV alone (weights + (scale, min) + Q8 activations + fp32
-// output, each counted once) against a device-to-device copy measured in the same run (bytes
-// read + written).
+// the Gemma 4 31B shapes: GB/s of the GEMV alone (weights + scales + Q8 activations + fp32 output,
+// each counted once; W4's scales are group_scales (2 bytes per 32 weights) + super_scales (4 bytes
+// per 256), W8's one (scale, min) word per 32) against a device-to-device copy measured in the
+// same run (bytes read + written).
 // Each shape holds enough weight copies to exceed 4x the L2 (rotated, so every launch reads
 // DRAM); the launches are captured in a CUDA graph (as decode runs), timed with events after
 // warm-up, median of the repeats. Random data, never zeros.
@@ -28,7 +29,31 @@ __global__ void fill_random(uint32_t* p, int64_t words, uint32_t seed) {
     }
 }
 
-// (scale, min) pairs: scale in [2^-9, 2^-8), min in [0, 2^-5): finite fp16 bits.
+// W4 group_scales words sc | m << 8: sc in [1, 255], m in [0, 255].
+__global__ void fill_group_scales(uint16_t* p, int64_t words, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words;
+         i += int64_t{gridDim.x} * blockDim.x) {
+        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+        x ^= x >> 16;
+        x *= 0x7feb352du;
+        x ^= x >> 15;
+        p[i] = static_cast<uint16_t>((1u + (x & 0xffffu) % 255u) | (((x >> 16) & 0xffu) << 8));
+    }
+}
+
+// W4 super_scales words (d, dmin): d in [2^-14, 2^-13), dmin in [2^-13, 2^-12): finite fp16 bits.
+__global__ void fill_super_scales(uint32_t* p, int64_t words, uint32_t seed) {
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words;
+         i += int64_t{gridDim.x} * blockDim.x) {
+        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+        x ^= x >> 16;
+        x *= 0x7feb352du;
+        x ^= x >> 15;
+        p[i] = ((1u << 10) | (x & 0x3ffu)) | (((2u << 10) | ((x >> 10) & 0x3ffu)) << 16);
+    }
+}
+
+// W8 (scale, min) pairs: scale in [2^-9, 2^-8), min in [0, 2^-5): finite fp16 bits.
 __global__ void fill_scale_min(uint32_t* p, int64_t words, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < words; i += int64_t{gridDim.x} * blockDim.x) {
         uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
@@ -142,16 +167,30 @@ int main(int argc, char** argv) {
         CHECK(cudaGetLastError());
         CHECK_STATUS(kestrel::cuda::quantize_q8(x, 8, k, k, a, stream));
         for (int w8 = 0; w8 < 2; ++w8) {
-            // W4: 4-bit q, W8: int8 q; both one (scale, min) word per 32 weights.
-            const int64_t qs_bytes = w8 ? n * k : n * k / 2, sm_bytes = n * groups * 4;
-            const int64_t set_bytes = qs_bytes + sm_bytes;
+            // W4: 4-bit q, a group_scales word (2 bytes) per 32 weights and a super_scales word
+            // (4 bytes) per 256 (the last of a row may cover fewer); W8: int8 q, one (scale, min)
+            // word per 32 weights. sm holds W4's group_scales or W8's scale_min.
+            const int64_t supers = (groups + 7) / 8;
+            const int64_t qs_bytes = w8 ? n * k : n * k / 2;
+            const int64_t sm_bytes = w8 ? n * groups * 4 : n * groups * 2;
+            const int64_t super_bytes = w8 ? 0 : n * supers * 4;
+            const int64_t set_bytes = qs_bytes + sm_bytes + super_bytes;
             const int copies = static_cast<int>(std::max<int64_t>(2, (4 * int64_t{prop.l2CacheSize} + set_bytes - 1) / set_bytes));
-            std::vector<void*> qs(copies), sm(copies);
+            std::vector<void*> qs(copies), sm(copies), ss(copies, nullptr);
             for (int c = 0; c < copies; ++c) {
                 CHECK(cudaMalloc(&qs[c], qs_bytes));
                 CHECK(cudaMalloc(&sm[c], sm_bytes));
                 fill_random<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(qs[c]), qs_bytes / 4, 17 + c);
-                fill_scale_min<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(sm[c]), sm_bytes / 4, 99 + c);
+                if (w8) {
+                    fill_scale_min<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(sm[c]),
+                                                             sm_bytes / 4, 99 + c);
+                } else {
+                    CHECK(cudaMalloc(&ss[c], super_bytes));
+                    fill_group_scales<<<1024, 256, 0, stream>>>(static_cast<uint16_t*>(sm[c]),
+                                                                n * groups, 99 + c);
+                    fill_super_scales<<<1024, 256, 0, stream>>>(static_cast<uint32_t*>(ss[c]),
+                                                                n * supers, 199 + c);
+                }
                 CHECK(cudaGetLastError());
             }
             for (int m : ms) {
@@ -161,7 +200,9 @@ int main(int argc, char** argv) {
                         kestrel::cuda::W8DeviceView view{static_cast<const int8_t*>(qs[c]), static_cast<const uint32_t*>(sm[c]), n, k};
                         CHECK_STATUS(kestrel::cuda::gemv_w8a8(view, a, m, y, stream));
                     } else {
-                        kestrel::cuda::W4DeviceView view{static_cast<const uint8_t*>(qs[c]), static_cast<const uint32_t*>(sm[c]), n, k};
+                        kestrel::cuda::W4DeviceView view{static_cast<const uint8_t*>(qs[c]),
+                                                         static_cast<const uint16_t*>(sm[c]),
+                                                         static_cast<const uint32_t*>(ss[c]), n, k};
                         CHECK_STATUS(kestrel::cuda::gemv_w4a8(view, a, m, y, stream));
                     }
                 }
@@ -182,6 +223,7 @@ int main(int argc, char** argv) {
             for (int c = 0; c < copies; ++c) {
                 CHECK(cudaFree(qs[c]));
                 CHECK(cudaFree(sm[c]));
+                if (ss[c] != nullptr) CHECK(cudaFree(ss[c]));
             }
         }
         CHECK(cudaFree(x));

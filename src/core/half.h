@@ -56,6 +56,29 @@ inline uint16_t fp32_to_fp16(float value) {
     return sign | static_cast<uint16_t>(result);
 }
 
+// The smallest fp16 not below `value` (value >= 0, finite): a scale rounded up, so that
+// scale * q_max still reaches the largest value it must cover.
+inline uint16_t fp16_at_least(float value) {
+    uint16_t bits = fp32_to_fp16(value);
+    if (fp16_to_fp32(bits) < value) ++bits;  // non-negative fp16 order as their bit patterns
+    return bits;
+}
+
+// The largest fp16 not above `value`: a minimum rounded down, so it stays below every element.
+inline uint16_t fp16_at_most(float value) {
+    uint16_t bits = fp32_to_fp16(value);
+    if (fp16_to_fp32(bits) > value) {
+        if (bits & 0x8000u) {
+            ++bits;  // negative: one step further from zero
+        } else if (bits == 0) {
+            bits = 0x8001u;  // the smallest negative subnormal
+        } else {
+            --bits;
+        }
+    }
+    return bits;
+}
+
 inline float bf16_to_fp32(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
 
 inline uint16_t fp32_to_bf16(float value) {

@@ -30,29 +30,6 @@ void store_fp16(uint8_t* at, uint16_t bits) {
     at[1] = static_cast<uint8_t>(bits >> 8);
 }
 
-// The smallest fp16 not below `value` (value >= 0): a block scale rounded up, so that
-// scale · q_max still reaches the block's largest element.
-uint16_t fp16_at_least(float value) {
-    uint16_t bits = fp32_to_fp16(value);
-    if (fp16_to_fp32(bits) < value) ++bits;  // non-negative fp16 order as their bit patterns
-    return bits;
-}
-
-// The largest fp16 not above `value`: a block minimum rounded down, so it stays below every element.
-uint16_t fp16_at_most(float value) {
-    uint16_t bits = fp32_to_fp16(value);
-    if (fp16_to_fp32(bits) > value) {
-        if (bits & 0x8000u) {
-            ++bits;  // negative: one step further from zero
-        } else if (bits == 0) {
-            bits = 0x8001u;  // the smallest negative subnormal
-        } else {
-            --bits;
-        }
-    }
-    return bits;
-}
-
 int round_clamped(float value, int lo, int hi) {
     return std::clamp(static_cast<int>(std::lrintf(value)), lo, hi);
 }

@@ -155,7 +155,8 @@ std::span<const uint8_t> bytes_of(const auto& v) {
 
 Result<Weight> upload_engine_weights(Ops& ops, const EngineWeights& converted, int64_t out, int64_t in) {
     if (const auto* w4 = std::get_if<W4Weights>(&converted)) {
-        return ops.upload(WeightFormat::kW4, out, in, bytes_of(w4->qs), bytes_of(w4->scale_min));
+        return ops.upload(WeightFormat::kW4, out, in, bytes_of(w4->qs), bytes_of(w4->group_scales),
+                          bytes_of(w4->super_scales));
     }
     if (const auto* w8 = std::get_if<W8Weights>(&converted)) {
         return ops.upload(WeightFormat::kW8, out, in, bytes_of(w8->qs), bytes_of(w8->scale_min));
@@ -234,7 +235,10 @@ Result<Weight> WeightReader::read_matrix_stack(std::span<const TensorName> names
     for (const EngineWeights& part : parts) {
         const W4Weights& w4 = std::get<W4Weights>(part);
         stacked.qs.insert(stacked.qs.end(), w4.qs.begin(), w4.qs.end());
-        stacked.scale_min.insert(stacked.scale_min.end(), w4.scale_min.begin(), w4.scale_min.end());
+        stacked.group_scales.insert(stacked.group_scales.end(), w4.group_scales.begin(),
+                                    w4.group_scales.end());
+        stacked.super_scales.insert(stacked.super_scales.end(), w4.super_scales.begin(),
+                                    w4.super_scales.end());
     }
     return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
 }

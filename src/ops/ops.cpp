@@ -39,10 +39,16 @@ Weight weight_rows(const Weight& w, int64_t begin, int64_t rows) {
             slice.data = Buffer::view(data + begin * w.in, static_cast<size_t>(rows * w.in));
             slice.scales = Buffer::view(scales + begin * groups * 4, static_cast<size_t>(rows * groups * 4));
             break;
-        case WeightFormat::kW4:
+        case WeightFormat::kW4: {
+            const int64_t supers = (groups + 7) / 8;
+            const auto* super_scales = static_cast<const uint8_t*>(w.super_scales.data());
             slice.data = Buffer::view(data + begin * w.in / 2, static_cast<size_t>(rows * w.in / 2));
-            slice.scales = Buffer::view(scales + begin * groups * 4, static_cast<size_t>(rows * groups * 4));
+            slice.scales =
+                Buffer::view(scales + begin * groups * 2, static_cast<size_t>(rows * groups * 2));
+            slice.super_scales = Buffer::view(super_scales + begin * supers * 4,
+                                              static_cast<size_t>(rows * supers * 4));
             break;
+        }
     }
     return slice;
 }
@@ -134,8 +140,9 @@ int64_t Workspace::bytes_reserved() const {
     return total;
 }
 
-Result<Weight> Ops::upload(WeightFormat format, int64_t out, int64_t in, std::span<const uint8_t> data,
-                           std::span<const uint8_t> scales) {
+Result<Weight> Ops::upload(WeightFormat format, int64_t out, int64_t in,
+                           std::span<const uint8_t> data, std::span<const uint8_t> scales,
+                           std::span<const uint8_t> super_scales) {
     Weight w;
     w.format = format;
     w.out = out;
@@ -145,6 +152,11 @@ Result<Weight> Ops::upload(WeightFormat format, int64_t out, int64_t in, std::sp
     if (!scales.empty()) {
         KESTREL_ASSIGN_OR_RETURN(w.scales, allocate(scales.size()));
         KESTREL_RETURN_IF_ERROR(copy_to_backend(w.scales.data(), scales.data(), scales.size()));
+    }
+    if (!super_scales.empty()) {
+        KESTREL_ASSIGN_OR_RETURN(w.super_scales, allocate(super_scales.size()));
+        KESTREL_RETURN_IF_ERROR(
+            copy_to_backend(w.super_scales.data(), super_scales.data(), super_scales.size()));
     }
     return w;
 }

@@ -71,7 +71,8 @@ enum class WeightFormat {
     kF32,   // data: float [out, in]
     kBF16,  // data: bf16 bits [out, in]
     kW8,    // data: int8 [out, in];         scales: fp16 (scale, min) pairs [out, in / 32]
-    kW4,    // data: uint8 [out, in / 2];    scales: fp16 (scale, min) pairs [out, in / 32]
+    kW4,    // data: uint8 [out, in / 2];    scales: uint16 (sc | m << 8) [out, in / 32];
+            // super_scales: fp16 (d, dmin) pairs [out, ceil(in / 256)]
 };
 
 const char* weight_format_name(WeightFormat format);
@@ -83,7 +84,8 @@ struct Weight {
     int64_t out = 0;
     int64_t in = 0;
     Buffer data;
-    Buffer scales;  // kW8, kW4
+    Buffer scales;        // kW8, kW4
+    Buffer super_scales;  // kW4
 
     const float* f32() const { return static_cast<const float*>(data.data()); }
     bool empty() const { return data.empty(); }
@@ -95,7 +97,11 @@ Weight weight_rows(const Weight& w, int64_t begin, int64_t rows);
 
 // A borrowed fp32 view of host data [out, in] (the CPU backend, and tests).
 inline Weight f32_view(const float* data, int64_t out, int64_t in) {
-    return Weight{WeightFormat::kF32, out, in, Buffer::view(data, static_cast<size_t>(out * in) * sizeof(float)), {}};
+    Weight w;
+    w.out = out;
+    w.in = in;
+    w.data = Buffer::view(data, static_cast<size_t>(out * in) * sizeof(float));
+    return w;
 }
 
 // One forward's intermediates: a bump allocator over backend memory, reset at the start of each
@@ -276,8 +282,9 @@ public:
 
     // A weight from host bytes already in `format` (data, and scales for W8/W4); and random
     // weights of the right scale for synthetic models (`--dummy`), made where they will live.
-    Result<Weight> upload(WeightFormat format, int64_t out, int64_t in, std::span<const uint8_t> data,
-                          std::span<const uint8_t> scales = {});
+    Result<Weight> upload(WeightFormat format, int64_t out, int64_t in,
+                          std::span<const uint8_t> data, std::span<const uint8_t> scales = {},
+                          std::span<const uint8_t> super_scales = {});
     virtual Result<Weight> random_weight(WeightFormat format, int64_t out, int64_t in, uint64_t seed);
 
     // ---- simple ops ----------------------------------------------------------------------------

@@ -36,41 +36,69 @@ Status check_source(const char* what, DType type, std::span<const uint8_t> src, 
     return ok_status();
 }
 
-W4Weights make_w4(int64_t n, int64_t k) {
-    W4Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.assign(static_cast<size_t>(n * (k / 2)), 0);
-    w.scale_min.assign(static_cast<size_t>(n * (k / kW4Group) * 2), 0);
-    return w;
-}
-
 // Stores the 32 values q[0..31] (each 0..15) as group `g` of row `row`.
 void put_group(W4Weights& w, int64_t row, int64_t g, const uint8_t* q) {
     uint8_t* dst = w.qs.data() + row * (w.k / 2) + g * 16;
     for (int b = 0; b < 16; ++b) dst[b] = static_cast<uint8_t>(q[b] | (q[b + 16] << 4));
 }
 
-void put_scale_min(W4Weights& w, int64_t row, int64_t g, uint16_t scale, uint16_t min) {
-    uint16_t* dst = w.scale_min.data() + (row * w.groups() + g) * 2;
-    dst[0] = scale;
-    dst[1] = min;
+void put_group_scale(W4Weights& w, int64_t row, int64_t g, int sc, int m) {
+    w.group_scales[static_cast<size_t>(row * w.groups() + g)] =
+        static_cast<uint16_t>(sc | (m << 8));
+}
+
+void put_super_scale(W4Weights& w, int64_t row, int64_t s, uint16_t d, uint16_t dmin) {
+    uint16_t* dst = w.super_scales.data() + (row * w.supers() + s) * 2;
+    dst[0] = d;
+    dst[1] = dmin;
 }
 
 bool fp16_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
 
+// The groups [g0, g1) of super-group s of a row: 8 but for a row's last, short one.
+struct SuperGroupSpan {
+    int64_t g0;
+    int64_t g1;
+};
+SuperGroupSpan super_group_span(const W4Weights& w, int64_t s) {
+    return {s * kW4GroupsPerSuper, std::min(w.groups(), (s + 1) * kW4GroupsPerSuper)};
+}
+
+// An 8-bit multiplier of `unit` nearest to `value` (value >= 0, value <= 255 unit by the choice
+// of unit); 0 when unit is 0.
+int nearest_multiplier(float value, float unit) {
+    if (unit <= 0.0f) return 0;
+    return std::clamp(static_cast<int>(std::nearbyint(value / unit)), 0, 255);
+}
+
 }  // namespace
+
+W4Weights w4_zeros(int64_t n, int64_t k) {
+    W4Weights w;
+    w.n = n;
+    w.k = k;
+    w.qs.assign(static_cast<size_t>(n * (k / 2)), 0);
+    w.group_scales.assign(static_cast<size_t>(n * w.groups()), 0);
+    w.super_scales.assign(static_cast<size_t>(n * w.supers() * 2), 0);
+    return w;
+}
+
+W4GroupScale w4_group_scale(const W4Weights& w, int64_t row, int64_t g) {
+    const uint16_t word = w.group_scales[static_cast<size_t>(row * w.groups() + g)];
+    const uint16_t* super = w.super_scales.data() + (row * w.supers() + g / kW4GroupsPerSuper) * 2;
+    return {fp16_to_fp32(super[0]) * static_cast<float>(word & 0xFF),
+            fp16_to_fp32(super[1]) * static_cast<float>(word >> 8)};
+}
 
 std::vector<float> w4_dequantize(const W4Weights& w) {
     std::vector<float> out(static_cast<size_t>(w.n * w.k));
     for (int64_t row = 0; row < w.n; ++row) {
         for (int64_t g = 0; g < w.groups(); ++g) {
-            const uint16_t* sm = w.scale_min.data() + (row * w.groups() + g) * 2;
-            const float scale = fp16_to_fp32(sm[0]);
-            const float min = fp16_to_fp32(sm[1]);
+            const W4GroupScale gs = w4_group_scale(w, row, g);
             for (int64_t i = 0; i < kW4Group; ++i) {
                 const int64_t col = g * kW4Group + i;
-                out[static_cast<size_t>(row * w.k + col)] = scale * static_cast<float>(w4_q(w, row, col)) - min;
+                out[static_cast<size_t>(row * w.k + col)] =
+                    gs.scale * static_cast<float>(w4_q(w, row, col)) - gs.min;
             }
         }
     }
@@ -79,36 +107,34 @@ std::vector<float> w4_dequantize(const W4Weights& w) {
 
 // block_q4_K (ggml-common.h; src/io/dequantize_kquants.cpp): d fp16 [0,2), dmin fp16 [2,4),
 // 6-bit sub-block scales/mins [4,16), qs [16,144): sub-block j's weight l is nibble j % 2 of
-// qs[32 (j / 2) + l]. weight = (d sc_j) q - (dmin m_j).
+// qs[32 (j / 2) + l]. weight = (d sc_j) q - (dmin m_j): block b is super-group b.
 Result<W4Weights> w4_from_q4_k(std::span<const uint8_t> src, int64_t n, int64_t k) {
     KESTREL_RETURN_IF_ERROR(check_source("w4_from_q4_k", DType::kQ4_K, src, n, k));
     const int64_t block_bytes = dtype_info(DType::kQ4_K).block_bytes;
     const int64_t blocks_per_row = k / 256;
-    W4Weights w = make_w4(n, k);
+    W4Weights w = w4_zeros(n, k);
     uint8_t q[32];
     for (int64_t row = 0; row < n; ++row) {
         for (int64_t b = 0; b < blocks_per_row; ++b) {
             const uint8_t* block = src.data() + (row * blocks_per_row + b) * block_bytes;
-            const float d = fp16_to_fp32(load_le<uint16_t>(block + 0));
-            const float dmin = fp16_to_fp32(load_le<uint16_t>(block + 2));
+            const uint16_t d = load_le<uint16_t>(block + 0);
+            const uint16_t dmin = load_le<uint16_t>(block + 2);
+            if (!fp16_finite(d) || !fp16_finite(dmin)) {
+                return Status(StatusCode::kInvalidArgument,
+                              "w4_from_q4_k: row " + std::to_string(row) + " block " +
+                                  std::to_string(b) + ": d or dmin is not finite");
+            }
+            put_super_scale(w, row, b, d, dmin);
             const uint8_t* s = block + 4;
             const uint8_t* qs = block + 16;
             for (int j = 0; j < 8; ++j) {
                 const auto [sc, m] = dequant::k4_scale_min(s, j);
-                // d * sc and dmin * m are exact in fp32 (11-bit by 6-bit products): one rounding, to fp16.
-                const uint16_t scale = fp32_to_fp16(d * static_cast<float>(sc));
-                const uint16_t min = fp32_to_fp16(dmin * static_cast<float>(m));
-                if (!fp16_finite(scale) || !fp16_finite(min)) {
-                    return Status(StatusCode::kInvalidArgument,
-                                  "w4_from_q4_k: row " + std::to_string(row) + " block " + std::to_string(b) +
-                                      ": d * sc or dmin * m is not a finite fp16");
-                }
                 const uint8_t* qsrc = qs + 32 * (j / 2);
                 const int shift = 4 * (j % 2);
                 for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>((qsrc[l] >> shift) & 0x0F);
                 const int64_t g = b * 8 + j;
                 put_group(w, row, g, q);
-                put_scale_min(w, row, g, scale, min);
+                put_group_scale(w, row, g, sc, m);
             }
         }
     }
@@ -116,25 +142,50 @@ Result<W4Weights> w4_from_q4_k(std::span<const uint8_t> src, int64_t n, int64_t 
 }
 
 // block_q4_0: d fp16 [0,2), qs [2,18) with byte b = weight b (low) | weight b+16 (high): our
-// group byte order already. weight = d (q - 8) = d q - 8 d; 8 d is exact in fp16 (an exponent
-// step) unless it overflows, and d q - 8 d = d (q - 8) is exact in fp32 (a representable result).
+// group byte order already. weight = d (q - 8); with d < 0 it is (-d) ((15 - q) - 7).
 Result<W4Weights> w4_from_q4_0(std::span<const uint8_t> src, int64_t n, int64_t k) {
     KESTREL_RETURN_IF_ERROR(check_source("w4_from_q4_0", DType::kQ4_0, src, n, k));
     const int64_t block_bytes = dtype_info(DType::kQ4_0).block_bytes;
-    const int64_t groups = k / 32;
-    W4Weights w = make_w4(n, k);
+    W4Weights w = w4_zeros(n, k);
+    float step[kW4GroupsPerSuper];    // a = |d|
+    float offset[kW4GroupsPerSuper];  // min / a: 8 or 7
     for (int64_t row = 0; row < n; ++row) {
-        for (int64_t g = 0; g < groups; ++g) {
-            const uint8_t* block = src.data() + (row * groups + g) * block_bytes;
-            const uint16_t d = load_le<uint16_t>(block);
-            const uint16_t min = fp32_to_fp16(8.0f * fp16_to_fp32(d));
-            if (!fp16_finite(d) || !fp16_finite(min)) {
-                return Status(StatusCode::kInvalidArgument,
-                              "w4_from_q4_0: row " + std::to_string(row) + " block " + std::to_string(g) +
-                                  ": 8 d is not a finite fp16");
+        for (int64_t s = 0; s < w.supers(); ++s) {
+            const auto [g0, g1] = super_group_span(w, s);
+            float max_step = 0.0f, max_min = 0.0f;
+            for (int64_t g = g0; g < g1; ++g) {
+                const uint8_t* block = src.data() + (row * w.groups() + g) * block_bytes;
+                const uint16_t d_bits = load_le<uint16_t>(block);
+                if (!fp16_finite(d_bits)) {
+                    return Status(StatusCode::kInvalidArgument,
+                                  "w4_from_q4_0: row " + std::to_string(row) + " block " +
+                                      std::to_string(g) + ": d is not finite");
+                }
+                const float d = fp16_to_fp32(d_bits);
+                const bool flip = std::signbit(d);
+                step[g - g0] = std::fabs(d);
+                offset[g - g0] = flip ? 7.0f : 8.0f;
+                max_step = std::max(max_step, step[g - g0]);
+                max_min = std::max(max_min, offset[g - g0] * step[g - g0]);
+                uint8_t* dst = w.qs.data() + row * (k / 2) + g * 16;
+                std::copy(block + 2, block + 18, dst);
+                if (flip) {
+                    for (int b = 0; b < 16; ++b)
+                        dst[b] = static_cast<uint8_t>(~dst[b]);  // q -> 15 - q, both nibbles
+                }
             }
-            std::copy(block + 2, block + 18, w.qs.data() + row * (k / 2) + g * 16);
-            put_scale_min(w, row, g, d, min);
+            const uint16_t d_bits = fp16_at_least(max_step / 255.0f);
+            const uint16_t dmin_bits = fp16_at_least(max_min / 255.0f);
+            put_super_scale(w, row, s, d_bits, dmin_bits);
+            const float unit = fp16_to_fp32(d_bits), min_unit = fp16_to_fp32(dmin_bits);
+            for (int64_t g = g0; g < g1; ++g) {
+                const float a = step[g - g0];
+                const int sc = nearest_multiplier(a, unit);
+                const float scale_error = unit * static_cast<float>(sc) - a;
+                put_group_scale(
+                    w, row, g, sc,
+                    nearest_multiplier(offset[g - g0] * a + 7.5f * scale_error, min_unit));
+            }
         }
     }
     return w;
@@ -146,32 +197,53 @@ Result<W4Weights> w4_from_f32(std::span<const float> src, int64_t n, int64_t k) 
         return Status(StatusCode::kInvalidArgument, "w4_from_f32: " + std::to_string(src.size()) +
                                                         " values, expected " + std::to_string(n * k));
     }
-    W4Weights w = make_w4(n, k);
+    W4Weights w = w4_zeros(n, k);
+    float ideal_scale[kW4GroupsPerSuper];
+    float ideal_min[kW4GroupsPerSuper];
     uint8_t q[32];
     for (int64_t row = 0; row < n; ++row) {
-        for (int64_t g = 0; g < k / 32; ++g) {
-            const float* x = src.data() + row * k + g * 32;
-            float lo = x[0], hi = x[0];
-            for (int i = 0; i < 32; ++i) {
-                if (!std::isfinite(x[i]) || std::fabs(x[i]) > 65504.0f) {
-                    return Status(StatusCode::kInvalidArgument,
-                                  "w4_from_f32: weight [" + std::to_string(row) + ", " +
-                                      std::to_string(g * 32 + i) + "] is not finite in fp16");
+        for (int64_t s = 0; s < w.supers(); ++s) {
+            const auto [g0, g1] = super_group_span(w, s);
+            float max_scale = 0.0f, max_min = 0.0f;
+            for (int64_t g = g0; g < g1; ++g) {
+                const float* x = src.data() + row * k + g * 32;
+                float lo = 0.0f, hi = x[0];
+                for (int i = 0; i < 32; ++i) {
+                    if (!std::isfinite(x[i]) || std::fabs(x[i]) > 65504.0f) {
+                        return Status(StatusCode::kInvalidArgument,
+                                      "w4_from_f32: weight [" + std::to_string(row) + ", " +
+                                          std::to_string(g * 32 + i) + "] is not finite in fp16");
+                    }
+                    lo = std::min(lo, x[i]);
+                    hi = std::max(hi, x[i]);
                 }
-                lo = std::min(lo, x[i]);
-                hi = std::max(hi, x[i]);
+                ideal_scale[g - g0] = (hi - lo) / 15.0f;
+                ideal_min[g - g0] = -lo;
+                max_scale = std::max(max_scale, ideal_scale[g - g0]);
+                max_min = std::max(max_min, ideal_min[g - g0]);
             }
-            // Quantise against the fp16 values the format stores, so rounding stays to nearest.
-            const uint16_t scale_h = fp32_to_fp16((hi - lo) / 15.0f);
-            const uint16_t min_h = fp32_to_fp16(-lo);
-            const float scale = fp16_to_fp32(scale_h);
-            const float min = fp16_to_fp32(min_h);
-            for (int i = 0; i < 32; ++i) {
-                const float v = scale > 0.0f ? std::nearbyint((x[i] + min) / scale) : 0.0f;
-                q[i] = static_cast<uint8_t>(std::clamp(v, 0.0f, 15.0f));
+            const uint16_t d_bits = fp16_at_least(max_scale / 255.0f);
+            const uint16_t dmin_bits = fp16_at_least(max_min / 255.0f);
+            put_super_scale(w, row, s, d_bits, dmin_bits);
+            const float unit = fp16_to_fp32(d_bits), min_unit = fp16_to_fp32(dmin_bits);
+            for (int64_t g = g0; g < g1; ++g) {
+                // Rounded up, so that 15 scale still spans [lo, hi].
+                const int sc =
+                    unit > 0.0f
+                        ? std::min(255, static_cast<int>(std::ceil(ideal_scale[g - g0] / unit)))
+                        : 0;
+                const int m = nearest_multiplier(ideal_min[g - g0], min_unit);
+                put_group_scale(w, row, g, sc, m);
+                // Quantise against the values the format stores, so rounding stays to nearest.
+                const W4GroupScale gs = w4_group_scale(w, row, g);
+                const float* x = src.data() + row * k + g * 32;
+                for (int i = 0; i < 32; ++i) {
+                    const float v =
+                        gs.scale > 0.0f ? std::nearbyint((x[i] + gs.min) / gs.scale) : 0.0f;
+                    q[i] = static_cast<uint8_t>(std::clamp(v, 0.0f, 15.0f));
+                }
+                put_group(w, row, g, q);
             }
-            put_group(w, row, g, q);
-            put_scale_min(w, row, g, scale_h, min_h);
         }
     }
     return w;
@@ -209,12 +281,10 @@ void matvec_w4_f32(const W4Weights& w, const float* x, int64_t m_rows, float* y)
     std::vector<float> row_w(static_cast<size_t>(w.k));
     for (int64_t row = 0; row < w.n; ++row) {
         for (int64_t g = 0; g < w.groups(); ++g) {
-            const uint16_t* sm = w.scale_min.data() + (row * w.groups() + g) * 2;
-            const float scale = fp16_to_fp32(sm[0]);
-            const float min = fp16_to_fp32(sm[1]);
+            const W4GroupScale gs = w4_group_scale(w, row, g);
             for (int64_t i = 0; i < 32; ++i) {
                 row_w[static_cast<size_t>(g * 32 + i)] =
-                    scale * static_cast<float>(w4_q(w, row, g * 32 + i)) - min;
+                    gs.scale * static_cast<float>(w4_q(w, row, g * 32 + i)) - gs.min;
             }
         }
         for (int64_t m = 0; m < m_rows; ++m) {
@@ -233,9 +303,7 @@ void matvec_w4a8(const W4Weights& w, const Q8Block* a, int64_t m_rows, float* y,
             float acc = 0.0f;
             float mag = 0.0f;
             for (int64_t g = 0; g < groups; ++g) {
-                const uint16_t* sm = w.scale_min.data() + (row * groups + g) * 2;
-                const float scale = fp16_to_fp32(sm[0]);
-                const float min = fp16_to_fp32(sm[1]);
+                const auto [scale, min] = w4_group_scale(w, row, g);
                 const Q8Block& blk = a[m * groups + g];
                 const uint8_t* qw = w.qs.data() + row * (w.k / 2) + g * 16;
                 int32_t dot = 0;

@@ -307,8 +307,10 @@ Status dequantize_rows(DType type, std::span<const uint8_t> raw, int64_t k, int6
 
 void place_w4_rows(const W4Weights& part, int64_t row0, W4Weights& whole) {
     std::copy(part.qs.begin(), part.qs.end(), whole.qs.begin() + row0 * (whole.k / 2));
-    std::copy(part.scale_min.begin(), part.scale_min.end(),
-              whole.scale_min.begin() + row0 * whole.groups() * 2);
+    std::copy(part.group_scales.begin(), part.group_scales.end(),
+              whole.group_scales.begin() + row0 * whole.groups());
+    std::copy(part.super_scales.begin(), part.super_scales.end(),
+              whole.super_scales.begin() + row0 * whole.supers() * 2);
 }
 
 Status with_rows(Status status, DType type, int64_t r0, int64_t r1, int64_t n, int64_t k) {
@@ -316,15 +318,6 @@ Status with_rows(Status status, DType type, int64_t r0, int64_t r1, int64_t n, i
     return Status(status.code(), "convert_for_engine: rows [" + std::to_string(r0) + ", " +
                                      std::to_string(r1) + ") of " + std::string(dtype_name(type)) +
                                      " " + shape_text(n, k) + ": " + status.message());
-}
-
-W4Weights make_w4(int64_t n, int64_t k) {
-    W4Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.assign(static_cast<size_t>(n * (k / 2)), 0);
-    w.scale_min.assign(static_cast<size_t>(n * (k / kW4Group) * 2), 0);
-    return w;
 }
 
 using W4Converter = std::function<Result<W4Weights>(int64_t begin, int64_t end)>;
@@ -354,7 +347,7 @@ Status convert_w4_step(int64_t r0, int64_t r1, const W4Converter& convert, DType
 // Q4_K / Q4_0 -> W4 through weight_format.cpp's converters, run on steps of rows in parallel.
 Result<EngineWeights> w4_exact(DType type, std::span<const uint8_t> raw, int64_t n, int64_t k,
                                int threads) {
-    W4Weights w = make_w4(n, k);
+    W4Weights w = w4_zeros(n, k);
     const int64_t bytes = row_bytes(type, k);
     const W4Converter convert = [&](int64_t r0, int64_t r1) {
         const std::span<const uint8_t> rows =
@@ -374,7 +367,7 @@ Result<EngineWeights> w4_exact(DType type, std::span<const uint8_t> raw, int64_t
 // Any dequantisable type -> fp32 (a step of rows at a time) -> W4 via w4_from_f32.
 Result<EngineWeights> w4_requantized(DType type, std::span<const uint8_t> raw, int64_t n, int64_t k,
                                      int threads) {
-    W4Weights w = make_w4(n, k);
+    W4Weights w = w4_zeros(n, k);
     const Status status = for_row_ranges(n, threads, k, [&](int64_t begin, int64_t end) {
         std::vector<float> staging(static_cast<size_t>(std::min(end - begin, staging_rows(k)) * k));
         return for_row_steps(begin, end, staging_rows(k), [&](int64_t r0, int64_t r1) {
@@ -523,7 +516,15 @@ W8Weights w8_from_w4(const W4Weights& w4, int threads) {
             }
         }
     });
-    w8.scale_min = w4.scale_min;
+    w8.scale_min.resize(static_cast<size_t>(w4.n * w4.groups() * 2));
+    for (int64_t row = 0; row < w4.n; ++row) {
+        for (int64_t g = 0; g < w4.groups(); ++g) {
+            const W4GroupScale gs = w4_group_scale(w4, row, g);
+            w8.scale_min[static_cast<size_t>((row * w4.groups() + g) * 2)] = fp32_to_fp16(gs.scale);
+            w8.scale_min[static_cast<size_t>((row * w4.groups() + g) * 2 + 1)] =
+                fp32_to_fp16(gs.min);
+        }
+    }
     return w8;
 }
 

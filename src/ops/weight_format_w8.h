@@ -2,12 +2,12 @@
 // load (convert_for_engine), and the CPU twins of the W8A8 decode GEMV
 // (src/ops/cuda/gemv_w8a8.cu; tests/unit/cuda_gemv_w8_test.cpp holds the kernel to them).
 //
-// W8 (int8, group 32, asymmetric like W4 so both GEMVs share one structure), for W [N, K]
+// W8 (int8, group 32, asymmetric like W4 so both GEMVs share one structure; one fp16 pair per
+// group rather than W4's two-level scales, which int8 codes would barely shrink), for W [N, K]
 // (y = W x), K % 32 == 0:
 //   qs         [N, K]          int8    row n, column c at n*K + c.
 //   scale_min  [N, K/32, 2]    fp16    (scale, min) of each group, row-major per output row; on
-//                                      the device one 32-bit word per group, scale in the low half
-//                                      (the same words as W4's).
+//                                      the device one 32-bit word per group, scale in the low half.
 //   w[n, 32g+i] = scale * q - min      (fp32 arithmetic on the widened fp16 values; scale * q is
 //                                       exact in fp32, 11 x 8 bits, so only the subtraction rounds)
 // 9.0 bits per weight (8 + 2 x 16 / 32).
@@ -84,9 +84,10 @@ Result<W8Weights> w8_from_q6_k(std::span<const uint8_t> src, int64_t n, int64_t 
 // non-finite weights or amax / 127 beyond fp16's range.
 Result<W8Weights> w8_from_f32(std::span<const float> src, int64_t n, int64_t k, int threads = 0);
 
-// W4 as W8, exactly: the same 4-bit codes as int8 and the same (scale, min) per group, so
-// w8_dequantize of the result equals w4_dequantize bit for bit. For stacking a W4 matrix with a
-// W8 one (a Q4_K q|k beside a Q6_K v) into one projection.
+// W4 as W8: the same 4-bit codes as int8, and each group's (scale, min) = (d sc, dmin m), exact
+// in fp32, rounded to W8's fp16: |Δw| <= 2^-11 (|scale q| + |min|) (d sc has up to 19
+// significant bits, fp16 11). For stacking a W4 matrix with a W8 one (a Q4_K q|k beside a Q6_K
+// v) into one projection.
 W8Weights w8_from_w4(const W4Weights& w4, int threads = 0);
 
 // y[m, n] = Σ_k W[n, k] x[m, k], x [m_rows, k] fp32, y [m_rows, n]: the fp32 W8 reference
@@ -118,8 +119,8 @@ EngineWeightFormat engine_format_of(const EngineWeights& weights);
 
 // Converts a GGUF tensor [n, k] of `type` (raw: n rows of k / block_elements blocks, exactly
 // its byte size) into the engine's format. Policy (the closest format the source fits in):
-//   Q4_K, Q4_0          -> W4 always (w4_from_q4_k: fp16 rounding of d sc, dmin m; w4_from_q4_0:
-//                          exact)
+//   Q4_K, Q4_0          -> W4 always (w4_from_q4_k: exact; w4_from_q4_0: the 8-bit rounding
+//                          of each group's scale under its super-group's, ~3% of a step)
 //   Q5_K, Q6_K, Q8_0    -> W8 (w8_from_*: more exact than W4, Q8_0 exactly), unless
 //                          preferred is kW4: then dequantised and requantised by w4_from_f32
 //   F32, F16, BF16      -> preferred: kW4 w4_from_f32, kW8 w8_from_f32, kBf16 rounded to

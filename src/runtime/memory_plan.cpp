@@ -50,7 +50,12 @@ int64_t engine_weight_bytes(const WeightInfo& tensor) {
     const int64_t n = tensor.n_elements;
     if (tensor.shape.size() <= 1) return n * 4;
     if (is_float_type(tensor.dtype)) return n * 2;
-    if (fits_in_w4(tensor.dtype)) return n / 2 + groups(n) * 4;
+    if (fits_in_w4(tensor.dtype)) {
+        // qs, one uint16 (sc, m) per group, one fp16 (d, dmin) pair per 256 weights of a row.
+        const int64_t in = tensor.shape.back();
+        const int64_t rows = in > 0 ? n / in : 0;
+        return n / 2 + groups(n) * 2 + rows * ((in + 255) / 256) * 4;
+    }
     if (dtype_info(tensor.dtype).block_elements > 1) return n + groups(n) * 4;
     return tensor.n_bytes;  // integer tensors stay as they are
 }

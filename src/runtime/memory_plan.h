@@ -32,9 +32,9 @@ struct MemoryPlan {
 // Bytes a stored tensor takes once converted to the engine's GPU format. DESIGN.md "The Ops
 // interface": 1-D tensors (norms, scalars) stay fp32; float matrices become bf16 (`--weights
 // bf16`; the default w4 takes less); block types of at most 4.5 bits/weight become W4 (int4,
-// group 32, fp16 scale + min = 5 bits/weight) and wider block types W8 (int8, group 32, fp16
-// scale + min = 9 bits/weight). A stacked projection whose parts differ (Q4_K q, k with a Q6_K
-// v) is held as W8 throughout, which this per-tensor count does not see.
+// group 32, 8-bit scale + min under an fp16 pair per 256 = 4.625 bits/weight) and wider block types
+// W8 (int8, group 32, fp16 scale + min = 9 bits/weight). A stacked projection whose parts differ
+// (Q4_K q, k with a Q6_K v) is held as W8 throughout, which this per-tensor count does not see.
 int64_t engine_weight_bytes(const WeightInfo& tensor);
 
 // Whether the engine loads this tensor (vision towers, audio towers and the multi-token

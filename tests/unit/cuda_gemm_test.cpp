@@ -84,7 +84,8 @@ void fill_random_bytes(uint8_t* p, size_t count, uint64_t seed) {
     }
 }
 
-// (scale, min) fp16 pairs with Q4_K-like magnitudes: scale ~ 2^-9..2^-7, min = scale * U(0, q_span).
+// W8's (scale, min) fp16 pairs with Q4_K-like magnitudes: scale ~ 2^-9..2^-7,
+// min = scale * U(0, q_span).
 std::vector<uint16_t> random_scale_min(int64_t n, int64_t k, float q_span, uint64_t seed) {
     std::vector<uint16_t> scale_min(static_cast<size_t>(n * (k / 32) * 2));
     for (size_t i = 0; i < scale_min.size(); i += 2) {
@@ -97,13 +98,28 @@ std::vector<uint16_t> random_scale_min(int64_t n, int64_t k, float q_span, uint6
     return scale_min;
 }
 
+// W4 with Q4_K-like magnitudes: per super-group d ~ 2^-17..2^-15 (fp16 subnormals included) and
+// dmin = d * U(1, 15); per group sc in [1, 255], m in [0, 255] (scales d * sc up to ~2^-7).
 W4Weights random_w4(int64_t n, int64_t k, uint64_t seed) {
     W4Weights w;
     w.n = n;
     w.k = k;
     w.qs.resize(static_cast<size_t>(n * k / 2));
     fill_random_bytes(w.qs.data(), w.qs.size(), seed);
-    w.scale_min = random_scale_min(n, k, 15.0f, seed + 1);
+    w.group_scales.resize(static_cast<size_t>(n * w.groups()));
+    for (uint16_t& word : w.group_scales) {
+        const uint64_t r = splitmix(seed);
+        word = static_cast<uint16_t>((1 + r % 255) | (((r >> 16) & 0xff) << 8));
+    }
+    w.super_scales.resize(static_cast<size_t>(n * w.supers() * 2));
+    for (size_t i = 0; i < w.super_scales.size(); i += 2) {
+        const uint64_t r = splitmix(seed);
+        const float d = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
+                                   -17 - static_cast<int>((r >> 16) % 3));
+        const float dmin = d * (1.0f + 14.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f);
+        w.super_scales[i] = fp32_to_fp16(d);
+        w.super_scales[i + 1] = fp32_to_fp16(dmin);
+    }
     return w;
 }
 
@@ -111,12 +127,30 @@ W4Weights select_rows(const W4Weights& w, const std::vector<int64_t>& rows) {
     W4Weights s;
     s.n = static_cast<int64_t>(rows.size());
     s.k = w.k;
+    const int64_t groups = w.groups(), supers2 = w.supers() * 2;
     for (int64_t r : rows) {
         s.qs.insert(s.qs.end(), w.qs.begin() + r * (w.k / 2), w.qs.begin() + (r + 1) * (w.k / 2));
-        s.scale_min.insert(s.scale_min.end(), w.scale_min.begin() + r * w.groups() * 2,
-                           w.scale_min.begin() + (r + 1) * w.groups() * 2);
+        s.group_scales.insert(s.group_scales.end(), w.group_scales.begin() + r * groups,
+                              w.group_scales.begin() + (r + 1) * groups);
+        s.super_scales.insert(s.super_scales.end(), w.super_scales.begin() + r * supers2,
+                              w.super_scales.begin() + (r + 1) * supers2);
     }
     return s;
+}
+
+// The three W4 arrays on the device and the view of them (super_scales' fp16 pairs (d, dmin) are
+// one 32-bit word each, d in the low half).
+struct DeviceW4 {
+    DeviceBuffer qs, group_scales, super_scales;
+    cuda::W4DeviceView view;
+};
+
+void upload_w4(const W4Weights& w, DeviceW4& d) {
+    upload(d.qs, w.qs);
+    upload(d.group_scales, w.group_scales);
+    upload(d.super_scales, w.super_scales);
+    d.view = {d.qs.as<uint8_t>(), d.group_scales.as<uint16_t>(), d.super_scales.as<uint32_t>(), w.n,
+              w.k};
 }
 
 // W8 as cuda::W8DeviceView describes it: qs [n, k] int8, scale_min [n, k/32, 2] fp16 bits.
@@ -190,7 +224,8 @@ struct TestWeight {
     std::string format;
     int64_t n = 0;
     int64_t k = 0;
-    DeviceBuffer qs, scale_min;  // or the bf16 matrix in qs
+    DeviceBuffer qs, scale_min;  // W8 (or the bf16 matrix in qs)
+    DeviceW4 w4;                 // W4
     std::function<std::vector<float>(const std::vector<int64_t>&)> rows_f32;
     std::function<Status(cuda::GemmContext&, const float*, int64_t, void*, float*, cudaStream_t)> gemm;
 };
@@ -201,9 +236,8 @@ std::unique_ptr<TestWeight> make_w4(int64_t n, int64_t k, uint64_t seed) {
     t->format = "w4";
     t->n = n;
     t->k = k;
-    upload(t->qs, w->qs);
-    upload(t->scale_min, w->scale_min);
-    const cuda::W4DeviceView view{t->qs.as<uint8_t>(), t->scale_min.as<uint32_t>(), n, k};
+    upload_w4(*w, t->w4);
+    const cuda::W4DeviceView view = t->w4.view;
     t->rows_f32 = [w](const std::vector<int64_t>& rows) { return w4_dequantize(select_rows(*w, rows)); };
     t->gemm = [view](cuda::GemmContext& c, const float* x, int64_t m, void* scratch, float* y, cudaStream_t s) {
         return cuda::gemm_w4(c, x, m, view, scratch, y, s);
@@ -311,25 +345,18 @@ void run_and_check(cuda::GemmContext& context, const TestWeight& w, int64_t m, u
 // Gemma 4 31B: q (5376 -> 8192), k/v (5376 -> 4096), gate/up (5376 -> 21504), down (21504 -> 5376), o (8192 -> 5376).
 constexpr int64_t kGemma4Shapes[][2] = {{5376, 8192}, {5376, 4096}, {5376, 21504}, {21504, 5376}, {8192, 5376}};
 
-TEST_F(CudaGemm, DequantizeW4MatchesTwinBitForBit) {
-    const int64_t n = 300, k = 5376, row_begin = 37, rows = 200;
-    W4Weights w = random_w4(n, k, 7);
-    // Edge (scale, min) pairs in some groups of row 40: fp16 subnormals, the largest fp16, a scale
-    // of 1 + 2^-8 (q = 1 lands exactly halfway between two bf16 values: ties to even).
-    const uint16_t edges[][2] = {{0x0001, 0x8001}, {0x7bff, 0xfbff}, {0x3c04, 0x0000}, {0x3c04, 0x3c00}, {0x03ff, 0x7bff}};
-    for (int e = 0; e < 5; ++e) {
-        uint16_t* sm = w.scale_min.data() + (40 * w.groups() + 3 * e) * 2;
-        sm[0] = edges[e][0];
-        sm[1] = edges[e][1];
-    }
-    DeviceBuffer qs, scale_min, out;
-    upload(qs, w.qs);
-    upload(scale_min, w.scale_min);
-    const cuda::W4DeviceView view{qs.as<uint8_t>(), scale_min.as<uint32_t>(), n, k};
+// Rows [row_begin, row_begin + rows) of w dequantised on the device into a buffer with a guard row
+// either side: the guards untouched, every value fp32_to_bf16(w4_dequantize(w)) bit for bit.
+void check_dequantize_w4(const W4Weights& w, int64_t row_begin, int64_t rows) {
+    const int64_t k = w.k;
+    DeviceW4 d;
+    upload_w4(w, d);
+    DeviceBuffer out;
     const std::vector<float> expected = w4_dequantize(w);
     CUDA_OK(out.alloc(static_cast<size_t>((rows + 2) * k) * 2));  // a guard row either side
     CUDA_OK(cudaMemset(out.as<void>(), 0xff, static_cast<size_t>((rows + 2) * k) * 2));
-    const Status s = cuda::dequantize_w4_to_bf16(view, row_begin, rows, out.as<uint16_t>() + k, nullptr);
+    const Status s =
+        cuda::dequantize_w4_to_bf16(d.view, row_begin, rows, out.as<uint16_t>() + k, nullptr);
     ASSERT_TRUE(s.ok()) << s.message();
     const std::vector<uint16_t> got = download<uint16_t>(out, static_cast<size_t>((rows + 2) * k));
     for (int64_t c = 0; c < k; ++c) {
@@ -339,9 +366,46 @@ TEST_F(CudaGemm, DequantizeW4MatchesTwinBitForBit) {
     for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < k; ++c) {
             const uint16_t want = fp32_to_bf16(expected[static_cast<size_t>((row_begin + r) * k + c)]);
-            ASSERT_EQ(got[static_cast<size_t>((r + 1) * k + c)], want) << "row " << row_begin + r << " column " << c;
+            ASSERT_EQ(got[static_cast<size_t>((r + 1) * k + c)], want)
+                << "k " << k << " row " << row_begin + r << " column " << c;
         }
     }
+}
+
+TEST_F(CudaGemm, DequantizeW4MatchesTwinBitForBit) {
+    const int64_t n = 300, k = 5376;
+    W4Weights w = random_w4(n, k, 7);
+    // Edge (d, dmin) pairs in super-groups 0..4 of row 40: fp16 subnormals, the largest fp16 (and
+    // negatives), d = 1 + 2^-8 (with sc = 1 and m = 0, q = 1 lands exactly halfway between two
+    // bf16 values: ties to even); their groups take sc and m from 0, 1, 255 and between.
+    const uint16_t edges[][2] = {
+        {0x0001, 0x8001}, {0x7bff, 0xfbff}, {0x3c04, 0x0000}, {0x3c04, 0x3c00}, {0x03ff, 0x7bff}};
+    const int sc[8] = {255, 1, 0, 128, 255, 17, 254, 1};
+    const int m[8] = {255, 0, 1, 255, 128, 255, 3, 0};
+    for (int e = 0; e < 5; ++e) {
+        uint16_t* dd = w.super_scales.data() + (40 * w.supers() + e) * 2;
+        dd[0] = edges[e][0];
+        dd[1] = edges[e][1];
+        for (int j = 0; j < 8; ++j) {
+            w.group_scales[static_cast<size_t>(40 * w.groups() + 8 * e + j)] =
+                static_cast<uint16_t>(sc[j] | (m[j] << 8));
+        }
+    }
+    check_dequantize_w4(w, 37, 200);
+    if (HasFatalFailure()) return;
+    // K = 640: 20 groups, rows end in a short super-group of 4 (the slice's super_scales offset is
+    // row_begin * 3 words); the converter's weights (w4_from_f32), group magnitudes over 100x.
+    std::mt19937 rng(8);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> src(static_cast<size_t>(50 * 640));
+    for (size_t g = 0; g < src.size() / 32; ++g) {
+        const float magnitude = 0.002f * std::pow(10.0f, static_cast<float>(g % 7) / 3.0f);
+        const float shift = static_cast<float>(static_cast<int>(g % 3) - 1);
+        for (size_t i = 0; i < 32; ++i) src[g * 32 + i] = magnitude * (normal(rng) + shift);
+    }
+    Result<W4Weights> converted = w4_from_f32(src, 50, 640);
+    ASSERT_TRUE(converted.ok()) << converted.status().message();
+    check_dequantize_w4(*converted, 5, 41);
 }
 
 TEST_F(CudaGemm, DequantizeW8MatchesTwinBitForBit) {
@@ -528,14 +592,14 @@ TEST_F(CudaGemm, NaNActivationGivesNaNRow) {
 TEST_F(CudaGemm, RejectsBadArguments) {
     const int64_t n = 8, k = 64;
     const W4Weights host = random_w4(n, k, 1);
-    DeviceBuffer qs, scale_min, x, y, scratch;
-    upload(qs, host.qs);
-    upload(scale_min, host.scale_min);
+    DeviceW4 w4;
+    upload_w4(host, w4);
+    DeviceBuffer x, y, scratch;
     CUDA_OK(x.alloc(16 * k * 4));
     CUDA_OK(y.alloc(16 * n * 4));
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(16, n, k)));
     cuda::GemmContext& c = *context_;
-    const cuda::W4DeviceView view{qs.as<uint8_t>(), scale_min.as<uint32_t>(), n, k};
+    const cuda::W4DeviceView view = w4.view;
     const auto invalid = [](const Status& s) { return s.code() == StatusCode::kInvalidArgument; };
     EXPECT_TRUE(invalid(cuda::gemm_w4(c, x.as<float>(), 0, view, scratch.as<void>(), y.as<float>(), nullptr)));
     EXPECT_TRUE(invalid(cuda::gemm_w4(c, x.as<float>(), 4, view, nullptr, y.as<float>(), nullptr)));
@@ -544,6 +608,15 @@ TEST_F(CudaGemm, RejectsBadArguments) {
     bad.k = 48;
     EXPECT_TRUE(invalid(cuda::gemm_w4(c, x.as<float>(), 4, bad, scratch.as<void>(), y.as<float>(), nullptr)));
     EXPECT_TRUE(invalid(cuda::dequantize_w4_to_bf16(view, 4, 5, scratch.as<uint16_t>(), nullptr)));
+    bad = view;
+    bad.group_scales = nullptr;
+    EXPECT_TRUE(invalid(cuda::dequantize_w4_to_bf16(bad, 0, 4, scratch.as<uint16_t>(), nullptr)));
+    bad = view;
+    bad.super_scales = nullptr;
+    EXPECT_TRUE(invalid(cuda::dequantize_w4_to_bf16(bad, 0, 4, scratch.as<uint16_t>(), nullptr)));
+    bad.super_scales =
+        reinterpret_cast<const uint32_t*>(reinterpret_cast<const uint8_t*>(view.super_scales) + 2);
+    EXPECT_TRUE(invalid(cuda::dequantize_w4_to_bf16(bad, 0, 4, scratch.as<uint16_t>(), nullptr)));
     EXPECT_TRUE(invalid(cuda::gemm_bf16(c, x.as<float>(), 4, scratch.as<uint16_t>(), n, 12, scratch.as<void>(),
                                         y.as<float>(), nullptr)));
     EXPECT_TRUE(invalid(cuda::matmul_bf16(c, scratch.as<uint16_t>(), 4, scratch.as<uint16_t>(), n, 32, y.as<float>(),

@@ -1,5 +1,6 @@
 // The W4A8 decode GEMV (src/ops/cuda/gemv_w4a8.cu) against its CPU twins (ops/weight_format.h)
-// at the Gemma 4 31B shapes and odd ones, M = 1..8, which between them reach every split-K variant
+// at the Gemma 4 31B shapes, odd ones and ones whose rows end in a short super-group (with the
+// converter's weights, w4_from_f32), M = 1..8, which between them reach every split-K variant
 // (S = 1, 2, 4, 8 warps per row) at M = 1 and at M > 2 (EveryWarpSplitIsTested checks that on the
 // GPU at hand). Q8 activation blocks must match the twin bit for bit; GEMV outputs (poisoned with
 // NaN first, every one must be written and finite) must match matvec_w4a8 to fp32
@@ -53,7 +54,9 @@ uint64_t splitmix(uint64_t& s) {
     return z ^ (z >> 31);
 }
 
-// Random W4 with Q4_K-like magnitudes: scale ~ 2^-9..2^-7, min = scale * U(0, 15).
+// Random W4 with Q4_K-like magnitudes: per super-group d ~ 2^-17..2^-15 (fp16 subnormals
+// included) and dmin = d * U(1, 15); per group sc in [1, 255] and m in [0, 255], so the group
+// scales d * sc reach ~2^-7 and the mins dmin * m vary from 0 to ~15 scales and beyond.
 W4Weights random_w4(int64_t n, int64_t k, uint64_t seed) {
     W4Weights w;
     w.n = n;
@@ -63,13 +66,21 @@ W4Weights random_w4(int64_t n, int64_t k, uint64_t seed) {
         const uint64_t r = splitmix(seed);
         for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j) w.qs[i + j] = static_cast<uint8_t>(r >> (8 * j));
     }
-    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
-    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
+    w.group_scales.resize(static_cast<size_t>(n * w.groups()));
+    for (uint16_t& word : w.group_scales) {
         const uint64_t r = splitmix(seed);
-        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f, -9 - static_cast<int>((r >> 16) % 3));
-        const float min = scale * 15.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f;
-        w.scale_min[i] = fp32_to_fp16(scale);
-        w.scale_min[i + 1] = fp32_to_fp16(min);
+        const auto sc = static_cast<uint16_t>(1 + r % 255);
+        const auto m = static_cast<uint16_t>((r >> 16) & 0xff);
+        word = static_cast<uint16_t>(sc | (m << 8));
+    }
+    w.super_scales.resize(static_cast<size_t>(n * w.supers() * 2));
+    for (size_t i = 0; i < w.super_scales.size(); i += 2) {
+        const uint64_t r = splitmix(seed);
+        const float d = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
+                                   -17 - static_cast<int>((r >> 16) % 3));
+        const float dmin = d * (1.0f + 14.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f);
+        w.super_scales[i] = fp32_to_fp16(d);
+        w.super_scales[i + 1] = fp32_to_fp16(dmin);
     }
     return w;
 }
@@ -83,29 +94,55 @@ std::vector<float> random_x(int64_t m, int64_t k, uint64_t seed) {
     return x;
 }
 
+// W4 from the CPU converter (w4_from_f32) on data whose per-group magnitudes vary over 100x
+// (0.02 * 10^U(-1, 1)), groups centred below, on and above zero: within a super-group sc and m
+// then spread over their 8-bit range, and (d, dmin) differ from one super-group to the next.
+W4Weights varied_w4(int64_t n, int64_t k, uint64_t seed) {
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> exponent(-1.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(n * k));
+    for (size_t g = 0; g < x.size() / 32; ++g) {
+        const float magnitude = 0.02f * std::pow(10.0f, exponent(rng));
+        const float shift = 2.0f * static_cast<float>(static_cast<int>(rng() % 3) - 1);
+        for (size_t i = 0; i < 32; ++i) x[g * 32 + i] = magnitude * (normal(rng) + shift);
+    }
+    Result<W4Weights> w = w4_from_f32(x, n, k);
+    EXPECT_TRUE(w.ok()) << w.status().message();
+    return w.ok() ? std::move(w).value() : W4Weights{};
+}
+
 W4Weights select_rows(const W4Weights& w, const std::vector<int64_t>& rows) {
     W4Weights s;
     s.n = static_cast<int64_t>(rows.size());
     s.k = w.k;
+    const int64_t groups = w.groups(), supers2 = w.supers() * 2;
     for (int64_t r : rows) {
         s.qs.insert(s.qs.end(), w.qs.begin() + r * (w.k / 2), w.qs.begin() + (r + 1) * (w.k / 2));
-        s.scale_min.insert(s.scale_min.end(), w.scale_min.begin() + r * w.groups() * 2,
-                           w.scale_min.begin() + (r + 1) * w.groups() * 2);
+        s.group_scales.insert(s.group_scales.end(), w.group_scales.begin() + r * groups,
+                              w.group_scales.begin() + (r + 1) * groups);
+        s.super_scales.insert(s.super_scales.end(), w.super_scales.begin() + r * supers2,
+                              w.super_scales.begin() + (r + 1) * supers2);
     }
     return s;
 }
 
+// The three W4 arrays on the device, as W4DeviceView reads them: super_scales' fp16 pairs
+// (d, dmin) are one 32-bit word each, d in the low half (little-endian).
 struct DeviceW4 {
-    DeviceBuffer qs, scale_min;
+    DeviceBuffer qs, group_scales, super_scales;
     cuda::W4DeviceView view;
 };
 
 void upload(const W4Weights& w, DeviceW4& d) {
-    CUDA_OK(d.qs.alloc(w.qs.size()));
-    CUDA_OK(d.scale_min.alloc(w.scale_min.size() * 2));
-    CUDA_OK(cudaMemcpy(d.qs.as<void>(), w.qs.data(), w.qs.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(d.scale_min.as<void>(), w.scale_min.data(), w.scale_min.size() * 2, cudaMemcpyHostToDevice));
-    d.view = {d.qs.as<uint8_t>(), d.scale_min.as<uint32_t>(), w.n, w.k};
+    ASSERT_EQ(w.qs.size(), static_cast<size_t>(w.qs_bytes()));
+    ASSERT_EQ(w.group_scales.size() * 2, static_cast<size_t>(w.group_scales_bytes()));
+    ASSERT_EQ(w.super_scales.size() * 2, static_cast<size_t>(w.super_scales_bytes()));
+    kestrel::testing::upload(d.qs, w.qs);
+    kestrel::testing::upload(d.group_scales, w.group_scales);
+    kestrel::testing::upload(d.super_scales, w.super_scales);
+    d.view = {d.qs.as<uint8_t>(), d.group_scales.as<uint16_t>(), d.super_scales.as<uint32_t>(), w.n,
+              w.k};
 }
 
 bool same_block(const Q8Block& a, const Q8Block& b) {
@@ -190,6 +227,12 @@ constexpr int64_t kGemma4Shapes[][2] = {{5376, 8192},  {5376, 16384}, {5376, 409
 // group left over for a last, mostly idle round.
 constexpr int64_t kOddShapes[][2] = {{32, 1},     {64, 7},    {96, 33},     {256, 3},  {1024, 17},
                                      {1056, 250}, {2080, 45}, {4128, 1001}, {8224, 37}};
+
+// K not a multiple of 256: each row ends in a short super-group (fewer than 8 groups share its
+// (d, dmin)). 12 groups = 1 super-group + 4, 20 = 2 + 4, 73 = 9 + 1 (S = 2 at this N on an
+// H100), 135 = 16 + 7 (S = 4). kOddShapes' K = 32, 64, 96, 1056, 2080, 4128 and 8224 end in
+// short super-groups too, with the random_w4 weights.
+constexpr int64_t kPartialSuperShapes[][2] = {{384, 40}, {640, 33}, {2336, 70}, {4320, 19}};
 
 // The split-K rule (gemv_w4a8.h) on an H100's 132 SMs: the N = 5376 shapes split enough to give
 // >= 8 blocks per SM, large N stays whole, short rows (< 2 slices of 32 groups) stay whole.
@@ -299,6 +342,42 @@ TEST_F(CudaGemv, OddShapesAllRowCounts) {
                 worst.twin, worst.int8);
 }
 
+// The converter's weights (varied_w4) at the partial super-group shapes, every row checked.
+TEST_F(CudaGemv, PartialSuperGroupsAndVariedScales) {
+    Worst worst;
+    uint64_t seed = 700;
+    for (const auto& shape : kPartialSuperShapes) {
+        const int64_t k = shape[0], n = shape[1];
+        ASSERT_NE((k / 32) % 8, 0) << "K = " << k << " has no short super-group";
+        const W4Weights w = varied_w4(n, k, ++seed);
+        ASSERT_EQ(w.n, n);
+        // The data must exercise the two-level scales: sc spread over > 10x, several (d, dmin).
+        int sc_lo = 256, sc_hi = 0;
+        for (const uint16_t word : w.group_scales) {
+            const int sc = word & 0xff;
+            if (sc > 0) sc_lo = std::min(sc_lo, sc);
+            sc_hi = std::max(sc_hi, sc);
+        }
+        EXPECT_GT(sc_hi, 10 * sc_lo) << "K = " << k << ": sc in [" << sc_lo << ", " << sc_hi << "]";
+        std::vector<uint16_t> ds;
+        for (size_t i = 0; i < w.super_scales.size(); i += 2) ds.push_back(w.super_scales[i]);
+        std::sort(ds.begin(), ds.end());
+        EXPECT_GT(std::unique(ds.begin(), ds.end()) - ds.begin(), 1)
+            << "K = " << k << ": one d only";
+        DeviceW4 dw;
+        upload(w, dw);
+        if (HasFatalFailure()) return;
+        for (int64_t m = 1; m <= 8; ++m) {
+            check_gemv(w, dw, m, ++seed, {}, worst);
+            if (HasFatalFailure()) return;
+        }
+    }
+    std::printf(
+        "partial super-groups: max |gpu - twin| / tolerance = %.3e, max |gpu - ref32| / int8 "
+        "budget = %.3f\n",
+        worst.twin, worst.int8);
+}
+
 TEST_F(CudaGemv, NaNActivationGivesNaNRows) {
     const int64_t m = 4, k = 512, n = 40, groups = k / 32;
     const W4Weights w = random_w4(n, k, 9);
@@ -338,6 +417,28 @@ TEST_F(CudaGemv, RejectsBadArguments) {
     bad.k = 48;
     EXPECT_EQ(cuda::gemv_w4a8(bad, da.as<Q8Block>(), 1, dy.as<float>(), nullptr).code(),
               StatusCode::kInvalidArgument);
+    // Each of the three weight arrays: null, then misaligned.
+    for (int field = 0; field < 3; ++field) {
+        for (int misaligned = 0; misaligned < 2; ++misaligned) {
+            bad = dw.view;
+            if (field == 0) bad.qs = misaligned ? dw.view.qs + 8 : nullptr;
+            if (field == 1) {
+                bad.group_scales =
+                    misaligned ? reinterpret_cast<const uint16_t*>(
+                                     reinterpret_cast<const uint8_t*>(dw.view.group_scales) + 1)
+                               : nullptr;
+            }
+            if (field == 2) {
+                bad.super_scales =
+                    misaligned ? reinterpret_cast<const uint32_t*>(
+                                     reinterpret_cast<const uint8_t*>(dw.view.super_scales) + 2)
+                               : nullptr;
+            }
+            const Status st = cuda::gemv_w4a8(bad, da.as<Q8Block>(), 1, dy.as<float>(), nullptr);
+            EXPECT_EQ(st.code(), StatusCode::kInvalidArgument)
+                << "field " << field << " misaligned " << misaligned;
+        }
+    }
     EXPECT_EQ(cuda::quantize_q8(dy.as<float>(), 1, 40, 40, da.as<Q8Block>(), nullptr).code(),
               StatusCode::kInvalidArgument);
 }

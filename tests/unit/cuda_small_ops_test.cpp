@@ -469,7 +469,9 @@ TEST_F(CudaSmallOps, ElementwiseMatchCpu) {
     std::printf("gelu_tanh_and_mul: max %.2f u, softcap: max %.2f u (tolerance 8 u)\n", worst_gelu, worst_softcap);
 }
 
-// Random W4 rows with Q4_K-like magnitudes (as cuda_gemv_test.cpp).
+// Random W4 rows with Q4_K-like magnitudes (as cuda_gemv_test.cpp): per super-group
+// d ~ 2^-17..2^-15 (fp16 subnormals included) and dmin = d * U(1, 15); per group sc in [1, 255]
+// and m in [0, 255].
 W4Weights random_w4(int64_t n, int64_t k, uint32_t seed) {
     std::mt19937_64 rng(seed);
     W4Weights w;
@@ -477,14 +479,36 @@ W4Weights random_w4(int64_t n, int64_t k, uint32_t seed) {
     w.k = k;
     w.qs.resize(static_cast<size_t>(n * k / 2));
     for (uint8_t& b : w.qs) b = static_cast<uint8_t>(rng());
-    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
-    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
+    w.group_scales.resize(static_cast<size_t>(n * w.groups()));
+    for (uint16_t& word : w.group_scales) {
         const uint64_t r = rng();
-        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f, -9 - static_cast<int>((r >> 16) % 3));
-        w.scale_min[i] = fp32_to_fp16(scale);
-        w.scale_min[i + 1] = fp32_to_fp16(scale * 15.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f);
+        word = static_cast<uint16_t>((1 + r % 255) | (((r >> 16) & 0xff) << 8));
+    }
+    w.super_scales.resize(static_cast<size_t>(n * w.supers() * 2));
+    for (size_t i = 0; i < w.super_scales.size(); i += 2) {
+        const uint64_t r = rng();
+        const float d = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
+                                   -17 - static_cast<int>((r >> 16) % 3));
+        w.super_scales[i] = fp32_to_fp16(d);
+        w.super_scales[i + 1] =
+            fp32_to_fp16(d * (1.0f + 14.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f));
     }
     return w;
+}
+
+// The three W4 arrays on the device and the view of them (super_scales' fp16 pairs (d, dmin) are
+// one 32-bit word each, d in the low half).
+struct DeviceW4 {
+    DeviceBuffer qs, group_scales, super_scales;
+    cuda::W4DeviceView view;
+};
+
+void upload_w4(const W4Weights& w, DeviceW4& d) {
+    upload(d.qs, w.qs);
+    upload(d.group_scales, w.group_scales);
+    upload(d.super_scales, w.super_scales);
+    d.view = {d.qs.as<uint8_t>(), d.group_scales.as<uint16_t>(), d.super_scales.as<uint32_t>(), w.n,
+              w.k};
 }
 
 TEST_F(CudaSmallOps, EmbedMatchesCpuBitForBit) {
@@ -511,21 +535,31 @@ TEST_F(CudaSmallOps, EmbedMatchesCpuBitForBit) {
             ASSERT_TRUE(same_bits(got[i], expected[i])) << "vocab " << c.vocab << " dim " << c.dim << " element " << i;
         }
     }
-    // W4 tables: Gemma 4 width, Gemma 3 270M width, an odd one; rows dequantised as w4_dequantize.
-    const Case w4_cases[] = {{300, 5376}, {500, 640}, {9, 96}};
+    // W4 tables: Gemma 4 width, Gemma 3 270M width (20 groups: a short last super-group), an odd
+    // one (3 groups), random; then one from the converter (w4_from_f32, rows of 12 groups). Rows
+    // dequantised as w4_dequantize.
+    const Case w4_cases[] = {{300, 5376}, {500, 640}, {9, 96}, {40, 384}};
     for (const Case& c : w4_cases) {
-        const W4Weights w = random_w4(c.vocab, c.dim, ++seed);
+        W4Weights w;
+        if (c.dim == 384) {
+            Result<W4Weights> converted = w4_from_f32(
+                random_vector(static_cast<size_t>(c.vocab * c.dim), ++seed, 0.05f), c.vocab, c.dim);
+            ASSERT_TRUE(converted.ok()) << converted.status().message();
+            w = std::move(converted).value();
+        } else {
+            w = random_w4(c.vocab, c.dim, ++seed);
+        }
         const std::vector<float> table = w4_dequantize(w);
         const std::vector<int32_t> ids = {static_cast<int32_t>(c.vocab - 1), 0, 3, 3, 8, 1};
         std::vector<float> expected(ids.size() * static_cast<size_t>(c.dim));
         cpu::embed(ids, table.data(), c.dim, gemma4_scale, expected.data());
-        DeviceBuffer dqs, dsm, dids, dout;
-        upload(dqs, w.qs);
-        upload(dsm, w.scale_min);
+        DeviceW4 dw;
+        DeviceBuffer dids, dout;
+        upload_w4(w, dw);
         upload(dids, ids);
         CUDA_OK(dout.alloc(expected.size() * 4));
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, expected.size() * 4));
-        const cuda::W4DeviceView view{dqs.as<uint8_t>(), dsm.as<uint32_t>(), w.n, w.k};
+        const cuda::W4DeviceView view = dw.view;
         STATUS_OK(cuda::embed(dids.as<int32_t>(), static_cast<int64_t>(ids.size()), view, gemma4_scale,
                               dout.as<float>(), nullptr));
         const std::vector<float> got = download(dout.as<float>(), expected.size());
@@ -540,13 +574,13 @@ TEST_F(CudaSmallOps, EmbedOfAnIdOutsideTheVocabIsNaN) {
     const std::vector<float> table = random_vector(static_cast<size_t>(vocab * dim), 7);
     const W4Weights w = random_w4(vocab, dim, 8);
     const std::vector<int32_t> ids = {3, -1, 10, 9};
-    DeviceBuffer dtable, dqs, dsm, dids, dout;
+    DeviceW4 dw;
+    DeviceBuffer dtable, dids, dout;
     upload(dtable, table);
-    upload(dqs, w.qs);
-    upload(dsm, w.scale_min);
+    upload_w4(w, dw);
     upload(dids, ids);
     CUDA_OK(dout.alloc(ids.size() * dim * 4));
-    const cuda::W4DeviceView view{dqs.as<uint8_t>(), dsm.as<uint32_t>(), w.n, w.k};
+    const cuda::W4DeviceView view = dw.view;
     for (int w4 = 0; w4 < 2; ++w4) {
         CUDA_OK(cudaMemset(dout.as<void>(), 0, ids.size() * dim * 4));
         STATUS_OK(w4 ? cuda::embed(dids.as<int32_t>(), 4, view, 1.0f, dout.as<float>(), nullptr)
@@ -576,8 +610,23 @@ TEST_F(CudaSmallOps, RejectsBadArguments) {
               StatusCode::kInvalidArgument);  // more pairs than head_dim / 2
     EXPECT_EQ(cuda::rope_neox(x, positions, 1, 1, 1024, 1e4, nullptr).code(), StatusCode::kInvalidArgument);
     EXPECT_EQ(cuda::softcap(x, 4, 0.0f, nullptr).code(), StatusCode::kInvalidArgument);
-    const cuda::W4DeviceView misaligned{d.as<uint8_t>() + 4, d.as<uint32_t>(), 2, 64};
-    EXPECT_EQ(cuda::embed(d.as<int32_t>(), 1, misaligned, 1.0f, x, nullptr).code(), StatusCode::kInvalidArgument);
+    const cuda::W4DeviceView aligned{d.as<uint8_t>(), d.as<uint16_t>(), d.as<uint32_t>(), 2, 64};
+    cuda::W4DeviceView misaligned = aligned;
+    misaligned.qs += 4;
+    EXPECT_EQ(cuda::embed(d.as<int32_t>(), 1, misaligned, 1.0f, x, nullptr).code(),
+              StatusCode::kInvalidArgument);
+    misaligned = aligned;
+    misaligned.group_scales = reinterpret_cast<const uint16_t*>(d.as<uint8_t>() + 1);
+    EXPECT_EQ(cuda::embed(d.as<int32_t>(), 1, misaligned, 1.0f, x, nullptr).code(),
+              StatusCode::kInvalidArgument);
+    misaligned = aligned;
+    misaligned.super_scales = reinterpret_cast<const uint32_t*>(d.as<uint8_t>() + 2);
+    EXPECT_EQ(cuda::embed(d.as<int32_t>(), 1, misaligned, 1.0f, x, nullptr).code(),
+              StatusCode::kInvalidArgument);
+    misaligned = aligned;
+    misaligned.super_scales = nullptr;
+    EXPECT_EQ(cuda::embed(d.as<int32_t>(), 1, misaligned, 1.0f, x, nullptr).code(),
+              StatusCode::kInvalidArgument);
     EXPECT_TRUE(cuda::rms_norm(x, nullptr, 0, 64, 1e-6f, x, nullptr).ok());  // no rows: nothing to do
 }
 

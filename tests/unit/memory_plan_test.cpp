@@ -138,14 +138,15 @@ TEST(MemoryPlanGemma4, EngineWeightBytesOfTheQ4KMFile) {
     const ModelConfig config = config_from_json(gemma4_31b_config_json());
     const FakeWeightSource weights = gemma4_31b_gguf_weights();
     const MemoryPlan plan = plan_memory(config, weights, {.context = 131072});
-    // Q4_K (4.5 bits) -> W4 (5 bits), Q6_K (6.5625 bits) -> W8 (9 bits): more than the file,
+    // Q4_K (4.5 bits) -> W4 (4.625 bits), Q6_K (6.5625 bits) -> W8 (9 bits): more than the file,
     // less than bf16.
     EXPECT_GT(plan.weight_bytes, weights.all_bytes());
     EXPECT_LT(plan.weight_bytes, weights.all_elements() * 2);
     int64_t expected = 0;
     for (const WeightInfo& tensor : weights.tensors()) {
         const int64_t n = tensor.n_elements;
-        if (tensor.dtype == DType::kQ4_K) expected += n / 2 + n / 32 * 4;
+        if (tensor.dtype == DType::kQ4_K)
+            expected += n / 2 + n / 32 * 2 + n / 256 * 4;  // rows of 256s
         if (tensor.dtype == DType::kQ6_K) expected += n + n / 32 * 4;
         if (tensor.dtype == DType::kF32) expected += n * 4;  // all 1-D here
     }
@@ -255,19 +256,23 @@ TEST(MemoryPlanPieces, EngineWeightBytes) {
         return one.tensors()[0];
     };
     // DESIGN.md "The Ops interface" / memory_plan.h: 1-D stays fp32, float matrices bf16,
-    // <= 4.5-bit blocks W4 (5 bits/weight), wider blocks W8 (9 bits/weight: int8 + fp16 scale and min).
+    // <= 4.5-bit blocks W4 (4.625 bits/weight: int4 + 8-bit scale and min per 32 + fp16 d and dmin
+    // per 256 of a row), wider blocks W8 (9 bits/weight: int8 + fp16 scale and min).
     EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {5376})), 5376 * 4);
     EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {5376})), 5376 * 4);
     EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {8192, 4})), 8192 * 4 * 2);
     EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {4096, 5376})), 4096 * 5376 * 2);
     EXPECT_EQ(engine_weight_bytes(info(DType::kF16, {4096, 5376})), 4096 * 5376 * 2);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {4096, 5376})), 4096 * 5376 * 5 / 8);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_0, {4096, 5376})), 4096 * 5376 * 5 / 8);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {4096, 5376})), 4096 * 5376 * 37 / 64);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_0, {4096, 5376})), 4096 * 5376 * 37 / 64);
+    // A row of 640 (Gemma 3 270M) ends in a short super-group: 3 (d, dmin) pairs per row.
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_0, {100, 640})), 100 * (320 + 20 * 2 + 3 * 4));
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ6_K, {4096, 5376})), 4096 * 5376 * 9 / 8);
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ8_0, {4096, 5376})), 4096 * 5376 * 9 / 8);
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ5_K, {4096, 5376})), 4096 * 5376 * 9 / 8);
     // Experts [256, 512, 2048] at Q4_K: W4 over all 268 M weights.
-    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {256, 512, 2048})), int64_t{256} * 512 * 2048 * 5 / 8);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {256, 512, 2048})),
+              int64_t{256} * 512 * 2048 * 37 / 64);
 }
 
 TEST(MemoryPlanPieces, LayerPatternGroupsByThePeriod) {

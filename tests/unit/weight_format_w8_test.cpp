@@ -115,8 +115,10 @@ uint16_t nearest_fp16(double v) {
 
 // ---- Q8_0 ---------------------------------------------------------------------------------
 
-// Stacking widens W4 parts to W8: the same weights bit for bit, at any thread count.
-TEST(WeightFormatW8, W4WidensToW8Exactly) {
+// Stacking widens W4 parts to W8: the same codes, each group's exact fp32 (d sc, dmin m) rounded
+// to fp16 (|Δw| <= 2^-11 (|scale q| + |min|) plus the final subtraction's rounding), at any
+// thread count.
+TEST(WeightFormatW8, W4WidensToW8WithinFp16RoundingOfScaleAndMin) {
     const int64_t n = 37, k = 96;
     std::vector<float> src(static_cast<size_t>(n * k));
     std::mt19937 rng(11);
@@ -131,10 +133,19 @@ TEST(WeightFormatW8, W4WidensToW8Exactly) {
         ASSERT_EQ(w8.k, k);
         const std::vector<float> widened = w8_dequantize(w8);
         ASSERT_EQ(widened.size(), expected.size());
-        for (size_t i = 0; i < expected.size(); ++i) {
-            ASSERT_EQ(std::bit_cast<uint32_t>(widened[i]), std::bit_cast<uint32_t>(expected[i])) << i;
+        for (int64_t row = 0; row < n; ++row) {
+            for (int64_t c = 0; c < k; ++c) {
+                const size_t i = static_cast<size_t>(row * k + c);
+                const W4GroupScale gs = w4_group_scale(*w4, row, c / 32);
+                const int q = w4_q(*w4, row, c);
+                ASSERT_EQ(w8.qs[i], q);
+                const double terms = std::fabs(gs.scale * q) + std::fabs(gs.min);
+                ASSERT_LE(std::fabs(static_cast<double>(widened[i]) - expected[i]),
+                          std::ldexp(terms, -11) +
+                              std::ldexp(std::fabs(static_cast<double>(expected[i])), -23))
+                    << row << " " << c;
+            }
         }
-        for (int64_t c = 0; c < k; ++c) ASSERT_EQ(w8.qs[static_cast<size_t>(5 * k + c)], w4_q(*w4, 5, c));
     }
 }
 
@@ -364,7 +375,8 @@ void expect_same(const W4Weights& a, const W4Weights& b) {
     EXPECT_EQ(a.n, b.n);
     EXPECT_EQ(a.k, b.k);
     EXPECT_TRUE(a.qs == b.qs);
-    EXPECT_TRUE(a.scale_min == b.scale_min);
+    EXPECT_TRUE(a.group_scales == b.group_scales);
+    EXPECT_TRUE(a.super_scales == b.super_scales);
 }
 
 void expect_same(const W8Weights& a, const W8Weights& b) {

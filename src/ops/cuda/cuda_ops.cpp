@@ -27,8 +27,9 @@ namespace cuda {
 namespace {
 
 W4DeviceView w4_view(const Weight& w) {
-    return W4DeviceView{static_cast<const uint8_t*>(w.data.data()), static_cast<const uint32_t*>(w.scales.data()),
-                        w.out, w.in};
+    return W4DeviceView{static_cast<const uint8_t*>(w.data.data()),
+                        static_cast<const uint16_t*>(w.scales.data()),
+                        static_cast<const uint32_t*>(w.super_scales.data()), w.out, w.in};
 }
 
 W8DeviceView w8_view(const Weight& w) {
@@ -252,10 +253,14 @@ Result<Weight> CudaOps::random_weight(WeightFormat format, int64_t out, int64_t 
     const float a = std::sqrt(3.0f / static_cast<float>(in));
     switch (format) {
         case WeightFormat::kW4: {
+            const int64_t groups = in / 32, supers = (groups + 7) / 8;
             KESTREL_ASSIGN_OR_RETURN(w.data, allocate(static_cast<size_t>(out * in / 2)));
-            KESTREL_ASSIGN_OR_RETURN(w.scales, allocate(static_cast<size_t>(out * (in / 32)) * 4));
-            KESTREL_RETURN_IF_ERROR(fill_random_w4(static_cast<uint8_t*>(w.data.data()),
-                                                   static_cast<uint32_t*>(w.scales.data()), out, in, a, seed, stream_));
+            KESTREL_ASSIGN_OR_RETURN(w.scales, allocate(static_cast<size_t>(out * groups) * 2));
+            KESTREL_ASSIGN_OR_RETURN(w.super_scales,
+                                     allocate(static_cast<size_t>(out * supers) * 4));
+            KESTREL_RETURN_IF_ERROR(fill_random_w4(
+                static_cast<uint8_t*>(w.data.data()), static_cast<uint16_t*>(w.scales.data()),
+                static_cast<uint32_t*>(w.super_scales.data()), out, in, a, seed, stream_));
             break;
         }
         case WeightFormat::kW8: {

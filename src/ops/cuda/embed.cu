@@ -3,8 +3,10 @@
 //
 // One block per token; ids are read on the device (graph replay changes only their contents). An
 // id outside [0, vocab) writes NaN, so a bad id shows in the output instead of reading elsewhere.
-// embed_w4_kernel: thread per 32-group: one 16-byte load of the group's nibbles and one 4-byte
-// (scale, min) load, 32 values dequantised as scale * q - min, times the embedding scale.
+// embed_w4_kernel: thread per 32-group g: one 16-byte load of the group's nibbles, one 2-byte
+// group_scales load (sc | m << 8) and one 4-byte super_scales load, the (d, dmin) of super-group
+// g / 8; scale = d * sc and min = dmin * m (exact in fp32), 32 values dequantised as
+// scale * q - min, times the embedding scale.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -42,19 +44,22 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// w4_dequantize: scale * q - min in fp32, then the embedding's scale.
+// w4_dequantize: scale * q - min in fp32 (product and difference each rounded, never fused), then
+// the embedding's scale.
 __device__ __forceinline__ float dequantize(float group_scale, float group_min, uint32_t q, float scale) {
     return __fmul_rn(__fsub_rn(__fmul_rn(group_scale, static_cast<float>(q)), group_min), scale);
 }
 
 __global__ void __launch_bounds__(kThreads)
-    embed_w4_kernel(const int32_t* ids, const uint4* qs, const uint32_t* scale_min, int64_t vocab, int groups,
-                    float scale, float* out) {
+    embed_w4_kernel(const int32_t* ids, const uint4* qs, const uint16_t* group_scales,
+                    const uint32_t* super_scales, int64_t vocab, int groups, float scale,
+                    float* out) {
     wait_for_upstream();
     allow_downstream();
     const int32_t id = ids[blockIdx.x];
     const bool valid = id >= 0 && id < vocab;
     const int64_t row = static_cast<int64_t>(valid ? id : 0) * groups;
+    const int64_t super_row = static_cast<int64_t>(valid ? id : 0) * ((groups + 7) / 8);
     float4* dst = reinterpret_cast<float4*>(out + static_cast<int64_t>(blockIdx.x) * groups * 32);
     for (int g = static_cast<int>(threadIdx.x); g < groups; g += kThreads) {
         float4* group_out = dst + g * 8;  // 32 floats
@@ -64,8 +69,12 @@ __global__ void __launch_bounds__(kThreads)
             continue;
         }
         const uint4 packed = qs[row + g];
-        const uint32_t sm = scale_min[row + g];
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&sm));  // (scale, min)
+        const uint32_t sc_m = group_scales[row + g];
+        const uint32_t d_dmin = super_scales[super_row + g / 8];
+        const float2 d = __half22float2(*reinterpret_cast<const __half2*>(&d_dmin));  // (d, dmin)
+        const float2 f =
+            make_float2(__fmul_rn(d.x, static_cast<float>(sc_m & 0xffu)),
+                        __fmul_rn(d.y, static_cast<float>(sc_m >> 8)));  // (scale, min)
         const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
         // Byte b holds weight b (low nibble) and weight b + 16 (high nibble); word m holds bytes 4m..4m+3.
 #pragma unroll
@@ -114,17 +123,22 @@ Status embed(const int32_t* ids, int64_t tokens, const W4DeviceView& table, floa
              cudaStream_t stream) {
     KESTREL_RETURN_IF_ERROR(check_tokens("embed (W4)", ids, tokens, table.qs, out));
     if (table.n <= 0 || table.k <= 0 || table.k % 32 != 0 || table.k > (int64_t{1} << 30) ||
-        table.scale_min == nullptr || reinterpret_cast<uintptr_t>(table.qs) % 16 != 0 ||
+        table.group_scales == nullptr || table.super_scales == nullptr ||
+        reinterpret_cast<uintptr_t>(table.qs) % 16 != 0 ||
+        reinterpret_cast<uintptr_t>(table.group_scales) % 2 != 0 ||
+        reinterpret_cast<uintptr_t>(table.super_scales) % 4 != 0 ||
         reinterpret_cast<uintptr_t>(out) % 16 != 0) {
         return Status(StatusCode::kInvalidArgument,
-                      "embed (W4): table [" + std::to_string(table.n) + ", " + std::to_string(table.k) +
-                          "] needs k % 32 == 0, scales, and 16-byte aligned nibbles and output");
+                      "embed (W4): table [" + std::to_string(table.n) + ", " +
+                          std::to_string(table.k) +
+                          "] needs k % 32 == 0, group_scales (2-byte aligned) and super_scales "
+                          "(4-byte aligned), and 16-byte aligned nibbles and output");
     }
     if (tokens == 0) return ok_status();
-    KESTREL_CUDA_CHECK(launch_overlapped(embed_w4_kernel, dim3(static_cast<unsigned>(tokens)),
-                                         dim3(kThreads), 0, stream, ids,
-                                         reinterpret_cast<const uint4*>(table.qs), table.scale_min,
-                                         table.n, static_cast<int>(table.k / 32), scale, out));
+    KESTREL_CUDA_CHECK(
+        launch_overlapped(embed_w4_kernel, dim3(static_cast<unsigned>(tokens)), dim3(kThreads), 0,
+                          stream, ids, reinterpret_cast<const uint4*>(table.qs), table.group_scales,
+                          table.super_scales, table.n, static_cast<int>(table.k / 32), scale, out));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

@@ -87,8 +87,11 @@ Status matmul_bf16(GemmContext& context, const uint16_t* x, int64_t m, const uin
                    float* y, int64_t ldy, cudaStream_t stream);
 
 // Rows [row_begin, row_begin + rows) of the weight as bf16 bits, out [rows, k] (16-byte aligned):
-// scale * q - min computed in fp32 exactly as w4_dequantize does (a product, then a difference,
-// each rounded; never fused), then rounded to nearest even as fp32_to_bf16 (core/half.h).
+// scale * q - min computed in fp32 exactly as w4_dequantize / w8_dequantize do (a product, then a
+// difference, each rounded; never fused; W4's scale = d * sc and min = dmin * m, exact), then
+// rounded to nearest even as fp32_to_bf16 (core/half.h). The W4 view needs group_scales 2-byte
+// and super_scales 4-byte aligned; the slice starts at group_scales + row_begin * (k / 32) and
+// super_scales + row_begin * ceil(k / 256).
 Status dequantize_w4_to_bf16(const W4DeviceView& w, int64_t row_begin, int64_t rows, uint16_t* out,
                              cudaStream_t stream);
 Status dequantize_w8_to_bf16(const W8DeviceView& w, int64_t row_begin, int64_t rows, uint16_t* out,

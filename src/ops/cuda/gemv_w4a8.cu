@@ -64,11 +64,11 @@ template <int M, int R, int U, int S>
 Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
     const int64_t rows_per_block = GemvWarpPlace<R, S>::kRowsPerBlock;
     const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
-    KESTREL_CUDA_CHECK(
-        launch_overlapped(gemv_w4a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)),
-                          dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs),
-                          w.scale_min, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
-                          static_cast<int>(w.k / 32), gemv_prefetch_steps()));
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        gemv_w4a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)), dim3(kGemvWarps * 32), 0,
+        stream, reinterpret_cast<const uint4*>(w.qs), w.group_scales, w.super_scales,
+        reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n), static_cast<int>(w.k / 32),
+        gemv_prefetch_steps()));
     return ok_status();
 }
 
@@ -135,10 +135,16 @@ Status gemv_w4a8(const W4DeviceView& w, const Q8Block* a, int64_t m, float* y, c
         return Status(StatusCode::kInvalidArgument,
                       "gemv_w4a8: " + std::to_string(m) + " activation rows, the GEMV takes 1 to 8");
     }
-    if (w.qs == nullptr || w.scale_min == nullptr || a == nullptr || y == nullptr || !aligned(w.qs, 16) ||
-        !aligned(w.scale_min, 4) || !aligned(a, 16) || !aligned(y, 4)) {
+    if (w.qs == nullptr || w.group_scales == nullptr || w.super_scales == nullptr || a == nullptr ||
+        y == nullptr) {
         return Status(StatusCode::kInvalidArgument,
-                      "gemv_w4a8: null pointer, or qs / activations not 16-byte aligned");
+                      "gemv_w4a8: null qs, group_scales, super_scales, activations or output");
+    }
+    if (!aligned(w.qs, 16) || !aligned(w.group_scales, 2) || !aligned(w.super_scales, 4) ||
+        !aligned(a, 16) || !aligned(y, 4)) {
+        return Status(StatusCode::kInvalidArgument,
+                      "gemv_w4a8: misaligned pointer (qs and activations need 16 bytes, "
+                      "group_scales 2, super_scales and output 4)");
     }
     switch (m) {
         case 1: return launch<1, 1, 4>(w, a, y, stream);

@@ -7,11 +7,16 @@
 //   rows; the S warps of a group split each row's K (split-K inside the block), because at
 //   N = 5376 a warp per row leaves too few blocks to balance over the SMs (gemv_warps_per_row,
 //   gemv_w4a8.h). Warp s of a group, lane l, handles groups g = 32 s + l + 32 S j: the split is
-//   interleaved by 32 groups, so each warp load of a row is still 512 contiguous bytes (and
-//   128 B of (scale, min)), and the S warps stream neighbouring stretches of the row together.
-//   Per group and row one 16-byte weight load and one 4-byte (scale, min) load; all U x R loads
-//   of a step (groups g, g + 32 S, ...) are issued before any math. Per activation row m the Q8
-//   block is three 16-byte loads (reused across the R weight rows), then 8 dp4a per weight row:
+//   interleaved by 32 groups, so each warp load of a row is still 512 contiguous bytes of
+//   nibbles, 64 of group_scales and 16 of super_scales, and the S warps stream neighbouring
+//   stretches of the row together.
+//   Per group and row: one 16-byte nibble load, one 2-byte group_scales load (sc | m << 8) and
+//   one 4-byte super_scales load, the (d, dmin) of super-group g / 8, which 8 neighbouring lanes
+//   share (g / 8 = first group / 8 + j / 8 for j a multiple of 32, so each row keeps one pointer
+//   per array and every step adds constants). All U x R x 3 loads of a step (groups g, g + 32 S,
+//   ...) are issued before any math. Then scale = d * sc and min = dmin * m in fp32 (exact:
+//   11 x 8 bits). Per activation row m the Q8 block is three 16-byte loads (reused across the
+//   R weight rows), then 8 dp4a per weight row:
 //     lo = p & 0x0F0F0F0F  (weights b..b+3 of the group)    x activation bytes 0..15
 //     hi = (p >> 4) & 0x0F0F0F0F (weights b+16..b+19)       x activation bytes 16..31
 //   acc += d_a * (scale * dot - min * sum_a). Lanes are reduced with xor shuffles; with S > 1
@@ -21,9 +26,9 @@
 //   still reach that barrier (no early return).
 //   Weights and scales stream (ld.global.cs): each is read once; activations stay in L1.
 // Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
-//   for the previous kernel, a GEMV warp only asks L2 for the weight and (scale, min) lines of
-//   its first gemv_prefetch_steps() steps (constants, which no kernel writes), so DRAM is already
-//   busy when the wait ends.
+//   for the previous kernel, a GEMV warp only asks L2 for the lines of weights and scales (W4:
+//   nibbles, group_scales and super_scales) of its first gemv_prefetch_steps() steps
+//   (constants, which no kernel writes), so DRAM is already busy when the wait ends.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -169,28 +174,44 @@ __device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place, con
     }
 }
 
-// qs: [n, groups] 16-byte groups; sm: [n, groups] (scale, min) half2 words; act: [M, groups] Q8
-// blocks as 3 uint4 each; y: [M, n].
+// Blocks per SM that gemv_w4a8_kernel<M, ...> is compiled to fit (__launch_bounds__' second
+// argument, i.e. a register cap of 64 for M <= 2 and 128 above). Measured on the H100 with the
+// two-level scales (bench/gemv_w4a8_bench.cu, median of 5 runs over the Gemma 4 31B shapes):
+// left to itself ptxas took 68-80 registers at M = 2 (3 blocks per SM) and 98-128 at M >= 4; the
+// caps made M = 2 12% faster, M = 4 11% and M = 8 4%, with no spills; M = 1 (51-56 registers)
+// fits 4 blocks either way and kept its time.
+constexpr int gemv_w4a8_min_blocks(int m) {
+    return m <= 2 ? 4 : 2;
+}
+
+// qs: [n, groups] 16-byte groups; gs: [n, groups] uint16 sc | m << 8; ss: [n, ceil(groups / 8)]
+// (d, dmin) half2 words; act: [M, groups] Q8 blocks as 3 uint4 each; y: [M, n].
 template <int M, int R, int U, int S>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint32_t* __restrict__ sm,
-                     const uint4* __restrict__ act, float* __restrict__ y, int n, int groups,
-                     int prefetch_steps) {
+__global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
+    gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint16_t* __restrict__ gs,
+                     const uint32_t* __restrict__ ss, const uint4* __restrict__ act,
+                     float* __restrict__ y, int n, int groups, int prefetch_steps) {
     using Place = GemvWarpPlace<R, S>;
     constexpr int kStride = Place::kSliceStride;
+    static_assert(kW4GroupsPerSuper == 8 && kStride % 8 == 0, "steps move by whole super-groups");
+    constexpr int kSuperStride = kStride / 8;  // super words between a lane's consecutive steps
     const Place place;
+    const int supers = static_cast<int>((static_cast<unsigned>(groups) + 7u) / 8u);
     // Addresses relative to the lane's first group (g = first_unit + j): one pointer per row and
-    // constant offsets per step (indexed from the row start, the S > 1 variants kept a pointer per
-    // u and took 18-35 more registers in ptxas). A warp wholly past n (last block only) gets no
-    // groups but still reaches store_rows' barrier.
+    // array, and constant offsets per step (indexed from the row start, the S > 1 variants kept a
+    // pointer per u and took 18-35 more registers in ptxas). The super word of group g is
+    // (first_unit + j) / 8 = first_unit / 8 + j / 8 since j is a multiple of 32. A warp wholly
+    // past n (last block only) gets no groups but still reaches store_rows' barrier.
     const int lane_groups = (place.row0 < n ? groups : 0) - place.first_unit;  // the lane's j < this
     const uint4* wrow[R];
-    const uint32_t* srow[R];
+    const uint16_t* grow[R];
+    const uint32_t* drow[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         const int64_t row = min(place.row0 + r, n - 1);  // rows past n re-read the last row; never stored
         wrow[r] = qs + row * groups + place.first_unit;
-        srow[r] = sm + row * groups + place.first_unit;
+        grow[r] = gs + row * groups + place.first_unit;
+        drow[r] = ss + row * supers + static_cast<unsigned>(place.first_unit) / 8u;
     }
     const uint4* lane_act = act + static_cast<int64_t>(place.first_unit) * 3;
 #pragma unroll
@@ -199,7 +220,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 prefetch_l2(wrow[r] + kStride * u);
-                prefetch_l2(srow[r] + kStride * u);
+                prefetch_l2(grow[r] + kStride * u);
+                prefetch_l2(drow[r] + kSuperStride * u);
             }
         }
     }
@@ -213,8 +235,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
 
     for (int j0 = 0; j0 < lane_groups; j0 += kStride * U) {
+        // j0 / 8: the step's offset in super words (j0 >= 0, a multiple of 32).
+        const int s0 = static_cast<int>(static_cast<unsigned>(j0) / 8u);
         uint4 wv[U][R];
-        uint32_t sv[U][R];
+        uint16_t gv[U][R];
+        uint32_t dv[U][R];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int j = j0 + kStride * u;
@@ -222,7 +247,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
                     wv[u][r] = __ldcs(wrow[r] + j);
-                    sv[u][r] = __ldcs(srow[r] + j);
+                    gv[u][r] = __ldcs(grow[r] + j);
+                    dv[u][r] = __ldcs(drow[r] + s0 + kSuperStride * u);
                 }
             }
         }
@@ -233,9 +259,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
                 float scale[R], mn[R];
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
-                    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&sv[u][r]));
-                    scale[r] = f.x;
-                    mn[r] = f.y;
+                    // (d, dmin) widened exactly; d * sc and dmin * m are exact in fp32.
+                    const float2 d = __half22float2(*reinterpret_cast<const __half2*>(&dv[u][r]));
+                    scale[r] = d.x * static_cast<float>(gv[u][r] & 0xffu);
+                    mn[r] = d.y * static_cast<float>(gv[u][r] >> 8);
                 }
 #pragma unroll
                 for (int m = 0; m < M; ++m) {

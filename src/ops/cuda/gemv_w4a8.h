@@ -13,11 +13,15 @@
 
 namespace kestrel::cuda {
 
-// Device copy of a W4Weights: qs [n, k/2] (16-byte aligned), scale_min [n, k/32] as
-// (scale, min) fp16 pairs in one 32-bit word each (scale in the low half).
+// Device copy of a W4Weights (ops/weight_format.h): qs [n, k/2] (16-byte aligned);
+// group_scales [n, k/32] uint16 words sc | m << 8 (2-byte aligned); super_scales
+// [n, ceil(k/256)] 32-bit words, a __half2 (d, dmin) with d in the low half (4-byte aligned:
+// W4Weights::super_scales' fp16 pairs as they are). Group g of a row: scale = d * sc,
+// min = dmin * m, with (d, dmin) the row's super word g / 8.
 struct W4DeviceView {
     const uint8_t* qs = nullptr;
-    const uint32_t* scale_min = nullptr;
+    const uint16_t* group_scales = nullptr;
+    const uint32_t* super_scales = nullptr;
     int64_t n = 0;
     int64_t k = 0;
 };

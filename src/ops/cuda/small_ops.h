@@ -81,7 +81,8 @@ Status softcap(float* x, int64_t n, float cap, cudaStream_t stream);
 Status embed(const int32_t* ids, int64_t tokens, const float* table, int64_t vocab, int64_t dim, float scale,
              float* out, cudaStream_t stream);
 // The same from a W4 table [vocab = table.n, dim = table.k]: each row dequantised as
-// w4_dequantize does (scale * q - min in fp32), then * scale. out 16-byte aligned.
+// w4_dequantize does (scale * q - min in fp32, scale = d * sc, min = dmin * m), then * scale.
+// out 16-byte aligned.
 Status embed(const int32_t* ids, int64_t tokens, const W4DeviceView& table, float scale, float* out,
              cudaStream_t stream);
 

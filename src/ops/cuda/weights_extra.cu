@@ -16,15 +16,16 @@ int blocks_for(int64_t count) {
     return static_cast<int>(blocks < 65535 * 16 ? blocks : 65535 * 16);
 }
 
-__global__ void fill_w4_kernel(uint8_t* qs, uint32_t* scale_min, int64_t qs_bytes, int64_t groups, uint32_t packed,
+__global__ void fill_w4_kernel(uint8_t* qs, uint16_t* group_scales, uint32_t* super_scales,
+                               int64_t qs_bytes, int64_t groups, int64_t supers, uint32_t d_dmin,
                                uint64_t seed) {
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < qs_bytes; i += stride) {
+    const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    for (int64_t i = first; i < qs_bytes; i += stride) {
         qs[i] = random_weight_byte(seed, static_cast<uint64_t>(i));
     }
-    for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups; g += stride) {
-        scale_min[g] = packed;
-    }
+    for (int64_t g = first; g < groups; g += stride) group_scales[g] = 0xFFFF;  // sc = m = 255
+    for (int64_t s = first; s < supers; s += stride) super_scales[s] = d_dmin;
 }
 
 __global__ void fill_w8_kernel(int8_t* qs, uint32_t* scale_min, int64_t count, int64_t groups, uint32_t packed,
@@ -87,13 +88,22 @@ __global__ void embed_bf16_kernel(const int32_t* ids, int64_t vocab, int64_t dim
 
 }  // namespace
 
-Status fill_random_w4(uint8_t* qs, uint32_t* scale_min, int64_t n, int64_t k, float a, uint64_t seed,
-                      cudaStream_t stream) {
+Status fill_random_w4(uint8_t* qs, uint16_t* group_scales, uint32_t* super_scales, int64_t n,
+                      int64_t k, float a, uint64_t seed, cudaStream_t stream) {
     if (n <= 0 || k <= 0 || k % 32 != 0) return Status(StatusCode::kInvalidArgument, "fill_random_w4: bad shape");
-    const float scale = 2.0f * a / 15.0f;
-    const uint32_t packed = static_cast<uint32_t>(__half_as_ushort(__float2half_rn(scale))) |
-                            (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(a))) << 16);
-    fill_w4_kernel<<<blocks_for(n * k / 2), kThreads, 0, stream>>>(qs, scale_min, n * k / 2, n * k / 32, packed, seed);
+    if (qs == nullptr || group_scales == nullptr || super_scales == nullptr) {
+        return Status(StatusCode::kInvalidArgument,
+                      "fill_random_w4: null qs, group_scales or super_scales");
+    }
+    // scale = d * 255 and min = dmin * 255 for every group: d = 2a / 15 / 255, dmin = a / 255.
+    const float d = 2.0f * a / 15.0f / 255.0f;
+    const float dmin = a / 255.0f;
+    const uint32_t d_dmin = static_cast<uint32_t>(__half_as_ushort(__float2half_rn(d))) |
+                            (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(dmin))) << 16);
+    const int64_t groups = k / 32;
+    const int64_t supers = (groups + 7) / 8;
+    fill_w4_kernel<<<blocks_for(n * k / 2), kThreads, 0, stream>>>(
+        qs, group_scales, super_scales, n * k / 2, n * groups, n * supers, d_dmin, seed);
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

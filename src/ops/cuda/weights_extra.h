@@ -24,11 +24,14 @@ __host__ __device__ inline uint8_t random_weight_byte(uint64_t seed, uint64_t i)
     return static_cast<uint8_t>(z >> (8 * (i % 8)));
 }
 
-// Fills W4 / W8 / BF16 weights [n, k] with uniform values in about [-a, a]: W4 q = random
-// nibbles, every group (scale, min) = (fp16(2a / 15), fp16(a)); W8 q = random int8 clamped to
-// [-127, 127], (scale, min) = (fp16(a / 127), 0); BF16 = bf16(a * (2 u - 1)), u = byte / 255.
-Status fill_random_w4(uint8_t* qs, uint32_t* scale_min, int64_t n, int64_t k, float a, uint64_t seed,
-                      cudaStream_t stream);
+// Fills W4 / W8 / BF16 weights [n, k] with uniform values in about [-a, a]: W4 (the arrays of
+// W4DeviceView: qs [n, k/2], group_scales [n, k/32], super_scales [n, ceil(k/256)]) q = random
+// nibbles (qs byte i = random_weight_byte(seed, i)), every group sc = m = 255 (0xFFFF), every
+// super word (d, dmin) = (fp16(2a / 15 / 255), fp16(a / 255)), so scale = d * 255 ~ 2a / 15 and
+// min = dmin * 255 ~ a; W8 q = random int8 clamped to [-127, 127], (scale, min) =
+// (fp16(a / 127), 0); BF16 = bf16(a * (2 u - 1)), u = byte / 255.
+Status fill_random_w4(uint8_t* qs, uint16_t* group_scales, uint32_t* super_scales, int64_t n,
+                      int64_t k, float a, uint64_t seed, cudaStream_t stream);
 Status fill_random_w8(int8_t* qs, uint32_t* scale_min, int64_t n, int64_t k, float a, uint64_t seed,
                       cudaStream_t stream);
 Status fill_random_bf16(uint16_t* w, int64_t count, float a, uint64_t seed, cudaStream_t stream);
