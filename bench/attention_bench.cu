@@ -1,7 +1,8 @@
 // Microbenchmark of the GPU attention (src/ops/cuda/attention_{decode,prefill}.cu) on the Gemma 4
 // 31B layer shapes (32 query heads; sliding: 16 kv heads x 256, window 1024, ring 1535; full:
 // 4 kv heads x 512, flat cache).
-//   decode (T = 1, split-K + reduce) at depths 512, 4096, 32768 under CUDA-graph replay, as the
+//   decode (T = 1, one launch: single pass or split-K) at depths 16 .. 32768 under CUDA-graph
+//   replay, as the
 //     engine runs it; effective GB/s = the live K and V bytes read (min(depth, window) keys) per
 //     call / time. Each graph rotates over enough cache copies to exceed 4x the L2, so every
 //     call reads DRAM.
@@ -118,7 +119,9 @@ int main(int argc, char** argv) {
 
     std::printf("\ndecode, T = 1, graph replay\n%-22s %7s %6s %9s %9s\n", "layer", "depth", "keys", "us", "GB/s");
     for (const Layer& layer : {sliding, full}) {
-        for (const int64_t depth : {int64_t{512}, int64_t{4096}, int64_t{32768}}) {
+        // Short depths: around the single-pass crossover (KESTREL_DECODE_SINGLE_PASS_KEYS).
+        for (const int64_t depth : {int64_t{16}, int64_t{32}, int64_t{64}, int64_t{128},
+                                    int64_t{256}, int64_t{512}, int64_t{4096}, int64_t{32768}}) {
             const int64_t capacity = layer.window > 0 ? layer.window + 512 - 1 : depth;
             const int64_t keys = layer.window > 0 ? std::min(depth, layer.window) : depth;
             const int64_t live_bytes = keys * layer.n_kv_heads * layer.head_dim * 2 * 2;
@@ -131,6 +134,7 @@ int main(int argc, char** argv) {
             const size_t workspace_bytes = kestrel::cuda::attention_workspace_bytes(1, caches[0].view, shape);
             void* workspace;
             CHECK(cudaMalloc(&workspace, workspace_bytes));
+            CHECK(cudaMemset(workspace, 0, workspace_bytes));  // the tile counters start at zero
             const int64_t position = depth - 1;
             CHECK(cudaMemcpyAsync(positions, &position, 8, cudaMemcpyHostToDevice, stream));
             CHECK(cudaStreamSynchronize(stream));
