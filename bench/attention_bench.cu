@@ -1,8 +1,8 @@
 // Microbenchmark of the GPU attention (src/ops/cuda/attention_{decode,prefill}.cu) on the Gemma 4
 // 31B layer shapes (32 query heads; sliding: 16 kv heads x 256, window 1024, ring 1535; full:
 // 4 kv heads x 512, flat cache).
-//   decode (T = 1, one launch: single pass or split-K) at depths 16 .. 32768 under CUDA-graph
-//   replay, as the
+//   decode (T = 1, split-K + reduce, or a single pass) at depths 16 .. 32768 under graph replay, as
+//   the
 //     engine runs it; effective GB/s = the live K and V bytes read (min(depth, window) keys) per
 //     call / time. Each graph rotates over enough cache copies to exceed 4x the L2, so every
 //     call reads DRAM.
@@ -134,7 +134,6 @@ int main(int argc, char** argv) {
             const size_t workspace_bytes = kestrel::cuda::attention_workspace_bytes(1, caches[0].view, shape);
             void* workspace;
             CHECK(cudaMalloc(&workspace, workspace_bytes));
-            CHECK(cudaMemset(workspace, 0, workspace_bytes));  // the tile counters start at zero
             const int64_t position = depth - 1;
             CHECK(cudaMemcpyAsync(positions, &position, 8, cudaMemcpyHostToDevice, stream));
             CHECK(cudaStreamSynchronize(stream));

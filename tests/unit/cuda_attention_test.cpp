@@ -275,11 +275,7 @@ void check_query(const LayerShape& s, Cache& cache, int64_t start, int64_t n_tok
     CUDA_OK(cudaMemcpy(q_dev.as<void>(), q.data(), q.size() * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(positions_dev.as<void>(), positions.data(), positions.size() * 8, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemset(out_dev.as<void>(), 0xff, out_size * 4));  // NaN poison
-    // Poison the partials; the tile counters start at zero (attention.h) and must end there.
-    const size_t counter_bytes =
-        cuda::attention_decode_counter_bytes(n_tokens, cache.device_view, s.attention());
-    CUDA_OK(cudaMemset(workspace.as<void>(), 0xff, workspace_bytes - counter_bytes));
-    CUDA_OK(cudaMemset(workspace.as<char>() + (workspace_bytes - counter_bytes), 0, counter_bytes));
+    CUDA_OK(cudaMemset(workspace.as<void>(), 0xff, workspace_bytes));
     Status status;
     switch (path) {
         case Path::kAuto:
@@ -297,14 +293,6 @@ void check_query(const LayerShape& s, Cache& cache, int64_t start, int64_t n_tok
     }
     ASSERT_TRUE(status.ok()) << status.message();
     CUDA_OK(cudaDeviceSynchronize());
-    if (path != Path::kPrefill) {
-        std::vector<unsigned> counters(counter_bytes / sizeof(unsigned), 1u);
-        CUDA_OK(cudaMemcpy(counters.data(),
-                           workspace.as<char>() + (workspace_bytes - counter_bytes), counter_bytes,
-                           cudaMemcpyDeviceToHost));
-        for (unsigned c : counters)
-            ASSERT_EQ(c, 0u) << "a decode call must leave its tile counters at zero";
-    }
     std::vector<float> gpu(out_size);
     CUDA_OK(cudaMemcpy(gpu.data(), out_dev.as<void>(), out_size * 4, cudaMemcpyDeviceToHost));
     const char* path_name = path == Path::kAuto ? "auto" : path == Path::kPrefill ? "prefill" : "decode";
@@ -477,7 +465,6 @@ void check_graph_replay(const LayerShape& s, int64_t last, const std::vector<int
     const size_t workspace_bytes = cuda::attention_workspace_bytes(1, cache.device_view, s.attention());
     ASSERT_GT(workspace_bytes, 0u);
     CUDA_OK(workspace.alloc(workspace_bytes));
-    CUDA_OK(cudaMemset(workspace.as<void>(), 0, workspace_bytes));
 
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -536,13 +523,15 @@ void check_graph_replay(const LayerShape& s, int64_t last, const std::vector<int
 }
 
 TEST_F(CudaAttention, DecodeGraphReplaysAtEveryPosition) {
-    // Split count: 1 (the single pass) up to kDecodeMinKeysPerSplit = 32 live keys, then one per
-    // 32 up to the shape's most (decode_max_splits); the graph replays across the crossover.
+    // Split count: 1 (the single pass) up to kDecodeSinglePassKeys live keys, then one per 32
+    // (capped at 8 sliding, 33 full); the graph replays across the crossover.
     const LayerShape sliding{"gemma4 sliding", 32, 16, 256, 256, 1535, 1024, 1.0f, 0.0f};
-    check_graph_replay(sliding, 2100,
-                       {0, 1, 31, 32, 33, 127, 128, 129, 500, 1023, 1024, 1534, 1535, 1600, 2100});
+    check_graph_replay(
+        sliding, 2100,
+        {0, 1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 500, 1023, 1024, 1534, 1535, 1600, 2100});
     const LayerShape full{"gemma4 full", 32, 4, 512, 512, 4096, 0, 1.0f, 0.0f};
-    check_graph_replay(full, 4095, {0, 1, 31, 32, 33, 127, 128, 129, 255, 256, 1000, 4095});
+    check_graph_replay(full, 4095,
+                       {0, 1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 1000, 4095});
 }
 
 TEST_F(CudaAttention, RejectsBadArguments) {
@@ -553,7 +542,6 @@ TEST_F(CudaAttention, RejectsBadArguments) {
     CUDA_OK(positions.alloc(64));
     CUDA_OK(out.alloc(1 << 16));
     CUDA_OK(workspace.alloc(1 << 20));
-    CUDA_OK(cudaMemset(workspace.as<void>(), 0, 1 << 20));
     const cuda::KvCacheBf16View good{k.as<uint16_t>(), v.as<uint16_t>(), 64, 2, 64, 64};
     const cuda::AttentionShape shape{4, 0.125f, 0, 0.0f};
     const auto code = [&](const cuda::KvCacheBf16View& cache, const cuda::AttentionShape& sh, int64_t n, const float* qp) {

@@ -50,12 +50,9 @@ Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int
                      const float* v, cudaStream_t stream);
 
 // Bytes of device workspace attention_decode needs for this shape (split-K partials, sized for
-// the most splits the shape can use, and one arrival counter per block tile); allocate once
-// (16-byte aligned), zero it once, and reuse: every call leaves the counters at zero.
-size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape);
-// The counters' share of it: its last bytes (the rest is scratch a call overwrites before reading).
-size_t attention_decode_counter_bytes(int64_t n_tokens, const KvCacheBf16View& cache,
-                                      const AttentionShape& shape);
+// the most splits the shape can use); allocate once (16-byte aligned) and reuse.
+size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache,
+                                        const AttentionShape& shape);
 
 // out [T, n_heads, v_head_dim] = softmax(scale * q · K^T, causal / window masked) · V for the
 // queries q [T, n_heads, head_dim] at device positions [T] (consecutive, ascending, < 2^31; the
@@ -67,12 +64,12 @@ Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tok
 
 // The same for a few tokens as split-K flash-decoding: one block per (split, kv head) serves all
 // query heads of that kv head, so K and V are read once; the split count follows the live length
-// read on the device, and the last block of each tile to finish combines the splits (one split:
-// a single pass, no partials). One launch. Any T >= 1 (cheap for T <= 8).
+// read on the device; a second kernel combines the splits (up to a few dozen live keys one block
+// per kv head makes a single pass and writes the output itself). Any T >= 1 (cheap for T <= 8).
 Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
                         const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream);
 
-// attention_decode that also writes the Q8 blocks (quantize_q8, gemv_w4a8.h) of
+// attention_decode whose reduce kernel also writes the Q8 blocks (quantize_q8, gemv_w4a8.h) of
 // each output row [T, n_heads * v_head_dim] to out_q8 [T, n_heads * v_head_dim / 32] (16-byte
 // aligned): bit for bit attention_decode then quantize_q8, one launch fewer before the
 // o-projection's GEMV. out may be null (only the Q8 blocks). v_head_dim % 32 == 0.

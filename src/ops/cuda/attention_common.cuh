@@ -36,9 +36,10 @@ namespace kestrel::cuda {
 constexpr int kDecodeMinKeysPerSplit = 32;
 constexpr int kDecodeMaxSplits = 128;
 constexpr int kDecodeTargetBlocks = 132;
-// Up to this many live keys a decode call is one split: a single pass with no partials (the
-// crossover; bench/attention_bench.cu measures it under graph replay). The environment variable
-// KESTREL_DECODE_SINGLE_PASS_KEYS overrides it, to measure.
+// Up to this many live keys a decode call is one split: a single pass that writes the output
+// itself, with no partials and nothing for the reduce kernel to do (the crossover;
+// bench/attention_bench.cu measures it under graph replay). KESTREL_DECODE_SINGLE_PASS_KEYS in
+// the environment overrides it, to measure.
 constexpr int kDecodeSinglePassKeys = 32;
 int decode_single_pass_keys();
 
@@ -52,8 +53,7 @@ struct AttentionKernelArgs {
     Q8Block* out_q8 =
         nullptr;  // decode: null, or the Q8 blocks of out [T, n_heads * v_head_dim / 32]
     float* partial_acc = nullptr;         // decode: [max_splits, T * n_heads, v_head_dim], unnormalised O
-    float* partial_ml = nullptr;          // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
-    unsigned* tile_counters = nullptr;    // decode: [n_kv_heads, row tiles], zero between calls
+    float* partial_ml = nullptr;  // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
     int n_tokens = 0;
     int n_heads = 0;
     int n_kv_heads = 0;
@@ -138,7 +138,7 @@ __host__ __device__ inline int attention_first_visible(int position, int window)
     return window > 0 ? (position - window + 1 > 0 ? position - window + 1 : 0) : 0;
 }
 
-// Splits a decode call uses for `n_keys` live keys (the same on every block).
+// Splits a decode call uses for `n_keys` live keys (the same on every block and in the reduce).
 __host__ __device__ inline int decode_splits_used(int n_keys, int max_splits,
                                                   int single_pass_keys) {
     if (n_keys <= single_pass_keys) return 1;

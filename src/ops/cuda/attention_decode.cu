@@ -5,18 +5,16 @@
 //   (core: attention_common.cuh). The grid is sized on the host for the most keys the shape can
 //   have (capacity, or window + T - 1); the split count actually used and each split's range
 //   come from the live keys read on the device: [first key token 0 sees, positions[T-1] + 1)
-//   cut into decode_splits_used(n) chunks of whole K/V tiles. One launch either way:
-//   - one split used (n <= decode_single_pass_keys()): single pass. Split 0 attends to every
-//     key and writes the normalised rows itself (via shared memory, so that whole warps own 32
-//     consecutive columns for the Q8 blocks); the other splits exit at once.
-//   - more: each split writes its partial (m, l, unnormalised O), or a neutral one (m = -inf,
-//     l = 0) when it has no keys, then takes a ticket on its tile's counter; the last of the
-//     tile's max_splits blocks to arrive rescales the used splits' partials to their common max
-//     and divides by the summed l, and puts the counter back to zero. This replaced a separate
-//     reduce kernel: under graph replay a launch boundary costs more than the reduce's work.
-//   Both paths compute value = (Σ_s w_s O_s) * (1 / Σ_s w_s l_s) with w_s = 2^(m_s - m_max) in
-//   split order, which for one split is O * (1 / l) bit for bit; with out_q8 the rows also go
-//   to the o-projection's Q8 blocks, saving a quantise launch.
+//   cut into decode_splits_used(n) chunks of whole K/V tiles. Blocks without keys write a
+//   neutral partial (m = -inf, l = 0) and exit. Partials are (m, l, unnormalised O).
+//   Up to decode_single_pass_keys() live keys there is one split: a single pass. Split 0 attends
+//   to every key and writes the normalised rows itself, O * (1 / l), which is what the reduce
+//   computes for one split, bit for bit (via shared memory, so that whole warps own 32
+//   consecutive columns for the Q8 blocks); the other splits exit at once.
+// attention_decode_reduce_kernel: one block per (token, query head) rescales the used splits'
+//   partials to their common max and divides by the summed l (the same split plan, recomputed);
+//   for the o-projection's GEMV it can also write the row's Q8 blocks, saving a quantise launch.
+//   After a single pass it returns at once (the graph still holds its launch).
 // kv_write_bf16_kernel: one thread per 8 elements (two 16-byte fp32 loads, one 16-byte store).
 #include <algorithm>
 #include <cstdlib>
@@ -34,6 +32,7 @@ namespace {
 template <int kHeadDimPad>
 using DecodeConfig = FlashConfig<kHeadDimPad, 1, 4>;
 
+constexpr int kReduceThreads = 128;
 constexpr int kWriteThreads = 256;
 
 // fp32 -> bf16 bits exactly as fp32_to_bf16 (core/half.h): round to nearest even, NaN stays a
@@ -68,69 +67,47 @@ __global__ void kv_write_bf16_kernel(const float* __restrict__ k, const float* _
     }
 }
 
-// Writes row prow's value at column col to out and, with out_q8, to its Q8 block. With out_q8 the
-// whole warp must call this for 32 consecutive columns starting at a multiple of 32.
-__device__ __forceinline__ void emit_value(const AttentionKernelArgs& a, int prow, int col,
+// Row prow's value at column col, to out and, with out_q8, to its Q8 block. With out_q8 the whole
+// warp calls this for 32 consecutive columns starting at a multiple of 32.
+__device__ __forceinline__ void emit_value(const AttentionKernelArgs& a, int64_t prow, int col,
                                            float value) {
-    const int64_t index = static_cast<int64_t>(prow) * a.v_head_dim + col;
+    const int64_t index = prow * a.v_head_dim + col;
     if (a.out != nullptr) a.out[index] = value;
     if (a.out_q8 != nullptr) quantize_q8_warp(value, a.out_q8 + index / 32);
 }
 
-// Combines the used splits' partials of row prow and emits it. The partials were written by
-// other blocks of this launch: read through L2 (ld.cg), never a stale L1 line. `weight` is
-// kDecodeMaxSplits floats of shared memory; contains __syncthreads.
-__device__ void reduce_row(const AttentionKernelArgs& a, int prow, int splits, float* weight) {
-    const int partial_rows = a.n_tokens * a.n_heads;
-    // Splits where the row saw no key (l = 0) are skipped: their O was never written.
-    float m_max = -INFINITY;
-    for (int s = 0; s < splits; ++s) {
-        const float2 ml = __ldcg(reinterpret_cast<const float2*>(a.partial_ml) +
-                                 static_cast<int64_t>(s) * partial_rows + prow);
-        if (ml.y > 0.0f) m_max = fmaxf(m_max, ml.x);
-    }
-    float denominator = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-        const float2 ml = __ldcg(reinterpret_cast<const float2*>(a.partial_ml) +
-                                 static_cast<int64_t>(s) * partial_rows + prow);
-        if (ml.y > 0.0f) denominator += exp2f(ml.x - m_max) * ml.y;
-    }
-    __syncthreads();  // the previous row's readers of `weight` are done
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-        const float2 ml = __ldcg(reinterpret_cast<const float2*>(a.partial_ml) +
-                                 static_cast<int64_t>(s) * partial_rows + prow);
-        weight[s] = ml.y > 0.0f ? exp2f(ml.x - m_max) : 0.0f;
-    }
+// The block attends to all keys [lo, hi) and writes its rows normalised: O * (1 / l).
+template <class C>
+__device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0, int lo, int hi,
+                            unsigned char* shared) {
+    FlashState<C> st;
+    flash_attend<C>(a, kv_head, row0, lo, hi, shared, st);
+    // Through shared memory, which the K/V tiles no longer need, to a column-per-thread layout.
+    static_assert(C::kSharedBytes >= C::kRows * C::kHeadDim * 4, "a tile of output rows fits");
+    float* rows = reinterpret_cast<float*>(shared);
+    const int lane = threadIdx.x & 31;
+    const int col_base = static_cast<int>(threadIdx.x >> 5) * C::kColsPerWarp + 2 * (lane & 3);
     __syncthreads();
-    // No split with a key (impossible for a valid call) gives 0 / 0 = NaN, never a silent 0.
-    const float inv_denominator = 1.0f / denominator;
-    for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
-        float sum = 0.0f;
-        for (int s = 0; s < splits; ++s) {
-            if (weight[s] != 0.0f) {
-                sum += weight[s] *
-                       __ldcg(a.partial_acc +
-                              (static_cast<int64_t>(s) * partial_rows + prow) * a.v_head_dim + col);
-            }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = (lane >> 2) + 8 * i;
+        const float inv_l = 1.0f / st.l[i];
+#pragma unroll
+        for (int ct = 0; ct < C::kColTiles; ++ct) {
+            const int col = col_base + ct * 8;
+            rows[r * C::kHeadDim + col] = st.o[ct][2 * i] * inv_l;
+            rows[r * C::kHeadDim + col + 1] = st.o[ct][2 * i + 1] * inv_l;
         }
-        emit_value(a, prow, col, sum * inv_denominator);
-    }
-}
-
-// After this block's partial is stored: whether it is the last of the tile's blocks to arrive
-// (then its reads see every other block's partial). The last one resets the counter, so the
-// next launch (or graph replay) finds it at zero. Contains __syncthreads.
-__device__ __forceinline__ bool arrive_last(unsigned* counter, unsigned blocks) {
-    __shared__ bool last;
-    __threadfence();  // this block's partial is visible device-wide before its ticket
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(counter, 1u) == blocks - 1;
-        if (last) *counter = 0;
     }
     __syncthreads();
-    if (last) __threadfence();  // order the ticket before the reads of the other partials
-    return last;
+    const int rows_total = a.n_tokens * a.group;
+    for (int r = 0; r < C::kRows && row0 + r < rows_total; ++r) {
+        const int packed = row0 + r;
+        const int64_t prow = (packed / a.group) * a.n_heads + kv_head * a.group + packed % a.group;
+        for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
+            emit_value(a, prow, col, rows[r * C::kHeadDim + col]);
+        }
+    }
 }
 
 template <int kHeadDimPad>
@@ -140,15 +117,11 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     allow_downstream();
     using C = DecodeConfig<kHeadDimPad>;
     extern __shared__ __align__(16) unsigned char shared[];
-    __shared__ float weight[kDecodeMaxSplits];
     const int split = static_cast<int>(blockIdx.x);
     const int kv_head = static_cast<int>(blockIdx.y);
     const int row0 = static_cast<int>(blockIdx.z) * C::kRows;
     const int rows_total = a.n_tokens * a.group;
     const int partial_rows = a.n_tokens * a.n_heads;
-    const auto prow_of = [&](int packed) {
-        return (packed / a.group) * a.n_heads + kv_head * a.group + packed % a.group;
-    };
 
     int lo, hi;
     decode_key_span(a, lo, hi);
@@ -158,74 +131,95 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     const int chunk = (per_split + C::kKeys - 1) / C::kKeys * C::kKeys;  // whole tiles
     const int key_begin = lo + split * chunk;
     const int key_end = min(hi, key_begin + chunk);
-    const int lane = threadIdx.x & 31;
-    const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part
-    const int col_base = col_part * C::kColsPerWarp + 2 * (lane & 3);
 
     if (splits == 1) {
-        if (split != 0) return;
-        FlashState<C> st;
-        flash_attend<C>(a, kv_head, row0, lo, hi, shared, st);
-        // The rows, normalised, through shared memory (the K/V tiles are no longer needed).
-        static_assert(C::kSharedBytes >= C::kRows * kHeadDimPad * 4, "a tile of output rows fits");
-        float* rows = reinterpret_cast<float*>(shared);
-        __syncthreads();
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int r = (lane >> 2) + 8 * i;
-            const float inv_l = 1.0f / st.l[i];
-#pragma unroll
-            for (int ct = 0; ct < C::kColTiles; ++ct) {
-                const int col = col_base + ct * 8;
-                if (col < a.v_head_dim) {
-                    rows[r * kHeadDimPad + col] = st.o[ct][2 * i] * inv_l;
-                    rows[r * kHeadDimPad + col + 1] = st.o[ct][2 * i + 1] * inv_l;
-                }
-            }
-        }
-        __syncthreads();
-        for (int r = 0; r < C::kRows && row0 + r < rows_total; ++r) {
-            for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
-                emit_value(a, prow_of(row0 + r), col, rows[r * kHeadDimPad + col]);
-            }
-        }
+        if (split == 0) single_pass<C>(a, kv_head, row0, lo, hi, shared);
         return;
     }
 
     if (split >= splits || key_begin >= key_end) {
         for (int r = threadIdx.x; r < C::kRows; r += blockDim.x) {
-            if (row0 + r >= rows_total) break;
-            float* ml =
-                a.partial_ml + (static_cast<int64_t>(split) * partial_rows + prow_of(row0 + r)) * 2;
+            const int packed = row0 + r;
+            if (packed >= rows_total) break;
+            const int prow = (packed / a.group) * a.n_heads + kv_head * a.group + packed % a.group;
+            float* ml = a.partial_ml + (static_cast<int64_t>(split) * partial_rows + prow) * 2;
             ml[0] = -INFINITY;
             ml[1] = 0.0f;
         }
-    } else {
-        FlashState<C> st;
-        flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int packed = row0 + (lane >> 2) + 8 * i;
-            if (packed >= rows_total) continue;
-            const int64_t base = static_cast<int64_t>(split) * partial_rows + prow_of(packed);
-            float* acc = a.partial_acc + base * a.v_head_dim;
-#pragma unroll
-            for (int ct = 0; ct < C::kColTiles; ++ct) {
-                const int col = col_base + ct * 8;
-                if (col < a.v_head_dim)
-                    *reinterpret_cast<float2*>(acc + col) =
-                        make_float2(st.o[ct][2 * i], st.o[ct][2 * i + 1]);
-            }
-            if (col_part == 0 && (lane & 3) == 0) {
-                a.partial_ml[base * 2] = st.m[i];
-                a.partial_ml[base * 2 + 1] = st.l[i];
-            }
-        }
+        return;
     }
 
-    if (!arrive_last(a.tile_counters + blockIdx.y * gridDim.z + blockIdx.z, gridDim.x)) return;
-    for (int r = 0; r < C::kRows && row0 + r < rows_total; ++r)
-        reduce_row(a, prow_of(row0 + r), splits, weight);
+    FlashState<C> st;
+    flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st);
+
+    const int lane = threadIdx.x & 31;
+    const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part
+    const int col_base = col_part * C::kColsPerWarp + 2 * (lane & 3);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int packed = row0 + (lane >> 2) + 8 * i;
+        if (packed >= rows_total) continue;
+        const int prow = (packed / a.group) * a.n_heads + kv_head * a.group + packed % a.group;
+        const int64_t base = static_cast<int64_t>(split) * partial_rows + prow;
+        float* acc = a.partial_acc + base * a.v_head_dim;
+#pragma unroll
+        for (int ct = 0; ct < C::kColTiles; ++ct) {
+            const int col = col_base + ct * 8;
+            if (col < a.v_head_dim)
+                *reinterpret_cast<float2*>(acc + col) =
+                    make_float2(st.o[ct][2 * i], st.o[ct][2 * i + 1]);
+        }
+        if (col_part == 0 && (lane & 3) == 0) {
+            a.partial_ml[base * 2] = st.m[i];
+            a.partial_ml[base * 2 + 1] = st.l[i];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(kReduceThreads)
+    attention_decode_reduce_kernel(AttentionKernelArgs a) {
+    wait_for_upstream();
+    allow_downstream();
+    __shared__ float weight[kDecodeMaxSplits];
+    const int prow = static_cast<int>(blockIdx.x);  // t * n_heads + h
+    const int partial_rows = a.n_tokens * a.n_heads;
+    int lo, hi;
+    decode_key_span(a, lo, hi);
+    const int splits = decode_splits_used(hi - lo, a.max_splits, a.single_pass_keys);
+    if (splits == 1) return;  // the decode kernel wrote the row
+
+    // Splits where the row saw no key (l = 0) are skipped: their O was never written.
+    float m_max = -INFINITY;
+    for (int s = 0; s < splits; ++s) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        if (ml[1] > 0.0f) m_max = fmaxf(m_max, ml[0]);
+    }
+    float denominator = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        if (ml[1] > 0.0f) denominator += exp2f(ml[0] - m_max) * ml[1];
+    }
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        weight[s] = ml[1] > 0.0f ? exp2f(ml[0] - m_max) : 0.0f;
+    }
+    __syncthreads();
+    // No split with a key (impossible for a valid call) gives 0 / 0 = NaN, never a silent 0.
+    const float inv_denominator = 1.0f / denominator;
+    // With out_q8, v_head_dim % 32 == 0 and the block is whole warps: each step's 32 columns of a
+    // warp are one Q8 block of the row, quantised together.
+    for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; ++s) {
+            if (weight[s] != 0.0f) {
+                sum +=
+                    weight[s] *
+                    a.partial_acc[(static_cast<int64_t>(s) * partial_rows + prow) * a.v_head_dim +
+                                  col];
+            }
+        }
+        emit_value(a, prow, col, sum * inv_denominator);
+    }
 }
 
 // The most splits this shape can use: enough for its most keys at kDecodeMinKeysPerSplit each,
@@ -243,15 +237,6 @@ size_t partial_acc_bytes(int64_t splits, int64_t n_tokens, const KvCacheBf16View
     return static_cast<size_t>(splits * n_tokens * shape.n_heads * cache.v_head_dim) * sizeof(float);
 }
 
-size_t partial_ml_bytes(int64_t splits, int64_t n_tokens, const AttentionShape& shape) {
-    return static_cast<size_t>(splits * n_tokens * shape.n_heads * 2) * sizeof(float);
-}
-
-int64_t decode_row_tiles(int64_t n_tokens, const KvCacheBf16View& cache,
-                         const AttentionShape& shape) {
-    return (n_tokens * (shape.n_heads / cache.n_kv_heads) + 15) / 16;
-}
-
 template <int kHeadDimPad>
 Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStream_t stream) {
     using C = DecodeConfig<kHeadDimPad>;
@@ -263,6 +248,10 @@ Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStr
         dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
              static_cast<unsigned>(row_tiles)),
         dim3(C::kThreads), C::kSharedBytes, stream, args));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    KESTREL_CUDA_CHECK(launch_overlapped(attention_decode_reduce_kernel,
+                                         dim3(static_cast<unsigned>(args.n_tokens * args.n_heads)),
+                                         dim3(kReduceThreads), 0, stream, args));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -306,21 +295,11 @@ Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int
     return ok_status();
 }
 
-size_t attention_decode_counter_bytes(int64_t n_tokens, const KvCacheBf16View& cache,
-                                      const AttentionShape& shape) {
-    if (n_tokens < 1 || cache.n_kv_heads < 1 || shape.n_heads < cache.n_kv_heads ||
-        cache.capacity < 1)
-        return 0;
-    return static_cast<size_t>(cache.n_kv_heads * decode_row_tiles(n_tokens, cache, shape)) *
-           sizeof(unsigned);
-}
-
 size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
     if (n_tokens < 1 || cache.n_kv_heads < 1 || shape.n_heads < cache.n_kv_heads || cache.capacity < 1) return 0;
     const int64_t splits = decode_max_splits(n_tokens, cache, shape);
     return partial_acc_bytes(splits, n_tokens, cache, shape) +
-           partial_ml_bytes(splits, n_tokens, shape) +
-           attention_decode_counter_bytes(n_tokens, cache, shape);
+           static_cast<size_t>(splits * n_tokens * shape.n_heads * 2) * sizeof(float);
 }
 
 namespace {
@@ -355,10 +334,7 @@ Status launch_attention_decode(const char* what, const float* q, const int64_t* 
     args.partial_acc = static_cast<float*>(workspace);
     args.partial_ml = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
                                                partial_acc_bytes(splits, n_tokens, cache, shape));
-    args.tile_counters =
-        reinterpret_cast<unsigned*>(reinterpret_cast<unsigned char*>(args.partial_ml) +
-                                    partial_ml_bytes(splits, n_tokens, shape));
-    const int64_t row_tiles = decode_row_tiles(n_tokens, cache, shape);
+    const int64_t row_tiles = (n_tokens * args.group + 15) / 16;
     if (row_tiles > 65535) return Status(StatusCode::kInvalidArgument, "attention_decode: too many tokens for decode");
     switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
         case 64: return launch_decode<64>(args, row_tiles, stream);

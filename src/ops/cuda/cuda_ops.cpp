@@ -465,13 +465,7 @@ Result<void*> CudaOps::attention_workspace(const KvCacheBf16View& cache,
                                            const AttentionShape& shape, int64_t tokens) {
     const size_t bytes = attention_workspace_bytes(tokens, cache, shape);
     if (bytes == 0) return static_cast<void*>(nullptr);
-    const void* before = attention_.buffer.data();
-    KESTREL_ASSIGN_OR_RETURN(void* workspace, ensure(attention_, bytes));
-    if (workspace != before) {
-        // A new buffer: its tile counters must start at zero (attention.h); calls keep them so.
-        KESTREL_CUDA_CHECK(cudaMemsetAsync(workspace, 0, attention_.buffer.bytes(), stream_));
-    }
-    return workspace;
+    return ensure(attention_, bytes);
 }
 
 void CudaOps::attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
