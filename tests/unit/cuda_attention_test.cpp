@@ -523,8 +523,9 @@ void check_graph_replay(const LayerShape& s, int64_t last, const std::vector<int
 }
 
 TEST_F(CudaAttention, DecodeGraphReplaysAtEveryPosition) {
-    // Split count: 1 (the single pass) up to kDecodeSinglePassKeys live keys, then one per 32
-    // (capped at 8 sliding, 33 full); the graph replays across the crossover.
+    // Split count: 1 (the single pass) up to 64 live keys at head 256 and 32 at head 512
+    // (kDecodeSinglePassBytes), then one per 32 (capped at 8 sliding, 33 full); the graph replays
+    // across the crossover.
     const LayerShape sliding{"gemma4 sliding", 32, 16, 256, 256, 1535, 1024, 1.0f, 0.0f};
     check_graph_replay(
         sliding, 2100,

@@ -36,12 +36,16 @@ namespace kestrel::cuda {
 constexpr int kDecodeMinKeysPerSplit = 32;
 constexpr int kDecodeMaxSplits = 128;
 constexpr int kDecodeTargetBlocks = 132;
-// Up to this many live keys a decode call is one split: a single pass that writes the output
-// itself, with no partials and nothing for the reduce kernel to do (the crossover;
-// bench/attention_bench.cu measures it under graph replay). KESTREL_DECODE_SINGLE_PASS_KEYS in
-// the environment overrides it, to measure.
-constexpr int kDecodeSinglePassKeys = 32;
-int decode_single_pass_keys();
+// A decode call is one split, a single pass that writes the output itself with no partials and
+// nothing for the reduce kernel to do, while each block's K and V are at most this many bytes:
+// decode_single_pass_keys() keys. Measured on the H100 under graph replay
+// (bench/attention_bench.cu, us for split-K + reduce vs single pass): head 256 (16 kv heads)
+// 64 keys 7.96 vs 7.03, 128 keys 8.43 vs 9.82; head 512 (4 kv heads) 32 keys 10.69 vs 10.67,
+// 64 keys 11.65 vs 13.72: the crossover is at 64 KiB per block in both.
+constexpr int64_t kDecodeSinglePassBytes = 64 * 1024;
+// Live keys up to which a decode call makes a single pass: kDecodeSinglePassBytes of bf16 K and V
+// per key, or KESTREL_DECODE_SINGLE_PASS_KEYS from the environment (to measure).
+int decode_single_pass_keys(int64_t head_dim, int64_t v_head_dim);
 
 // Everything a kernel needs, by value. Sizes fit int: the host checks them.
 struct AttentionKernelArgs {
@@ -63,7 +67,7 @@ struct AttentionKernelArgs {
     int capacity = 0;
     int window = 0;
     int max_splits = 1;
-    int single_pass_keys = kDecodeSinglePassKeys;  // decode: one split up to this many live keys
+    int single_pass_keys = 0;  // decode: one split up to this many live keys
     float scale = 1.0f;
     float softcap = 0.0f;
 };

@@ -258,12 +258,13 @@ Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStr
 
 }  // namespace
 
-int decode_single_pass_keys() {
-    static const int keys = [] {
+int decode_single_pass_keys(int64_t head_dim, int64_t v_head_dim) {
+    static const int from_environment = [] {
         const char* text = std::getenv("KESTREL_DECODE_SINGLE_PASS_KEYS");
-        return text != nullptr && std::atoi(text) >= 0 ? std::atoi(text) : kDecodeSinglePassKeys;
+        return text != nullptr && std::atoi(text) >= 0 ? std::atoi(text) : -1;
     }();
-    return keys;
+    if (from_environment >= 0) return from_environment;
+    return static_cast<int>(kDecodeSinglePassBytes / ((head_dim + v_head_dim) * 2));
 }
 
 Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int64_t n_tokens, const float* k,
@@ -330,7 +331,7 @@ Status launch_attention_decode(const char* what, const float* q, const int64_t* 
     args.out_q8 = out_q8;
     const int64_t splits = decode_max_splits(n_tokens, cache, shape);
     args.max_splits = static_cast<int>(splits);
-    args.single_pass_keys = decode_single_pass_keys();
+    args.single_pass_keys = decode_single_pass_keys(cache.head_dim, cache.v_head_dim);
     args.partial_acc = static_cast<float*>(workspace);
     args.partial_ml = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
                                                partial_acc_bytes(splits, n_tokens, cache, shape));
