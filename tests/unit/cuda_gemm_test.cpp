@@ -42,6 +42,7 @@
 #include "ops/weight_format.h"
 
 #include "cuda_test_support.h"
+#include "cuda_w4_test_support.h"
 #endif
 
 namespace kestrel {
@@ -55,8 +56,12 @@ TEST(CudaGemm, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KESTREL
 
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
+using kestrel::testing::DeviceW4;
 using kestrel::testing::download;
+using kestrel::testing::random_w4;
+using kestrel::testing::splitmix64;
 using kestrel::testing::upload;
+using kestrel::testing::upload_w4;
 
 class CudaGemm : public ::testing::Test {
 protected:
@@ -70,16 +75,9 @@ protected:
     std::unique_ptr<cuda::GemmContext> context_;
 };
 
-uint64_t splitmix(uint64_t& s) {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 void fill_random_bytes(uint8_t* p, size_t count, uint64_t seed) {
     for (size_t i = 0; i < count; i += 8) {
-        const uint64_t r = splitmix(seed);
+        const uint64_t r = splitmix64(seed);
         for (size_t j = 0; j < 8 && i + j < count; ++j) p[i + j] = static_cast<uint8_t>(r >> (8 * j));
     }
 }
@@ -89,38 +87,13 @@ void fill_random_bytes(uint8_t* p, size_t count, uint64_t seed) {
 std::vector<uint16_t> random_scale_min(int64_t n, int64_t k, float q_span, uint64_t seed) {
     std::vector<uint16_t> scale_min(static_cast<size_t>(n * (k / 32) * 2));
     for (size_t i = 0; i < scale_min.size(); i += 2) {
-        const uint64_t r = splitmix(seed);
+        const uint64_t r = splitmix64(seed);
         const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f, -9 - static_cast<int>((r >> 16) % 3));
         const float min = scale * q_span * static_cast<float>((r >> 32) & 0xffff) / 65536.0f;
         scale_min[i] = fp32_to_fp16(scale);
         scale_min[i + 1] = fp32_to_fp16(min);
     }
     return scale_min;
-}
-
-// W4 with Q4_K-like magnitudes: per super-group d ~ 2^-17..2^-15 (fp16 subnormals included) and
-// dmin = d * U(1, 15); per group sc in [1, 255], m in [0, 255] (scales d * sc up to ~2^-7).
-W4Weights random_w4(int64_t n, int64_t k, uint64_t seed) {
-    W4Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k / 2));
-    fill_random_bytes(w.qs.data(), w.qs.size(), seed);
-    w.group_scales.resize(static_cast<size_t>(n * w.groups()));
-    for (uint16_t& word : w.group_scales) {
-        const uint64_t r = splitmix(seed);
-        word = static_cast<uint16_t>((1 + r % 255) | (((r >> 16) & 0xff) << 8));
-    }
-    w.super_scales.resize(static_cast<size_t>(n * w.supers() * 2));
-    for (size_t i = 0; i < w.super_scales.size(); i += 2) {
-        const uint64_t r = splitmix(seed);
-        const float d = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                   -17 - static_cast<int>((r >> 16) % 3));
-        const float dmin = d * (1.0f + 14.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f);
-        w.super_scales[i] = fp32_to_fp16(d);
-        w.super_scales[i + 1] = fp32_to_fp16(dmin);
-    }
-    return w;
 }
 
 W4Weights select_rows(const W4Weights& w, const std::vector<int64_t>& rows) {
@@ -136,21 +109,6 @@ W4Weights select_rows(const W4Weights& w, const std::vector<int64_t>& rows) {
                               w.super_scales.begin() + (r + 1) * supers2);
     }
     return s;
-}
-
-// The three W4 arrays on the device and the view of them (super_scales' fp16 pairs (d, dmin) are
-// one 32-bit word each, d in the low half).
-struct DeviceW4 {
-    DeviceBuffer qs, group_scales, super_scales;
-    cuda::W4DeviceView view;
-};
-
-void upload_w4(const W4Weights& w, DeviceW4& d) {
-    upload(d.qs, w.qs);
-    upload(d.group_scales, w.group_scales);
-    upload(d.super_scales, w.super_scales);
-    d.view = {d.qs.as<uint8_t>(), d.group_scales.as<uint16_t>(), d.super_scales.as<uint32_t>(), w.n,
-              w.k};
 }
 
 // W8 as cuda::W8DeviceView describes it: qs [n, k] int8, scale_min [n, k/32, 2] fp16 bits.
@@ -190,7 +148,7 @@ std::vector<float> w8_dequantize_rows(const W8Host& w, const std::vector<int64_t
 std::vector<uint16_t> random_bf16(int64_t n, int64_t k, uint64_t seed) {
     std::vector<uint16_t> w(static_cast<size_t>(n * k));
     for (uint16_t& v : w) {
-        const float u = static_cast<float>(splitmix(seed) >> 40) / 16777216.0f;
+        const float u = static_cast<float>(splitmix64(seed) >> 40) / 16777216.0f;
         v = fp32_to_bf16((u - 0.5f) * 0.1f);
     }
     return w;

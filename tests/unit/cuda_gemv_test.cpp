@@ -26,6 +26,7 @@
 #include "ops/weight_format.h"
 
 #include "cuda_test_support.h"
+#include "cuda_w4_test_support.h"
 #endif
 
 namespace kestrel {
@@ -39,6 +40,10 @@ TEST(CudaGemv, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KESTREL
 
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
+using kestrel::testing::DeviceW4;
+using kestrel::testing::random_w4;
+using kestrel::testing::splitmix64;
+using kestrel::testing::upload_w4;
 
 class CudaGemv : public ::testing::Test {
 protected:
@@ -46,44 +51,6 @@ protected:
         if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
     }
 };
-
-uint64_t splitmix(uint64_t& s) {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-// Random W4 with Q4_K-like magnitudes: per super-group d ~ 2^-17..2^-15 (fp16 subnormals
-// included) and dmin = d * U(1, 15); per group sc in [1, 255] and m in [0, 255], so the group
-// scales d * sc reach ~2^-7 and the mins dmin * m vary from 0 to ~15 scales and beyond.
-W4Weights random_w4(int64_t n, int64_t k, uint64_t seed) {
-    W4Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k / 2));
-    for (size_t i = 0; i < w.qs.size(); i += 8) {
-        const uint64_t r = splitmix(seed);
-        for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j) w.qs[i + j] = static_cast<uint8_t>(r >> (8 * j));
-    }
-    w.group_scales.resize(static_cast<size_t>(n * w.groups()));
-    for (uint16_t& word : w.group_scales) {
-        const uint64_t r = splitmix(seed);
-        const auto sc = static_cast<uint16_t>(1 + r % 255);
-        const auto m = static_cast<uint16_t>((r >> 16) & 0xff);
-        word = static_cast<uint16_t>(sc | (m << 8));
-    }
-    w.super_scales.resize(static_cast<size_t>(n * w.supers() * 2));
-    for (size_t i = 0; i < w.super_scales.size(); i += 2) {
-        const uint64_t r = splitmix(seed);
-        const float d = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                   -17 - static_cast<int>((r >> 16) % 3));
-        const float dmin = d * (1.0f + 14.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f);
-        w.super_scales[i] = fp32_to_fp16(d);
-        w.super_scales[i + 1] = fp32_to_fp16(dmin);
-    }
-    return w;
-}
 
 std::vector<float> random_x(int64_t m, int64_t k, uint64_t seed) {
     std::mt19937 rng(static_cast<uint32_t>(seed));
@@ -125,24 +92,6 @@ W4Weights select_rows(const W4Weights& w, const std::vector<int64_t>& rows) {
                               w.super_scales.begin() + (r + 1) * supers2);
     }
     return s;
-}
-
-// The three W4 arrays on the device, as W4DeviceView reads them: super_scales' fp16 pairs
-// (d, dmin) are one 32-bit word each, d in the low half (little-endian).
-struct DeviceW4 {
-    DeviceBuffer qs, group_scales, super_scales;
-    cuda::W4DeviceView view;
-};
-
-void upload(const W4Weights& w, DeviceW4& d) {
-    ASSERT_EQ(w.qs.size(), static_cast<size_t>(w.qs_bytes()));
-    ASSERT_EQ(w.group_scales.size() * 2, static_cast<size_t>(w.group_scales_bytes()));
-    ASSERT_EQ(w.super_scales.size() * 2, static_cast<size_t>(w.super_scales_bytes()));
-    kestrel::testing::upload(d.qs, w.qs);
-    kestrel::testing::upload(d.group_scales, w.group_scales);
-    kestrel::testing::upload(d.super_scales, w.super_scales);
-    d.view = {d.qs.as<uint8_t>(), d.group_scales.as<uint16_t>(), d.super_scales.as<uint32_t>(), w.n,
-              w.k};
 }
 
 bool same_block(const Q8Block& a, const Q8Block& b) {
@@ -310,7 +259,7 @@ TEST_F(CudaGemv, Gemma4ShapesAllRowCounts) {
         const int64_t k = shape[0], n = shape[1];
         const W4Weights w = random_w4(n, k, ++seed);
         DeviceW4 dw;
-        upload(w, dw);
+        upload_w4(w, dw);
         if (HasFatalFailure()) return;
         std::vector<int64_t> rows;
         for (int64_t r = 0; r < n; ++r) {
@@ -331,7 +280,7 @@ TEST_F(CudaGemv, OddShapesAllRowCounts) {
     for (const auto& shape : kOddShapes) {
         const W4Weights w = random_w4(shape[1], shape[0], ++seed);
         DeviceW4 dw;
-        upload(w, dw);
+        upload_w4(w, dw);
         if (HasFatalFailure()) return;
         for (int64_t m = 1; m <= 8; ++m) {
             check_gemv(w, dw, m, ++seed, {}, worst);
@@ -365,7 +314,7 @@ TEST_F(CudaGemv, PartialSuperGroupsAndVariedScales) {
         EXPECT_GT(std::unique(ds.begin(), ds.end()) - ds.begin(), 1)
             << "K = " << k << ": one d only";
         DeviceW4 dw;
-        upload(w, dw);
+        upload_w4(w, dw);
         if (HasFatalFailure()) return;
         for (int64_t m = 1; m <= 8; ++m) {
             check_gemv(w, dw, m, ++seed, {}, worst);
@@ -382,7 +331,7 @@ TEST_F(CudaGemv, NaNActivationGivesNaNRows) {
     const int64_t m = 4, k = 512, n = 40, groups = k / 32;
     const W4Weights w = random_w4(n, k, 9);
     DeviceW4 dw;
-    upload(w, dw);
+    upload_w4(w, dw);
     std::vector<float> x = random_x(m, k, 10);
     x[static_cast<size_t>(2 * k + 77)] = std::numeric_limits<float>::quiet_NaN();
     DeviceBuffer dx, da, dy;
@@ -405,7 +354,7 @@ TEST_F(CudaGemv, NaNActivationGivesNaNRows) {
 TEST_F(CudaGemv, RejectsBadArguments) {
     const W4Weights w = random_w4(8, 64, 1);
     DeviceW4 dw;
-    upload(w, dw);
+    upload_w4(w, dw);
     DeviceBuffer da, dy;
     CUDA_OK(da.alloc(16 * sizeof(Q8Block)));
     CUDA_OK(dy.alloc(16 * 8 * 4));

@@ -39,6 +39,7 @@
 #include "ops/weight_format.h"
 
 #include "cuda_test_support.h"
+#include "cuda_w4_test_support.h"
 #endif
 
 namespace kestrel {
@@ -52,8 +53,11 @@ TEST(CudaSmallOps, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KES
 
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
+using kestrel::testing::DeviceW4;
 using kestrel::testing::download;
+using kestrel::testing::random_w4;
 using kestrel::testing::upload;
+using kestrel::testing::upload_w4;
 
 #define STATUS_OK(expr)                                   \
     do {                                                  \
@@ -467,48 +471,6 @@ TEST_F(CudaSmallOps, ElementwiseMatchCpu) {
         }
     }
     std::printf("gelu_tanh_and_mul: max %.2f u, softcap: max %.2f u (tolerance 8 u)\n", worst_gelu, worst_softcap);
-}
-
-// Random W4 rows with Q4_K-like magnitudes (as cuda_gemv_test.cpp): per super-group
-// d ~ 2^-17..2^-15 (fp16 subnormals included) and dmin = d * U(1, 15); per group sc in [1, 255]
-// and m in [0, 255].
-W4Weights random_w4(int64_t n, int64_t k, uint32_t seed) {
-    std::mt19937_64 rng(seed);
-    W4Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k / 2));
-    for (uint8_t& b : w.qs) b = static_cast<uint8_t>(rng());
-    w.group_scales.resize(static_cast<size_t>(n * w.groups()));
-    for (uint16_t& word : w.group_scales) {
-        const uint64_t r = rng();
-        word = static_cast<uint16_t>((1 + r % 255) | (((r >> 16) & 0xff) << 8));
-    }
-    w.super_scales.resize(static_cast<size_t>(n * w.supers() * 2));
-    for (size_t i = 0; i < w.super_scales.size(); i += 2) {
-        const uint64_t r = rng();
-        const float d = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                   -17 - static_cast<int>((r >> 16) % 3));
-        w.super_scales[i] = fp32_to_fp16(d);
-        w.super_scales[i + 1] =
-            fp32_to_fp16(d * (1.0f + 14.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f));
-    }
-    return w;
-}
-
-// The three W4 arrays on the device and the view of them (super_scales' fp16 pairs (d, dmin) are
-// one 32-bit word each, d in the low half).
-struct DeviceW4 {
-    DeviceBuffer qs, group_scales, super_scales;
-    cuda::W4DeviceView view;
-};
-
-void upload_w4(const W4Weights& w, DeviceW4& d) {
-    upload(d.qs, w.qs);
-    upload(d.group_scales, w.group_scales);
-    upload(d.super_scales, w.super_scales);
-    d.view = {d.qs.as<uint8_t>(), d.group_scales.as<uint16_t>(), d.super_scales.as<uint32_t>(), w.n,
-              w.k};
 }
 
 TEST_F(CudaSmallOps, EmbedMatchesCpuBitForBit) {
