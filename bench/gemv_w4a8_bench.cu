@@ -149,14 +149,23 @@ int main(int argc, char** argv) {
     CHECK(cudaFree(src));
     CHECK(cudaFree(dst));
 
-    // The 31B linears, then the tied output head (vocab 262144; W8 when token_embd is Q6_K).
-    const int64_t shapes[][2] = {{5376, 8192}, {5376, 16384}, {5376, 4096}, {5376, 21504},
-                                 {21504, 5376}, {8192, 5376},  {16384, 5376}, {5376, 262144}};
+    // The matrices the engine runs for the 31B (stacked as it loads them: q|k|v of a sliding
+    // layer 16384 rows, q|k of a full layer 18432 (v is k there), gate|up 43008; o, down; the tied
+    // output head, vocab 262144, W8 when token_embd is Q6_K), then q, k or v and gate or up alone,
+    // which it never runs (kept for comparison with earlier runs).
+    struct Shape {
+        int64_t k, n;
+        bool run_by_engine;
+    };
+    const Shape shapes[] = {{5376, 16384, true},  {5376, 18432, true}, {5376, 43008, true},
+                            {8192, 5376, true},   {16384, 5376, true}, {21504, 5376, true},
+                            {5376, 262144, true}, {5376, 8192, false}, {5376, 4096, false},
+                            {5376, 21504, false}};
     const int ms[] = {1, 2, 4, 8};
     std::printf("%-3s %-16s %2s %10s %10s %8s\n", "fmt", "K -> N", "M", "us", "GB/s", "of copy");
-    std::vector<double> m1_fraction[2];  // [W4, W8]
-    for (const auto& shape : shapes) {
-        const int64_t k = shape[0], n = shape[1], groups = k / 32;
+    std::vector<double> m1_fraction[2][2];  // [W4, W8][standalone, run by the engine]
+    for (const Shape& shape : shapes) {
+        const int64_t k = shape.k, n = shape.n, groups = k / 32;
         float* x;
         kestrel::Q8Block* a;
         float* y;
@@ -218,7 +227,7 @@ int main(int argc, char** argv) {
                 std::snprintf(name, sizeof name, "%lld -> %lld", static_cast<long long>(k), static_cast<long long>(n));
                 std::printf("%-3s %-16s %2d %10.2f %10.1f %7.1f%%\n", w8 ? "W8" : "W4", name, m, ms_per * 1e3, gbs,
                             100.0 * gbs / copy_gbs);
-                if (m == 1) m1_fraction[w8].push_back(gbs / copy_gbs);
+                if (m == 1) m1_fraction[w8][shape.run_by_engine].push_back(gbs / copy_gbs);
             }
             for (int c = 0; c < copies; ++c) {
                 CHECK(cudaFree(qs[c]));
@@ -251,9 +260,13 @@ int main(int argc, char** argv) {
         CHECK(cudaFree(a));
     }
     for (int w8 = 0; w8 < 2; ++w8) {
-        double worst = 1e9;
-        for (double f : m1_fraction[w8]) worst = std::min(worst, f);
-        std::printf("%s M=1: worst shape at %.1f%% of copy bandwidth (target >= 80%%)\n", w8 ? "W8" : "W4", 100.0 * worst);
+        for (int run = 1; run >= 0; --run) {
+            double worst = 1e9;
+            for (double f : m1_fraction[w8][run]) worst = std::min(worst, f);
+            std::printf("%s M=1: worst %s at %.1f%% of copy bandwidth%s\n", w8 ? "W8" : "W4",
+                        run ? "shape the engine runs" : "standalone shape", 100.0 * worst,
+                        run ? " (target >= 80%)" : "");
+        }
     }
     CHECK(cudaStreamDestroy(stream));
     return 0;
