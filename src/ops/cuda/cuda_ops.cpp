@@ -10,8 +10,10 @@
 #include "ops/cuda/attention_inputs.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/fused_ffn.h"
+#include "ops/cuda/gated_delta.h"
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/gemv_w8a8.h"
+#include "ops/cuda/qwen35_ops.h"
 #include "ops/cuda/sampling.h"
 #include "ops/cuda/small_ops.h"
 #include "ops/cuda/weights_extra.h"
@@ -545,29 +547,50 @@ void CudaOps::linear_blocks(const float* x, int64_t rows, const Weight& w, std::
     Ops::linear_blocks(x, rows, w, widths, out);
 }
 
-// ---- Qwen3.5: issue 7 -------------------------------------------------------------------------------
+// ---- Qwen3.5 (issue 7): the ops its layers need; the routed experts are still to come
+// ---------------
 
-void CudaOps::silu_and_mul(const float*, const float*, int64_t, float*) { unsupported("silu_and_mul"); }
-void CudaOps::sigmoid_mul(const float*, const float*, int64_t, float*) { unsupported("sigmoid_mul"); }
-void CudaOps::add_sigmoid_scaled(const float*, const float*, int64_t, int64_t, float*) {
-    unsupported("add_sigmoid_scaled");
+void CudaOps::silu_and_mul(const float* gate, const float* up, int64_t n, float* out) {
+    const ProfileScope scope(*this, "silu_and_mul");
+    note(cuda::silu_and_mul(gate, up, n, out, stream_));
+}
+void CudaOps::sigmoid_mul(const float* x, const float* gate, int64_t n, float* out) {
+    const ProfileScope scope(*this, "sigmoid_mul");
+    note(cuda::sigmoid_mul(x, gate, n, out, stream_));
+}
+void CudaOps::add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim,
+                                 float* out) {
+    const ProfileScope scope(*this, "add_sigmoid_scaled");
+    note(cuda::add_sigmoid_scaled(x, gate, rows, dim, out, stream_));
 }
 void CudaOps::rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                                 int64_t rotary_dim, double theta) {
     note(cuda::rope_neox_partial(x, positions.data(), static_cast<int64_t>(positions.size()), n_heads, head_dim,
                                  rotary_dim, theta, stream_));
 }
-void CudaOps::rms_norm_gated(const float*, const float*, const float*, int64_t, int64_t, float, float*) {
-    unsupported("rms_norm_gated");
+void CudaOps::rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows,
+                             int64_t dim, float eps, float* out) {
+    const ProfileScope scope(*this, "rms_norm_gated");
+    note(cuda::rms_norm_gated(x, z, weight, rows, dim, eps, out, stream_));
 }
-void CudaOps::conv1d_causal(const float*, int64_t, const float*, const RecurrentLayerView&, bool, float*) {
-    unsupported("conv1d_causal");
+void CudaOps::conv1d_causal(const float* x, int64_t rows, const float* weight,
+                            const RecurrentLayerView& state, bool silu, float* out) {
+    const ProfileScope scope(*this, "conv1d_causal");
+    note(cuda::conv1d_causal(x, rows, weight, state.conv, state.conv_kernel, state.conv_channels,
+                             silu, out, stream_));
 }
-void CudaOps::gated_delta_rule(const float*, const float*, const float*, const float*, const float*, int64_t,
-                               const GatedDeltaParams&, const RecurrentLayerView&, float*) {
-    unsupported("gated_delta_rule");
+void CudaOps::gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg,
+                               const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
+                               const RecurrentLayerView& state, float* out) {
+    const ProfileScope scope(*this, "gated_delta_rule");
+    note(
+        cuda::gated_delta_rule(qkv, a, b, a_neg, dt_bias, rows, params, state.state, out, stream_));
 }
-void CudaOps::moe_route(const float*, int64_t, int64_t, int64_t, int32_t*, float*) { unsupported("moe_route"); }
+void CudaOps::moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                        int32_t* ids, float* weights) {
+    const ProfileScope scope(*this, "moe_route");
+    note(cuda::moe_route(logits, rows, n_experts, k, ids, weights, stream_));
+}
 void CudaOps::moe_experts(const float*, int64_t, const int32_t*, const float*, int64_t, const MoeExpertWeights&,
                           float*) {
     unsupported("moe_experts");

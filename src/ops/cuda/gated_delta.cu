@@ -1,0 +1,413 @@
+// Gated DeltaNet kernels of Qwen3.5's "linear_attention" layers (host API: gated_delta.h; CPU
+// twins: ops/cpu/conv1d.cpp and ops/cpu/gated_delta.cpp's recurrent form).
+//
+// conv1d_causal_kernel: one thread per (channel, block of kConvTokensPerThread tokens). A thread
+//   keeps the kernel's window of inputs in registers and slides it over its tokens; the inputs
+//   before its first token come from x or, for the first block only, from the carried state. That
+//   first block also writes the new state, after it has read the old one, so no other block can
+//   see a half-updated state. Taps are summed in j order from 0.0f with explicit _rn intrinsics
+//   (no FMA contraction; the CPU is built with -ffp-contract=off): the sum is bit for bit the
+//   CPU's, the SiLU differs only by expf's last bits.
+//
+// gated_delta_kernel: the recurrence S = exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q, per
+//   value head. Column j of S (S[:, j]) evolves on its own: S^T k, the update and S^T q at column
+//   j read only that column and delta[j]. So a block is one warp owning 32 columns of one head
+//   (grid n_v_heads x ceil(dv / 32); 128 blocks at Qwen3.5's 32 heads x 128), lane j holding its
+//   column in registers (dk <= 128; up to kMaxGdnKeyDim the columns sit in shared memory, 32 side
+//   by side). The state is read once, carried through the T tokens and written back once. Per
+//   token the warp loads q and k of its key head into shared memory, L2-normalises them with the
+//   CPU's dot() order (8 lanes of strided sums, then the same pairwise reduction), and each lane
+//   runs the CPU's loops over i for its column: every fp32 operation of the CPU, in its order, so
+//   only expf / log1pf in the gates differ (by an ulp or two). params.chunk is ignored: the
+//   recurrent form is exact for decode; prefill runs it token by token, serially per column.
+//
+// The state stays fp32, as on the CPU: it accumulates the whole context (every token decays and
+// rank-1 updates it), so bf16's 8-bit mantissa would lose each update's low bits and the state
+// would drift from the model's with the context length; 64 KiB per head is cheap at decode.
+#include "ops/cuda/gated_delta.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
+
+namespace kestrel::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ops/cpu/qwen35_elementwise.cpp's silu, sigmoid and softplus, with the same fp32 operations.
+// CUDA's expf (2 ulp) and log1pf (1 ulp) may differ from glibc's in the last bits.
+__device__ __forceinline__ float silu(float x) {
+    return __fdiv_rn(x, __fadd_rn(1.0f, expf(-x)));
+}
+
+__device__ __forceinline__ float sigmoid(float x) {
+    return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
+}
+
+// torch.nn.functional.softplus(x, beta=1, threshold=20).
+__device__ __forceinline__ float softplus(float x) {
+    return x > 20.0f ? x : log1pf(expf(x));
+}
+
+// ---- conv1d_causal -----------------------------------------------------------------------------
+
+constexpr int kConvThreads = 128;
+// Tokens per thread. At least kMaxConvKernel - 1, so that only the first token block reaches
+// back into the carried state.
+constexpr int kConvTokensPerThread = 16;
+static_assert(kConvTokensPerThread >= kMaxConvKernel - 1);
+
+// Taps and the window are right-aligned in kMaxKernel slots (slot first + j holds tap j, first =
+// kMaxKernel - kernel), so every register index is a compile-time constant.
+template <int kMaxKernel>
+__global__ void __launch_bounds__(kConvThreads)
+    conv1d_causal_kernel(const float* x, int64_t rows, const float* weight, float* conv_state,
+                         int kernel, int64_t channels, bool silu_act, float* out) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x;
+    const bool active = c < channels;
+    const int first = kMaxKernel - kernel;
+    // The weights are constant: read them before waiting for the previous kernel.
+    float w[kMaxKernel];
+#pragma unroll
+    for (int s = 0; s < kMaxKernel; ++s) {
+        w[s] = active && s >= first ? weight[c * kernel + (s - first)] : 0.0f;
+    }
+    allow_downstream();
+    wait_for_upstream();
+    if (!active) return;
+
+    const int64_t past = kernel - 1;
+    const int64_t t_begin = static_cast<int64_t>(blockIdx.y) * kConvTokensPerThread;
+    const int64_t t_end =
+        rows < t_begin + kConvTokensPerThread ? rows : t_begin + kConvTokensPerThread;
+    // Input tau of the window [state | x]: tau < 0 is state row past + tau.
+    auto input = [&](int64_t tau) {
+        return tau < 0 ? conv_state[(past + tau) * channels + c] : x[tau * channels + c];
+    };
+    // While token t is computed, slot s holds input t - (kMaxKernel - 1) + s.
+    float window[kMaxKernel];
+#pragma unroll
+    for (int s = 0; s < kMaxKernel - 1; ++s) {
+        window[s] = s >= first ? input(t_begin - (kMaxKernel - 1) + s) : 0.0f;
+    }
+    for (int64_t t = t_begin; t < t_end; ++t) {
+        window[kMaxKernel - 1] = x[t * channels + c];
+        float acc = 0.0f;
+#pragma unroll
+        for (int s = 0; s < kMaxKernel; ++s) {
+            if (s >= first) acc = __fadd_rn(acc, __fmul_rn(w[s], window[s]));
+        }
+        out[t * channels + c] = silu_act ? silu(acc) : acc;
+#pragma unroll
+        for (int s = 0; s < kMaxKernel - 1; ++s) window[s] = window[s + 1];
+    }
+
+    // The new state, the last kernel - 1 inputs: by the first token block, which alone read the
+    // old one (and has read it already). With one block, its window now holds exactly those
+    // inputs (slots first .. kMaxKernel - 2 = inputs rows - past .. rows - 1, some of them old
+    // state rows when rows < past); with more, rows > kConvTokensPerThread >= past, so they are
+    // all rows of x.
+    if (blockIdx.y != 0) return;
+    if (gridDim.y == 1) {
+#pragma unroll
+        for (int s = 0; s < kMaxKernel - 1; ++s) {
+            if (s >= first) conv_state[(s - first) * channels + c] = window[s];
+        }
+    } else {
+        for (int64_t r = 0; r < past; ++r) {
+            conv_state[r * channels + c] = x[(rows - past + r) * channels + c];
+        }
+    }
+}
+
+template <int kMaxKernel>
+Status launch_conv(const float* x, int64_t rows, const float* weight, float* conv_state,
+                   int64_t kernel, int64_t channels, bool silu_act, float* out,
+                   cudaStream_t stream) {
+    const dim3 grid(
+        static_cast<unsigned>((channels + kConvThreads - 1) / kConvThreads),
+        static_cast<unsigned>((rows + kConvTokensPerThread - 1) / kConvTokensPerThread));
+    KESTREL_CUDA_CHECK(launch_overlapped(conv1d_causal_kernel<kMaxKernel>, grid, dim3(kConvThreads),
+                                         0, stream, x, rows, weight, conv_state,
+                                         static_cast<int>(kernel), channels, silu_act, out));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+// ---- gated_delta_rule --------------------------------------------------------------------------
+
+// Value columns per block: one warp, so the token's shared q and k need only __syncwarp.
+constexpr int kGdnColumns = 32;
+constexpr float kL2Eps = 1e-6f;  // HF l2norm's eps
+
+struct GdnArgs {
+    const float* qkv;
+    const float* a;
+    const float* b;
+    const float* a_neg;
+    const float* dt_bias;
+    float* state;
+    float* out;
+    int64_t rows;
+    int n_k_heads;
+    int n_v_heads;
+    int dk;
+    int dv;
+    bool grouped;   // GdnHeadOrder::kGrouped: value head h reads key head h / (n_v / n_k)
+    float q_scale;  // dk^-0.5, computed on the host as the CPU computes it
+};
+
+// A lane's column S[:, j] in registers: only ever indexed with unrolled-loop constants.
+template <int kMaxDk>
+struct RegisterColumn {
+    float v[kMaxDk];
+    __device__ __forceinline__ float& operator[](int i) { return v[i]; }
+};
+
+// A lane's column in shared memory, the warp's 32 columns side by side (row i of the block's
+// columns is 32 consecutive floats: conflict-free).
+struct SharedColumn {
+    float* base;
+    __device__ __forceinline__ float& operator[](int i) { return base[i * kGdnColumns]; }
+};
+
+// The recurrence for this block's (head, 32 columns), over all tokens. q_s, k_s: kMaxDk floats
+// of shared memory each.
+template <int kMaxDk, class Column>
+__device__ __forceinline__ void gated_delta_columns(const GdnArgs& p, Column& s, float* q_s,
+                                                    float* k_s) {
+    const int lane = static_cast<int>(threadIdx.x);
+    const int h = static_cast<int>(blockIdx.x);
+    const int j = static_cast<int>(blockIdx.y) * kGdnColumns + lane;
+    const bool active = j < p.dv;
+    const int dk = p.dk;
+    const int key_head = p.grouped ? h / (p.n_v_heads / p.n_k_heads) : h % p.n_k_heads;
+    const int64_t key_dim = static_cast<int64_t>(p.n_k_heads) * dk;
+    const int64_t row_stride = 2 * key_dim + static_cast<int64_t>(p.n_v_heads) * p.dv;
+    const float* q_in = p.qkv + static_cast<int64_t>(key_head) * dk;
+    const float* k_in = q_in + key_dim;
+    const float* v_in = p.qkv + 2 * key_dim + static_cast<int64_t>(h) * p.dv + j;
+    // Constant weights: read before waiting for the previous kernel.
+    const float a_neg = p.a_neg[h];
+    const float dt_bias = p.dt_bias[h];
+    allow_downstream();
+    wait_for_upstream();
+
+    // S[h][i][j] at column[i * dv].
+    float* column = p.state + static_cast<int64_t>(h) * dk * p.dv + j;
+#pragma unroll
+    for (int i = 0; i < kMaxDk; ++i) {
+        if (i >= dk) break;
+        s[i] = active ? column[static_cast<int64_t>(i) * p.dv] : 0.0f;
+    }
+
+    for (int64_t t = 0; t < p.rows; ++t) {
+        const int64_t offset = t * row_stride;
+        __syncwarp();  // every lane is done with the previous token's q_s, k_s
+        for (int i = lane; i < dk; i += kGdnColumns) {
+            q_s[i] = q_in[offset + i];
+            k_s[i] = k_in[offset + i];
+        }
+        __syncwarp();
+        // l2norm's sums of squares in ops/cpu dot()'s order: lane l of 8 sums the products of
+        // elements i = l (mod 8) in order, then ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))
+        // (the xor shuffles 4, 1, 2; fp32 addition commutes). Lanes 0-7 sum q, lanes 8-15 k.
+        const float* squared = lane < 8 ? q_s : k_s;
+        float sum = 0.0f;
+        if (lane < 16) {
+            for (int i = lane & 7; i < dk; i += 8) {
+                sum = __fadd_rn(sum, __fmul_rn(squared[i], squared[i]));
+            }
+        }
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, 4));
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, 1));
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, 2));
+        // HF l2norm: x * rsqrt(sum(x^2) + eps), as the CPU computes it: 1 / sqrt(...), then q's
+        // dk^-0.5 as a second product.
+        const float q_inv =
+            __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__shfl_sync(kFullMask, sum, 0), kL2Eps)));
+        const float k_inv =
+            __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__shfl_sync(kFullMask, sum, 8), kL2Eps)));
+        __syncwarp();  // the sums have read q_s, k_s
+        for (int i = lane; i < dk; i += kGdnColumns) {
+            q_s[i] = __fmul_rn(__fmul_rn(q_s[i], q_inv), p.q_scale);
+            k_s[i] = __fmul_rn(k_s[i], k_inv);
+        }
+        __syncwarp();
+        // HF: beta = b.sigmoid(); g = -A_log.exp() * softplus(a + dt_bias); every lane computes
+        // the same values.
+        const int64_t gate = t * p.n_v_heads + h;
+        const float beta = sigmoid(p.b[gate]);
+        const float decay = expf(__fmul_rn(a_neg, softplus(__fadd_rn(p.a[gate], dt_bias))));
+        if (!active) continue;
+
+        // S = exp(g) S and S^T k, in one pass over the column (the CPU decays all of S first;
+        // each element sees the same operations).
+        float sk = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kMaxDk; ++i) {
+            if (i >= dk) break;
+            s[i] = __fmul_rn(s[i], decay);
+            sk = __fadd_rn(sk, __fmul_rn(s[i], k_s[i]));
+        }
+        const float delta = __fmul_rn(__fsub_rn(v_in[offset], sk), beta);
+        // S += k delta^T, then o = S^T q.
+        float o = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kMaxDk; ++i) {
+            if (i >= dk) break;
+            s[i] = __fadd_rn(s[i], __fmul_rn(k_s[i], delta));
+            o = __fadd_rn(o, __fmul_rn(s[i], q_s[i]));
+        }
+        p.out[(t * p.n_v_heads + h) * p.dv + j] = o;
+    }
+
+    if (!active) return;
+#pragma unroll
+    for (int i = 0; i < kMaxDk; ++i) {
+        if (i >= dk) break;
+        column[static_cast<int64_t>(i) * p.dv] = s[i];
+    }
+}
+
+// dk <= kMaxDk <= 128: the columns in registers (128 floats per lane at Qwen3.5's dk).
+template <int kMaxDk>
+__global__ void __launch_bounds__(kGdnColumns) gated_delta_kernel_registers(GdnArgs p) {
+    __shared__ float q_s[kMaxDk];
+    __shared__ float k_s[kMaxDk];
+    RegisterColumn<kMaxDk> s;
+    gated_delta_columns<kMaxDk>(p, s, q_s, k_s);
+}
+
+// dk <= kMaxGdnKeyDim: the columns in shared memory (kMaxGdnKeyDim x 32 floats, 32 KiB).
+__global__ void __launch_bounds__(kGdnColumns) gated_delta_kernel_shared(GdnArgs p) {
+    constexpr int kMaxDk = static_cast<int>(kMaxGdnKeyDim);
+    __shared__ float q_s[kMaxDk];
+    __shared__ float k_s[kMaxDk];
+    __shared__ float columns[kMaxDk * kGdnColumns];
+    SharedColumn s{columns + threadIdx.x};
+    gated_delta_columns<kMaxDk>(p, s, q_s, k_s);
+}
+
+Status invalid(const char* op, const std::string& message) {
+    return Status(StatusCode::kInvalidArgument, std::string(op) + ": " + message);
+}
+
+bool overlaps(const float* a, int64_t a_count, const float* b, int64_t b_count) {
+    return a < b + b_count && b < a + a_count;
+}
+
+}  // namespace
+
+Status conv1d_causal(const float* x, int64_t rows, const float* weight, float* conv_state,
+                     int64_t kernel, int64_t channels, bool silu, float* out, cudaStream_t stream) {
+    constexpr const char* kOp = "conv1d_causal";
+    if (rows < 0) return invalid(kOp, "negative row count " + std::to_string(rows));
+    if (kernel < 1 || kernel > kMaxConvKernel) {
+        return invalid(kOp, "kernel " + std::to_string(kernel) + " outside [1, " +
+                                std::to_string(kMaxConvKernel) + "]");
+    }
+    constexpr int64_t kMaxChannels = int64_t{1} << 30;
+    if (channels < 1 || channels > kMaxChannels) {
+        return invalid(kOp, "channels " + std::to_string(channels) + " outside [1, 2^30]");
+    }
+    // grid.y counts token blocks (at most 65535).
+    constexpr int64_t kMaxRows = int64_t{65535} * kConvTokensPerThread;
+    if (rows > kMaxRows) {
+        return invalid(kOp, "rows " + std::to_string(rows) + " above " + std::to_string(kMaxRows));
+    }
+    if (rows == 0) return ok_status();  // no tokens: the state stays as it is
+    if (x == nullptr || weight == nullptr || out == nullptr) return invalid(kOp, "null pointer");
+    if (kernel > 1 && conv_state == nullptr) return invalid(kOp, "null conv_state");
+    if (overlaps(x, rows * channels, out, rows * channels)) {
+        return invalid(kOp, "out overlaps x (later token blocks read earlier tokens' inputs)");
+    }
+    if (kernel <= 4) {
+        return launch_conv<4>(x, rows, weight, conv_state, kernel, channels, silu, out, stream);
+    }
+    return launch_conv<kMaxConvKernel>(x, rows, weight, conv_state, kernel, channels, silu, out,
+                                       stream);
+}
+
+Status gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg,
+                        const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
+                        float* state, float* out, cudaStream_t stream) {
+    constexpr const char* kOp = "gated_delta_rule";
+    const int64_t nk = params.n_k_heads, nv = params.n_v_heads;
+    const int64_t dk = params.k_head_dim, dv = params.v_head_dim;
+    if (rows < 0) return invalid(kOp, "negative row count " + std::to_string(rows));
+    // grid.x counts value heads, grid.y blocks of 32 value columns (at most 65535 each).
+    constexpr int64_t kMaxHeads = 65535;
+    constexpr int64_t kMaxValueDim = int64_t{65535} * kGdnColumns;
+    if (nk < 1 || nv < 1 || nv > kMaxHeads || nv % nk != 0) {
+        return invalid(kOp, "head counts n_k " + std::to_string(nk) + ", n_v " +
+                                std::to_string(nv) +
+                                ": need 1 <= n_k, n_v <= 65535 and n_v a multiple of n_k");
+    }
+    if (dk < 1 || dk > kMaxGdnKeyDim) {
+        return invalid(kOp, "k_head_dim " + std::to_string(dk) + " outside [1, " +
+                                std::to_string(kMaxGdnKeyDim) + "]");
+    }
+    if (dv < 1 || dv > kMaxValueDim) {
+        return invalid(kOp, "v_head_dim " + std::to_string(dv) + " outside [1, " +
+                                std::to_string(kMaxValueDim) + "]");
+    }
+    if (params.order != GdnHeadOrder::kGrouped && params.order != GdnHeadOrder::kTiled) {
+        return invalid(kOp, "unknown head order");
+    }
+    if (rows == 0) return ok_status();  // no tokens: the state stays as it is
+    if (qkv == nullptr || a == nullptr || b == nullptr || a_neg == nullptr || dt_bias == nullptr ||
+        state == nullptr || out == nullptr) {
+        return invalid(kOp, "null pointer");
+    }
+    const int64_t out_count = rows * nv * dv;
+    if (overlaps(out, out_count, state, nv * dk * dv) ||
+        overlaps(out, out_count, qkv, rows * (2 * nk * dk + nv * dv))) {
+        return invalid(kOp, "out overlaps the state or qkv");
+    }
+
+    GdnArgs args{};
+    args.qkv = qkv;
+    args.a = a;
+    args.b = b;
+    args.a_neg = a_neg;
+    args.dt_bias = dt_bias;
+    args.state = state;
+    args.out = out;
+    args.rows = rows;
+    args.n_k_heads = static_cast<int>(nk);
+    args.n_v_heads = static_cast<int>(nv);
+    args.dk = static_cast<int>(dk);
+    args.dv = static_cast<int>(dv);
+    args.grouped = params.order == GdnHeadOrder::kGrouped;
+    args.q_scale = 1.0f / std::sqrt(static_cast<float>(dk));  // ops/cpu/gated_delta.cpp's scale
+
+    const dim3 grid(static_cast<unsigned>(nv),
+                    static_cast<unsigned>((dv + kGdnColumns - 1) / kGdnColumns));
+    const dim3 block(kGdnColumns);
+    cudaError_t launched;
+    if (dk <= 32) {
+        launched =
+            launch_overlapped(gated_delta_kernel_registers<32>, grid, block, 0, stream, args);
+    } else if (dk <= 64) {
+        launched =
+            launch_overlapped(gated_delta_kernel_registers<64>, grid, block, 0, stream, args);
+    } else if (dk <= 128) {
+        launched =
+            launch_overlapped(gated_delta_kernel_registers<128>, grid, block, 0, stream, args);
+    } else {
+        launched = launch_overlapped(gated_delta_kernel_shared, grid, block, 0, stream, args);
+    }
+    KESTREL_CUDA_CHECK(launched);
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+}  // namespace kestrel::cuda

@@ -1,0 +1,358 @@
+// Qwen3.5's small ops and MoE router (host API: qwen35_ops.h; CPU twins:
+// ops/cpu/qwen35_elementwise.cpp, ops/cpu/moe.cpp).
+//
+// silu_and_mul, sigmoid_mul: one grid-stride kernel over a functor f(a[i], b[i]) -> out[i], float4
+//   loads and stores when every pointer is 16-byte aligned (then a scalar tail), as elementwise.cu.
+// add_sigmoid_scaled: blocks along a row (grid.x) times rows (grid.y, striding past 65535); each
+//   thread computes its row's sigmoid once and applies it to its chunks.
+// rms_norm_gated_kernel<kThreads>: norm.cu's rms_norm_kernel (small_ops.cuh's row reduction, so
+//   the same sum of squares, bit for bit), each normalised chunk then times silu(z).
+// moe_route_kernel: one block per token, one thread per expert. The softmax's exps are summed by
+//   one thread in expert order, as the CPU sums them (a serial chain of n_experts fp32 adds, about
+//   half a microsecond at 256, bought for bit-identical probabilities); each expert's place in the
+//   CPU's stable descending sort is then counted directly, and the first k places are written.
+//
+// Every fp32 operation is an explicit _rn intrinsic in the CPU twin's order (nvcc would otherwise
+// contract a * b + c into an FMA, while the CPU is built with -ffp-contract=off); only exp differs,
+// see exp_rounded.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/qwen35_ops.h"
+#include "ops/cuda/small_ops.cuh"
+#include "ops/cuda/small_ops.h"  // kMaxNormDim
+
+namespace kestrel::cuda {
+namespace {
+
+constexpr int kBlockThreads = 256;    // elementwise and add_sigmoid_scaled blocks
+constexpr int64_t kMaxBlocks = 8192;  // grid-stride beyond: enough to fill any GPU
+constexpr int64_t kMaxGridY = 65535;
+
+// exp in double rounded to fp32: the correctly rounded exp(x) except within ~2^-29 ulp of a
+// rounding boundary. glibc's expf (the CPU's std::exp(float)) is within 0.502 ulp, so the two
+// give the same fp32 except where exp(x) lies that close to a boundary; CUDA's expf is within
+// 2 ulp and would differ far more often. Overflow, underflow and NaN are those of expf.
+__device__ __forceinline__ float exp_rounded(float x) {
+    return static_cast<float>(exp(static_cast<double>(x)));
+}
+
+// ops/cpu/qwen35_elementwise.cpp: silu(x) = x / (1 + exp(-x)), sigmoid(x) = 1 / (1 + exp(-x)).
+__device__ __forceinline__ float silu(float x) {
+    return __fdiv_rn(x, __fadd_rn(1.0f, exp_rounded(-x)));
+}
+
+__device__ __forceinline__ float sigmoid(float x) {
+    return __fdiv_rn(1.0f, __fadd_rn(1.0f, exp_rounded(-x)));
+}
+
+// silu(gate) * up
+struct SiluMul {
+    __device__ float operator()(float gate, float up) const { return __fmul_rn(silu(gate), up); }
+};
+
+// x * sigmoid(gate)
+struct SigmoidMul {
+    __device__ float operator()(float x, float gate) const { return __fmul_rn(x, sigmoid(gate)); }
+};
+
+template <class F>
+__global__ void __launch_bounds__(kBlockThreads)
+    elementwise_kernel(const float* a, const float* b, float* out, int64_t n, bool vec4, F f) {
+    wait_for_upstream();
+    allow_downstream();
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlockThreads;
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+    int64_t scalar_from = 0;
+    if (vec4) {
+        const int64_t n4 = n / 4;
+        const float4* a4 = reinterpret_cast<const float4*>(a);
+        const float4* b4 = reinterpret_cast<const float4*>(b);
+        float4* out4 = reinterpret_cast<float4*>(out);
+        for (int64_t c = first; c < n4; c += stride) {
+            const float4 x = a4[c];
+            const float4 y = b4[c];
+            out4[c] = make_float4(f(x.x, y.x), f(x.y, y.y), f(x.z, y.z), f(x.w, y.w));
+        }
+        scalar_from = n4 * 4;
+    }
+    for (int64_t i = scalar_from + first; i < n; i += stride) out[i] = f(a[i], b[i]);
+}
+
+// out[r, i] += sigmoid(gate[r]) * x[r, i]. vec4: dim % 4 == 0 and x, out 16-byte aligned, so a
+// row is dim / 4 whole chunks.
+__global__ void __launch_bounds__(kBlockThreads)
+    add_sigmoid_scaled_kernel(const float* x, const float* gate, int64_t rows, int64_t dim,
+                              float* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
+    const int64_t items = vec4 ? dim / 4 : dim;  // per row
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlockThreads;
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+    if (first >= items) return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float s = sigmoid(gate[r]);
+        if (vec4) {
+            const float4* x4 = reinterpret_cast<const float4*>(x + r * dim);
+            float4* out4 = reinterpret_cast<float4*>(out + r * dim);
+            for (int64_t c = first; c < items; c += stride) {
+                const float4 v = x4[c];
+                const float4 o = out4[c];
+                out4[c] = make_float4(
+                    __fadd_rn(o.x, __fmul_rn(s, v.x)), __fadd_rn(o.y, __fmul_rn(s, v.y)),
+                    __fadd_rn(o.z, __fmul_rn(s, v.z)), __fadd_rn(o.w, __fmul_rn(s, v.w)));
+            }
+        } else {
+            for (int64_t i = first; i < items; i += stride) {
+                out[r * dim + i] = __fadd_rn(out[r * dim + i], __fmul_rn(s, x[r * dim + i]));
+            }
+        }
+    }
+}
+
+// rms_norm_kernel (norm.cu) with the gate: (weight * (x * inv_rms)) * silu(z), the CPU's products
+// (its weight * y is y * weight, as normalise_chunk computes it).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
+    rms_norm_gated_kernel(const float* x, const float* z, const float* weight, int rows, int dim,
+                          float eps, float* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
+    __shared__ float warp_totals[kThreads / 32];
+    const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
+    const int64_t row =
+        static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
+    if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
+    const float* z_row = z + row * dim;
+    float* out_row = out + row * dim;
+    float4 v[kNormChunks];
+    const float inv_rms =
+        load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
+    const int chunks = (dim + 3) / 4;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        if (c >= chunks) break;
+        const float4 y = normalise_chunk(v[k], inv_rms, weight, c, dim, vec4);
+        const float4 g = load_chunk(z_row, c, dim, vec4);
+        store_chunk(out_row, c, dim, vec4,
+                    make_float4(__fmul_rn(y.x, silu(g.x)), __fmul_rn(y.y, silu(g.y)),
+                                __fmul_rn(y.z, silu(g.z)), __fmul_rn(y.w, silu(g.w))));
+    }
+}
+
+constexpr int kMaxExperts = static_cast<int>(kMaxRouteExperts);
+constexpr int kMaxTopK = static_cast<int>(kMaxRouteTopK);
+
+// One block of round_up(n_experts, 32) threads per row; thread i owns expert i.
+//
+// ops/cpu/moe.cpp: probs = softmax(logits) (attention.cpp's softmax: max, e_i = exp(x_i - max),
+// sum += e_i in order, p_i = e_i * (1 / sum)); order = stable_sort of the ids by p descending;
+// weights = p / (the fp32 sum of the k chosen p in that order).
+//
+// The max is exact in any order. fmaxf skips a NaN where std::max keeps a leading one, but a NaN
+// logit makes its exp, the sum and so every p NaN either way.
+//
+// Expert i's place in the stable sort: the experts ahead of it are those with p_j > p_i, plus
+// those with a lower id that compare neither greater nor smaller (equal, or all NaN: a NaN row
+// keeps the ids' order, as the CPU's stable sort does when no two compare).
+__global__ void __launch_bounds__(kMaxExperts)
+    moe_route_kernel(const float* logits, int n_experts, int k, int32_t* ids, float* weights) {
+    wait_for_upstream();
+    allow_downstream();
+    __shared__ __align__(16) float probs[kMaxExperts];
+    __shared__ float warp_max[kMaxExperts / 32];
+    __shared__ float chosen[kMaxTopK];
+    __shared__ float total;
+    const int i = static_cast<int>(threadIdx.x);
+    const int width = static_cast<int>(blockDim.x);  // a multiple of 32
+    const int lane = i & 31;
+    const int64_t row = blockIdx.x;
+    const bool expert = i < n_experts;
+    const float logit = expert ? logits[row * n_experts + i] : -INFINITY;
+
+    float row_max = logit;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        row_max = fmaxf(row_max, __shfl_xor_sync(kFullMask, row_max, off));
+    }
+    if (lane == 0) warp_max[i / 32] = row_max;
+    __syncthreads();
+    row_max = warp_max[0];
+    for (int w = 1; w < width / 32; ++w) row_max = fmaxf(row_max, warp_max[w]);
+
+    const float e = expert ? exp_rounded(__fsub_rn(logit, row_max)) : 0.0f;
+    probs[i] = e;
+    __syncthreads();
+    if (i == 0) {
+        float sum = 0.0f;
+#pragma unroll 8
+        for (int j = 0; j < n_experts; ++j) sum = __fadd_rn(sum, probs[j]);
+        total = sum;
+    }
+    __syncthreads();  // total is written and probs[] is read: probs may now hold the probabilities
+    const float p = __fmul_rn(e, __fdiv_rn(1.0f, total));
+    // Padding experts hold NaN, which never counts as ahead: not greater, and no lower id.
+    probs[i] = expert ? p : __int_as_float(0x7fc00000);
+    __syncthreads();
+
+    if (expert) {
+        int place = 0;
+        const float4* probs4 = reinterpret_cast<const float4*>(probs);
+        for (int j4 = 0; j4 < width / 4; ++j4) {
+            const float4 q = probs4[j4];
+            const float values[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int l = 0; l < 4; ++l) {
+                const int j = 4 * j4 + l;
+                place += (values[l] > p || (j < i && !(p > values[l]))) ? 1 : 0;
+            }
+        }
+        if (place < k) {
+            ids[row * k + place] = i;
+            chosen[place] = p;
+        }
+    }
+    __syncthreads();
+
+    if (i < 32) {
+        float chosen_sum = 0.0f;
+        if (lane == 0) {
+            for (int j = 0; j < k; ++j) chosen_sum = __fadd_rn(chosen_sum, chosen[j]);
+        }
+        chosen_sum = __shfl_sync(kFullMask, chosen_sum, 0);
+        if (lane < k) weights[row * k + lane] = __fdiv_rn(chosen[lane], chosen_sum);
+    }
+}
+
+bool aligned16(const void* p) {
+    return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+Status invalid(const char* what, const std::string& message) {
+    return Status(StatusCode::kInvalidArgument, std::string(what) + ": " + message);
+}
+
+template <class F>
+Status launch_elementwise(const char* what, const float* a, const float* b, float* out, int64_t n,
+                          F f, cudaStream_t stream) {
+    if (n < 0) return invalid(what, "negative size " + std::to_string(n));
+    if (n == 0) return ok_status();
+    if (a == nullptr || b == nullptr || out == nullptr) {
+        return invalid(what, "null input or output");
+    }
+    const bool vec4 = aligned16(a) && aligned16(b) && aligned16(out);
+    const int64_t work = vec4 ? (n + 3) / 4 : n;
+    const int64_t blocks = std::min(kMaxBlocks, (work + kBlockThreads - 1) / kBlockThreads);
+    KESTREL_CUDA_CHECK(launch_overlapped(elementwise_kernel<F>, dim3(static_cast<unsigned>(blocks)),
+                                         dim3(kBlockThreads), 0, stream, a, b, out, n, vec4, f));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+unsigned row_blocks(int64_t rows, int rows_per_block) {
+    return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
+}
+
+}  // namespace
+
+Status silu_and_mul(const float* gate, const float* up, int64_t n, float* out,
+                    cudaStream_t stream) {
+    return launch_elementwise("silu_and_mul", gate, up, out, n, SiluMul{}, stream);
+}
+
+Status sigmoid_mul(const float* x, const float* gate, int64_t n, float* out, cudaStream_t stream) {
+    return launch_elementwise("sigmoid_mul", x, gate, out, n, SigmoidMul{}, stream);
+}
+
+Status add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64_t dim, float* out,
+                          cudaStream_t stream) {
+    constexpr const char* kWhat = "add_sigmoid_scaled";
+    if (rows < 0 || dim <= 0) {
+        return invalid(kWhat, "shape [" + std::to_string(rows) + ", " + std::to_string(dim) +
+                                  "] needs rows >= 0 and dim > 0");
+    }
+    if (rows == 0) return ok_status();
+    if (x == nullptr || gate == nullptr || out == nullptr) {
+        return invalid(kWhat, "null x, gate or out");
+    }
+    const bool vec4 = dim % 4 == 0 && aligned16(x) && aligned16(out);
+    const int64_t items = vec4 ? dim / 4 : dim;
+    const int64_t blocks_per_row =
+        std::min(kMaxBlocks, (items + kBlockThreads - 1) / kBlockThreads);
+    const int64_t row_groups = std::min(kMaxGridY, rows);
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        add_sigmoid_scaled_kernel,
+        dim3(static_cast<unsigned>(blocks_per_row), static_cast<unsigned>(row_groups)),
+        dim3(kBlockThreads), 0, stream, x, gate, rows, dim, out, vec4));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+Status rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows,
+                      int64_t dim, float eps, float* out, cudaStream_t stream) {
+    constexpr const char* kWhat = "rms_norm_gated";
+    if (rows < 0 || dim <= 0 || dim > kMaxNormDim || rows > (int64_t{1} << 31) - 1) {
+        return invalid(
+            kWhat, "shape [" + std::to_string(rows) + ", " + std::to_string(dim) +
+                       "] needs 0 <= rows < 2^31 and 0 < dim <= " + std::to_string(kMaxNormDim));
+    }
+    if (rows == 0) return ok_status();
+    if (x == nullptr || z == nullptr || weight == nullptr || out == nullptr) {
+        return invalid(kWhat, "null x, z, weight or out");
+    }
+    // Whether every row can be read with float4 loads (the summation order does not depend on it).
+    const bool vec4 =
+        dim % 4 == 0 && aligned16(x) && aligned16(z) && aligned16(weight) && aligned16(out);
+    const int r = static_cast<int>(rows), d = static_cast<int>(dim);
+    if (dim <= 32 * kNormChunks * 4) {
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            rms_norm_gated_kernel<32>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
+            dim3(32 * kRowsPerBlock<32>), 0, stream, x, z, weight, r, d, eps, out, vec4));
+    } else if (dim <= 256 * kNormChunks * 4) {
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_kernel<256>, dim3(row_blocks(rows, 1)),
+                                             dim3(256), 0, stream, x, z, weight, r, d, eps, out,
+                                             vec4));
+    } else {
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_kernel<1024>, dim3(row_blocks(rows, 1)),
+                                             dim3(1024), 0, stream, x, z, weight, r, d, eps, out,
+                                             vec4));
+    }
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+Status moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
+                 float* weights, cudaStream_t stream) {
+    constexpr const char* kWhat = "moe_route";
+    if (rows < 0 || rows > (int64_t{1} << 31) - 1) {
+        return invalid(kWhat, std::to_string(rows) + " rows: needs 0 <= rows < 2^31");
+    }
+    if (n_experts < 1 || n_experts > kMaxRouteExperts) {
+        return invalid(kWhat, std::to_string(n_experts) + " experts: needs 1 .. " +
+                                  std::to_string(kMaxRouteExperts));
+    }
+    if (k < 1 || k > std::min(n_experts, kMaxRouteTopK)) {
+        return invalid(kWhat, "top " + std::to_string(k) + " of " + std::to_string(n_experts) +
+                                  " experts: needs 1 <= k <= min(n_experts, " +
+                                  std::to_string(kMaxRouteTopK) + ")");
+    }
+    if (rows == 0) return ok_status();
+    if (logits == nullptr || ids == nullptr || weights == nullptr) {
+        return invalid(kWhat, "null logits, ids or weights");
+    }
+    const int64_t threads = (n_experts + 31) / 32 * 32;
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        moe_route_kernel, dim3(static_cast<unsigned>(rows)), dim3(static_cast<unsigned>(threads)),
+        0, stream, logits, static_cast<int>(n_experts), static_cast<int>(k), ids, weights));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+}  // namespace kestrel::cuda
