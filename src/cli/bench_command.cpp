@@ -99,7 +99,9 @@ ModelFacts describe_model(const Engine& engine, const BenchCommandOptions& optio
         const ShapeOnlySource shapes(config.name, model_tensor_shapes(config, stored));
         facts.parameters = count_parameters(config, shapes).total;
         for (const WeightInfo& tensor : shapes.tensors()) {
-            facts.size_bytes += reference ? tensor.n_bytes : engine_weight_bytes(tensor);
+            // The stored type stands for the format (BF16 for bf16), so float stays bf16 here.
+            facts.size_bytes +=
+                reference ? tensor.n_bytes : engine_weight_bytes(tensor, WeightFormat::kBF16);
         }
         std::string format = reference ? "f32" : options.weights;
         for (char& c : format) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

@@ -19,6 +19,7 @@
 #include "models/model_config.h"
 #include "models/model_shapes.h"
 #include "ops/gpu_info.h"
+#include "runtime/engine.h"  // parse_weight_format
 #include "runtime/memory_plan.h"
 
 namespace kestrel::cli {
@@ -28,6 +29,7 @@ struct InfoOptions {
     std::string model;
     std::string dummy;  // a built-in config (dummy_configs.h) with shape-only weights
     int64_t context = 0;
+    std::string weights = "w4";  // what the loader makes of float matrices (--weights)
     bool json = false;
 };
 
@@ -145,6 +147,9 @@ int run_info(const InfoOptions& options) {
         path = *found;
     }
     if (options.context < 0) return fail(fmt::format("-c {}: the context must be a positive number of tokens", options.context));
+    const Result<WeightFormat> parsed_weights = parse_weight_format(options.weights);
+    if (!parsed_weights.ok()) return fail(parsed_weights.status().message());
+    const WeightFormat float_weights = *parsed_weights;
     std::optional<Synthetic> synthetic;
     if (!options.dummy.empty()) synthetic.emplace();
     Result<ModelFiles> opened = synthetic ? open_dummy(options.dummy, *synthetic) : open_for_info(path, synthetic);
@@ -199,7 +204,8 @@ int run_info(const InfoOptions& options) {
                           {"pattern", config.layer_pattern()}};
         info["sliding_window"] = config.sliding_window;
 
-        const MemoryPlan plan = plan_memory(config, *files.weights, {.context = options.context});
+        const MemoryPlan plan = plan_memory(
+            config, *files.weights, {.context = options.context, .float_weights = float_weights});
         info["memory"] = {{"context", plan.context},
                           {"weights", plan.weight_bytes},
                           {"kv_cache", plan.kv_cache_bytes},
@@ -319,6 +325,10 @@ Command add_info_command(CLI::App& app) {
                                  fmt::join(dummy_model_names(), ", ")))
         ->excludes(model);
     info->add_option("-c,--ctx-size", options->context, "Context length to plan memory for (default: the model's)");
+    info->add_option(
+        "--weights", options->weights,
+        "Plan float matrices (bf16/f16/f32 files) as w4, w8 or bf16, as the loader will make them "
+        "(default: w4)");
     info->add_flag("--json", options->json, "Print JSON instead of a table");
     return [options] { return run_info(*options); };
 }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <string>
+#include <string_view>
 
 namespace kestrel {
 
@@ -44,20 +46,87 @@ bool fits_in_w4(DType type) {
 
 int64_t groups(int64_t n) { return (n + kGroup - 1) / kGroup; }
 
+// qs, one uint16 (sc, m) per group, one fp16 (d, dmin) pair per 256 weights of a row.
+int64_t w4_bytes(const WeightInfo& tensor) {
+    const int64_t n = tensor.n_elements;
+    const int64_t in = tensor.shape.back();
+    const int64_t rows = in > 0 ? n / in : 0;
+    return n / 2 + groups(n) * 2 + rows * ((in + 255) / 256) * 4;
+}
+
+int64_t w8_bytes(const WeightInfo& tensor) {
+    return tensor.n_elements + groups(tensor.n_elements) * 4;
+}
+
+enum class EngineFormat { kF32, kBf16, kW8, kW4, kAsStored };
+
+EngineFormat engine_format(const WeightInfo& tensor, WeightFormat float_weights) {
+    if (tensor.shape.size() <= 1) return EngineFormat::kF32;
+    if (is_float_type(tensor.dtype)) {
+        // Rows not a multiple of a group wide (a depthwise conv's 4 taps) are no linear's: fp32.
+        if (tensor.shape.back() % kGroup != 0) return EngineFormat::kF32;
+        return float_weights == WeightFormat::kW4   ? EngineFormat::kW4
+               : float_weights == WeightFormat::kW8 ? EngineFormat::kW8
+                                                    : EngineFormat::kBf16;
+    }
+    if (fits_in_w4(tensor.dtype)) return EngineFormat::kW4;
+    if (dtype_info(tensor.dtype).block_elements > 1) return EngineFormat::kW8;
+    return EngineFormat::kAsStored;  // integer tensors stay as they are
+}
+
+int64_t bytes_in(EngineFormat format, const WeightInfo& tensor) {
+    switch (format) {
+        case EngineFormat::kF32:
+            return tensor.n_elements * 4;
+        case EngineFormat::kBf16:
+            return tensor.n_elements * 2;
+        case EngineFormat::kW8:
+            return w8_bytes(tensor);
+        case EngineFormat::kW4:
+            return w4_bytes(tensor);
+        case EngineFormat::kAsStored:
+            return tensor.n_bytes;
+    }
+    return tensor.n_bytes;
+}
+
+// The projection a tensor is stacked into at load (gemma3.cpp, gemma4.cpp: q | k | v, gate | up),
+// as "<block>.<stack>", or "" for a tensor loaded alone. GGUF and HF names.
+std::string stack_of(std::string_view name) {
+    struct Member {
+        std::string_view part;
+        std::string_view stack;
+    };
+    static constexpr Member kMembers[] = {{".attn_q.weight", "qkv"},
+                                          {".attn_k.weight", "qkv"},
+                                          {".attn_v.weight", "qkv"},
+                                          {".self_attn.q_proj.weight", "qkv"},
+                                          {".self_attn.k_proj.weight", "qkv"},
+                                          {".self_attn.v_proj.weight", "qkv"},
+                                          {".ffn_gate.weight", "gate_up"},
+                                          {".ffn_up.weight", "gate_up"},
+                                          {".mlp.gate_proj.weight", "gate_up"},
+                                          {".mlp.up_proj.weight", "gate_up"}};
+    for (const Member& member : kMembers) {
+        if (name.ends_with(member.part)) {
+            return std::string(name.substr(0, name.size() - member.part.size())) + "." +
+                   std::string(member.stack);
+        }
+    }
+    return "";
+}
+
 }  // namespace
 
-int64_t engine_weight_bytes(const WeightInfo& tensor) {
-    const int64_t n = tensor.n_elements;
-    if (tensor.shape.size() <= 1) return n * 4;
-    if (is_float_type(tensor.dtype)) return n * 2;
-    if (fits_in_w4(tensor.dtype)) {
-        // qs, one uint16 (sc, m) per group, one fp16 (d, dmin) pair per 256 weights of a row.
-        const int64_t in = tensor.shape.back();
-        const int64_t rows = in > 0 ? n / in : 0;
-        return n / 2 + groups(n) * 2 + rows * ((in + 255) / 256) * 4;
-    }
-    if (dtype_info(tensor.dtype).block_elements > 1) return n + groups(n) * 4;
-    return tensor.n_bytes;  // integer tensors stay as they are
+int64_t engine_weight_bytes(const WeightInfo& tensor, WeightFormat float_weights) {
+    return bytes_in(engine_format(tensor, float_weights), tensor);
+}
+
+int64_t engine_weight_bytes_in_stack(const WeightInfo& tensor, bool stack_has_w8,
+                                     WeightFormat float_weights) {
+    const EngineFormat format = engine_format(tensor, float_weights);
+    return bytes_in(stack_has_w8 && format == EngineFormat::kW4 ? EngineFormat::kW8 : format,
+                    tensor);
 }
 
 bool is_loaded_tensor(const ModelConfig& config, std::string_view name) {
@@ -96,8 +165,18 @@ int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_eleme
 MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, const MemoryPlanOptions& options) {
     MemoryPlan plan;
     plan.context = options.context > 0 ? options.context : config.context_length;
+    std::map<std::string, bool> stack_has_w8;
     for (const WeightInfo& tensor : weights.tensors()) {
-        if (is_loaded_tensor(config, tensor.name)) plan.weight_bytes += engine_weight_bytes(tensor);
+        const std::string stack = stack_of(tensor.name);
+        if (!stack.empty() && engine_format(tensor, options.float_weights) == EngineFormat::kW8) {
+            stack_has_w8[stack] = true;
+        }
+    }
+    for (const WeightInfo& tensor : weights.tensors()) {
+        if (!is_loaded_tensor(config, tensor.name)) continue;
+        const std::string stack = stack_of(tensor.name);
+        plan.weight_bytes += engine_weight_bytes_in_stack(
+            tensor, !stack.empty() && stack_has_w8[stack], options.float_weights);
     }
 
     // Sliding layers keep a ring: the window plus the rest of a prefill chunk that may still

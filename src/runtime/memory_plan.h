@@ -7,6 +7,7 @@
 
 #include "io/weight_source.h"
 #include "models/model_config.h"
+#include "ops/ops.h"  // WeightFormat
 
 namespace kestrel {
 
@@ -14,6 +15,7 @@ struct MemoryPlanOptions {
     int64_t context = 0;                // tokens per session; 0 = the model's trained context
     int64_t prefill_chunk = 2048;       // tokens per prefill step (the CUDA backend's default)
     int64_t kv_bytes_per_element = 2;   // bf16 K/V
+    WeightFormat float_weights = WeightFormat::kW4;  // what --weights makes of float matrices
 };
 
 struct MemoryPlan {
@@ -30,12 +32,20 @@ struct MemoryPlan {
 };
 
 // Bytes a stored tensor takes once converted to the engine's GPU format. DESIGN.md "The Ops
-// interface": 1-D tensors (norms, scalars) stay fp32; float matrices become bf16 (`--weights
-// bf16`; the default w4 takes less); block types of at most 4.5 bits/weight become W4 (int4,
-// group 32, 8-bit scale + min under an fp16 pair per 256 = 4.625 bits/weight) and wider block types
-// W8 (int8, group 32, fp16 scale + min = 9 bits/weight). A stacked projection whose parts differ
-// (Q4_K q, k with a Q6_K v) is held as W8 throughout, which this per-tensor count does not see.
-int64_t engine_weight_bytes(const WeightInfo& tensor);
+// interface": 1-D tensors (norms, scalars) stay fp32; float matrices become `float_weights`
+// (--weights: W4 by default, W8 or bf16; ones whose rows are not a multiple of 32 wide, such as
+// a depthwise conv's taps, stay fp32); block types
+// of at most 4.5 bits/weight become W4 (int4, group 32, 8-bit scale + min under an fp16 pair per
+// 256 = 4.625 bits/weight) and wider block types W8 (int8, group 32, fp16 scale + min = 9
+// bits/weight).
+int64_t engine_weight_bytes(const WeightInfo& tensor,
+                            WeightFormat float_weights = WeightFormat::kW4);
+
+// The same for a tensor that the loader stacks with others into one projection (a layer's q, k, v;
+// its gate, up): when the stack mixes W4 and W8 parts (a Q4_K q, k beside a Q6_K v) the loader
+// holds all of it as W8, so a part that alone would be W4 is priced as W8.
+int64_t engine_weight_bytes_in_stack(const WeightInfo& tensor, bool stack_has_w8,
+                                     WeightFormat float_weights = WeightFormat::kW4);
 
 // Whether the engine loads this tensor (vision towers, audio towers and the multi-token
 // prediction head are skipped).

@@ -241,6 +241,13 @@ TEST(CliInfoDummy, FolderWithOnlyAConfigPlansFromShapes) {
     EXPECT_EQ(folder["synthetic"]["weights"], "BF16");
     EXPECT_EQ(folder["parameters"], dummy["parameters"]);
     EXPECT_EQ(folder["active_parameters"], dummy["active_parameters"]);
+    // The plan follows --weights for the folder's bf16 matrices: about 2 bytes per parameter as
+    // bf16, 37/64 as W4 (the default).
+    const nlohmann::json as_bf16 = info_json("-m '" + dir.string() + "' --weights bf16");
+    const double parameters = folder["parameters"].get<double>();
+    EXPECT_NEAR(as_bf16["memory"]["weights"].get<double>() / (2 * parameters), 1.0, 0.01);
+    EXPECT_NEAR(folder["memory"]["weights"].get<double>() / (parameters * 37 / 64), 1.0, 0.01);
+    EXPECT_NE(run_kestrel("info -m '" + dir.string() + "' --weights w3").exit_code, 0);
     CommandResult text = run_kestrel("info -m '" + dir.string() + "'");
     EXPECT_EQ(text.exit_code, 0) << text.err;
     EXPECT_NE(text.out.find("holds no weights"), std::string::npos) << text.out;

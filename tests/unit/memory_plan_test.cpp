@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -125,13 +126,17 @@ TEST(MemoryPlanGemma4, HfCheckpointCountsTheSameAndSkipsTheVisionTower) {
     EXPECT_EQ(count.total, count_parameters(config, gguf).total - 256);
     EXPECT_LT(count.total, hf.all_elements());
 
-    // bf16 in the engine: 2 bytes per matrix element, 1-D tensors (norms) kept as fp32.
-    const MemoryPlan plan = plan_memory(config, hf, {.context = 4096});
+    // --weights bf16: 2 bytes per matrix element, 1-D tensors (norms) kept as fp32.
+    const MemoryPlan plan =
+        plan_memory(config, hf, {.context = 4096, .float_weights = WeightFormat::kBF16});
     int64_t vectors = 0;
     for (const WeightInfo& tensor : hf.tensors()) {
         if (tensor.shape.size() == 1 && is_loaded_tensor(config, tensor.name)) vectors += tensor.n_elements;
     }
     EXPECT_EQ(plan.weight_bytes, (count.total - vectors) * 2 + vectors * 4);
+    // The default, w4: every matrix row of this model is a multiple of 256 wide, so 4.625 bits.
+    const MemoryPlan w4_plan = plan_memory(config, hf, {.context = 4096});
+    EXPECT_EQ(w4_plan.weight_bytes, (count.total - vectors) * 37 / 64 + vectors * 4);
 }
 
 TEST(MemoryPlanGemma4, EngineWeightBytesOfTheQ4KMFile) {
@@ -142,11 +147,27 @@ TEST(MemoryPlanGemma4, EngineWeightBytesOfTheQ4KMFile) {
     // less than bf16.
     EXPECT_GT(plan.weight_bytes, weights.all_bytes());
     EXPECT_LT(plan.weight_bytes, weights.all_elements() * 2);
+    // The loader stacks q | k | v: in the 25 sliding layers whose attn_v is Q6_K (W8) the Q4_K q
+    // and k are held as W8 too (gemma4-and-gemma3.md §7.4's mix).
+    std::set<std::string> widened_blocks;
+    for (const WeightInfo& tensor : weights.tensors()) {
+        if (tensor.dtype == DType::kQ6_K && tensor.name.ends_with(".attn_v.weight")) {
+            widened_blocks.insert(
+                tensor.name.substr(0, tensor.name.size() - std::string(".attn_v.weight").size()));
+        }
+    }
+    EXPECT_EQ(widened_blocks.size(), 25u);
     int64_t expected = 0;
     for (const WeightInfo& tensor : weights.tensors()) {
         const int64_t n = tensor.n_elements;
-        if (tensor.dtype == DType::kQ4_K)
-            expected += n / 2 + n / 32 * 2 + n / 256 * 4;  // rows of 256s
+        const std::string block = tensor.name.substr(0, tensor.name.find('.', 4));
+        const bool widened =
+            widened_blocks.count(block) > 0 &&
+            (tensor.name.ends_with(".attn_q.weight") || tensor.name.ends_with(".attn_k.weight"));
+        if (tensor.dtype == DType::kQ4_K) {
+            expected +=
+                widened ? n + n / 32 * 4 : n / 2 + n / 32 * 2 + n / 256 * 4;  // rows of 256s
+        }
         if (tensor.dtype == DType::kQ6_K) expected += n + n / 32 * 4;
         if (tensor.dtype == DType::kF32) expected += n * 4;  // all 1-D here
     }
@@ -255,14 +276,22 @@ TEST(MemoryPlanPieces, EngineWeightBytes) {
         one.add("t", dtype, std::move(shape));
         return one.tensors()[0];
     };
-    // DESIGN.md "The Ops interface" / memory_plan.h: 1-D stays fp32, float matrices bf16,
+    // DESIGN.md "The Ops interface" / memory_plan.h: 1-D stays fp32, float matrices --weights,
     // <= 4.5-bit blocks W4 (4.625 bits/weight: int4 + 8-bit scale and min per 32 + fp16 d and dmin
     // per 256 of a row), wider blocks W8 (9 bits/weight: int8 + fp16 scale and min).
     EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {5376})), 5376 * 4);
     EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {5376})), 5376 * 4);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {8192, 4})), 8192 * 4 * 2);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {4096, 5376})), 4096 * 5376 * 2);
-    EXPECT_EQ(engine_weight_bytes(info(DType::kF16, {4096, 5376})), 4096 * 5376 * 2);
+    // Float matrices as --weights makes them: w4 (the default), w8, bf16.
+    EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {4096, 5376})), 4096 * 5376 * 37 / 64);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kF16, {4096, 5376}), WeightFormat::kW8),
+              4096 * 5376 * 9 / 8);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {4096, 5376}), WeightFormat::kBF16),
+              4096 * 5376 * 2);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kF16, {4096, 5376}), WeightFormat::kBF16),
+              4096 * 5376 * 2);
+    // A depthwise conv's [channels, 4 taps]: no linear's rows, kept fp32 whatever --weights says.
+    EXPECT_EQ(engine_weight_bytes(info(DType::kF32, {8192, 4}), WeightFormat::kBF16), 8192 * 4 * 4);
+    EXPECT_EQ(engine_weight_bytes(info(DType::kBF16, {8192, 4})), 8192 * 4 * 4);
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_K, {4096, 5376})), 4096 * 5376 * 37 / 64);
     EXPECT_EQ(engine_weight_bytes(info(DType::kQ4_0, {4096, 5376})), 4096 * 5376 * 37 / 64);
     // A row of 640 (Gemma 3 270M) ends in a short super-group: 3 (d, dmin) pairs per row.
