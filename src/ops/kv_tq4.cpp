@@ -1,5 +1,6 @@
 #include "ops/kv_tq4.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -171,6 +172,47 @@ std::vector<float> tq4_decode(const Tq4Vector& v, std::span<const float> rotatio
     }
     for (float& value : x) value *= norm;
     return x;
+}
+
+std::vector<float> tq4_attend(std::span<const float> q, std::span<const Tq4Vector> keys,
+                              std::span<const Tq4Vector> values, std::span<const float> rotation,
+                              float scale, float softcap) {
+    const size_t d = q.size();
+    const std::array<float, kTq4Levels> levels = tq4_levels(static_cast<int64_t>(d));
+    const auto level = [&](const Tq4Vector& v, size_t i) {
+        return static_cast<double>(levels[(v.indices[i / 2] >> (4 * (i % 2))) & 0x0F]);
+    };
+    std::vector<double> q_rotated(d, 0.0);
+    for (size_t i = 0; i < d; ++i) {
+        for (size_t j = 0; j < d; ++j)
+            q_rotated[i] += static_cast<double>(rotation[i * d + j]) * q[j];
+    }
+    std::vector<double> scores(keys.size());
+    double max_score = -std::numeric_limits<double>::infinity();
+    for (size_t n = 0; n < keys.size(); ++n) {
+        double dot = 0.0;
+        for (size_t i = 0; i < d; ++i) dot += q_rotated[i] * level(keys[n], i);
+        double score = scale * bf16_to_fp32(keys[n].norm_bf16) * dot;
+        if (softcap > 0.0f) score = softcap * std::tanh(score / softcap);
+        scores[n] = score;
+        max_score = std::max(max_score, score);
+    }
+    double total = 0.0;
+    std::vector<double> accumulated(d, 0.0);  // in the rotated space
+    for (size_t n = 0; n < keys.size(); ++n) {
+        const double p = std::exp(scores[n] - max_score);
+        total += p;
+        const double weight = p * bf16_to_fp32(values[n].norm_bf16);
+        for (size_t i = 0; i < d; ++i) accumulated[i] += weight * level(values[n], i);
+    }
+    std::vector<float> out(d, 0.0f);
+    for (size_t j = 0; j < d; ++j) {
+        double sum = 0.0;
+        for (size_t i = 0; i < d; ++i)
+            sum += static_cast<double>(rotation[i * d + j]) * accumulated[i];
+        out[j] = static_cast<float>(sum / total);
+    }
+    return out;
 }
 
 }  // namespace kestrel

@@ -60,6 +60,16 @@ Tq4Vector tq4_encode(std::span<const float> x, std::span<const float> rotation);
 // x ~= norm * R^T c, in fp32 (sums over i in order).
 std::vector<float> tq4_decode(const Tq4Vector& v, std::span<const float> rotation);
 
+// One query's attention over n keys and values stored as TQ4 (the CPU twin the attention kernels
+// are held to), in the rotated space, never decoding a vector:
+//   q' = R q;  s_j = scale * norm_kj * (q' . c_kj), then softcap * tanh(s_j / softcap) if
+//   softcap > 0;  p = softmax(s);  out = R^T (sum_j p_j norm_vj c_vj)
+// which is attention over the decoded keys and values up to rounding (R is orthogonal:
+// (R q) . c = q . (R^T c)). Sums in double, rounded once to fp32.
+std::vector<float> tq4_attend(std::span<const float> q, std::span<const Tq4Vector> keys,
+                              std::span<const Tq4Vector> values, std::span<const float> rotation,
+                              float scale, float softcap);
+
 // Index of the level nearest to r (the boundaries' bucket: boundary b_i separates levels i, i + 1;
 // a value exactly on a boundary goes to the lower level).
 int tq4_index(float r, const std::array<float, kTq4Levels - 1>& boundaries);
