@@ -32,7 +32,7 @@ cmake -S "$root" -B "$root/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKEST
 cmake --build "$root/build-gpu" -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "== built"
 # Tests that read the default model (models/default.gguf) run only when it is there.
-needs_default_model="DefaultModel|CliRun|CliChat|CliTokenize|CliPerplexity|CliInfo.DescribesTheDefaultModel|CliInfo.JsonAtAGivenContext|Gemma3Reference|GemmaTokenizer"
+needs_default_model="DefaultModel|CliRun|CliChat|CliTokenize|CliPerplexity|CliInfo.DescribesTheDefaultModel|CliInfo.JsonAtAGivenContext|Gemma3Reference|GemmaTokenizer|MakeGguf.Q4KMMixEqualsLlamaQuantizeOnGemma3_270M"
 [ -f "$root/models/default.gguf" ] && needs_default_model="^$"
 ctest --test-dir "$root/build-gpu" -E "$needs_default_model" ${1:+-R "$1"} -j 8 --output-on-failure >"$out/ctest.log" 2>&1
 status=$?
