@@ -55,12 +55,6 @@ using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
 using kestrel::testing::upload;
 
-#define STATUS_OK(expr)                                 \
-    do {                                                \
-        const Status status_ = (expr);                  \
-        ASSERT_TRUE(status_.ok()) << status_.message(); \
-    } while (0)
-
 constexpr double kU = 0x1.0p-24;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();

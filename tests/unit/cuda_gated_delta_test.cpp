@@ -60,12 +60,6 @@ using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
 using kestrel::testing::upload;
 
-#define STATUS_OK(expr)                                 \
-    do {                                                \
-        const Status status_ = (expr);                  \
-        ASSERT_TRUE(status_.ok()) << status_.message(); \
-    } while (0)
-
 constexpr double kU = 0x1.0p-24;
 constexpr double kGdnRelativeTolerance = 1e-5;
 // SiLU of a very negative sum is subnormal, where a rounding is absolute (2^-149), not relative.

@@ -41,12 +41,6 @@ TEST(CudaSampling, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KES
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
 
-#define STATUS_OK(expr)                                 \
-    do {                                                \
-        const Status status_ = (expr);                  \
-        ASSERT_TRUE(status_.ok()) << status_.message(); \
-    } while (0)
-
 class CudaSampling : public ::testing::Test {
 protected:
     void SetUp() override {

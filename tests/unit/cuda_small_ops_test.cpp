@@ -59,12 +59,6 @@ using kestrel::testing::random_w4;
 using kestrel::testing::upload;
 using kestrel::testing::upload_w4;
 
-#define STATUS_OK(expr)                                   \
-    do {                                                  \
-        const Status status_ = (expr);                    \
-        ASSERT_TRUE(status_.ok()) << status_.message();   \
-    } while (0)
-
 constexpr double kU = 0x1.0p-24;
 
 // Activations with the occasional outlier, as real ones have.

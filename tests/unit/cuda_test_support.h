@@ -14,9 +14,18 @@
 #include <cstddef>
 #include <vector>
 
+#include "kestrel/status.h"
+
 // A fatal assertion, so a failed allocation or copy stops the test before a kernel reads garbage.
 // Only usable in functions returning void (gtest's ASSERT_* rule).
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+// The same for a kestrel Status (a launcher's argument checks and CUDA errors), with its message.
+#define STATUS_OK(expr)                                 \
+    do {                                                \
+        const ::kestrel::Status status_ = (expr);       \
+        ASSERT_TRUE(status_.ok()) << status_.message(); \
+    } while (0)
 
 namespace kestrel::testing {
 
