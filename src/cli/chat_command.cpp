@@ -52,7 +52,7 @@ int run_chat(const ChatCommandOptions& options) {
         if (!std::getline(std::cin, line) || line == "/exit") break;
         if (line == "/reset") {
             messages.resize(options.system.empty() ? 0 : 1);
-            session.reset();
+            if (Status reset = session.reset(); !reset.ok()) return fail(reset.message());
             in_session.clear();
             continue;
         }
@@ -66,7 +66,7 @@ int run_chat(const ChatCommandOptions& options) {
         const size_t shared = std::mismatch(in_session.begin(), in_session.end(), tokens.begin(), tokens.end()).first -
                               in_session.begin();
         if (shared < in_session.size() || shared == tokens.size()) {
-            session.reset();
+            if (Status reset = session.reset(); !reset.ok()) return fail(reset.message());
             in_session.clear();
         }
         const std::span<const int32_t> fresh = std::span(tokens).subspan(in_session.size());
@@ -80,7 +80,7 @@ int run_chat(const ChatCommandOptions& options) {
             // Most often the conversation outgrew the context: say so and let the user go on.
             log_message(LogLevel::kError, reply.status().message() + " (/reset starts over)");
             messages.pop_back();
-            session.reset();
+            if (Status reset = session.reset(); !reset.ok()) return fail(reset.message());
             in_session.clear();
             continue;
         }

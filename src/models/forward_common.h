@@ -17,9 +17,6 @@ int64_t logit_row_count(LogitRows rows, int64_t n_tokens);
 Status check_forward_arguments(std::string_view model, const ModelConfig& config, const Batch& batch,
                                std::span<const KvLayerView> kv, LogitRows rows, std::span<const float> logits);
 
-// A borrowed view of a host fp32 weight [out, in] (models that keep their weights on the host).
-inline Weight f32_linear(const std::vector<float>& w, int64_t out, int64_t in) { return f32_view(w.data(), out, in); }
-
 // Hands data [rows, cols] (backend memory) to options.debug as `name`, copied to the host first
 // when the backend's memory is not the host's. Nothing without a hook.
 void dump(Ops& ops, const ForwardOptions& options, std::string_view name, int64_t layer, const float* data,

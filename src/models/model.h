@@ -94,7 +94,7 @@ Result<std::unique_ptr<Model>> load_gemma3(const ModelConfig& config, const Mode
 Result<std::unique_ptr<Model>> load_gemma4(const ModelConfig& config, const ModelFiles& files, Ops& ops,
                                            const WeightLoadOptions& options);
 
-// qwen35_moe.cpp (the CPU reference backend only, for now)
+// qwen35_moe.cpp
 Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files, Ops& ops,
                                                const WeightLoadOptions& options);
 

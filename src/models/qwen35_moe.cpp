@@ -25,6 +25,7 @@
 // A_log, so the loader converts those. GGUF files also hold the value heads in tiled order
 // (GdnHeadOrder): the weights are kept as the file has them and the delta rule is told which
 // key head each value head reads.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -41,53 +42,43 @@ namespace kestrel {
 namespace {
 
 // ---- weights ------------------------------------------------------------------------------------
-// Dequantised to fp32 at load (the CPU reference). d = d_model; full attention: nh query heads,
-// nkv KV heads of hd; Gated DeltaNet: nk key heads of dk, nv value heads of dv, conv kernel K,
-// conv_dim = 2 nk dk + nv dv; MoE: E experts of f, shared expert fs.
+// In backend memory: matrices in the backend's engine format (fp32 on the CPU reference, W4/W8/
+// BF16 on CUDA), vectors fp32. d = d_model; full attention: nh query heads, nkv KV heads of hd;
+// Gated DeltaNet: nk key heads of dk, nv value heads of dv, conv kernel K, conv_dim = 2 nk dk +
+// nv dv; MoE: E experts of f, shared expert fs.
 
 struct Qwen35Layer {
-    LayerKind kind = LayerKind::kLinear;
-    std::vector<float> attn_norm;       // [d]            1 + w
-    std::vector<float> post_attn_norm;  // [d]            1 + w
+    Weight attn_norm;       // [d]            1 + w
+    Weight post_attn_norm;  // [d]            1 + w
     // Gated DeltaNet ("linear_attention")
-    std::vector<float> w_qkv;    // [conv_dim, d]         q | k | v
-    std::vector<float> w_z;      // [nv * dv, d]          the output gate
-    std::vector<float> w_b;      // [nv, d]               beta = sigmoid(b)
-    std::vector<float> w_a;      // [nv, d]
-    std::vector<float> conv;     // [conv_dim, K]
-    std::vector<float> a_neg;    // [nv]                  -exp(A_log)
-    std::vector<float> dt_bias;  // [nv]
-    std::vector<float> ssm_norm; // [dv]                  plain w, shared by the heads
-    std::vector<float> w_out;    // [d, nv * dv]
+    Weight w_gdn_in;  // [conv_dim + nv dv + 2 nv, d]: qkv | z (output gate) | b (beta = sigmoid(b))
+                      // | a
+    Weight conv;      // [conv_dim, K]
+    Weight a_neg;     // [nv]                  -exp(A_log)
+    Weight dt_bias;   // [nv]
+    Weight ssm_norm;  // [dv]                  plain w, shared by the heads
+    Weight w_out;     // [d, nv dv]
     // gated full attention
-    std::vector<float> wq;       // [nh * hd, d]          the query rows of q_proj
-    std::vector<float> wq_gate;  // [nh * hd, d]          the output-gate rows of q_proj
-    std::vector<float> wk;       // [nkv * hd, d]
-    std::vector<float> wv;       // [nkv * hd, d]
-    std::vector<float> q_norm;   // [hd]                  1 + w
-    std::vector<float> k_norm;   // [hd]                  1 + w
-    std::vector<float> wo;       // [d, nh * hd]
+    Weight w_attn_in;  // [2 nh hd + 2 nkv hd, d]: q | gate (the output gate) | k | v
+    Weight q_norm;     // [hd]                  1 + w
+    Weight k_norm;     // [hd]                  1 + w
+    Weight wo;         // [d, nh hd]
     // MoE
-    std::vector<float> router;       // [E, d]
-    std::vector<float> exp_gate;     // [E, f, d]
-    std::vector<float> exp_up;       // [E, f, d]
-    std::vector<float> exp_down;     // [E, d, f]
-    std::vector<float> sh_gate;      // [fs, d]
-    std::vector<float> sh_up;        // [fs, d]
-    std::vector<float> sh_down;      // [d, fs]
-    std::vector<float> sh_gate_inp;  // [1, d]         the shared expert's scalar gate
+    Weight w_moe_in;     // [E + 1 + 2 fs, d]: router | shared expert's scalar gate | shared gate |
+                         // shared up
+    Weight exp_gate_up;  // [E 2f, d]  expert e: f gate rows, then f up rows
+    Weight exp_down;     // [E d, f]
+    Weight sh_down;      // [d, fs]
 };
 
 struct Qwen35Weights {
-    std::vector<float> token_embd;   // [vocab, d]
-    std::vector<float> output_norm;  // [d]            1 + w
-    std::vector<float> output;       // [vocab, d]; empty when tied to token_embd
+    Weight token_embd;   // [vocab, d]
+    Weight output_norm;  // [d]            1 + w
+    Weight output;       // [vocab, d]; empty when tied to token_embd
     std::vector<Qwen35Layer> layers;
 };
 
 // ---- the name table: one place that knows what each tensor is called -----------------------
-
-
 
 constexpr TensorName kTokenEmbd = {"token_embd.weight", "embed_tokens.weight"};
 constexpr TensorName kOutputNorm = {"output_norm.weight", "norm.weight", HfConvert::kAddOne};
@@ -168,186 +159,211 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
     const int64_t d = config_.hidden_size;
     const float eps = static_cast<float>(config_.rms_norm_eps);
     KESTREL_RETURN_IF_ERROR(check_forward_arguments("qwen35moe", config_, batch, kv, options.logits, logits));
-    auto dump = [&](std::string_view name, int64_t layer, const std::vector<float>& data, int64_t cols) {
-        if (options.debug != nullptr) (*options.debug)(name, layer, data.data(), n_tokens, cols);
+    auto show = [&](std::string_view name, int64_t layer, const float* data, int64_t cols) {
+        dump(ops, options, name, layer, data, n_tokens, cols);
     };
+    // The normalised inputs of the projections are stored only for the debug hook.
+    const bool keep = options.debug != nullptr;
 
     // Gated DeltaNet dimensions.
     const int64_t nk = config_.linear_k_heads, nv = config_.linear_v_heads;
     const int64_t dk = config_.linear_k_head_dim, dv = config_.linear_v_head_dim;
     const int64_t value_dim = nv * dv;
     const int64_t cdim = conv_dim();
-    // Full attention dimensions.
+    // Full attention dimensions (every full layer has the same).
     const int64_t nh = config_.n_heads;
+    int64_t attn_width = 0, q_width = 0;
+    for (const LayerConfig& lc : config_.layers) {
+        if (lc.kind != LayerKind::kFull) continue;
+        q_width = std::max(q_width, nh * lc.head_dim);
+        attn_width = std::max(attn_width,
+                              2 * nh * lc.head_dim + lc.n_kv_heads * (lc.head_dim + lc.v_head_dim));
+    }
     // MoE dimensions.
     const int64_t n_exp = config_.n_experts, k_used = config_.n_experts_used;
     const int64_t f = config_.expert_ffn_size, fs = config_.shared_expert_ffn_size;
+    const int64_t gdn_widths[] = {cdim, value_dim, nv, nv};
+    const int64_t moe_widths[] = {n_exp, 1, fs, fs};
 
-    std::vector<float> x(static_cast<size_t>(n_tokens * d));  // [T, d], the residual stream
-    ops.workspace().reset();
-    ops.embed(batch.tokens, f32_linear(w_.token_embd, config_.vocab_size, d), 1.0f, x.data());
-    dump("inp_embd", -1, x, d);
+    // Intermediates in the backend's workspace, each projection's blocks consecutive (the stacked
+    // projection writes them in place).
+    Workspace& ws = ops.workspace();
+    ws.reset();
+    KESTREL_ASSIGN_OR_RETURN(float* x, ws.floats(n_tokens * d));  // [T, d], the residual stream
+    KESTREL_ASSIGN_OR_RETURN(float* attn_norm, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* attn_out, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* ffn_norm, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* moe_out, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* shared_out, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* mixer_in,
+                             ws.floats(n_tokens * std::max(cdim + value_dim + 2 * nv, attn_width)));
+    KESTREL_ASSIGN_OR_RETURN(float* mixer_mid, ws.floats(n_tokens * std::max(cdim, q_width)));
+    KESTREL_ASSIGN_OR_RETURN(float* core, ws.floats(n_tokens * value_dim));
+    KESTREL_ASSIGN_OR_RETURN(float* moe_in, ws.floats(n_tokens * (n_exp + 1 + 2 * fs)));
+    KESTREL_ASSIGN_OR_RETURN(float* route_w, ws.floats(n_tokens * k_used));
+    KESTREL_ASSIGN_OR_RETURN(float* route_id_space, ws.floats(n_tokens * k_used));
+    KESTREL_ASSIGN_OR_RETURN(float* sh_act, ws.floats(n_tokens * fs));
+    auto* route_ids = reinterpret_cast<int32_t*>(route_id_space);  // int32 ids in float-sized slots
+    float* router_logits = moe_in;
+    float* sh_gate_logit = router_logits + n_tokens * n_exp;
+    float* sh_g = sh_gate_logit + n_tokens;
+    float* sh_u = sh_g + n_tokens * fs;
 
-    std::vector<float> attn_norm(x.size()), attn_out(x.size()), ffn_norm(x.size()), moe_out(x.size()),
-        shared_out(x.size());
-    std::vector<float> qkv, conv_out, z, a, b, core, gated;      // Gated DeltaNet
-    std::vector<float> q, gate, k, v, kqv;                       // attention
-    std::vector<float> router_logits(static_cast<size_t>(n_tokens * n_exp)), route_w(static_cast<size_t>(n_tokens * k_used));
-    std::vector<int32_t> route_ids(route_w.size());
-    std::vector<float> sh_g(static_cast<size_t>(n_tokens * fs)), sh_u(sh_g.size()), sh_act(sh_g.size()),
-        sh_gate_logit(static_cast<size_t>(n_tokens));
+    ops.embed(batch.tokens, w_.token_embd, 1.0f, x);
+    show("inp_embd", -1, x, d);
 
     for (int64_t il = 0; il < config_.n_layers; ++il) {
         const Qwen35Layer& layer = w_.layers[il];
         const LayerConfig& lc = config_.layers[il];
 
-        ops.rms_norm(x.data(), layer.attn_norm.data(), n_tokens, d, eps, attn_norm.data());
-        dump("attn_norm", il, attn_norm, d);
-
         if (lc.kind == LayerKind::kLinear) {
-            // ---- Gated DeltaNet ----
+            // ---- Gated DeltaNet: h = rms_norm(x); qkv | z | b | a = h W^T ----
             const RecurrentLayerView& state = batch.recurrent[il];
-            qkv.resize(static_cast<size_t>(n_tokens * cdim));
-            conv_out.resize(qkv.size());
-            z.resize(static_cast<size_t>(n_tokens * value_dim));
-            a.resize(static_cast<size_t>(n_tokens * nv));
-            b.resize(a.size());
-            core.resize(z.size());
-            gated.resize(z.size());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_qkv, cdim, d), qkv.data());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_z, value_dim, d), z.data());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_b, nv, d), b.data());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.w_a, nv, d), a.data());
-            dump("linear_attn_qkv_mixed", il, qkv, cdim);
-            dump("z", il, z, value_dim);
+            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep,
+                                       layer.w_gdn_in, gdn_widths, mixer_in);
+            show("attn_norm", il, attn_norm, d);
+            float* qkv = mixer_in;
+            float* z = qkv + n_tokens * cdim;
+            float* b = z + n_tokens * value_dim;
+            float* a = b + n_tokens * nv;
+            float* conv_out = mixer_mid;
+            show("linear_attn_qkv_mixed", il, qkv, cdim);
+            show("z", il, z, value_dim);
             // HF: mixed_qkv = silu(conv1d(mixed_qkv)) over [conv_state | new inputs].
-            ops.conv1d_causal(qkv.data(), n_tokens, layer.conv.data(), state, /*silu=*/true, conv_out.data());
-            dump("conv_output_silu", il, conv_out, cdim);
+            ops.conv1d_causal(qkv, n_tokens, layer.conv.f32(), state, /*silu=*/true, conv_out);
+            show("conv_output_silu", il, conv_out, cdim);
             // HF: the chunked rule for prompts, the recurrent one for single-token decode
             // (chunk 64 as torch_chunk_gated_delta_rule).
             const GatedDeltaParams params{nk, nv, dk, dv, order_, n_tokens > 1 ? 64 : 0};
-            ops.gated_delta_rule(conv_out.data(), a.data(), b.data(), layer.a_neg.data(), layer.dt_bias.data(),
-                                 n_tokens, params, state, core.data());
-            dump("attn_output", il, core, value_dim);
-            ops.rms_norm_gated(core.data(), z.data(), layer.ssm_norm.data(), n_tokens * nv, dv, eps, gated.data());
-            dump("final_output", il, gated, value_dim);
-            ops.linear(gated.data(), n_tokens, f32_linear(layer.w_out, d, value_dim), attn_out.data());
+            ops.gated_delta_rule(conv_out, a, b, layer.a_neg.f32(), layer.dt_bias.f32(), n_tokens,
+                                 params, state, core);
+            show("attn_output", il, core, value_dim);
+            float* gated = mixer_mid;  // the conv's output is spent
+            ops.rms_norm_gated(core, z, layer.ssm_norm.f32(), n_tokens * nv, dv, eps, gated);
+            show("final_output", il, gated, value_dim);
+            ops.linear(gated, n_tokens, layer.w_out, attn_out);
         } else {
-            // ---- gated full attention ----
+            // ---- gated full attention: h = rms_norm(x); q | gate | k | v = h W^T ----
             const int64_t hd = lc.head_dim, n_kv = lc.n_kv_heads;
-            q.resize(static_cast<size_t>(n_tokens * nh * hd));
-            gate.resize(q.size());
-            k.resize(static_cast<size_t>(n_tokens * n_kv * hd));
-            v.resize(static_cast<size_t>(n_tokens * n_kv * lc.v_head_dim));
-            kqv.resize(static_cast<size_t>(n_tokens * nh * lc.v_head_dim));
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq, nh * hd, d), q.data());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wq_gate, nh * hd, d), gate.data());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wk, n_kv * hd, d), k.data());
-            ops.linear(attn_norm.data(), n_tokens, f32_linear(layer.wv, n_kv * lc.v_head_dim, d), v.data());
+            const int64_t attn_widths[] = {nh * hd, nh * hd, n_kv * hd, n_kv * lc.v_head_dim};
+            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep,
+                                       layer.w_attn_in, attn_widths, mixer_in);
+            show("attn_norm", il, attn_norm, d);
+            float* q = mixer_in;
+            float* gate = q + n_tokens * nh * hd;
+            float* k = gate + n_tokens * nh * hd;
+            float* v = k + n_tokens * n_kv * hd;
+            float* kqv = mixer_mid;
             // HF: q_norm / k_norm per head (1 + w), then partial rotate-half RoPE (M-RoPE with
             // equal text positions), on the first rope_dim values of each head.
             const int64_t rope_dim = config_.rope_dim > 0 ? config_.rope_dim : hd;
-            ops.rms_norm(q.data(), layer.q_norm.data(), n_tokens * nh, hd, eps, q.data());
-            ops.rms_norm(k.data(), layer.k_norm.data(), n_tokens * n_kv, hd, eps, k.data());
-            ops.rope_neox_partial(q.data(), batch.positions, nh, hd, rope_dim, config_.rope_theta);
-            ops.rope_neox_partial(k.data(), batch.positions, n_kv, hd, rope_dim, config_.rope_theta);
-            dump("Qcur", il, q, nh * hd);
-            dump("Kcur", il, k, n_kv * hd);
-            dump("Vcur", il, v, n_kv * lc.v_head_dim);
-            ops.kv_write(kv[il], batch.positions, k.data(), v.data());
+            ops.rms_norm(q, layer.q_norm.f32(), n_tokens * nh, hd, eps, q);
+            ops.rms_norm(k, layer.k_norm.f32(), n_tokens * n_kv, hd, eps, k);
+            ops.rope_neox_partial(q, batch.positions, nh, hd, rope_dim, config_.rope_theta);
+            ops.rope_neox_partial(k, batch.positions, n_kv, hd, rope_dim, config_.rope_theta);
+            show("Qcur", il, q, nh * hd);
+            show("Kcur", il, k, n_kv * hd);
+            show("Vcur", il, v, n_kv * lc.v_head_dim);
+            ops.kv_write(kv[il], batch.positions, k, v);
             const AttentionParams params{nh, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))), 0, 0.0f};
-            ops.attention(q.data(), batch.positions, kv[il], params, kqv.data());
+            ops.attention(q, batch.positions, kv[il], params, kqv);
             // HF: attn_output * sigmoid(gate), elementwise over [T, nh * hd].
-            ops.sigmoid_mul(kqv.data(), gate.data(), n_tokens * nh * lc.v_head_dim, kqv.data());
-            dump("kqv_out", il, kqv, nh * lc.v_head_dim);
-            ops.linear(kqv.data(), n_tokens, f32_linear(layer.wo, d, nh * lc.v_head_dim), attn_out.data());
+            ops.sigmoid_mul(kqv, gate, n_tokens * nh * lc.v_head_dim, kqv);
+            show("kqv_out", il, kqv, nh * lc.v_head_dim);
+            ops.linear(kqv, n_tokens, layer.wo, attn_out);
         }
-        dump("attn_proj", il, attn_out, d);
-        ops.add(x.data(), attn_out.data(), n_tokens * d, x.data());
-        dump("attn_residual", il, x, d);
+        show("attn_proj", il, attn_out, d);
+        ops.add(x, attn_out, n_tokens * d, x);
+        show("attn_residual", il, x, d);
 
         // ---- MoE: softmax top-k routed experts + sigmoid-gated shared expert ----
-        ops.rms_norm(x.data(), layer.post_attn_norm.data(), n_tokens, d, eps, ffn_norm.data());
-        dump("ffn_norm", il, ffn_norm, d);
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.router, n_exp, d), router_logits.data());
-        dump("ffn_moe_logits", il, router_logits, n_exp);
-        ops.moe_route(router_logits.data(), n_tokens, n_exp, k_used, route_ids.data(), route_w.data());
-        const MoeExpertWeights experts{layer.exp_gate.data(), layer.exp_up.data(), layer.exp_down.data(), n_exp, f, d};
-        ops.moe_experts(ffn_norm.data(), n_tokens, route_ids.data(), route_w.data(), k_used, experts, moe_out.data());
-        dump("ffn_moe_out", il, moe_out, d);
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.sh_gate, fs, d), sh_g.data());
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.sh_up, fs, d), sh_u.data());
-        ops.silu_and_mul(sh_g.data(), sh_u.data(), n_tokens * fs, sh_act.data());
-        ops.linear(sh_act.data(), n_tokens, f32_linear(layer.sh_down, d, fs), shared_out.data());
-        ops.linear(ffn_norm.data(), n_tokens, f32_linear(layer.sh_gate_inp, 1, d), sh_gate_logit.data());
-        dump("ffn_shexp", il, shared_out, d);
-        ops.add_sigmoid_scaled(shared_out.data(), sh_gate_logit.data(), n_tokens, d, moe_out.data());
-        dump("ffn_out", il, moe_out, d);
-        ops.add(x.data(), moe_out.data(), n_tokens * d, x.data());
-        dump("l_out", il, x, d);
+        // h = rms_norm(x); router logits | shared gate logit | shared gate | shared up = h W^T
+        ops.rms_norm_linear_blocks(x, layer.post_attn_norm.f32(), n_tokens, d, eps, ffn_norm, true,
+                                   layer.w_moe_in, moe_widths, moe_in);
+        show("ffn_norm", il, ffn_norm, d);
+        show("ffn_moe_logits", il, router_logits, n_exp);
+        ops.moe_route(router_logits, n_tokens, n_exp, k_used, route_ids, route_w);
+        const MoeExpertWeights experts{&layer.exp_gate_up, &layer.exp_down, n_exp, f, d};
+        ops.moe_experts(ffn_norm, n_tokens, route_ids, route_w, k_used, experts, moe_out);
+        show("ffn_moe_out", il, moe_out, d);
+        ops.silu_and_mul(sh_g, sh_u, n_tokens * fs, sh_act);
+        ops.linear(sh_act, n_tokens, layer.sh_down, shared_out);
+        show("ffn_shexp", il, shared_out, d);
+        ops.add_sigmoid_scaled(shared_out, sh_gate_logit, n_tokens, d, moe_out);
+        show("ffn_out", il, moe_out, d);
+        ops.add(x, moe_out, n_tokens * d, x);
+        show("l_out", il, x, d);
     }
 
     // ---- output: final norm, lm_head (only the rows whose logits are asked for) ----
-    return output_head(ops, config_, x.data(), n_tokens, w_.output_norm.data(),
-                       f32_linear(w_.output.empty() ? w_.token_embd : w_.output, config_.vocab_size, d), options,
-                       logits);
+    KESTREL_RETURN_IF_ERROR(output_head(ops, config_, x, n_tokens, w_.output_norm.f32(),
+                                        w_.output.empty() ? w_.token_embd : w_.output, options,
+                                        logits));
+    return ops.take_error();
 }
 
-// Splits HF/GGUF q_proj rows [nh, (q hd | gate hd), d] into the query rows and the gate rows.
-void split_query_gate(const std::vector<float>& w, int64_t nh, int64_t hd, int64_t d, std::vector<float>& wq,
-                      std::vector<float>& wgate) {
-    wq.resize(static_cast<size_t>(nh * hd * d));
-    wgate.resize(wq.size());
-    for (int64_t h = 0; h < nh; ++h) {
-        const float* src = w.data() + h * 2 * hd * d;
-        std::copy(src, src + hd * d, wq.begin() + h * hd * d);
-        std::copy(src + hd * d, src + 2 * hd * d, wgate.begin() + h * hd * d);
-    }
-}
-
-Status read_experts(const WeightReader& reader, int64_t il, int64_t n_exp, int64_t f, int64_t d, Qwen35Layer& layer) {
-    if (reader.gguf()) {
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_gate, reader.read(fmt::format(fmt::runtime(kGgufExpGate), il), {n_exp, f, d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_up, reader.read(fmt::format(fmt::runtime(kGgufExpUp), il), {n_exp, f, d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_down, reader.read(fmt::format(fmt::runtime(kGgufExpDown), il), {n_exp, d, f}));
-        return ok_status();
-    }
+// The routed experts as the engine's two stacks (MoeExpertWeights): gate_up [E 2f, d] with
+// expert e's gate rows then its up rows, down [E d, f].
+Status read_experts(WeightReader& reader, int64_t il, int64_t n_exp, int64_t f, int64_t d,
+                    Qwen35Layer& layer) {
+    std::vector<MatrixPart> gate_up_parts, down_parts;
+    std::vector<RowBlock> gate_up_blocks, down_blocks;
     const std::string fused = reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpGateUp), il);
-    if (reader.find(fused) != nullptr) {
-        KESTREL_ASSIGN_OR_RETURN(std::vector<float> gate_up, reader.read(fused, {n_exp, 2 * f, d}));
-        layer.exp_gate.resize(static_cast<size_t>(n_exp * f * d));
-        layer.exp_up.resize(layer.exp_gate.size());
+    if (reader.gguf() || reader.dummy()) {
+        gate_up_parts = {{fmt::format(fmt::runtime(kGgufExpGate), il), {n_exp, f, d}},
+                         {fmt::format(fmt::runtime(kGgufExpUp), il), {n_exp, f, d}}};
         for (int64_t e = 0; e < n_exp; ++e) {
-            const float* src = gate_up.data() + e * 2 * f * d;
-            std::copy(src, src + f * d, layer.exp_gate.begin() + e * f * d);
-            std::copy(src + f * d, src + 2 * f * d, layer.exp_up.begin() + e * f * d);
+            gate_up_blocks.push_back({0, e * f, f});
+            gate_up_blocks.push_back({1, e * f, f});
         }
-        KESTREL_ASSIGN_OR_RETURN(layer.exp_down, reader.read(reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpDown), il),
-                                                                 {n_exp, d, f}));
-        return ok_status();
-    }
-    layer.exp_gate.resize(static_cast<size_t>(n_exp * f * d));
-    layer.exp_up.resize(layer.exp_gate.size());
-    layer.exp_down.resize(layer.exp_gate.size());
-    for (int64_t e = 0; e < n_exp; ++e) {
-        struct Part {
-            const char* name;
-            std::vector<float>* dst;
-            int64_t rows, cols;
-        };
-        for (const Part& part : {Part{"gate_proj", &layer.exp_gate, f, d}, Part{"up_proj", &layer.exp_up, f, d},
-                                 Part{"down_proj", &layer.exp_down, d, f}}) {
-            KESTREL_ASSIGN_OR_RETURN(std::vector<float> w,
-                                     reader.read(reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpert), il, e, part.name),
-                                                     {part.rows, part.cols}));
-            std::copy(w.begin(), w.end(), part.dst->begin() + e * part.rows * part.cols);
+        down_parts = {{fmt::format(fmt::runtime(kGgufExpDown), il), {n_exp, d, f}}};
+        down_blocks = {{0, 0, n_exp * d}};
+    } else if (reader.find(fused) != nullptr) {
+        gate_up_parts = {{fused, {n_exp, 2 * f, d}}};  // already gate rows then up rows per expert
+        gate_up_blocks = {{0, 0, n_exp * 2 * f}};
+        down_parts = {
+            {reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpDown), il), {n_exp, d, f}}};
+        down_blocks = {{0, 0, n_exp * d}};
+    } else {
+        for (int64_t e = 0; e < n_exp; ++e) {
+            auto name = [&](const char* part) {
+                return reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpert), il, e, part);
+            };
+            gate_up_parts.push_back({name("gate_proj"), {f, d}});
+            gate_up_parts.push_back({name("up_proj"), {f, d}});
+            gate_up_blocks.push_back({static_cast<size_t>(2 * e), 0, f});
+            gate_up_blocks.push_back({static_cast<size_t>(2 * e + 1), 0, f});
+            down_parts.push_back({name("down_proj"), {d, f}});
+            down_blocks.push_back({static_cast<size_t>(e), 0, d});
         }
     }
+    KESTREL_ASSIGN_OR_RETURN(layer.exp_gate_up, reader.read_rows(gate_up_parts, gate_up_blocks, d,
+                                                                 MatrixPrecision::kQuantised));
+    KESTREL_ASSIGN_OR_RETURN(
+        layer.exp_down, reader.read_rows(down_parts, down_blocks, f, MatrixPrecision::kQuantised));
+    return ok_status();
+}
+
+// q | gate | k | v of a full-attention layer: q_proj holds [nh, (q hd | gate hd), d] (HF and
+// GGUF alike), split here into all query rows, then all gate rows.
+Status read_attention_inputs(WeightReader& reader, int64_t il, int64_t nh, const LayerConfig& lc,
+                             int64_t d, Qwen35Layer& layer) {
+    const int64_t hd = lc.head_dim, n_kv = lc.n_kv_heads;
+    const MatrixPart parts[] = {{reader.name_of(kAttnQ, il), {2 * nh * hd, d}},
+                                {reader.name_of(kAttnK, il), {n_kv * hd, d}},
+                                {reader.name_of(kAttnV, il), {n_kv * lc.v_head_dim, d}}};
+    std::vector<RowBlock> blocks;
+    for (int64_t h = 0; h < nh; ++h) blocks.push_back({0, h * 2 * hd, hd});
+    for (int64_t h = 0; h < nh; ++h) blocks.push_back({0, h * 2 * hd + hd, hd});
+    blocks.push_back({1, 0, n_kv * hd});
+    blocks.push_back({2, 0, n_kv * lc.v_head_dim});
+    KESTREL_ASSIGN_OR_RETURN(layer.w_attn_in, reader.read_rows(parts, blocks, d));
     return ok_status();
 }
 
 // Tensors the text forward does not use: the vision tower and the multi-token-prediction head.
 void log_skipped(const ModelFiles& files, int64_t n_layers) {
+    if (files.weights == nullptr) return;
     int64_t vision = 0, mtp = 0;
     const std::string mtp_block = fmt::format("blk.{}.", n_layers);
     for (const WeightInfo& info : files.weights->tensors()) {
@@ -366,15 +382,8 @@ void log_skipped(const ModelFiles& files, int64_t n_layers) {
 
 Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const ModelFiles& files, Ops& ops,
                                                const WeightLoadOptions& options) {
-    // The forward below keeps fp32 weights and activations on the host: the CPU reference. The
-    // CUDA path (fused MoE and Gated DeltaNet kernels) is issue 7.
-    if (!ops.accepts(WeightFormat::kF32) || options.dummy || files.weights == nullptr) {
-        return Status(StatusCode::kUnsupported,
-                      fmt::format("qwen35moe runs on the CPU backend from a model file only for now (asked: {} "
-                                  "backend{}); use --device cpu",
-                                  ops.name(), options.dummy ? ", synthetic weights" : ""));
-    }
-    const std::string source = files.weights->description();
+    const std::string source =
+        files.weights != nullptr ? files.weights->description() : "qwen35moe";
     if (config.n_layers <= 0 || static_cast<int64_t>(config.layers.size()) != config.n_layers) {
         return Status(StatusCode::kCorruptFile, fmt::format("{}: qwen35moe config has no layers", source));
     }
@@ -397,52 +406,54 @@ Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const 
     }
     const int64_t value_dim = nv * dv, cdim = 2 * nk * dk + value_dim;
 
-    WeightReader reader(files);
+    WeightReader reader(files, ops, options);
     log_skipped(files, config.n_layers);
     Qwen35Weights w;
-    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read(kTokenEmbd, -1, {vocab, d}));
-    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read(kOutputNorm, -1, {d}));
-    if (reader.find(kOutput, -1) != nullptr) {
-        KESTREL_ASSIGN_OR_RETURN(w.output, reader.read(kOutput, -1, {vocab, d}));
+    KESTREL_ASSIGN_OR_RETURN(w.token_embd, reader.read_matrix(kTokenEmbd, -1, vocab, d));
+    KESTREL_ASSIGN_OR_RETURN(w.output_norm, reader.read_vector(kOutputNorm, -1, {d}));
+    if (reader.dummy() || reader.find(kOutput, -1) != nullptr) {
+        KESTREL_ASSIGN_OR_RETURN(w.output, reader.read_matrix(kOutput, -1, vocab, d));
     }
 
     w.layers.resize(static_cast<size_t>(config.n_layers));
     for (int64_t il = 0; il < config.n_layers; ++il) {
         const LayerConfig& lc = config.layers[il];
         Qwen35Layer& layer = w.layers[il];
-        layer.kind = lc.kind;
-        KESTREL_ASSIGN_OR_RETURN(layer.attn_norm, reader.read(kAttnNorm, il, {d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.post_attn_norm, reader.read(kPostAttnNorm, il, {d}));
+        KESTREL_ASSIGN_OR_RETURN(layer.attn_norm, reader.read_vector(kAttnNorm, il, {d}));
+        KESTREL_ASSIGN_OR_RETURN(layer.post_attn_norm, reader.read_vector(kPostAttnNorm, il, {d}));
         if (lc.kind == LayerKind::kLinear) {
-            KESTREL_ASSIGN_OR_RETURN(layer.w_qkv, reader.read(kSsmQkv, il, {cdim, d}));
-            KESTREL_ASSIGN_OR_RETURN(layer.w_z, reader.read(kSsmZ, il, {value_dim, d}));
-            KESTREL_ASSIGN_OR_RETURN(layer.w_b, reader.read(kSsmB, il, {nv, d}));
-            KESTREL_ASSIGN_OR_RETURN(layer.w_a, reader.read(kSsmA, il, {nv, d}));
-            KESTREL_ASSIGN_OR_RETURN(layer.conv, reader.read(kSsmConv, il, {cdim, kernel}));
-            KESTREL_ASSIGN_OR_RETURN(layer.a_neg, reader.read(kSsmANeg, il, {nv}));
-            KESTREL_ASSIGN_OR_RETURN(layer.dt_bias, reader.read(kSsmDt, il, {nv}));
-            KESTREL_ASSIGN_OR_RETURN(layer.ssm_norm, reader.read(kSsmNorm, il, {dv}));
-            KESTREL_ASSIGN_OR_RETURN(layer.w_out, reader.read(kSsmOut, il, {d, value_dim}));
+            const TensorName names[] = {kSsmQkv, kSsmZ, kSsmB, kSsmA};
+            const int64_t outs[] = {cdim, value_dim, nv, nv};
+            KESTREL_ASSIGN_OR_RETURN(layer.w_gdn_in, reader.read_matrix_stack(names, il, outs, d));
+            KESTREL_ASSIGN_OR_RETURN(layer.conv, reader.read_vector(kSsmConv, il, {cdim, kernel}));
+            KESTREL_ASSIGN_OR_RETURN(layer.a_neg, reader.read_vector(kSsmANeg, il, {nv}));
+            KESTREL_ASSIGN_OR_RETURN(layer.dt_bias, reader.read_vector(kSsmDt, il, {nv}));
+            KESTREL_ASSIGN_OR_RETURN(layer.ssm_norm, reader.read_vector(kSsmNorm, il, {dv}));
+            KESTREL_ASSIGN_OR_RETURN(layer.w_out, reader.read_matrix(kSsmOut, il, d, value_dim));
         } else {
             if (lc.kind != LayerKind::kFull || lc.k_eq_v || lc.v_head_dim != lc.head_dim) {
                 return Status(StatusCode::kCorruptFile,
                               fmt::format("{}: qwen35moe layer {} is neither Gated DeltaNet nor full attention", source, il));
             }
-            const int64_t hd = lc.head_dim, n_kv = lc.n_kv_heads;
-            KESTREL_ASSIGN_OR_RETURN(std::vector<float> wq_gate, reader.read(kAttnQ, il, {2 * nh * hd, d}));
-            split_query_gate(wq_gate, nh, hd, d, layer.wq, layer.wq_gate);
-            KESTREL_ASSIGN_OR_RETURN(layer.wk, reader.read(kAttnK, il, {n_kv * hd, d}));
-            KESTREL_ASSIGN_OR_RETURN(layer.wv, reader.read(kAttnV, il, {n_kv * hd, d}));
-            KESTREL_ASSIGN_OR_RETURN(layer.q_norm, reader.read(kAttnQNorm, il, {hd}));
-            KESTREL_ASSIGN_OR_RETURN(layer.k_norm, reader.read(kAttnKNorm, il, {hd}));
-            KESTREL_ASSIGN_OR_RETURN(layer.wo, reader.read(kAttnOut, il, {d, nh * hd}));
+            KESTREL_RETURN_IF_ERROR(read_attention_inputs(reader, il, nh, lc, d, layer));
+            KESTREL_ASSIGN_OR_RETURN(layer.q_norm,
+                                     reader.read_vector(kAttnQNorm, il, {lc.head_dim}));
+            KESTREL_ASSIGN_OR_RETURN(layer.k_norm,
+                                     reader.read_vector(kAttnKNorm, il, {lc.head_dim}));
+            KESTREL_ASSIGN_OR_RETURN(layer.wo,
+                                     reader.read_matrix(kAttnOut, il, d, nh * lc.head_dim));
         }
-        KESTREL_ASSIGN_OR_RETURN(layer.router, reader.read(kRouter, il, {n_exp, d}));
+        {
+            // The router at W8 or wider (MatrixPrecision::kAtLeastW8), and the shared expert's
+            // projections of the same input with it.
+            const TensorName names[] = {kRouter, kShGateInp, kShGate, kShUp};
+            const int64_t outs[] = {n_exp, 1, fs, fs};
+            KESTREL_ASSIGN_OR_RETURN(
+                layer.w_moe_in,
+                reader.read_matrix_stack(names, il, outs, d, MatrixPrecision::kAtLeastW8));
+        }
         KESTREL_RETURN_IF_ERROR(read_experts(reader, il, n_exp, f, d, layer));
-        KESTREL_ASSIGN_OR_RETURN(layer.sh_gate, reader.read(kShGate, il, {fs, d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.sh_up, reader.read(kShUp, il, {fs, d}));
-        KESTREL_ASSIGN_OR_RETURN(layer.sh_down, reader.read(kShDown, il, {d, fs}));
-        KESTREL_ASSIGN_OR_RETURN(layer.sh_gate_inp, reader.read(kShGateInp, il, {1, d}));
+        KESTREL_ASSIGN_OR_RETURN(layer.sh_down, reader.read_matrix(kShDown, il, d, fs));
     }
     // llama.cpp's converter reorders value heads to tiled order (gguf-layouts.md); HF keeps them grouped.
     const GdnHeadOrder order = reader.gguf() ? GdnHeadOrder::kTiled : GdnHeadOrder::kGrouped;

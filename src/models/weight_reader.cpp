@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
+#include <variant>
 
 #include "core/half.h"
 #include "core/log.h"
@@ -123,15 +125,35 @@ Result<Weight> WeightReader::read_vector(const TensorName& name, int64_t layer, 
     return upload_f32(data, static_cast<int64_t>(data.size()), 1);
 }
 
-Result<EngineWeights> WeightReader::convert(const std::string& full, int64_t out, int64_t in) {
-    const WeightInfo* info = find(full);
+Result<EngineWeights> WeightReader::convert(const MatrixPart& part, MatrixPrecision precision) {
+    const WeightInfo* info = find(part.full);
     if (info == nullptr) {
-        return Status(StatusCode::kNotFound, fmt::format("{}: tensor '{}' not found", files_.weights->description(), full));
+        return Status(StatusCode::kNotFound, fmt::format("{}: tensor '{}' not found",
+                                                         files_.weights->description(), part.full));
     }
-    if (info->shape != std::vector<int64_t>{out, in}) {
+    if (info->shape != part.shape) {
         return Status(StatusCode::kCorruptFile,
-                      fmt::format("{}: tensor '{}' has shape [{}], expected [{}, {}]", files_.weights->description(),
-                                  full, fmt::join(info->shape, ", "), out, in));
+                      fmt::format("{}: tensor '{}' has shape [{}], expected [{}]",
+                                  files_.weights->description(), part.full,
+                                  fmt::join(info->shape, ", "), fmt::join(part.shape, ", ")));
+    }
+    const int64_t in = part.shape.back();
+    const int64_t out = info->n_elements / std::max<int64_t>(in, 1);
+    if (in % kW8Group != 0) {
+        // W4 and W8 quantise groups of 32 along a row; a row of another length (the tiny Qwen3.5
+        // fixture's shared expert, 48 wide) stays bf16, which the GEMM path takes at any width.
+        if (!noted_bf16_columns_) {
+            log_info("weights: '{}' has rows of {} (not a multiple of {}): held as bf16", part.full,
+                     in, kW8Group);
+            noted_bf16_columns_ = true;
+        }
+        KESTREL_ASSIGN_OR_RETURN(std::vector<float> values,
+                                 read_tensor_f32(*files_.weights, *info));
+        Bf16Weights bf16{out, in, {}};
+        bf16.values.reserve(values.size());
+        for (float v : values) bf16.values.push_back(fp32_to_bf16(v));
+        note_progress(info->n_bytes);
+        return EngineWeights(std::move(bf16));
     }
     // --weights applies to float matrices; quantised types keep their nearest engine format
     // (Q5_K, Q6_K, Q8_0 -> W8: requantising them to 4 bits would lose what the file kept).
@@ -141,8 +163,22 @@ Result<EngineWeights> WeightReader::convert(const std::string& full, int64_t out
         preferred = options_.float_weights == WeightFormat::kBF16 ? EngineWeightFormat::kBf16
                     : options_.float_weights == WeightFormat::kW8 ? EngineWeightFormat::kW8
                                                                    : EngineWeightFormat::kW4;
+        if (precision == MatrixPrecision::kAtLeastW8 && preferred == EngineWeightFormat::kW4) {
+            preferred = EngineWeightFormat::kW8;
+        }
+        if (precision == MatrixPrecision::kQuantised && preferred == EngineWeightFormat::kBf16) {
+            if (!noted_w8_experts_) {
+                log_info(
+                    "weights: MoE expert stacks are held as W8 under --weights bf16 (the CUDA "
+                    "expert kernels "
+                    "read W4 and W8)");
+                noted_w8_experts_ = true;
+            }
+            preferred = EngineWeightFormat::kW8;
+        }
     }
-    Result<EngineWeights> converted = convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred);
+    Result<EngineWeights> converted =
+        convert_for_engine(info->dtype, files_.weights->bytes(*info), out, in, preferred);
     note_progress(info->n_bytes);
     return converted;
 }
@@ -181,83 +217,153 @@ Bf16Weights round_to_bf16(const EngineWeights& weights) {
 
 }  // namespace
 
-Result<Weight> WeightReader::read_matrix_stack(std::span<const TensorName> names, int64_t layer,
-                                               std::span<const int64_t> outs, int64_t in) {
+namespace {
+
+// Bytes of one row of each array of a weight in an engine format, in the order the variant's
+// vectors hold them (W4: qs, group_scales, super_scales; W8: qs, scale_min; bf16: values).
+struct RowCopier {
+    template <class T>
+    static void rows(std::vector<T>& dst, const std::vector<T>& src, int64_t per_row, int64_t begin,
+                     int64_t count) {
+        dst.insert(dst.end(), src.begin() + begin * per_row,
+                   src.begin() + (begin + count) * per_row);
+    }
+};
+
+// parts[] all in one format (the caller widened them); rows gathered in `blocks` order.
+EngineWeights gather_rows(const std::vector<EngineWeights>& parts, std::span<const RowBlock> blocks,
+                          int64_t total, int64_t in) {
+    if (std::holds_alternative<Bf16Weights>(parts[0])) {
+        Bf16Weights out{total, in, {}};
+        for (const RowBlock& b : blocks) {
+            RowCopier::rows(out.values, std::get<Bf16Weights>(parts[b.part]).values, in, b.begin,
+                            b.count);
+        }
+        return out;
+    }
+    if (std::holds_alternative<W8Weights>(parts[0])) {
+        W8Weights out;
+        out.n = total;
+        out.k = in;
+        for (const RowBlock& b : blocks) {
+            const W8Weights& w = std::get<W8Weights>(parts[b.part]);
+            RowCopier::rows(out.qs, w.qs, in, b.begin, b.count);
+            RowCopier::rows(out.scale_min, w.scale_min, w.groups() * 2, b.begin, b.count);
+        }
+        return out;
+    }
+    W4Weights out;
+    out.n = total;
+    out.k = in;
+    for (const RowBlock& b : blocks) {
+        const W4Weights& w = std::get<W4Weights>(parts[b.part]);
+        RowCopier::rows(out.qs, w.qs, in / 2, b.begin, b.count);
+        RowCopier::rows(out.group_scales, w.group_scales, w.groups(), b.begin, b.count);
+        RowCopier::rows(out.super_scales, w.super_scales, w.supers() * 2, b.begin, b.count);
+    }
+    return out;
+}
+
+}  // namespace
+
+Result<Weight> WeightReader::read_rows(std::span<const MatrixPart> parts,
+                                       std::span<const RowBlock> blocks, int64_t in,
+                                       MatrixPrecision precision) {
     int64_t total = 0;
-    for (int64_t out : outs) total += out;
+    for (const RowBlock& b : blocks) total += b.count;
+    for (const MatrixPart& part : parts) {
+        if (part.shape.empty() || part.shape.back() != in) {
+            return Status(
+                StatusCode::kInternal,
+                fmt::format("read_rows: '{}' is not a matrix of {} columns", part.full, in));
+        }
+    }
+    for (const RowBlock& b : blocks) {
+        if (b.part >= parts.size())
+            return Status(StatusCode::kInternal, "read_rows: a row block of no part");
+        int64_t rows = 1;
+        for (size_t i = 0; i + 1 < parts[b.part].shape.size(); ++i) rows *= parts[b.part].shape[i];
+        if (b.begin < 0 || b.count < 0 || b.begin + b.count > rows) {
+            return Status(StatusCode::kInternal, "read_rows: a row block outside its part");
+        }
+    }
     const bool fp32_backend = ops_->accepts(WeightFormat::kF32);
     if (options_.dummy) {
-        return ops_->random_weight(fp32_backend ? WeightFormat::kF32 : options_.float_weights, total, in,
-                                   seed_of(name_of(names[0], layer)));
+        WeightFormat format = fp32_backend ? WeightFormat::kF32 : options_.float_weights;
+        if (!fp32_backend && precision == MatrixPrecision::kAtLeastW8 &&
+            format == WeightFormat::kW4) {
+            format = WeightFormat::kW8;
+        }
+        if (!fp32_backend && precision == MatrixPrecision::kQuantised &&
+            format == WeightFormat::kBF16) {
+            format = WeightFormat::kW8;
+        }
+        return ops_->random_weight(format, total, in, seed_of(parts[0].full));
     }
     if (fp32_backend) {
+        std::vector<std::vector<float>> values;
+        for (const MatrixPart& part : parts) {
+            KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(part.full, part.shape));
+            note_progress(find(part.full)->n_bytes);
+            values.push_back(std::move(data));
+        }
         std::vector<float> stacked;
         stacked.reserve(static_cast<size_t>(total * in));
-        for (size_t i = 0; i < names.size(); ++i) {
-            const std::string full = name_of(names[i], layer);
-            KESTREL_ASSIGN_OR_RETURN(std::vector<float> part, read(full, {outs[i], in}));
-            note_progress(find(full)->n_bytes);
-            stacked.insert(stacked.end(), part.begin(), part.end());
+        for (const RowBlock& b : blocks) {
+            const std::vector<float>& src = values[b.part];
+            stacked.insert(stacked.end(), src.begin() + b.begin * in,
+                           src.begin() + (b.begin + b.count) * in);
         }
         return upload_f32(stacked, total, in);
     }
-    std::vector<EngineWeights> parts;
+    std::vector<EngineWeights> converted;
     bool any_w8 = false, any_bf16 = false;
-    for (size_t i = 0; i < names.size(); ++i) {
-        KESTREL_ASSIGN_OR_RETURN(EngineWeights part, convert(name_of(names[i], layer), outs[i], in));
-        any_w8 |= std::holds_alternative<W8Weights>(part);
-        any_bf16 |= std::holds_alternative<Bf16Weights>(part);
-        parts.push_back(std::move(part));
+    for (const MatrixPart& part : parts) {
+        Result<EngineWeights> one = convert(part, precision);
+        if (!one.ok()) return one.status();
+        any_w8 |= std::holds_alternative<W8Weights>(*one);
+        any_bf16 |= std::holds_alternative<Bf16Weights>(*one);
+        converted.push_back(std::move(one).value());
     }
-    if (any_bf16) {
-        Bf16Weights stacked{total, in, {}};
-        for (const EngineWeights& part : parts) {
-            const Bf16Weights rounded = round_to_bf16(part);
-            stacked.values.insert(stacked.values.end(), rounded.values.begin(), rounded.values.end());
+    // One format for the whole stack: the widest part's (W4 -> W8 is exact but for fp16
+    // rounding of scale and min; anything -> bf16 rounds to bf16).
+    for (EngineWeights& part : converted) {
+        if (any_bf16) {
+            part = round_to_bf16(part);
+        } else if (any_w8 && std::holds_alternative<W4Weights>(part)) {
+            part = w8_from_w4(std::get<W4Weights>(part));
         }
-        return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
     }
-    if (any_w8) {
-        W8Weights stacked;
-        stacked.n = total;
-        stacked.k = in;
-        for (const EngineWeights& part : parts) {
-            const W8Weights w8 = std::holds_alternative<W8Weights>(part) ? std::get<W8Weights>(part)
-                                                                          : w8_from_w4(std::get<W4Weights>(part));
-            stacked.qs.insert(stacked.qs.end(), w8.qs.begin(), w8.qs.end());
-            stacked.scale_min.insert(stacked.scale_min.end(), w8.scale_min.begin(), w8.scale_min.end());
-        }
-        return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
+    if (any_bf16 && precision == MatrixPrecision::kQuantised) {
+        return Status(
+            StatusCode::kUnsupported,
+            fmt::format("{}: '{}' would be held as bf16, which the MoE expert kernels do not read",
+                        files_.weights->description(), parts[0].full));
     }
-    W4Weights stacked;
-    stacked.n = total;
-    stacked.k = in;
-    for (const EngineWeights& part : parts) {
-        const W4Weights& w4 = std::get<W4Weights>(part);
-        stacked.qs.insert(stacked.qs.end(), w4.qs.begin(), w4.qs.end());
-        stacked.group_scales.insert(stacked.group_scales.end(), w4.group_scales.begin(),
-                                    w4.group_scales.end());
-        stacked.super_scales.insert(stacked.super_scales.end(), w4.super_scales.begin(),
-                                    w4.super_scales.end());
+    if (converted.size() == 1 && blocks.size() == 1 && blocks[0].begin == 0 &&
+        blocks[0].count == total) {
+        return upload_engine_weights(*ops_, converted[0], total, in);  // one whole matrix: no copy
     }
-    return upload_engine_weights(*ops_, EngineWeights(std::move(stacked)), total, in);
+    return upload_engine_weights(*ops_, gather_rows(converted, blocks, total, in), total, in);
 }
 
-Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, int64_t out, int64_t in) {
-    const std::string full = name_of(name, layer);
-    const bool fp32_backend = ops_->accepts(WeightFormat::kF32);
-    if (options_.dummy) {
-        return ops_->random_weight(fp32_backend ? WeightFormat::kF32 : options_.float_weights, out, in, seed_of(full));
+Result<Weight> WeightReader::read_matrix_stack(std::span<const TensorName> names, int64_t layer,
+                                               std::span<const int64_t> outs, int64_t in,
+                                               MatrixPrecision precision) {
+    std::vector<MatrixPart> parts;
+    std::vector<RowBlock> blocks;
+    for (size_t i = 0; i < names.size(); ++i) {
+        parts.push_back({name_of(names[i], layer), {outs[i], in}});
+        blocks.push_back({i, 0, outs[i]});
     }
-    if (fp32_backend) {
-        KESTREL_ASSIGN_OR_RETURN(std::vector<float> data, read(full, {out, in}));
-        note_progress(find(full)->n_bytes);
-        return upload_f32(data, out, in);
-    }
-    // Used in place: moving the variant out of the Result trips GCC 13's maybe-uninitialized.
-    const Result<EngineWeights> converted = convert(full, out, in);
-    if (!converted.ok()) return converted.status();
-    return upload_engine_weights(*ops_, *converted, out, in);
+    return read_rows(parts, blocks, in, precision);
+}
+
+Result<Weight> WeightReader::read_matrix(const TensorName& name, int64_t layer, int64_t out,
+                                         int64_t in) {
+    const TensorName names[] = {name};
+    const int64_t outs[] = {out};
+    return read_matrix_stack(names, layer, outs, in);
 }
 
 }  // namespace kestrel

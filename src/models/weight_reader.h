@@ -30,6 +30,28 @@ struct TensorName {
     HfConvert hf_convert = HfConvert::kNone;
 };
 
+// How float (F32/F16/BF16) sources of one matrix convert on a quantising backend.
+enum class MatrixPrecision {
+    kAsOptions,  // as --weights says (WeightLoadOptions::float_weights)
+    kAtLeastW8,  // W8 under --weights w4: a router's logits pick the experts, and 4-bit rounding
+                 // would change which ones run (llama.cpp's quantiser keeps routers in F32)
+    kQuantised,  // W4 or W8 only, W8 under --weights bf16: the stacks the CUDA MoE kernels read
+};
+
+// One source matrix of a stacked weight: tensor `full` of exactly `shape` (leading dimensions
+// flatten into rows: a GGUF expert stack [E, f, d] is E * f rows of d).
+struct MatrixPart {
+    std::string full;
+    std::vector<int64_t> shape;
+};
+
+// Rows [begin, begin + count) of parts[part], in flattened rows.
+struct RowBlock {
+    size_t part = 0;
+    int64_t begin = 0;
+    int64_t count = 0;
+};
+
 // lm_head sits outside the text model in every HF layout.
 inline constexpr std::string_view kHfLmHead = "lm_head.weight";
 
@@ -69,12 +91,19 @@ public:
     // Matrices [outs[i], in] stacked by rows into one weight for Ops::linear_blocks (q | k | v,
     // gate | up), in one engine format: parts converted to different formats are widened exactly
     // (W4 -> W8: the same codes and (scale, min)), or all rounded to bf16 when one part is bf16.
-    Result<Weight> read_matrix_stack(std::span<const TensorName> names, int64_t layer, std::span<const int64_t> outs,
-                                     int64_t in);
+    Result<Weight> read_matrix_stack(std::span<const TensorName> names, int64_t layer,
+                                     std::span<const int64_t> outs, int64_t in,
+                                     MatrixPrecision precision = MatrixPrecision::kAsOptions);
+    // The general form: the row blocks of `parts` (all with `in` columns) one after another, in
+    // the order `blocks` lists them, as one weight in one engine format (parts widened as
+    // read_matrix_stack does). Splits interleaved rows (a q_proj holding q and gate per head) and
+    // interleaves stacks (expert e's gate rows, then its up rows).
+    Result<Weight> read_rows(std::span<const MatrixPart> parts, std::span<const RowBlock> blocks,
+                             int64_t in, MatrixPrecision precision = MatrixPrecision::kAsOptions);
 
 private:
     // A matrix converted into the backend's engine format on the host (CUDA load path).
-    Result<EngineWeights> convert(const std::string& full, int64_t out, int64_t in);
+    Result<EngineWeights> convert(const MatrixPart& part, MatrixPrecision precision);
     Result<Weight> upload_f32(const std::vector<float>& data, int64_t out, int64_t in);
     uint64_t seed_of(const std::string& full) const;
     void note_progress(int64_t bytes);
@@ -86,6 +115,8 @@ private:
     int64_t total_bytes_ = 0;  // of the source, for progress
     int64_t done_bytes_ = 0;
     int next_percent_ = 10;
+    bool noted_bf16_columns_ = false;
+    bool noted_w8_experts_ = false;
 };
 
 }  // namespace kestrel

@@ -173,11 +173,13 @@ struct GatedDeltaParams {
     int64_t chunk = 0;  // 0: the recurrent form, token by token; C: the chunked (WY) form, C tokens per chunk
 };
 
-// The routed experts of one MoE layer, stacked. f = expert_ffn_size, d = d_model.
+// The routed experts of one MoE layer, each stack one matrix in the backend's engine format, so
+// an expert is a block of rows (weight_rows) and a kernel finds it from its id alone.
+// f = expert_ffn_size, d = d_model.
 struct MoeExpertWeights {
-    const float* gate = nullptr;  // [n_experts, f, d]
-    const float* up = nullptr;    // [n_experts, f, d]
-    const float* down = nullptr;  // [n_experts, d, f]
+    const Weight* gate_up =
+        nullptr;  // [n_experts * 2f, d]: expert e's f gate rows, then its f up rows, at row e * 2f
+    const Weight* down = nullptr;  // [n_experts * d, f]: expert e's rows at e * d
     int64_t n_experts = 0;
     int64_t ffn = 0;
     int64_t dim = 0;

@@ -120,12 +120,12 @@ Result<BenchResult> prompt_test(Session& session, std::span<const int32_t> promp
     BenchResult result;
     result.n_prompt = static_cast<int64_t>(prompt.size());
     if (options.warmup) {
-        session.reset();
+        KESTREL_RETURN_IF_ERROR(session.reset());
         KESTREL_RETURN_IF_ERROR(session.prefill(prompt).status());
     }
     std::vector<double> first_token_ms;
     for (int r = 0; r < options.repetitions; ++r) {
-        session.reset();
+        KESTREL_RETURN_IF_ERROR(session.reset());
         const Clock::time_point start = Clock::now();
         KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits, session.prefill(prompt));
         const Clock::time_point prefilled = Clock::now();
@@ -151,11 +151,11 @@ Result<BenchResult> decode_test(Session& session, int64_t depth, RandomTokens& r
     const int64_t warmup_decodes = std::min(kWarmupDecodes, session.context());
     const std::vector<int32_t> prefix = random.take(std::max<int64_t>(depth, kWarmupDecodes));
     if (options.warmup) {
-        session.reset();
+        KESTREL_RETURN_IF_ERROR(session.reset());
         for (int64_t i = 0; i < warmup_decodes; ++i) KESTREL_RETURN_IF_ERROR(session.decode(prefix[i]).status());
     }
     for (int r = 0; r < options.repetitions; ++r) {
-        session.reset();
+        KESTREL_RETURN_IF_ERROR(session.reset());
         int32_t token = prefix.front();
         if (depth > 0) {
             KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits,
@@ -239,7 +239,7 @@ Result<std::vector<OpProfile>> profile_ops(const Engine& engine, const BenchOpti
                                      [](int64_t p) { return p > 0; });
     if (prompt != options.prompt_lengths.end()) {
         const std::vector<int32_t> tokens = random.take(*prompt);
-        session->reset();
+        KESTREL_RETURN_IF_ERROR(session->reset());
         BenchResult named;
         named.n_prompt = *prompt;
         KESTREL_RETURN_IF_ERROR(profiled(named, [&] { return session->prefill(tokens).status(); }));
@@ -247,7 +247,7 @@ Result<std::vector<OpProfile>> profile_ops(const Engine& engine, const BenchOpti
     if (options.decode_tokens > 0 && !options.depths.empty()) {
         const int64_t depth = options.depths.front();
         const std::vector<int32_t> prefix = random.take(std::max<int64_t>(depth, 1));
-        session->reset();
+        KESTREL_RETURN_IF_ERROR(session->reset());
         int32_t token = prefix.front();
         if (depth > 0) {
             KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits, session->prefill(prefix));

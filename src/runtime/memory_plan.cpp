@@ -65,6 +65,14 @@ EngineFormat engine_format(const WeightInfo& tensor, WeightFormat float_weights)
     if (is_float_type(tensor.dtype)) {
         // Rows not a multiple of a group wide (a depthwise conv's 4 taps) are no linear's: fp32.
         if (tensor.shape.back() % kGroup != 0) return EngineFormat::kF32;
+        // weight_reader.h MatrixPrecision: a router at least W8, expert stacks W4 or W8.
+        const std::string_view name = tensor.name;
+        const bool router =
+            name.ends_with(".ffn_gate_inp.weight") || name.ends_with(".mlp.gate.weight");
+        const bool expert = name.find("_exps.") != std::string_view::npos ||
+                            name.find(".mlp.experts.") != std::string_view::npos;
+        if (router && float_weights == WeightFormat::kW4) return EngineFormat::kW8;
+        if (expert && float_weights == WeightFormat::kBF16) return EngineFormat::kW8;
         return float_weights == WeightFormat::kW4   ? EngineFormat::kW4
                : float_weights == WeightFormat::kW8 ? EngineFormat::kW8
                                                     : EngineFormat::kBf16;
@@ -90,9 +98,15 @@ int64_t bytes_in(EngineFormat format, const WeightInfo& tensor) {
     return tensor.n_bytes;
 }
 
-// The projection a tensor is stacked into at load (gemma3.cpp, gemma4.cpp: q | k | v, gate | up),
-// as "<block>.<stack>", or "" for a tensor loaded alone. GGUF and HF names.
+// The projection a tensor is stacked into at load (gemma3.cpp, gemma4.cpp: q | k | v, gate | up;
+// qwen35_moe.cpp: qkv | z | b | a, router | shared expert, the experts' gate | up), as
+// "<block>.<stack>", or "" for a tensor loaded alone. GGUF and HF names.
 std::string stack_of(std::string_view name) {
+    // HF writes one tensor per expert (layers.L.mlp.experts.E.gate_proj.weight): one stack.
+    if (const size_t experts = name.find(".mlp.experts."); experts != std::string_view::npos) {
+        const bool down = name.ends_with(".down_proj") || name.ends_with(".down_proj.weight");
+        return std::string(name.substr(0, experts)) + (down ? ".experts_down" : ".experts_gate_up");
+    }
     struct Member {
         std::string_view part;
         std::string_view stack;
@@ -106,7 +120,25 @@ std::string stack_of(std::string_view name) {
                                           {".ffn_gate.weight", "gate_up"},
                                           {".ffn_up.weight", "gate_up"},
                                           {".mlp.gate_proj.weight", "gate_up"},
-                                          {".mlp.up_proj.weight", "gate_up"}};
+                                          {".mlp.up_proj.weight", "gate_up"},
+                                          {".attn_qkv.weight", "gdn_in"},
+                                          {".attn_gate.weight", "gdn_in"},
+                                          {".ssm_beta.weight", "gdn_in"},
+                                          {".ssm_alpha.weight", "gdn_in"},
+                                          {".linear_attn.in_proj_qkv.weight", "gdn_in"},
+                                          {".linear_attn.in_proj_z.weight", "gdn_in"},
+                                          {".linear_attn.in_proj_b.weight", "gdn_in"},
+                                          {".linear_attn.in_proj_a.weight", "gdn_in"},
+                                          {".ffn_gate_inp.weight", "moe_in"},
+                                          {".ffn_gate_inp_shexp.weight", "moe_in"},
+                                          {".ffn_gate_shexp.weight", "moe_in"},
+                                          {".ffn_up_shexp.weight", "moe_in"},
+                                          {".mlp.gate.weight", "moe_in"},
+                                          {".mlp.shared_expert_gate.weight", "moe_in"},
+                                          {".mlp.shared_expert.gate_proj.weight", "moe_in"},
+                                          {".mlp.shared_expert.up_proj.weight", "moe_in"},
+                                          {".ffn_gate_exps.weight", "experts_gate_up"},
+                                          {".ffn_up_exps.weight", "experts_gate_up"}};
     for (const Member& member : kMembers) {
         if (name.ends_with(member.part)) {
             return std::string(name.substr(0, name.size() - member.part.size())) + "." +

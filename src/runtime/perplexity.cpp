@@ -36,7 +36,7 @@ Result<PerplexityResult> perplexity(Session& session, std::span<const int32_t> t
     for (int64_t c = 0; c < result.n_chunks; ++c) {
         std::copy_n(tokens.begin() + c * ctx, ctx, chunk.begin());
         chunk[0] = bos;
-        session.reset();
+        KESTREL_RETURN_IF_ERROR(session.reset());
         // The first half only conditions the second: no logits are needed for it.
         KESTREL_RETURN_IF_ERROR(session.prefill(std::span(chunk).first(static_cast<size_t>(first))).status());
         KESTREL_RETURN_IF_ERROR(session.forward_all_logits(std::span(chunk).subspan(static_cast<size_t>(first)), logits));

@@ -4,25 +4,40 @@
 
 namespace kestrel {
 
-RecurrentState::RecurrentState(std::span<const RecurrentLayerSpec> layout) {
+Result<RecurrentState> RecurrentState::create(Ops& ops,
+                                              std::span<const RecurrentLayerSpec> layout) {
+    RecurrentState state;
+    state.ops_ = &ops;
     for (const RecurrentLayerSpec& spec : layout) {
-        conv_.emplace_back(static_cast<size_t>(std::max<int64_t>(spec.conv_kernel - 1, 0) * spec.conv_channels));
-        state_.emplace_back(static_cast<size_t>(spec.state_floats));
-        const bool empty = state_.back().empty();
-        views_.push_back(RecurrentLayerView{empty ? nullptr : conv_.back().data(),
-                                            empty ? nullptr : state_.back().data(), spec.conv_kernel,
-                                            spec.conv_channels});
+        if (spec.state_floats == 0) {
+            state.views_.push_back(
+                RecurrentLayerView{nullptr, nullptr, spec.conv_kernel, spec.conv_channels});
+            continue;
+        }
+        // The state matrices start 16-byte aligned after the conv window (vector loads).
+        const int64_t conv_floats =
+            (std::max<int64_t>(spec.conv_kernel - 1, 0) * spec.conv_channels + 3) / 4 * 4;
+        KESTREL_ASSIGN_OR_RETURN(
+            Buffer buffer,
+            ops.allocate(static_cast<size_t>(conv_floats + spec.state_floats) * sizeof(float)));
+        float* base = buffer.floats();
+        state.views_.push_back(
+            RecurrentLayerView{base, base + conv_floats, spec.conv_kernel, spec.conv_channels});
+        state.buffers_.push_back(std::move(buffer));
     }
+    KESTREL_RETURN_IF_ERROR(state.reset());
+    return state;
 }
 
-void RecurrentState::reset() {
-    for (std::vector<float>& v : conv_) std::fill(v.begin(), v.end(), 0.0f);
-    for (std::vector<float>& v : state_) std::fill(v.begin(), v.end(), 0.0f);
+Status RecurrentState::reset() {
+    for (const Buffer& buffer : buffers_)
+        KESTREL_RETURN_IF_ERROR(ops_->fill_zero(buffer.data(), buffer.bytes()));
+    return ok_status();
 }
 
 int64_t RecurrentState::bytes() const {
     int64_t total = 0;
-    for (size_t i = 0; i < conv_.size(); ++i) total += static_cast<int64_t>((conv_[i].size() + state_[i].size()) * sizeof(float));
+    for (const Buffer& buffer : buffers_) total += static_cast<int64_t>(buffer.bytes());
     return total;
 }
 

@@ -12,7 +12,6 @@ namespace kestrel {
 Session::Session(const Engine& engine, KvCache cache, int64_t context, int64_t prefill_chunk)
     : engine_(engine),
       cache_(std::move(cache)),
-      recurrent_(engine.model().recurrent_layout()),
       context_(context),
       prefill_chunk_(prefill_chunk),
       logits_(static_cast<size_t>(engine.config().vocab_size)) {}
@@ -23,6 +22,8 @@ Status Session::allocate_staging() {
     KESTREL_ASSIGN_OR_RETURN(positions_backend_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int64_t)));
     KESTREL_ASSIGN_OR_RETURN(logits_backend_, ops.allocate(logits_.size() * sizeof(float)));
     KESTREL_ASSIGN_OR_RETURN(sampled_, ops.allocate(sizeof(int32_t)));
+    KESTREL_ASSIGN_OR_RETURN(recurrent_,
+                             RecurrentState::create(ops, engine_.model().recurrent_layout()));
     return ok_status();
 }
 

@@ -54,9 +54,9 @@ public:
     bool decode_captured() const { return decode_graph_ != nullptr; }
 
     // Forgets every token (and zeroes the Gated DeltaNet state); the next call starts at position 0.
-    void reset() {
+    Status reset() {
         position_ = 0;
-        recurrent_.reset();
+        return recurrent_.reset();
     }
 
     // Sees the named intermediates of every later forward (null: none). Decode runs eagerly
@@ -74,6 +74,7 @@ private:
     Status stage(std::span<const int32_t> tokens);
     // Runs the staged tokens as one forward step at the current position, logits into backend memory.
     Status step(int64_t n_tokens, LogitRows rows, std::span<float> backend_logits);
+    // The staging buffers and the recurrent state, in backend memory.
     Status allocate_staging();
 
     const Engine& engine_;

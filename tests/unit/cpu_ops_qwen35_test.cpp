@@ -146,9 +146,17 @@ TEST(MoeExperts, EqualsNaiveSum) {
                              down = random_vector(n_exp * d * f, rng), x = random_vector(rows * d, rng);
     const int32_t ids[rows * k] = {0, 4, 4, 1, 2, 2 /* repeated */, 3, 0};
     const float weights[rows * k] = {0.7f, 0.3f, 0.5f, 0.5f, 0.25f, 0.75f, 0.9f, 0.1f};
+    // The engine's stacks: expert e's gate rows then its up rows at row e * 2f.
+    std::vector<float> gate_up;
+    for (int64_t e = 0; e < n_exp; ++e) {
+        gate_up.insert(gate_up.end(), gate.begin() + e * f * d, gate.begin() + (e + 1) * f * d);
+        gate_up.insert(gate_up.end(), up.begin() + e * f * d, up.begin() + (e + 1) * f * d);
+    }
+    const Weight gate_up_weight = f32_view(gate_up.data(), n_exp * 2 * f, d);
+    const Weight down_weight = f32_view(down.data(), n_exp * d, f);
     std::vector<float> out(rows * d);
-    moe_experts(x.data(), rows, ids, weights, k, MoeExpertWeights{gate.data(), up.data(), down.data(), n_exp, f, d},
-                out.data(), 2);
+    moe_experts(x.data(), rows, ids, weights, k,
+                MoeExpertWeights{&gate_up_weight, &down_weight, n_exp, f, d}, out.data(), 2);
     for (int64_t t = 0; t < rows; ++t) {
         for (int64_t i = 0; i < d; ++i) {
             double expected = 0.0;

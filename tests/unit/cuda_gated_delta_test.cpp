@@ -1,28 +1,38 @@
 // The Gated DeltaNet kernels (src/ops/cuda/gated_delta.h) against their CPU twins (make_cpu_ops():
 // conv1d_causal, and gated_delta_rule in its recurrent form, chunk 0) on random inputs: Qwen3.5-
 // 35B-A3B's shapes (conv 8192 channels x kernel 4; 16 key heads, 32 value heads, dk = dv = 128,
-// both head orders, T = 1 then T = 5 continuing the state), the tiny fixture's (conv 160; 2 key
-// and 4 value heads of dk 16, dv 24) and odd ones (rows < kernel - 1, several token blocks, dk not
-// a multiple of 8, dk > 128 in shared memory, dv not a multiple of 32). Outputs are poisoned with
-// NaN first and NaN never passes; the updated states are compared too. Skips without a GPU.
+// both head orders, T = 1 then T = 5 continuing the state, and T = 8, 9, 1), the tiny fixture's
+// (conv 160; 2 key and 4 value heads of dk 16, dv 24) and odd ones (rows < kernel - 1, several
+// token blocks, dk not a multiple of 8, dk > 128, dv not a multiple of 32). gated_delta_rule has
+// two kernels, picked by T: the decode kernel (T <= 8, every dk) and the one-warp prefill kernel
+// (T > 8; registers for dk <= 128, shared memory above); the cases give each of them every dk
+// range, and hand the state from one to the other. Outputs are poisoned with NaN first and NaN
+// never passes; the updated states are compared too. Skips without a GPU.
 // Tolerances, with u = 2^-24 (half an fp32 ulp, relative):
 //   conv1d_causal without SiLU, and its state: bit for bit (the same fp32 products and sums in
 //     the same order).
 //   conv1d_causal with SiLU: |gpu - cpu| <= 16u |cpu| (+ 16 subnormal ulps). Only expf differs
 //     (CUDA 2 ulp, glibc under 1): a few u on 1 + exp(-x), one more rounding of the sum and of
 //     the quotient.
-//   gated_delta_rule, outputs and state: |gpu - cpu| <= 1e-5 M (about 168u M), where M is the
-//     element's magnitude: the recurrence run in double on absolute values (|S|, |k|, |q|, |v|,
-//     beta, decay), i.e. the sum of the absolute values of every term that makes up the element,
-//     carried over the tokens (the quantity of Higham's forward error bounds). Both sides run the
-//     same fp32 operations in the same order; only the gates' expf / log1pf differ by an ulp or
-//     two, which perturbs decay, beta and so every term by a few u, and the perturbed terms may
-//     round differently in each of the ~2 dk operations of a column's sums, randomly: about
-//     sqrt(2 dk) u M (the worst case, every rounding the same way, 2 dk u M, is vanishingly
-//     unlikely). The decay's error is |g| e^g times a few u, at most a few u since |g| e^g <= 1/e.
-//     The CPU recurrence with every exp / log1p result moved by up to 3 ulp, on Qwen3.5-shaped
-//     inputs drawn as here, differs from the plain one by at most 33u M after 6 tokens.
-//   Two calls of T = 1 and one call of T = 2 (both kernels): bit for bit, outputs and state.
+//   gated_delta_rule, outputs and state, both kernels: |gpu - cpu| <= 1e-5 M (about 168u M),
+//     where M is the element's magnitude: the recurrence run in double on absolute values (|S|,
+//     |k|, |q|, |v|, beta, decay), i.e. the sum of the absolute values of every term that makes up
+//     the element, carried over the tokens (the quantity of Higham's forward error bounds).
+//     Two sources of difference, both random in sign, so they grow like sqrt(operations), not
+//     like their count (the worst case, every rounding the same way, is vanishingly unlikely):
+//     - the gates: expf / log1pf differ by an ulp or two, which perturbs decay, beta and so every
+//       term by a few u, and the perturbed terms may round differently in each of the ~2 dk
+//       operations of a column's sums: about sqrt(2 dk) u M. The decay's error is |g| e^g times a
+//       few u, at most a few u since |g| e^g <= 1/e.
+//     - the decode kernel's order: it sums S^T k and S^T q by blocks of dk/8 rows, then the 8
+//       parts, where the CPU runs i = 0 .. dk - 1 in one chain, so every partial sum rounds
+//       differently: again about sqrt(2 dk) u M (each order is within dk u M of the exact sum).
+//     The prefill kernel has only the first (it runs the CPU's operations in the CPU's order).
+//     Emulated on the host (Qwen3.5's shapes, inputs drawn as here, ~50 tokens in calls of 1 to
+//     8): the order alone gives at most 9u M, the order with every expf / log1pf result moved by
+//     up to 2 ulp at most 27u M (dk 5 to 200), against 168u M.
+//   Two calls of T tokens and one call of 2T: bit for bit, outputs and state, for T = 1 and 4
+//     (the decode kernel, whose operations do not depend on T) and T = 9 (the prefill kernel).
 #include <gtest/gtest.h>
 
 #if KESTREL_HAS_CUDA
@@ -317,17 +327,20 @@ struct GdnCase {
     const char* what;
 };
 
-// Qwen3.5-35B-A3B (dk = dv = 128: the registers kernel), the tiny fixture (dk 16, dv 24), the
-// issue's odd shape (dk = dv = 16) and: dk 64 with a partial second block of columns; dk 5 (< 8
-// lanes of the norm's sum) and dv 3; dk 129 and 200 (shared-memory columns, not multiples of 8).
+// Qwen3.5-35B-A3B (dk = dv = 128), the tiny fixture (dk 16, dv 24), the odd shape (dk =
+// dv = 16) and: dk 64 with a partial second block of columns; dk 5 (< 8 lanes of the norm's sum,
+// and rows for only 2 of the decode kernel's 8 warps) and dv 3; dk 129 and 200 (not multiples of
+// 8; the decode kernel's 256 rows, and the prefill kernel's shared-memory columns). Calls of up
+// to 8 tokens run the decode kernel (8: its largest), longer ones the prefill kernel.
 const GdnCase kGdnCases[] = {
     {16, 32, 128, 128, {1, 5}, "Qwen3.5-35B-A3B"},
-    {2, 4, 16, 24, {1, 3}, "tiny fixture"},
+    {16, 32, 128, 128, {8, 9, 1}, "Qwen3.5-35B-A3B, decode 8, prefill 9, decode 1"},
+    {2, 4, 16, 24, {1, 3, 12}, "tiny fixture"},
     {2, 4, 16, 16, {1, 7}, "dk = dv = 16"},
-    {3, 6, 64, 40, {2, 1}, "dk 64, dv 40"},
-    {1, 3, 5, 3, {4}, "dk 5, dv 3"},
-    {2, 2, 129, 33, {1, 2}, "dk 129 (shared), dv 33"},
-    {1, 2, 200, 72, {3}, "dk 200 (shared), dv 72"},
+    {3, 6, 64, 40, {2, 1, 10, 8}, "dk 64, dv 40"},
+    {1, 3, 5, 3, {4, 9}, "dk 5, dv 3"},
+    {2, 2, 129, 33, {1, 2, 10}, "dk 129, dv 33"},
+    {1, 2, 200, 72, {3, 9, 8}, "dk 200, dv 72"},
 };
 
 TEST_F(CudaGatedDelta, GatedDeltaRuleMatchesCpu) {
@@ -398,56 +411,63 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleMatchesCpu) {
                 worst, kGdnRelativeTolerance);
 }
 
-TEST_F(CudaGatedDelta, GatedDeltaRuleTwoCallsOfOneTokenEqualOneCallOfTwo) {
+// Two calls of T tokens and one call of 2T: T = 1 and 4 (both on the decode kernel, also the
+// one call of 2 and 8 tokens), T = 9 (the prefill kernel).
+TEST_F(CudaGatedDelta, GatedDeltaRuleTwoCallsOfTTokensEqualOneCallOf2T) {
     const GdnCase cases[] = {{16, 32, 128, 128, {}, "Qwen3.5-35B-A3B"},
                              {2, 4, 16, 24, {}, "tiny fixture"},
-                             {1, 2, 200, 40, {}, "dk 200 (shared)"}};
+                             {1, 2, 200, 40, {}, "dk 200"}};
     for (const GdnCase& c : cases) {
-        GatedDeltaParams p;
-        p.n_k_heads = c.n_k_heads;
-        p.n_v_heads = c.n_v_heads;
-        p.k_head_dim = c.k_head_dim;
-        p.v_head_dim = c.v_head_dim;
-        p.order = GdnHeadOrder::kTiled;
-        const int64_t rows = 2, nv = p.n_v_heads, dv = p.v_head_dim, width = qkv_width(p);
-        const GdnInputs in = random_gdn_inputs(p, rows, 300);
-        const std::vector<float> a_neg =
-            random_uniform(static_cast<size_t>(nv), 303, -16.0f, -1.0f);
-        const std::vector<float> dt_bias =
-            random_uniform(static_cast<size_t>(nv), 304, -6.9f, -2.3f);
-        const std::vector<float> state0 =
-            random_vector(static_cast<size_t>(nv * p.k_head_dim * dv), 305, 0.5f);
-        const size_t n_out = static_cast<size_t>(rows * nv * dv);
-        DeviceBuffer dqkv, da, db, da_neg, ddt_bias, dstate_once, dstate_twice, dout_once,
-            dout_twice;
-        upload(dqkv, in.qkv);
-        upload(da, in.a);
-        upload(db, in.b);
-        upload(da_neg, a_neg);
-        upload(ddt_bias, dt_bias);
-        upload(dstate_once, state0);
-        upload(dstate_twice, state0);
-        CUDA_OK(dout_once.alloc(n_out * 4));
-        CUDA_OK(dout_twice.alloc(n_out * 4));
-        CUDA_OK(cudaMemset(dout_once.as<void>(), 0xff, n_out * 4));
-        CUDA_OK(cudaMemset(dout_twice.as<void>(), 0xff, n_out * 4));
-        STATUS_OK(cuda::gated_delta_rule(dqkv.as<float>(), da.as<float>(), db.as<float>(),
-                                         da_neg.as<float>(), ddt_bias.as<float>(), rows, p,
-                                         dstate_once.as<float>(), dout_once.as<float>(), nullptr));
-        for (int64_t t = 0; t < rows; ++t) {
-            STATUS_OK(cuda::gated_delta_rule(dqkv.as<float>() + t * width, da.as<float>() + t * nv,
-                                             db.as<float>() + t * nv, da_neg.as<float>(),
-                                             ddt_bias.as<float>(), 1, p, dstate_twice.as<float>(),
-                                             dout_twice.as<float>() + t * nv * dv, nullptr));
+        for (const int64_t step : {int64_t{1}, int64_t{4}, int64_t{9}}) {
+            GatedDeltaParams p;
+            p.n_k_heads = c.n_k_heads;
+            p.n_v_heads = c.n_v_heads;
+            p.k_head_dim = c.k_head_dim;
+            p.v_head_dim = c.v_head_dim;
+            p.order = GdnHeadOrder::kTiled;
+            const int64_t rows = 2 * step, nv = p.n_v_heads, dv = p.v_head_dim,
+                          width = qkv_width(p);
+            const std::string what = std::string(c.what) + ", 2 x " + std::to_string(step);
+            const GdnInputs in = random_gdn_inputs(p, rows, 300);
+            const std::vector<float> a_neg =
+                random_uniform(static_cast<size_t>(nv), 303, -16.0f, -1.0f);
+            const std::vector<float> dt_bias =
+                random_uniform(static_cast<size_t>(nv), 304, -6.9f, -2.3f);
+            const std::vector<float> state0 =
+                random_vector(static_cast<size_t>(nv * p.k_head_dim * dv), 305, 0.5f);
+            const size_t n_out = static_cast<size_t>(rows * nv * dv);
+            DeviceBuffer dqkv, da, db, da_neg, ddt_bias, dstate_once, dstate_twice, dout_once,
+                dout_twice;
+            upload(dqkv, in.qkv);
+            upload(da, in.a);
+            upload(db, in.b);
+            upload(da_neg, a_neg);
+            upload(ddt_bias, dt_bias);
+            upload(dstate_once, state0);
+            upload(dstate_twice, state0);
+            CUDA_OK(dout_once.alloc(n_out * 4));
+            CUDA_OK(dout_twice.alloc(n_out * 4));
+            CUDA_OK(cudaMemset(dout_once.as<void>(), 0xff, n_out * 4));
+            CUDA_OK(cudaMemset(dout_twice.as<void>(), 0xff, n_out * 4));
+            STATUS_OK(cuda::gated_delta_rule(dqkv.as<float>(), da.as<float>(), db.as<float>(),
+                                             da_neg.as<float>(), ddt_bias.as<float>(), rows, p,
+                                             dstate_once.as<float>(), dout_once.as<float>(),
+                                             nullptr));
+            for (int64_t t = 0; t < rows; t += step) {
+                STATUS_OK(cuda::gated_delta_rule(
+                    dqkv.as<float>() + t * width, da.as<float>() + t * nv, db.as<float>() + t * nv,
+                    da_neg.as<float>(), ddt_bias.as<float>(), step, p, dstate_twice.as<float>(),
+                    dout_twice.as<float>() + t * nv * dv, nullptr));
+            }
+            CUDA_OK(cudaDeviceSynchronize());
+            const std::vector<float> once = download<float>(dout_once, n_out);
+            for (float v : once) ASSERT_FALSE(std::isnan(v)) << what;
+            ASSERT_NO_FATAL_FAILURE(
+                expect_same_bits(download<float>(dout_twice, n_out), once, what + ", out"));
+            ASSERT_NO_FATAL_FAILURE(expect_same_bits(download<float>(dstate_twice, state0.size()),
+                                                     download<float>(dstate_once, state0.size()),
+                                                     what + ", state"));
         }
-        CUDA_OK(cudaDeviceSynchronize());
-        const std::vector<float> once = download<float>(dout_once, n_out);
-        for (float v : once) ASSERT_FALSE(std::isnan(v)) << c.what;
-        ASSERT_NO_FATAL_FAILURE(expect_same_bits(download<float>(dout_twice, n_out), once,
-                                                 std::string(c.what) + ", out"));
-        ASSERT_NO_FATAL_FAILURE(expect_same_bits(download<float>(dstate_twice, state0.size()),
-                                                 download<float>(dstate_once, state0.size()),
-                                                 std::string(c.what) + ", state"));
     }
 }
 

@@ -242,10 +242,15 @@ TEST(CliInfoDummy, FolderWithOnlyAConfigPlansFromShapes) {
     EXPECT_EQ(folder["parameters"], dummy["parameters"]);
     EXPECT_EQ(folder["active_parameters"], dummy["active_parameters"]);
     // The plan follows --weights for the folder's bf16 matrices: about 2 bytes per parameter as
-    // bf16, 37/64 as W4 (the default).
+    // bf16 but for the routed experts, which stay W8 (9/8 bytes: the CUDA expert kernels read W4
+    // and W8), and 37/64 as W4 (the default). The experts are the idle share of the parameters
+    // times 256 / (256 - 8).
     const nlohmann::json as_bf16 = info_json("-m '" + dir.string() + "' --weights bf16");
     const double parameters = folder["parameters"].get<double>();
-    EXPECT_NEAR(as_bf16["memory"]["weights"].get<double>() / (2 * parameters), 1.0, 0.01);
+    const double experts = (parameters - folder["active_parameters"].get<double>()) * 256.0 / 248.0;
+    EXPECT_NEAR(as_bf16["memory"]["weights"].get<double>() /
+                    (2 * (parameters - experts) + 9.0 / 8.0 * experts),
+                1.0, 0.01);
     EXPECT_NEAR(folder["memory"]["weights"].get<double>() / (parameters * 37 / 64), 1.0, 0.01);
     EXPECT_NE(run_kestrel("info -m '" + dir.string() + "' --weights w3").exit_code, 0);
     CommandResult text = run_kestrel("info -m '" + dir.string() + "'");

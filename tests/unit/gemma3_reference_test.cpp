@@ -198,7 +198,7 @@ TEST_F(Gemma3Reference, GreedyContinuationMatchesTransformers) {
     EXPECT_EQ(generated, greedy_);
 
     // A reset session gives the identical result.
-    s->reset();
+    ASSERT_TRUE(s->reset().ok());
     EXPECT_EQ(s->position(), 0);
     Result<std::span<const float>> again = s->prefill(prompts_[0].ids);
     ASSERT_TRUE(again.ok());

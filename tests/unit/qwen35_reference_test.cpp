@@ -207,7 +207,7 @@ TEST_P(Qwen35Reference, RecurrentStateSurvivesDecodeAndResets) {
     };
     const std::vector<float> first = run(*s);
     EXPECT_GT(state_abs_sum(*s), 0.0);
-    s->reset();
+    ASSERT_TRUE(s->reset().ok());
     EXPECT_EQ(s->position(), 0);
     EXPECT_EQ(state_abs_sum(*s), 0.0);
     EXPECT_EQ(run(*s), first);

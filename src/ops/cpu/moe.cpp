@@ -48,10 +48,10 @@ void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* 
         up.resize(gate.size());
         act.resize(gate.size());
         y.resize(static_cast<size_t>(n * d));
-        linear(xs.data(), n, f32_view(e.gate + expert * f * d, f, d), gate.data(), threads);
-        linear(xs.data(), n, f32_view(e.up + expert * f * d, f, d), up.data(), threads);
+        linear(xs.data(), n, weight_rows(*e.gate_up, expert * 2 * f, f), gate.data(), threads);
+        linear(xs.data(), n, weight_rows(*e.gate_up, expert * 2 * f + f, f), up.data(), threads);
         silu_and_mul(gate.data(), up.data(), n * f, act.data());
-        linear(act.data(), n, f32_view(e.down + expert * d * f, d, f), y.data(), threads);
+        linear(act.data(), n, weight_rows(*e.down, expert * d, d), y.data(), threads);
         for (int64_t r = 0; r < n; ++r) {
             const float w = weights[slots[r]];
             float* dst = routed.data() + slots[r] * d;

@@ -13,6 +13,7 @@
 #include "ops/cuda/gated_delta.h"
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/gemv_w8a8.h"
+#include "ops/cuda/moe_experts.h"
 #include "ops/cuda/qwen35_ops.h"
 #include "ops/cuda/sampling.h"
 #include "ops/cuda/small_ops.h"
@@ -105,10 +106,6 @@ CudaOps::~CudaOps() {
 
 void CudaOps::note(const Status& status) {
     if (!status.ok() && first_error_.ok()) first_error_ = status;
-}
-
-void CudaOps::unsupported(const char* op) {
-    note(Status(StatusCode::kUnsupported, fmt::format("the CUDA backend has no {} yet (Qwen3.5: issue 7)", op)));
 }
 
 Status CudaOps::take_error() {
@@ -547,8 +544,7 @@ void CudaOps::linear_blocks(const float* x, int64_t rows, const Weight& w, std::
     Ops::linear_blocks(x, rows, w, widths, out);
 }
 
-// ---- Qwen3.5 (issue 7): the ops its layers need; the routed experts are still to come
-// ---------------
+// ---- Qwen3.5 (issue 7) -----------------------------------------------------------------------
 
 void CudaOps::silu_and_mul(const float* gate, const float* up, int64_t n, float* out) {
     const ProfileScope scope(*this, "silu_and_mul");
@@ -591,9 +587,34 @@ void CudaOps::moe_route(const float* logits, int64_t rows, int64_t n_experts, in
     const ProfileScope scope(*this, "moe_route");
     note(cuda::moe_route(logits, rows, n_experts, k, ids, weights, stream_));
 }
-void CudaOps::moe_experts(const float*, int64_t, const int32_t*, const float*, int64_t, const MoeExpertWeights&,
-                          float*) {
-    unsupported("moe_experts");
+void CudaOps::moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights,
+                          int64_t k, const MoeExpertWeights& experts, float* out) {
+    const ProfileScope scope(*this, "moe_experts");
+    auto stack = [](const Weight& w) {
+        ExpertStackView view;
+        view.is_w4 = w.format == WeightFormat::kW4;
+        if (view.is_w4) {
+            view.w4 = w4_view(w);
+        } else {
+            view.w8 = w8_view(w);
+        }
+        return view;
+    };
+    const Weight& gate_up = *experts.gate_up;
+    const Weight& down = *experts.down;
+    for (const Weight* w : {&gate_up, &down}) {
+        if (w->format != WeightFormat::kW4 && w->format != WeightFormat::kW8) {
+            return note(Status(
+                StatusCode::kInternal,
+                fmt::format("moe_experts: the CUDA expert kernels read W4 and W8 stacks, not {}",
+                            weight_format_name(w->format))));
+        }
+    }
+    Result<void*> scratch =
+        ensure(moe_, moe_experts_scratch_bytes(rows, k, experts.dim, experts.ffn));
+    if (!scratch.ok()) return note(scratch.status());
+    note(cuda::moe_experts(x, rows, ids, weights, k, stack(gate_up), stack(down), experts.n_experts,
+                           experts.ffn, experts.dim, *scratch, out, stream_));
 }
 
 }  // namespace cuda

@@ -115,7 +115,6 @@ private:
     CudaOps() = default;
     // Records the first failure; later ops still launch (their results are discarded with it).
     void note(const Status& status);
-    void unsupported(const char* op);
     Result<void*> ensure(Scratch& scratch, size_t bytes);
     // Whether `rows` rows into w take the decode path: Q8 activations and a dp4a GEMV.
     static bool gemv_path(int64_t rows, const Weight& w);
@@ -135,6 +134,7 @@ private:
     Scratch q8_;         // Q8 blocks of a GEMV's input rows
     Scratch gemm_scratch_;  // dequantised bf16 weight + bf16 activations of a prefill GEMM
     Scratch attention_;  // split-K partials of decode attention
+    Scratch moe_;        // the routed experts' activations (moe_experts_scratch_bytes)
     std::vector<Buffer> retired_;
     bool profiling_ = false;
     std::vector<TimedLaunch> timed_;

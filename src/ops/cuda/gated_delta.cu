@@ -9,17 +9,38 @@
 //   (no FMA contraction; the CPU is built with -ffp-contract=off): the sum is bit for bit the
 //   CPU's, the SiLU differs only by expf's last bits.
 //
-// gated_delta_kernel: the recurrence S = exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q, per
-//   value head. Column j of S (S[:, j]) evolves on its own: S^T k, the update and S^T q at column
-//   j read only that column and delta[j]. So a block is one warp owning 32 columns of one head
-//   (grid n_v_heads x ceil(dv / 32); 128 blocks at Qwen3.5's 32 heads x 128), lane j holding its
-//   column in registers (dk <= 128; up to kMaxGdnKeyDim the columns sit in shared memory, 32 side
-//   by side). The state is read once, carried through the T tokens and written back once. Per
-//   token the warp loads q and k of its key head into shared memory, L2-normalises them with the
-//   CPU's dot() order (8 lanes of strided sums, then the same pairwise reduction), and each lane
-//   runs the CPU's loops over i for its column: every fp32 operation of the CPU, in its order, so
-//   only expf / log1pf in the gates differ (by an ulp or two). params.chunk is ignored: the
-//   recurrent form is exact for decode; prefill runs it token by token, serially per column.
+// gated_delta_kernel (prefill, T > kMaxDecodeTokens): the recurrence S = exp(g) S;
+//   S += k (beta (v - S^T k))^T; o = S^T q, per value head. Column j of S (S[:, j]) evolves on
+//   its own: S^T k, the update and S^T q at column j read only that column and delta[j]. So a
+//   block is one warp owning 32 columns of one head (grid n_v_heads x ceil(dv / 32); 128 blocks at
+//   Qwen3.5's 32 heads x 128), lane j holding its column in registers (dk <= 128; up to
+//   kMaxGdnKeyDim the columns sit in shared memory, 32 side by side). The state is read once,
+//   carried through the T tokens and written back once. Per token the warp loads q and k of its
+//   key head into shared memory, L2-normalises them with the CPU's dot() order (8 lanes of
+//   strided sums, then the same pairwise reduction), and each lane runs the CPU's loops over i for
+//   its column: every fp32 operation of the CPU, in its order, so only expf / log1pf in the gates
+//   differ (by an ulp or two). params.chunk is ignored: both kernels run the recurrent form,
+//   token by token, serially per column.
+//
+// gated_delta_decode_kernel (decode, T <= kMaxDecodeTokens = 8): the same blocks, each of
+//   kDecodeWarps = 8 warps. At decode the call moves little (2 MiB of state at Qwen3.5's shapes,
+//   read and written once) and the one-warp kernel's time is its latency chain, with one warp per
+//   SM and nothing to hide it: the gates' loads issued only after q and k's round trip and the
+//   norm's loop over shared memory, then 2 dk dependent fp32 adds per column and token (S^T k,
+//   then S^T q), each behind the last. Here warp w holds rows [w dk/8, (w + 1) dk/8) of the block's
+//   32 columns (16 rows at dk = 128), so the chains are dk/8 long and eight warps per SM overlap
+//   them. Every global load (the state's rows, and warp t's token t: q, k, v, a, b) is issued at
+//   once after the PDL wait; warp t normalises token t's q and k and computes its gates, for all
+//   tokens in parallel, and one barrier publishes them. Per token each warp sums its rows' part of
+//   S^T k, the parts meet in shared memory (a barrier) and every warp adds them in warp order to
+//   the same delta, updates its rows and sums its part of S^T q, which one warp adds up after a
+//   second barrier. The price is the order of those two sums: rows in order within each warp's
+//   block of dk/8, then the 8 parts in order, where the CPU runs i = 0 .. dk - 1 in one chain. So o
+//   and the state differ from the CPU's by fp32 rounding (each order is within about (dk/8 + 8) u
+//   resp. dk u of the exact sum, relative to the sum of |terms|: the GPU's is the tighter), not bit
+//   for bit; l2norm, the gates and every other operation are the CPU's, in its order. No operation
+//   depends on T, so decoding token by token equals one call over the same tokens, bit for bit.
+//   Prefill (T > 8) keeps the one-warp kernel and with it the CPU's order.
 //
 // The state stays fp32, as on the CPU: it accumulates the whole context (every token decays and
 // rank-1 updates it), so bf16's 8-bit mantissa would lose each update's low bits and the state
@@ -296,6 +317,155 @@ __global__ void __launch_bounds__(kGdnColumns) gated_delta_kernel_shared(GdnArgs
     gated_delta_columns<kMaxDk>(p, s, q_s, k_s);
 }
 
+// ---- gated_delta_rule at decode (T <= kMaxDecodeTokens) ----------------------------------------
+
+// A block owns 32 columns of one value head, as above, but its kDecodeWarps warps split the dk
+// rows: lane l of warp w holds S[i][col0 + l] for its kMaxDk / kDecodeWarps rows i.
+constexpr int kDecodeWarps = 8;
+constexpr int kDecodeThreads = kDecodeWarps * kGdnColumns;
+// Warp t prepares token t (l2norm, gates, v), all of them at once, and stores its output.
+constexpr int kMaxDecodeTokens = kDecodeWarps;
+static_assert(kMaxGdnKeyDim <= 256, "gated_delta_decode_kernel<256> covers every dk");
+
+template <int kMaxDk>
+__global__ void __launch_bounds__(kDecodeThreads) gated_delta_decode_kernel(GdnArgs p) {
+    constexpr int kRows = kMaxDk / kDecodeWarps;  // rows of S per thread
+    static_assert(kRows % 4 == 0, "the rows' q and k are read as float4");
+    // The tokens' normalised q and k (zero beyond dk), their gates and the block's v.
+    __shared__ __align__(16) float q_s[kMaxDecodeTokens][kMaxDk];
+    __shared__ __align__(16) float k_s[kMaxDecodeTokens][kMaxDk];
+    __shared__ float v_s[kMaxDecodeTokens][kGdnColumns];
+    __shared__ float beta_s[kMaxDecodeTokens];
+    __shared__ float decay_s[kMaxDecodeTokens];
+    // The warps' partial sums of S^T k and S^T q, per column.
+    __shared__ float sk_part[kDecodeWarps][kGdnColumns];
+    __shared__ float o_part[kDecodeWarps][kGdnColumns];
+
+    const int lane = static_cast<int>(threadIdx.x) % kGdnColumns;
+    const int warp = static_cast<int>(threadIdx.x) / kGdnColumns;
+    const int h = static_cast<int>(blockIdx.x);
+    const int j = static_cast<int>(blockIdx.y) * kGdnColumns + lane;
+    const bool active = j < p.dv;
+    const int dk = p.dk;
+    const int rows = static_cast<int>(p.rows);  // <= kMaxDecodeTokens
+    const int row0 = warp * kRows;
+    const int key_head = p.grouped ? h / (p.n_v_heads / p.n_k_heads) : h % p.n_k_heads;
+    const int64_t key_dim = static_cast<int64_t>(p.n_k_heads) * dk;
+    const int64_t row_stride = 2 * key_dim + static_cast<int64_t>(p.n_v_heads) * p.dv;
+    // Constant weights: read before waiting for the previous kernel.
+    const float a_neg = p.a_neg[h];
+    const float dt_bias = p.dt_bias[h];
+    allow_downstream();
+    wait_for_upstream();
+
+    // Every global load is issued here, before anything waits on one: the state's rows, then
+    // warp t's token t.
+    float* column = p.state + static_cast<int64_t>(h) * dk * p.dv + j;
+    float s[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        const int i = row0 + r;
+        s[r] = active && i < dk ? column[static_cast<int64_t>(i) * p.dv] : 0.0f;
+    }
+    if (warp < rows) {
+        const int t = warp;
+        const int64_t offset = t * row_stride;
+        // Lanes 0-7 hold q's elements i = lane (mod 8), lanes 8-15 k's: the CPU dot()'s lanes.
+        constexpr int kPerLane = kMaxDk / 8;
+        const float* src = p.qkv + offset + static_cast<int64_t>(key_head) * dk +
+                           (lane < 8 ? 0 : key_dim) + (lane & 7);
+        float x[kPerLane];
+#pragma unroll
+        for (int m = 0; m < kPerLane; ++m) {
+            x[m] = lane < 16 && (lane & 7) + 8 * m < dk ? src[8 * m] : 0.0f;
+        }
+        const float v =
+            active ? p.qkv[offset + 2 * key_dim + static_cast<int64_t>(h) * p.dv + j] : 0.0f;
+        const int64_t gate = static_cast<int64_t>(t) * p.n_v_heads + h;
+        const float a_in = p.a[gate];
+        const float b_in = p.b[gate];
+        v_s[t][lane] = v;
+        if (lane == 16) {
+            // HF: beta = b.sigmoid(); g = -A_log.exp() * softplus(a + dt_bias).
+            beta_s[t] = sigmoid(b_in);
+            decay_s[t] = expf(__fmul_rn(a_neg, softplus(__fadd_rn(a_in, dt_bias))));
+        }
+        // l2norm's sums of squares in dot()'s order (see gated_delta_columns); after the xor
+        // shuffles every lane of the 8 holds the same sum. Lanes 16-31 add zeros.
+        float sum = 0.0f;
+#pragma unroll
+        for (int m = 0; m < kPerLane; ++m) {
+            if ((lane & 7) + 8 * m < dk) sum = __fadd_rn(sum, __fmul_rn(x[m], x[m]));
+        }
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, 4));
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, 1));
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, 2));
+        const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(sum, kL2Eps)));
+        // Past dk, zeros: the rows there hold zeros too, and add exact zeros to the sums.
+        if (lane < 8) {
+#pragma unroll
+            for (int m = 0; m < kPerLane; ++m) {
+                q_s[t][lane + 8 * m] = __fmul_rn(__fmul_rn(x[m], inv), p.q_scale);
+            }
+        } else if (lane < 16) {
+#pragma unroll
+            for (int m = 0; m < kPerLane; ++m) k_s[t][(lane & 7) + 8 * m] = __fmul_rn(x[m], inv);
+        }
+    }
+    __syncthreads();
+
+#pragma unroll 1
+    for (int t = 0; t < rows; ++t) {
+        float q[kRows], k[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; r += 4) {
+            const float4 q4 = *reinterpret_cast<const float4*>(&q_s[t][row0 + r]);
+            const float4 k4 = *reinterpret_cast<const float4*>(&k_s[t][row0 + r]);
+            q[r] = q4.x, q[r + 1] = q4.y, q[r + 2] = q4.z, q[r + 3] = q4.w;
+            k[r] = k4.x, k[r + 1] = k4.y, k[r + 2] = k4.z, k[r + 3] = k4.w;
+        }
+        const float decay = decay_s[t];
+        // S = exp(g) S and this warp's part of S^T k, rows in order.
+        float sk = 0.0f;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+            s[r] = __fmul_rn(s[r], decay);
+            sk = __fadd_rn(sk, __fmul_rn(s[r], k[r]));
+        }
+        sk_part[warp][lane] = sk;
+        __syncthreads();
+        // Every warp sums the parts in warp order, to the same delta.
+        sk = sk_part[0][lane];
+#pragma unroll
+        for (int w = 1; w < kDecodeWarps; ++w) sk = __fadd_rn(sk, sk_part[w][lane]);
+        const float delta = __fmul_rn(__fsub_rn(v_s[t][lane], sk), beta_s[t]);
+        // S += k delta^T, and this warp's part of o = S^T q.
+        float o = 0.0f;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+            s[r] = __fadd_rn(s[r], __fmul_rn(k[r], delta));
+            o = __fadd_rn(o, __fmul_rn(s[r], q[r]));
+        }
+        o_part[warp][lane] = o;
+        // The parts are read after this barrier and rewritten only after the next token's first
+        // one; sk_part likewise, the other way round.
+        __syncthreads();
+        if (warp == t && active) {  // warp t, which prepared token t
+            o = o_part[0][lane];
+#pragma unroll
+            for (int w = 1; w < kDecodeWarps; ++w) o = __fadd_rn(o, o_part[w][lane]);
+            p.out[(static_cast<int64_t>(t) * p.n_v_heads + h) * p.dv + j] = o;
+        }
+    }
+
+    if (!active) return;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        const int i = row0 + r;
+        if (i < dk) column[static_cast<int64_t>(i) * p.dv] = s[r];
+    }
+}
+
 Status invalid(const char* op, const std::string& message) {
     return Status(StatusCode::kInvalidArgument, std::string(op) + ": " + message);
 }
@@ -391,19 +561,36 @@ Status gated_delta_rule(const float* qkv, const float* a, const float* b, const 
 
     const dim3 grid(static_cast<unsigned>(nv),
                     static_cast<unsigned>((dv + kGdnColumns - 1) / kGdnColumns));
-    const dim3 block(kGdnColumns);
     cudaError_t launched;
-    if (dk <= 32) {
-        launched =
-            launch_overlapped(gated_delta_kernel_registers<32>, grid, block, 0, stream, args);
-    } else if (dk <= 64) {
-        launched =
-            launch_overlapped(gated_delta_kernel_registers<64>, grid, block, 0, stream, args);
-    } else if (dk <= 128) {
-        launched =
-            launch_overlapped(gated_delta_kernel_registers<128>, grid, block, 0, stream, args);
+    if (rows <= kMaxDecodeTokens) {
+        const dim3 block(kDecodeThreads);
+        if (dk <= 32) {
+            launched =
+                launch_overlapped(gated_delta_decode_kernel<32>, grid, block, 0, stream, args);
+        } else if (dk <= 64) {
+            launched =
+                launch_overlapped(gated_delta_decode_kernel<64>, grid, block, 0, stream, args);
+        } else if (dk <= 128) {
+            launched =
+                launch_overlapped(gated_delta_decode_kernel<128>, grid, block, 0, stream, args);
+        } else {
+            launched =
+                launch_overlapped(gated_delta_decode_kernel<256>, grid, block, 0, stream, args);
+        }
     } else {
-        launched = launch_overlapped(gated_delta_kernel_shared, grid, block, 0, stream, args);
+        const dim3 block(kGdnColumns);
+        if (dk <= 32) {
+            launched =
+                launch_overlapped(gated_delta_kernel_registers<32>, grid, block, 0, stream, args);
+        } else if (dk <= 64) {
+            launched =
+                launch_overlapped(gated_delta_kernel_registers<64>, grid, block, 0, stream, args);
+        } else if (dk <= 128) {
+            launched =
+                launch_overlapped(gated_delta_kernel_registers<128>, grid, block, 0, stream, args);
+        } else {
+            launched = launch_overlapped(gated_delta_kernel_shared, grid, block, 0, stream, args);
+        }
     }
     KESTREL_CUDA_CHECK(launched);
     KESTREL_CUDA_CHECK(cudaGetLastError());

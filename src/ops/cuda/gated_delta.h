@@ -19,8 +19,9 @@ namespace kestrel::cuda {
 
 // The longest causal conv kernel conv1d_causal takes (Qwen3.5: 4).
 constexpr int64_t kMaxConvKernel = 8;
-// The largest key head dimension gated_delta_rule takes (Qwen3.5: 128, held in registers; up to
-// kMaxGdnKeyDim the state columns live in shared memory). The value head dimension is free.
+// The largest key head dimension gated_delta_rule takes (Qwen3.5: 128; in prefill the state
+// columns are held in registers up to 128 and in shared memory above). The value head dimension is
+// free.
 constexpr int64_t kMaxGdnKeyDim = 256;
 
 // Causal depthwise conv1d over time with state, then optional SiLU (Ops::conv1d_causal):
@@ -43,8 +44,11 @@ Status conv1d_causal(const float* x, int64_t rows, const float* weight, float* c
 // out [rows, n_v_heads, dv] (must not overlap the inputs or the state).
 // n_v_heads a multiple of n_k_heads; 1 <= dk <= kMaxGdnKeyDim; value head h reads key head
 // params.order (kGrouped: h / (n_v / n_k); kTiled: h % n_k). params.chunk is ignored: the
-// kernel always runs the recurrence token by token (the CPU's chunked form is the same function
-// to rounding), which is exact for decode and correct, if serial, for prefill.
+// kernels always run the recurrence token by token (the CPU's chunked form is the same function
+// to rounding). Calls of up to 8 tokens (decode) split each column's sums S^T k and S^T q over 8
+// warps, so they differ from the CPU's recurrent form by fp32 rounding (another summation order),
+// and give the same bits however the tokens are split over such calls; longer calls (prefill) run
+// the CPU's operations in its order, serially per column.
 Status gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg,
                         const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
                         float* state, float* out, cudaStream_t stream);

@@ -1,0 +1,830 @@
+// The routed-experts kernels (src/ops/cuda/moe_experts.cu) against their CPU twin, composed here
+// from the engine's twins: x -> quantize_q8_row; gate and up rows by matvec_w4a8 / matvec_w8a8 on
+// row slices of the gate_up stack; act = cpu::silu_and_mul (ops/cpu, the fp32 CPU backend's own);
+// act -> quantize_q8_row; down rows by matvec_w4a8 / matvec_w8a8 on slices of the down stack;
+// out = the weighted sum over j in j order.
+//
+// Three checks per call, each with a bound rather than a magic tolerance (eps = 2^-24):
+//   act: the GPU's act Q8 blocks (the start of scratch, moe_experts.h) against the twin's act.
+//     The GPU's gate and up differ from the twin's by fp32 accumulation order, at most
+//     c_d eps |terms| (c_d = groups + groups / 16 + 40, the GEMV tests' bound), which moves act by
+//     at most D = 1.1 dg (|u| + du) + |silu(g)| du + 2^-20 |act| (|silu'| <= 1.1; the last term
+//     for silu's and the product's roundings), so each dequantised d q is within d / 2 + D of the
+//     twin's act, and d within max D / 127 of the twin's d. Quantisation flips at a rounding
+//     boundary are allowed by that; they must stay rare (<= 1% of the values).
+//   down: out against the twin's down stage and weighted sum run on the GPU's own act blocks,
+//     to c_f eps sum_j |w_j| |terms_j| (c_f = groups + groups / 16 + 40 + k + 4: the dots' order
+//     and the k products and sums).
+//   end to end (every row at small shapes, a sample at the real ones): out against the twin
+//     alone, within the down bound plus, per slot, sum_i |W_down[r, i]| |dq_gpu,i - dq_twin,i|,
+//     the effect of the act blocks' flips (the W4A8 / W8A8 dot is exactly sum_i W_i (d q_i)).
+// Outputs and scratch are poisoned with NaN first; every comparison fails on NaN. An unknown
+// expert id must give its row NaN and leave the other rows alone. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#if KESTREL_HAS_CUDA
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/half.h"
+#include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/gemv_w4a8.h"
+#include "ops/cuda/gemv_w8a8.h"
+#include "ops/cuda/moe_experts.h"
+#include "ops/weight_format.h"
+#include "ops/weight_format_w8.h"
+
+#include "cuda_test_support.h"
+#include "cuda_w4_test_support.h"
+#endif
+
+namespace kestrel {
+namespace {
+
+#if !KESTREL_HAS_CUDA
+
+TEST(CudaMoeExperts, NeedsTheCudaBuild) {
+    GTEST_SKIP() << "built without CUDA (KESTREL_HAS_CUDA=0)";
+}
+
+#else
+
+using kestrel::testing::cuda_device_present;
+using kestrel::testing::DeviceBuffer;
+using kestrel::testing::DeviceW4;
+using kestrel::testing::download;
+using kestrel::testing::random_w4;
+using kestrel::testing::splitmix64;
+using kestrel::testing::upload;
+using kestrel::testing::upload_w4;
+
+constexpr double kEps = 1.0 / (1 << 24);
+
+// ---- weights -------------------------------------------------------------------------------
+
+// Random W8 as tests/unit/cuda_gemv_w8_test.cpp makes them: every int8 value (-128 included);
+// scale ~ 2^-12..2^-10; min 0 in every third group, else scale * U(-20, 20).
+W8Weights random_w8(int64_t n, int64_t k, uint64_t seed) {
+    W8Weights w;
+    w.n = n;
+    w.k = k;
+    w.qs.resize(static_cast<size_t>(n * k));
+    for (size_t i = 0; i < w.qs.size(); i += 8) {
+        const uint64_t r = splitmix64(seed);
+        for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j)
+            w.qs[i + j] = static_cast<int8_t>(r >> (8 * j));
+    }
+    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
+    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
+        const uint64_t r = splitmix64(seed);
+        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
+                                       -12 - static_cast<int>((r >> 16) % 3));
+        const float min =
+            (i / 2) % 3 == 0
+                ? 0.0f
+                : scale * (40.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f - 20.0f);
+        w.scale_min[i] = fp32_to_fp16(scale);
+        w.scale_min[i + 1] = fp32_to_fp16(min);
+    }
+    return w;
+}
+
+// One stack of expert matrices on the host, W4 or W8, and what the twin needs of it.
+struct HostStack {
+    bool is_w4 = true;
+    W4Weights w4;
+    W8Weights w8;
+
+    int64_t rows() const { return is_w4 ? w4.n : w8.n; }
+    int64_t cols() const { return is_w4 ? w4.k : w8.k; }
+
+    // Rows [begin, begin + count), copied.
+    HostStack slice(int64_t begin, int64_t count) const {
+        HostStack s;
+        s.is_w4 = is_w4;
+        if (is_w4) {
+            const int64_t bytes = w4.k / 2, groups = w4.groups(), supers2 = w4.supers() * 2;
+            s.w4.n = count;
+            s.w4.k = w4.k;
+            s.w4.qs.assign(w4.qs.begin() + begin * bytes, w4.qs.begin() + (begin + count) * bytes);
+            s.w4.group_scales.assign(w4.group_scales.begin() + begin * groups,
+                                     w4.group_scales.begin() + (begin + count) * groups);
+            s.w4.super_scales.assign(w4.super_scales.begin() + begin * supers2,
+                                     w4.super_scales.begin() + (begin + count) * supers2);
+        } else {
+            const int64_t pairs2 = w8.groups() * 2;
+            s.w8.n = count;
+            s.w8.k = w8.k;
+            s.w8.qs.assign(w8.qs.begin() + begin * w8.k, w8.qs.begin() + (begin + count) * w8.k);
+            s.w8.scale_min.assign(w8.scale_min.begin() + begin * pairs2,
+                                  w8.scale_min.begin() + (begin + count) * pairs2);
+        }
+        return s;
+    }
+
+    // y [rows()] = this matrix times one row of activations a [cols() / 32]; magnitude as the
+    // twins define it (the scale of their rounding).
+    void matvec(const Q8Block* a, float* y, float* magnitude) const {
+        if (is_w4) {
+            matvec_w4a8(w4, a, 1, y, magnitude);
+        } else {
+            matvec_w8a8(w8, a, 1, y, magnitude);
+        }
+    }
+
+    // The weight scale * q - min, exactly (double holds the fp32 products and difference).
+    double weight(int64_t row, int64_t col) const {
+        const int64_t g = col / 32;
+        if (is_w4) {
+            const W4GroupScale gs = w4_group_scale(w4, row, g);
+            return static_cast<double>(gs.scale) * w4_q(w4, row, col) - static_cast<double>(gs.min);
+        }
+        const uint16_t* sm = w8.scale_min.data() + (row * w8.groups() + g) * 2;
+        return static_cast<double>(fp16_to_fp32(sm[0])) *
+                   w8.qs[static_cast<size_t>(row * w8.k + col)] -
+               static_cast<double>(fp16_to_fp32(sm[1]));
+    }
+};
+
+HostStack random_stack(bool is_w4, int64_t rows, int64_t cols, uint64_t seed) {
+    HostStack s;
+    s.is_w4 = is_w4;
+    if (is_w4) {
+        s.w4 = random_w4(rows, cols, seed);
+    } else {
+        s.w8 = random_w8(rows, cols, seed);
+    }
+    return s;
+}
+
+struct DeviceW8 {
+    DeviceBuffer qs, scale_min;
+};
+
+// A stack on both sides.
+struct Stack {
+    HostStack host;
+    DeviceW4 w4;
+    DeviceW8 w8;
+    cuda::ExpertStackView view;
+};
+
+void upload_stack(Stack& s) {
+    s.view.is_w4 = s.host.is_w4;
+    if (s.host.is_w4) {
+        upload_w4(s.host.w4, s.w4);
+        s.view.w4 = s.w4.view;
+    } else {
+        upload(s.w8.qs, s.host.w8.qs);
+        upload(s.w8.scale_min, s.host.w8.scale_min);
+        s.view.w8 = {s.w8.qs.as<int8_t>(), s.w8.scale_min.as<uint32_t>(), s.host.w8.n, s.host.w8.k};
+    }
+}
+
+// gate_up [n_experts 2 ffn, dim] and down [n_experts dim, ffn] in the given formats.
+struct Layer {
+    int64_t dim = 0, ffn = 0, n_experts = 0;
+    Stack* gate_up = nullptr;
+    Stack* down = nullptr;
+};
+
+std::unique_ptr<Stack> make_stack(bool is_w4, int64_t rows, int64_t cols, uint64_t seed) {
+    auto s = std::make_unique<Stack>();
+    s->host = random_stack(is_w4, rows, cols, seed);
+    upload_stack(*s);
+    return s;
+}
+
+const char* format_name(bool is_w4) {
+    return is_w4 ? "W4" : "W8";
+}
+
+// ---- inputs --------------------------------------------------------------------------------
+
+std::vector<float> random_x(int64_t rows, int64_t dim, uint64_t seed) {
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(rows * dim));
+    for (float& v : x) v = normal(rng);
+    for (size_t i = 17; i < x.size(); i += 997)
+        x[i] *= 30.0f;  // outliers, as real activations have
+    return x;
+}
+
+struct Routing {
+    std::vector<int32_t> ids;    // [rows, k]
+    std::vector<float> weights;  // [rows, k]
+};
+
+// Per row, k distinct experts (as top-k gives) with positive weights summing to about 1.
+Routing random_routing(int64_t rows, int64_t k, int64_t n_experts, uint64_t seed) {
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::uniform_real_distribution<float> uniform(0.05f, 1.0f);
+    Routing routing;
+    std::vector<int32_t> pool(static_cast<size_t>(n_experts));
+    for (int64_t t = 0; t < rows; ++t) {
+        std::iota(pool.begin(), pool.end(), 0);
+        for (int64_t j = 0; j < k; ++j) {
+            const int64_t pick =
+                j + static_cast<int64_t>(rng() % static_cast<uint32_t>(n_experts - j));
+            std::swap(pool[static_cast<size_t>(j)], pool[static_cast<size_t>(pick)]);
+            routing.ids.push_back(pool[static_cast<size_t>(j)]);
+        }
+        std::vector<float> w(static_cast<size_t>(k));
+        float sum = 0.0f;
+        for (float& v : w) sum += (v = uniform(rng));
+        for (float v : w) routing.weights.push_back(v / sum);
+    }
+    return routing;
+}
+
+// ---- the GPU side --------------------------------------------------------------------------
+
+struct GpuResult {
+    std::vector<float> out;    // [rows, dim]
+    std::vector<Q8Block> act;  // [rows, k, ffn / 32], the start of scratch
+};
+
+void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, const Routing& routing,
+             int64_t k, GpuResult& result) {
+    DeviceBuffer dx, dids, dweights, dscratch, dout;
+    upload(dx, x);
+    upload(dids, routing.ids);
+    upload(dweights, routing.weights);
+    const size_t scratch_bytes = cuda::moe_experts_scratch_bytes(rows, k, layer.dim, layer.ffn);
+    ASSERT_EQ(scratch_bytes % 256, 0u);
+    ASSERT_GE(scratch_bytes, static_cast<size_t>(rows * k * (layer.ffn / 32)) * sizeof(Q8Block));
+    CUDA_OK(dscratch.alloc(scratch_bytes));
+    CUDA_OK(cudaMemset(dscratch.as<void>(), 0xff, scratch_bytes));  // NaN scales, -1 codes
+    const size_t out_count = static_cast<size_t>(rows * layer.dim);
+    CUDA_OK(dout.alloc(out_count * 4));
+    CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));  // NaN poison
+    STATUS_OK(cuda::moe_experts(dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k,
+                                layer.gate_up->view, layer.down->view, layer.n_experts, layer.ffn,
+                                layer.dim, dscratch.as<void>(), dout.as<float>(), nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    result.out = download<float>(dout, out_count);
+    result.act = download<Q8Block>(dscratch, static_cast<size_t>(rows * k * (layer.ffn / 32)));
+}
+
+// ---- the twin and the checks ---------------------------------------------------------------
+
+bool known_expert(int32_t id, int64_t n_experts) {
+    return id >= 0 && id < n_experts;
+}
+
+struct Worst {
+    double act = 0.0;         // max |d q - act_twin| / its bound
+    double down = 0.0;        // max |out - twin down on the GPU's act| / its bound
+    double end_to_end = 0.0;  // max |out - twin| / its bound
+    int64_t q_differences = 0;
+    int64_t act_values = 0;
+
+    void print(const std::string& label) const {
+        std::printf(
+            "%s: act %.3f, down %.3e, end to end %.3e of their bounds; %lld of %lld act codes "
+            "differ\n",
+            label.c_str(), act, down, end_to_end, static_cast<long long>(q_differences),
+            static_cast<long long>(act_values));
+    }
+};
+
+// Checks one call's GPU result against the twin (see the file comment). sampled_rows: the rows
+// r of each row t's output checked end to end (all when empty).
+void check_against_twin(const Layer& layer, const std::vector<float>& x, int64_t rows,
+                        const Routing& routing, int64_t k, const GpuResult& gpu,
+                        std::vector<int64_t> sampled_rows, const std::string& label, Worst& worst) {
+    const int64_t dim = layer.dim, ffn = layer.ffn, n_experts = layer.n_experts;
+    const int64_t groups_d = dim / 32, groups_f = ffn / 32;
+    const double gate_up_order = static_cast<double>(groups_d + groups_d / 16 + 40);
+    const double down_order = static_cast<double>(groups_f + groups_f / 16 + 40 + k + 4);
+    const HostStack& gate_up = layer.gate_up->host;
+    const HostStack& down = layer.down->host;
+    if (sampled_rows.empty()) {
+        for (int64_t r = 0; r < dim; ++r) sampled_rows.push_back(r);
+    }
+
+    std::vector<Q8Block> x_blocks(static_cast<size_t>(groups_d));
+    std::vector<float> gate_up_y(static_cast<size_t>(2 * ffn)), gate_up_mag(gate_up_y.size());
+    std::vector<float> act(static_cast<size_t>(ffn));
+    std::vector<Q8Block> twin_blocks(static_cast<size_t>(k * groups_f));
+    // Per slot j of the row: down on the GPU's act (y_gpu_act) and on the twin's (y_twin), with
+    // the twins' magnitudes; dq_change = d q (GPU) - d q (twin) per act value.
+    std::vector<float> y_gpu_act(static_cast<size_t>(k * dim)), mag_gpu_act(y_gpu_act.size());
+    std::vector<float> y_twin(y_gpu_act.size()), mag_twin(y_gpu_act.size());
+    std::vector<double> dq_change(static_cast<size_t>(k * ffn));
+    std::vector<HostStack> down_slices(static_cast<size_t>(k));
+
+    for (int64_t t = 0; t < rows; ++t) {
+        quantize_q8_row(x.data() + t * dim, dim, x_blocks.data());
+        bool row_known = true;
+        for (int64_t j = 0; j < k; ++j) {
+            const int64_t slot = t * k + j;
+            const int32_t expert = routing.ids[static_cast<size_t>(slot)];
+            const Q8Block* gpu_blocks = gpu.act.data() + slot * groups_f;
+            if (!known_expert(expert, n_experts)) {
+                row_known = false;
+                for (int64_t g = 0; g < groups_f; ++g) {
+                    ASSERT_TRUE(std::isnan(gpu_blocks[g].d))
+                        << label << ": row " << t << " slot " << j << " (id " << expert
+                        << ") act block " << g << " d = " << gpu_blocks[g].d;
+                }
+                continue;
+            }
+            // Stage 1: gate and up, act, its Q8 blocks.
+            const HostStack expert_gate_up = gate_up.slice(expert * 2 * ffn, 2 * ffn);
+            expert_gate_up.matvec(x_blocks.data(), gate_up_y.data(), gate_up_mag.data());
+            cpu::silu_and_mul(gate_up_y.data(), gate_up_y.data() + ffn, ffn, act.data());
+            Q8Block* twin = twin_blocks.data() + j * groups_f;
+            quantize_q8_row(act.data(), ffn, twin);
+
+            for (int64_t g = 0; g < groups_f; ++g) {
+                const Q8Block& got = gpu_blocks[g];
+                ASSERT_TRUE(std::isfinite(got.d)) << label << ": row " << t << " slot " << j
+                                                  << " act block " << g << " d = " << got.d;
+                int32_t sum = 0;
+                for (int i = 0; i < 32; ++i) sum += got.qs[i];
+                ASSERT_EQ(got.sum, sum) << label << ": act block " << g;
+                ASSERT_TRUE(got.pad[0] == 0 && got.pad[1] == 0) << label << ": act block " << g;
+                double max_change = 0.0;
+                for (int i = 0; i < 32; ++i) {
+                    const size_t f = static_cast<size_t>(g * 32 + i);
+                    const double gate = gate_up_y[f], up = gate_up_y[f + static_cast<size_t>(ffn)];
+                    const double gate_tol = gate_up_order * kEps * gate_up_mag[f];
+                    const double up_tol =
+                        gate_up_order * kEps * gate_up_mag[f + static_cast<size_t>(ffn)];
+                    const double silu = gate / (1.0 + std::exp(-gate));
+                    const double change = 1.1 * gate_tol * (std::fabs(up) + up_tol) +
+                                          std::fabs(silu) * up_tol +
+                                          std::ldexp(std::fabs(static_cast<double>(act[f])), -20);
+                    max_change = std::max(max_change, change);
+                    const double got_value = static_cast<double>(got.d) * got.qs[i];
+                    const double bound =
+                        static_cast<double>(got.d) * (0.5 + std::ldexp(1.0, -16)) + change + 1e-30;
+                    const double err = std::fabs(got_value - act[f]);
+                    ASSERT_LE(err, bound)
+                        << label << ": row " << t << " slot " << j << " (expert " << expert
+                        << ") act " << f << ": gpu " << got_value << " (q " << int(got.qs[i])
+                        << ", d " << got.d << ") twin act " << act[f];
+                    worst.act = std::max(worst.act, err / bound);
+                    worst.q_differences += got.qs[i] != twin[g].qs[i] ? 1 : 0;
+                    dq_change[static_cast<size_t>(j * ffn) + f] =
+                        got_value - static_cast<double>(twin[g].d) * twin[g].qs[i];
+                }
+                const double d_bound = max_change / 127.0 * (1.0 + std::ldexp(1.0, -20)) +
+                                       std::ldexp(static_cast<double>(twin[g].d), -22) + 1e-38;
+                ASSERT_LE(std::fabs(static_cast<double>(got.d) - twin[g].d), d_bound)
+                    << label << ": row " << t << " slot " << j << " act block " << g << ": gpu d "
+                    << got.d << ", twin d " << twin[g].d;
+            }
+            worst.act_values += ffn;
+
+            // Stage 2 twice: down on the GPU's act blocks and on the twin's.
+            down_slices[static_cast<size_t>(j)] = down.slice(expert * dim, dim);
+            const HostStack& expert_down = down_slices[static_cast<size_t>(j)];
+            expert_down.matvec(gpu_blocks, y_gpu_act.data() + j * dim,
+                               mag_gpu_act.data() + j * dim);
+            expert_down.matvec(twin, y_twin.data() + j * dim, mag_twin.data() + j * dim);
+        }
+
+        const float* out = gpu.out.data() + t * dim;
+        if (!row_known) {
+            for (int64_t r = 0; r < dim; ++r) {
+                ASSERT_TRUE(std::isnan(out[r]))
+                    << label << ": row " << t << " has an unknown expert, out " << r << " = "
+                    << out[r];
+            }
+            continue;
+        }
+        const float* w = routing.weights.data() + t * k;
+        for (int64_t r = 0; r < dim; ++r) {
+            ASSERT_TRUE(std::isfinite(out[r]))
+                << label << ": row " << t << " out " << r << " = " << out[r];
+            float reference = 0.0f;  // ops/cpu moe_experts' sum, in j order
+            double magnitude = 0.0;
+            for (int64_t j = 0; j < k; ++j) {
+                reference += y_gpu_act[static_cast<size_t>(j * dim + r)] * w[j];
+                magnitude += std::fabs(w[j]) * mag_gpu_act[static_cast<size_t>(j * dim + r)];
+            }
+            const double bound = down_order * kEps * magnitude + 1e-30;
+            const double err = std::fabs(static_cast<double>(out[r]) - reference);
+            ASSERT_LE(err, bound) << label << ": row " << t << " out " << r << ": gpu " << out[r]
+                                  << ", twin down on the gpu's act " << reference;
+            worst.down = std::max(worst.down, err / bound);
+        }
+        for (const int64_t r : sampled_rows) {
+            float twin_out = 0.0f;
+            double bound = 1e-30;
+            for (int64_t j = 0; j < k; ++j) {
+                const size_t at = static_cast<size_t>(j * dim + r);
+                twin_out += y_twin[at] * w[j];
+                double flips = 0.0;
+                for (int64_t i = 0; i < ffn; ++i) {
+                    const double change = dq_change[static_cast<size_t>(j * ffn + i)];
+                    if (change != 0.0) {
+                        flips += std::fabs(down_slices[static_cast<size_t>(j)].weight(r, i)) *
+                                 std::fabs(change);
+                    }
+                }
+                bound +=
+                    std::fabs(w[j]) * (flips * (1.0 + std::ldexp(1.0, -20)) +
+                                       down_order * kEps * (2.0 * mag_gpu_act[at] + mag_twin[at]));
+            }
+            const double err = std::fabs(static_cast<double>(out[r]) - twin_out);
+            ASSERT_LE(err, bound) << label << ": row " << t << " out " << r << ": gpu " << out[r]
+                                  << ", twin " << twin_out;
+            worst.end_to_end = std::max(worst.end_to_end, err / bound);
+        }
+    }
+    ASSERT_LE(worst.q_differences * 100, std::max<int64_t>(worst.act_values, 800))
+        << label << ": act codes that differ from the twin's should be rare flips at a rounding "
+        << "boundary";
+}
+
+// Rows r of a row's output checked end to end at large dim: the first and last 8, every 61st.
+std::vector<int64_t> sample_rows(int64_t dim) {
+    std::vector<int64_t> rows;
+    for (int64_t r = 0; r < dim; ++r) {
+        if (r < 8 || r >= dim - 8 || r % 61 == 0) rows.push_back(r);
+    }
+    return rows;
+}
+
+std::string case_label(const Layer& layer, int64_t rows, int64_t k) {
+    return std::string(format_name(layer.gate_up->host.is_w4)) + "/" +
+           format_name(layer.down->host.is_w4) + " dim " + std::to_string(layer.dim) + " ffn " +
+           std::to_string(layer.ffn) + " experts " + std::to_string(layer.n_experts) + " k " +
+           std::to_string(k) + " rows " + std::to_string(rows);
+}
+
+void run_and_check(const Layer& layer, int64_t rows, int64_t k, uint64_t seed,
+                   const std::vector<int64_t>& sampled_rows, Worst& worst) {
+    const std::vector<float> x = random_x(rows, layer.dim, seed);
+    const Routing routing = random_routing(rows, k, layer.n_experts, seed + 1);
+    GpuResult gpu;
+    run_gpu(layer, x, rows, routing, k, gpu);
+    if (::testing::Test::HasFatalFailure()) return;
+    check_against_twin(layer, x, rows, routing, k, gpu, sampled_rows, case_label(layer, rows, k),
+                       worst);
+}
+
+// ---- shapes --------------------------------------------------------------------------------
+
+struct Shape {
+    int64_t dim, ffn, n_experts, k;
+};
+
+// Qwen3.5-35B-A3B's routed experts.
+constexpr Shape kQwen35 = {2048, 512, 256, 8};
+constexpr int64_t kQwen35Rows[] = {1, 2, 3, 8, 37};
+
+// Small shapes that, with the Qwen3.5 ones, reach every down variant (format x lanes per row L
+// x warps per row group S; on an H100's 132 SMs, EveryDownVariantIsTested checks the GPU at
+// hand): the fixture's tiny layer; ffn 256 (L = 16) and ffn 1024 (L = 32) at small dim, where S
+// grows to fill the SMs; k = 4 (W4 with S = 1); a partial W4 super-group in the gate/up rows
+// (dim 96) with k = 3 (S = 4 > k: an idle warp per row group); down rows longer than a warp's
+// units (ffn 1536: 48 W4 and 96 W8 units over 32 lanes); gate/up rows of several steps (dim 4096).
+constexpr Shape kOddShapes[] = {{64, 32, 8, 2},     {256, 256, 16, 8},  {1024, 256, 16, 4},
+                                {256, 1024, 16, 8}, {512, 1024, 16, 8}, {1024, 1024, 16, 8},
+                                {96, 64, 5, 3},     {2048, 1536, 8, 4}, {4096, 256, 8, 8}};
+constexpr int64_t kOddRows[] = {1, 2, 5};
+
+// (gate_up, down) formats: all four pairs (llama.cpp's Q4_K_M is W4/W8 in some layers).
+constexpr bool kFormats[][2] = {{true, true}, {true, false}, {false, false}, {false, true}};
+
+class CudaMoeExperts : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
+    }
+
+    // The Qwen3.5 stacks in both formats (1.3 GB on each side), made once for the suite.
+    struct Qwen35Stacks {
+        std::unique_ptr<Stack> gate_up[2], down[2];  // [is_w4]
+    };
+
+    static Qwen35Stacks& qwen35() {
+        if (qwen35_ == nullptr) {
+            qwen35_ = new Qwen35Stacks;
+            const Shape s = kQwen35;
+            for (const bool w4 : {true, false}) {
+                qwen35_->gate_up[w4] = make_stack(w4, s.n_experts * 2 * s.ffn, s.dim, w4 ? 11 : 12);
+                qwen35_->down[w4] = make_stack(w4, s.n_experts * s.dim, s.ffn, w4 ? 13 : 14);
+            }
+        }
+        return *qwen35_;
+    }
+
+    static Layer qwen35_layer(bool gate_up_w4, bool down_w4) {
+        Qwen35Stacks& stacks = qwen35();
+        return {kQwen35.dim, kQwen35.ffn, kQwen35.n_experts, stacks.gate_up[gate_up_w4].get(),
+                stacks.down[down_w4].get()};
+    }
+
+    static void TearDownTestSuite() {
+        delete qwen35_;
+        qwen35_ = nullptr;
+    }
+
+    static Qwen35Stacks* qwen35_;
+};
+
+CudaMoeExperts::Qwen35Stacks* CudaMoeExperts::qwen35_ = nullptr;
+
+// ---- tests ---------------------------------------------------------------------------------
+
+// The split rule (moe_experts.h) at the decode shapes on an H100's 132 SMs.
+TEST(CudaMoeExpertsSplitRule, H100Shapes) {
+    constexpr int kH100Sms = 132;
+    // W4 down: 16 units a row, two rows a warp; 4 slots a batch -> S >= 2: 256 blocks.
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 2048, 512, true, kH100Sms), 2);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(8, 8, 2048, 512, true, kH100Sms), 2);
+    // W8 down: 32 units a row, one row a warp; 8 slots a batch: 256 blocks at S = 1.
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 2048, 512, false, kH100Sms), 1);
+    // The fixture's tiny layer: 4 blocks at S = 1, and k = 2 caps S at 2.
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 2, 64, 32, true, kH100Sms), 2);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 256, 256, true, kH100Sms), 8);
+}
+
+TEST_F(CudaMoeExperts, EveryDownVariantIsTested) {
+    const Result<int> sms = cuda::gemv_sm_count();
+    ASSERT_TRUE(sms.ok()) << sms.status().message();
+    // reached[is_w4][L == 32][log2 S]
+    bool reached[2][2][4] = {};
+    const auto add = [&](const Shape& s, int64_t rows) {
+        for (const bool w4 : {true, false}) {
+            const int64_t units = w4 ? s.ffn / 32 : s.ffn / 16;
+            const int split = cuda::moe_down_warps_per_row(rows, s.k, s.dim, s.ffn, w4, *sms);
+            const int log2_split = split == 1 ? 0 : split == 2 ? 1 : split == 4 ? 2 : 3;
+            reached[w4][units > 16][log2_split] = true;
+        }
+    };
+    for (const int64_t rows : kQwen35Rows) add(kQwen35, rows);
+    for (const Shape& s : kOddShapes)
+        for (const int64_t rows : kOddRows) add(s, rows);
+    for (const bool w4 : {true, false}) {
+        for (const int lanes : {16, 32}) {
+            for (int log2_split = 0; log2_split < 4; ++log2_split) {
+                EXPECT_TRUE(reached[w4][lanes == 32][log2_split])
+                    << "no test shape reaches " << format_name(w4) << " down with L = " << lanes
+                    << ", S = " << (1 << log2_split) << " on " << *sms
+                    << " SMs: add one to kOddShapes";
+            }
+        }
+    }
+}
+
+TEST_F(CudaMoeExperts, TinyLayerAllFormats) {
+    const Shape s = kOddShapes[0];  // d = 64, f = 32, 8 experts, k = 2
+    uint64_t seed = 100;
+    for (const auto& formats : kFormats) {
+        const auto gate_up = make_stack(formats[0], s.n_experts * 2 * s.ffn, s.dim, ++seed);
+        const auto down = make_stack(formats[1], s.n_experts * s.dim, s.ffn, ++seed);
+        if (HasFatalFailure()) return;
+        const Layer layer{s.dim, s.ffn, s.n_experts, gate_up.get(), down.get()};
+        Worst worst;
+        for (const int64_t rows : {1, 2, 3, 4, 5, 9}) {
+            run_and_check(layer, rows, s.k, ++seed, {}, worst);
+            if (HasFatalFailure()) return;
+        }
+        worst.print(case_label(layer, 9, s.k) + " (all row counts)");
+    }
+}
+
+TEST_F(CudaMoeExperts, OddShapesAllFormats) {
+    uint64_t seed = 200;
+    for (const Shape& s : kOddShapes) {
+        for (const auto& formats : kFormats) {
+            const auto gate_up = make_stack(formats[0], s.n_experts * 2 * s.ffn, s.dim, ++seed);
+            const auto down = make_stack(formats[1], s.n_experts * s.dim, s.ffn, ++seed);
+            if (HasFatalFailure()) return;
+            const Layer layer{s.dim, s.ffn, s.n_experts, gate_up.get(), down.get()};
+            Worst worst;
+            for (const int64_t rows : kOddRows) {
+                run_and_check(layer, rows, s.k, ++seed, {}, worst);
+                if (HasFatalFailure()) return;
+            }
+            worst.print(case_label(layer, 5, s.k) + " (rows 1, 2, 5)");
+        }
+    }
+}
+
+TEST_F(CudaMoeExperts, Qwen35ShapesAllFormats) {
+    uint64_t seed = 300;
+    for (const auto& formats : kFormats) {
+        const Layer layer = qwen35_layer(formats[0], formats[1]);
+        if (HasFatalFailure()) return;
+        for (const int64_t rows : kQwen35Rows) {
+            Worst worst;
+            run_and_check(layer, rows, kQwen35.k, ++seed, sample_rows(kQwen35.dim), worst);
+            if (HasFatalFailure()) return;
+            worst.print(case_label(layer, rows, kQwen35.k));
+        }
+    }
+}
+
+// The same expert twice in a row (the router never does it, a caller could), and in every slot.
+TEST_F(CudaMoeExperts, DuplicateExpertInARow) {
+    const int64_t rows = 3, k = kQwen35.k;
+    for (const auto& formats : {kFormats[0], kFormats[1]}) {
+        const Layer layer = qwen35_layer(formats[0], formats[1]);
+        if (HasFatalFailure()) return;
+        const std::vector<float> x = random_x(rows, layer.dim, 400);
+        Routing routing = random_routing(rows, k, layer.n_experts, 401);
+        for (int64_t j = 0; j < k; ++j) routing.ids[static_cast<size_t>(j)] = 17;
+        routing.ids[static_cast<size_t>(k + 1)] = routing.ids[static_cast<size_t>(k)];
+        routing.ids[static_cast<size_t>(k + 5)] = routing.ids[static_cast<size_t>(k + 2)];
+        GpuResult gpu;
+        run_gpu(layer, x, rows, routing, k, gpu);
+        if (HasFatalFailure()) return;
+        Worst worst;
+        check_against_twin(layer, x, rows, routing, k, gpu, sample_rows(layer.dim),
+                           case_label(layer, rows, k) + " duplicates", worst);
+        if (HasFatalFailure()) return;
+        worst.print(case_label(layer, rows, k) + " duplicates");
+    }
+}
+
+// Ids outside [0, n_experts) read no weights and make their row NaN, and only their row.
+TEST_F(CudaMoeExperts, UnknownExpertGivesNaNRow) {
+    const int64_t rows = 5;
+    uint64_t seed = 500;
+    for (const Shape& s : {kOddShapes[0], kOddShapes[1]}) {
+        for (const auto& formats : {kFormats[0], kFormats[2]}) {
+            const auto gate_up = make_stack(formats[0], s.n_experts * 2 * s.ffn, s.dim, ++seed);
+            const auto down = make_stack(formats[1], s.n_experts * s.dim, s.ffn, ++seed);
+            if (HasFatalFailure()) return;
+            const Layer layer{s.dim, s.ffn, s.n_experts, gate_up.get(), down.get()};
+            const std::vector<float> x = random_x(rows, s.dim, ++seed);
+            Routing routing = random_routing(rows, s.k, s.n_experts, ++seed);
+            routing.ids[static_cast<size_t>(1 * s.k + s.k - 1)] = -1;
+            routing.ids[static_cast<size_t>(2 * s.k)] = static_cast<int32_t>(s.n_experts);
+            routing.ids[static_cast<size_t>(3 * s.k)] = std::numeric_limits<int32_t>::min();
+            routing.ids[static_cast<size_t>(3 * s.k + 1)] = std::numeric_limits<int32_t>::max();
+            GpuResult gpu;
+            run_gpu(layer, x, rows, routing, s.k, gpu);
+            if (HasFatalFailure()) return;
+            Worst worst;
+            check_against_twin(layer, x, rows, routing, s.k, gpu, {},
+                               case_label(layer, rows, s.k) + " unknown ids", worst);
+            if (HasFatalFailure()) return;
+        }
+    }
+}
+
+// Captured once into a CUDA graph and replayed with new ids, weights and x written into the same
+// device buffers: nothing in the launches may depend on the host seeing the ids.
+TEST_F(CudaMoeExperts, GraphReplayWithNewRouting) {
+    const Layer layer = qwen35_layer(true, true);
+    if (HasFatalFailure()) return;
+    const int64_t rows = 1, k = kQwen35.k;
+    std::vector<float> x = random_x(rows, layer.dim, 600);
+    Routing routing = random_routing(rows, k, layer.n_experts, 601);
+    DeviceBuffer dx, dids, dweights, dscratch, dout;
+    upload(dx, x);
+    upload(dids, routing.ids);
+    upload(dweights, routing.weights);
+    const size_t scratch_bytes = cuda::moe_experts_scratch_bytes(rows, k, layer.dim, layer.ffn);
+    CUDA_OK(dscratch.alloc(scratch_bytes));
+    const size_t out_count = static_cast<size_t>(rows * layer.dim);
+    CUDA_OK(dout.alloc(out_count * 4));
+
+    struct Graph {
+        cudaStream_t stream = nullptr;
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        ~Graph() {
+            if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
+            if (graph != nullptr) (void)cudaGraphDestroy(graph);
+            if (stream != nullptr) (void)cudaStreamDestroy(stream);
+        }
+    } g;
+    // The SM count is queried (and cached) on a launcher's first call: not inside the capture.
+    ASSERT_TRUE(cuda::gemv_sm_count().ok());
+    CUDA_OK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
+    CUDA_OK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
+    const Status captured =
+        cuda::moe_experts(dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k,
+                          layer.gate_up->view, layer.down->view, layer.n_experts, layer.ffn,
+                          layer.dim, dscratch.as<void>(), dout.as<float>(), g.stream);
+    CUDA_OK(cudaStreamEndCapture(g.stream, &g.graph));
+    ASSERT_TRUE(captured.ok()) << captured.message();
+    CUDA_OK(cudaGraphInstantiate(&g.exec, g.graph, 0));
+
+    for (uint64_t replay = 0; replay < 3; ++replay) {
+        x = random_x(rows, layer.dim, 610 + replay);
+        routing = random_routing(rows, k, layer.n_experts, 620 + replay);
+        testing::copy_to_device(dx.as<float>(), x);
+        testing::copy_to_device(dids.as<int32_t>(), routing.ids);
+        testing::copy_to_device(dweights.as<float>(), routing.weights);
+        CUDA_OK(cudaMemset(dscratch.as<void>(), 0xff, scratch_bytes));
+        CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));
+        CUDA_OK(cudaGraphLaunch(g.exec, g.stream));
+        CUDA_OK(cudaStreamSynchronize(g.stream));
+        GpuResult gpu;
+        gpu.out = download<float>(dout, out_count);
+        gpu.act = download<Q8Block>(dscratch, static_cast<size_t>(rows * k * (layer.ffn / 32)));
+        Worst worst;
+        check_against_twin(layer, x, rows, routing, k, gpu, sample_rows(layer.dim),
+                           case_label(layer, rows, k) + " replay " + std::to_string(replay), worst);
+        if (HasFatalFailure()) return;
+    }
+}
+
+TEST_F(CudaMoeExperts, RejectsBadArguments) {
+    const Shape s = kOddShapes[0];
+    const auto gate_up = make_stack(true, s.n_experts * 2 * s.ffn, s.dim, 1);
+    const auto down = make_stack(false, s.n_experts * s.dim, s.ffn, 2);
+    if (HasFatalFailure()) return;
+    const int64_t rows = 2;
+    DeviceBuffer dx, dids, dweights, dscratch, dout;
+    CUDA_OK(dx.alloc(static_cast<size_t>(rows * s.dim) * 4 + 16));
+    CUDA_OK(dids.alloc(static_cast<size_t>(rows * s.k) * 4));
+    CUDA_OK(dweights.alloc(static_cast<size_t>(rows * s.k) * 4));
+    CUDA_OK(dscratch.alloc(cuda::moe_experts_scratch_bytes(rows, s.k, s.dim, s.ffn)));
+    CUDA_OK(dout.alloc(static_cast<size_t>(rows * s.dim) * 4));
+    CUDA_OK(cudaMemset(dx.as<void>(), 0, static_cast<size_t>(rows * s.dim) * 4 + 16));
+    CUDA_OK(cudaMemset(dids.as<void>(), 0, static_cast<size_t>(rows * s.k) * 4));
+    CUDA_OK(cudaMemset(dweights.as<void>(), 0, static_cast<size_t>(rows * s.k) * 4));
+    struct Call {
+        const float* x;
+        int64_t rows;
+        const int32_t* ids;
+        const float* weights;
+        int64_t k;
+        cuda::ExpertStackView gate_up, down;
+        int64_t n_experts, ffn, dim;
+        void* scratch;
+        float* out;
+        Status run() const {
+            return cuda::moe_experts(x, rows, ids, weights, k, gate_up, down, n_experts, ffn, dim,
+                                     scratch, out, nullptr);
+        }
+    };
+    const Call good{dx.as<float>(),
+                    rows,
+                    dids.as<int32_t>(),
+                    dweights.as<float>(),
+                    s.k,
+                    gate_up->view,
+                    down->view,
+                    s.n_experts,
+                    s.ffn,
+                    s.dim,
+                    dscratch.as<void>(),
+                    dout.as<float>()};
+    STATUS_OK(good.run());
+    CUDA_OK(cudaDeviceSynchronize());
+    Call zero_rows = good;
+    zero_rows.rows = 0;
+    STATUS_OK(zero_rows.run());  // launches nothing
+
+    std::vector<Call> bad;
+    const auto with = [&](auto change) {
+        Call c = good;
+        change(c);
+        bad.push_back(c);
+    };
+    with([](Call& c) { c.rows = -1; });
+    with([](Call& c) { c.k = 0; });
+    with([](Call& c) { c.k = cuda::kMoeMaxTopK + 1; });
+    with([](Call& c) { c.n_experts = 0; });
+    with([](Call& c) { c.dim = 48; });                    // not a multiple of 32
+    with([](Call& c) { c.ffn = 48; });                    // not a multiple of 32
+    with([](Call& c) { c.n_experts = 7; });               // stacks hold 8 experts
+    with([](Call& c) { std::swap(c.gate_up, c.down); });  // shapes swapped
+    with([](Call& c) { c.gate_up.is_w4 = false; });       // W8 view left empty
+    with([](Call& c) { c.down.w8.qs += 8; });             // not 16-byte aligned
+    with([](Call& c) { c.gate_up.w4.super_scales = nullptr; });
+    with([](Call& c) { c.x = nullptr; });
+    with([](Call& c) { c.x += 1; });  // not 16-byte aligned
+    with([](Call& c) { c.ids = nullptr; });
+    with([](Call& c) { c.weights = nullptr; });
+    with([](Call& c) { c.scratch = nullptr; });
+    with([](Call& c) { c.out = nullptr; });
+    for (size_t i = 0; i < bad.size(); ++i) {
+        EXPECT_EQ(bad[i].run().code(), StatusCode::kInvalidArgument) << "bad call " << i;
+    }
+    // Beyond the shared-memory limits (checked before any shape comparison).
+    Call wide = good;
+    wide.dim = cuda::kMoeMaxDim + 32;
+    EXPECT_EQ(wide.run().code(), StatusCode::kInvalidArgument);
+    Call long_slots = good;
+    long_slots.ffn = cuda::kMoeMaxSlotValues / long_slots.k + 32;
+    EXPECT_EQ(long_slots.run().code(), StatusCode::kInvalidArgument);
+}
+
+#endif  // KESTREL_HAS_CUDA
+
+}  // namespace
+}  // namespace kestrel
