@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
          0.0},
         {"moe_route 256 experts, top 8",
          [&](cudaStream_t s) {
-             return kestrel::cuda::moe_route(logits, 1, 256, 8, ids, route_weights, s);
+             return kestrel::cuda::moe_route(logits, 1, 256, 8, nullptr, ids, route_weights, s);
          },
          0.0},
         {"silu_and_mul 8 x 512",

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Makes tests/fixtures/qwen35_tiny/: a TINY random-weight Qwen3.5-MoE model and transformers'
 fp32 logits for it, the reference tests/unit/qwen35_reference_test.cpp holds our CPU engine against.
+With --variant, a variant of it in its own folder (see "Variants" below).
 
 The model is transformers' own Qwen3_5MoeForConditionalGeneration (modeling_qwen3_5_moe.py), so
 the checkpoint has the real layout: `model.language_model.*` text weights, a (tiny) vision tower
@@ -35,8 +36,20 @@ Its pre-tokenizer detection hashes the tokenizer's output on a fixed text and kn
 models' hashes, so for this tiny tokenizer it is told the answer: "qwen35" (what it writes for
 the real Qwen3.5 tokenizer, whose regex ours copies). Nothing else is patched.
 
+Variants (--variant NAME; HF folder only, no GGUF, so no llama.cpp argument; same seed 1234):
+  shared32   tests/fixtures/qwen35_tiny_shared32/: the shared expert as wide as a routed expert
+             (shared_expert_intermediate_size = moe_intermediate_size = 32, as the real
+             Qwen3.5-35B-A3B's 512 = 512), the case where the engine may run the shared expert as
+             one more expert in the routed-expert kernels. To stay under 1.5 MB it has 2 layers
+             (L F) instead of 4 and 10 decode steps instead of 32; everything else (tokenizer,
+             prompts, vision tower, MTP block, weight scales) is as above. Made with:
+    python3 -m venv /tmp/fixture-venv
+    /tmp/fixture-venv/bin/pip install torch transformers==5.23.0 safetensors numpy tokenizers
+    /tmp/fixture-venv/bin/python scripts/make_qwen35_fixtures.py --variant shared32
+
 Needs: torch, transformers (5.x), tokenizers, safetensors, numpy. CPU, ~20 s.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -47,10 +60,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "tests", "fixtures", "qwen35_tiny")
 SEED = 1234
 VOCAB = 320
-DECODE_STEPS = 32
+# name -> what differs from the default fixture. "gguf": also convert with llama.cpp's converter.
+VARIANTS = {
+    None: dict(folder="qwen35_tiny", gguf=True, num_hidden_layers=4, decode_steps=32,
+               shared_expert_intermediate_size=48),
+    "shared32": dict(folder="qwen35_tiny_shared32", gguf=False, num_hidden_layers=2, decode_steps=10,
+                     shared_expert_intermediate_size=32),
+}
 QWEN35_PRE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
                     r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 CORPUS = [
@@ -62,7 +80,7 @@ CORPUS = [
 ]
 
 
-def make_tokenizer():
+def make_tokenizer(out):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -75,8 +93,8 @@ def make_tokenizer():
                                   show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer)
     tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tok.save(os.path.join(OUT, "tokenizer.json"))
-    with open(os.path.join(OUT, "tokenizer_config.json"), "w") as f:
+    tok.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
         json.dump({"add_bos_token": False, "bos_token": None, "eos_token": "<|im_end|>",
                    "pad_token": "<|endoftext|>", "model_max_length": 512,
                    "tokenizer_class": "Qwen2Tokenizer"}, f)
@@ -84,16 +102,18 @@ def make_tokenizer():
     return tok
 
 
-def make_config():
+def make_config(variant):
     from transformers import Qwen3_5MoeConfig
-    text = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    n_layers = variant["num_hidden_layers"]
+    text = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=n_layers, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                  "mrope_section": [3, 3, 2], "mrope_interleaved": True},
                 linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=24,
                 linear_num_key_heads=2, linear_num_value_heads=4, moe_intermediate_size=32,
-                shared_expert_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
-                layer_types=["linear_attention", "full_attention"] * 2, full_attention_interval=2,
+                shared_expert_intermediate_size=variant["shared_expert_intermediate_size"], num_experts=8,
+                num_experts_per_tok=2, layer_types=["linear_attention", "full_attention"] * (n_layers // 2),
+                full_attention_interval=2,
                 mtp_num_hidden_layers=1, tie_word_embeddings=False, eos_token_id=VOCAB - 1)
     vision = dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=64, patch_size=4,
                   spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16)
@@ -125,10 +145,10 @@ def randomize(model):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
-def add_mtp_block(config):
+def add_mtp_block(config, out):
     """The real checkpoints' MTP head (mtp.fc, mtp.pre_fc_norm_*, mtp.norm, mtp.layers.0.* = one
     full-attention MoE layer); values copied from text layer 1 so the converter can map them."""
-    path = os.path.join(OUT, "model.safetensors")
+    path = os.path.join(out, "model.safetensors")
     tensors = load_file(path)
     d = config.text_config.hidden_size
     g = torch.Generator().manual_seed(SEED + 1)
@@ -143,14 +163,14 @@ def add_mtp_block(config):
 
 
 @torch.no_grad()
-def reference(model, prompt):
+def reference(model, prompt, decode_steps):
     from transformers import DynamicCache
     lm = model
     cache = DynamicCache(config=model.config.text_config)
     out = lm(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True)
     rows = [out.logits[0].float()]
     greedy = [int(out.logits[0, -1].argmax())]
-    for _ in range(DECODE_STEPS):
+    for _ in range(decode_steps):
         out = lm(input_ids=torch.tensor([[greedy[-1]]]), past_key_values=out.past_key_values, use_cache=True)
         rows.append(out.logits[0].float())
         greedy.append(int(out.logits[0, -1].argmax()))
@@ -172,22 +192,28 @@ convert_hf_to_gguf.main()
 
 
 def main():
-    if len(sys.argv) < 2:
+    parser = argparse.ArgumentParser(usage="%(prog)s LLAMA_CPP_DIR | --variant NAME")
+    parser.add_argument("llama_cpp", nargs="?", help="llama.cpp source tree (its convert_hf_to_gguf.py)")
+    parser.add_argument("--variant", choices=[name for name in VARIANTS if name], default=None)
+    args = parser.parse_args()
+    variant = VARIANTS[args.variant]
+    if variant["gguf"] and not args.llama_cpp:
         sys.exit(__doc__)
-    llama_cpp = sys.argv[1]
-    os.makedirs(OUT, exist_ok=True)
+    out = os.path.join(ROOT, "tests", "fixtures", variant["folder"])
+    decode_steps = variant["decode_steps"]
+    os.makedirs(out, exist_ok=True)
     torch.manual_seed(SEED)
     from transformers import Qwen3_5MoeForConditionalGeneration
 
-    tok = make_tokenizer()
-    config = make_config()
+    tok = make_tokenizer(out)
+    config = make_config(variant)
     model = Qwen3_5MoeForConditionalGeneration(config).float().eval()
     model.config._attn_implementation = "eager"
     randomize(model)
-    model.save_pretrained(OUT, safe_serialization=True)
-    add_mtp_block(config)
+    model.save_pretrained(out, safe_serialization=True)
+    add_mtp_block(config, out)
     # Reload what was written, so the reference runs the saved checkpoint (and proves it loads).
-    model = Qwen3_5MoeForConditionalGeneration.from_pretrained(OUT, dtype=torch.float32,
+    model = Qwen3_5MoeForConditionalGeneration.from_pretrained(out, dtype=torch.float32,
                                                                 attn_implementation="eager").eval()
 
     rng = np.random.default_rng(SEED)
@@ -198,20 +224,21 @@ def main():
         text_ids,                                              # real text
         [int(i) for i in rng.integers(0, n_text, 70)],         # > 64: two chunks of the chunked rule
     ]
-    ref = {"vocab": VOCAB, "decode_steps": DECODE_STEPS, "prompts": []}
+    ref = {"vocab": VOCAB, "decode_steps": decode_steps, "prompts": []}
     for i, prompt in enumerate(prompts):
-        logits, greedy = reference(model, prompt)
-        logits.tofile(os.path.join(OUT, f"logits_{i}.f32"))
+        logits, greedy = reference(model, prompt, decode_steps)
+        logits.tofile(os.path.join(out, f"logits_{i}.f32"))
         ref["prompts"].append({"ids": prompt, "greedy": greedy, "rows": int(logits.shape[0]),
                                "logits": f"logits_{i}.f32", "max_abs_logit": float(np.abs(logits).max())})
     ref["tokenizer_check"] = {"text": CORPUS[1], "ids": text_ids}
-    with open(os.path.join(OUT, "reference.json"), "w") as f:
+    with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f, indent=1)
 
-    gguf = os.path.join(OUT, "qwen35_tiny-f32.gguf")
-    subprocess.run([sys.executable, "-c", CONVERT_RUNNER, llama_cpp, OUT, gguf], check=True)
-    for name in sorted(os.listdir(OUT)):
-        print(f"{os.path.getsize(os.path.join(OUT, name)):>10}  {name}")
+    if variant["gguf"]:
+        gguf = os.path.join(out, "qwen35_tiny-f32.gguf")
+        subprocess.run([sys.executable, "-c", CONVERT_RUNNER, args.llama_cpp, out, gguf], check=True)
+    for name in sorted(os.listdir(out)):
+        print(f"{os.path.getsize(os.path.join(out, name)):>10}  {name}")
 
 
 if __name__ == "__main__":

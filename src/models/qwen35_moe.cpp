@@ -64,11 +64,19 @@ struct Qwen35Layer {
     Weight k_norm;     // [hd]                  1 + w
     Weight wo;         // [d, nh hd]
     // MoE
-    Weight w_moe_in;     // [E + 1 + 2 fs, d]: router | shared expert's scalar gate | shared gate |
-                         // shared up
-    Weight exp_gate_up;  // [E 2f, d]  expert e: f gate rows, then f up rows
-    Weight exp_down;     // [E d, f]
-    Weight sh_down;      // [d, fs]
+    // With the shared expert stacked after the routed ones (shared_in_experts): w_moe_in = router |
+    // shared expert's scalar gate [E + 1, d], and the stacks hold E + 1 experts. Otherwise w_moe_in
+    // = router | shared gate | shared up | scalar gate [E + 2 fs + 1, d], the stacks E experts, and
+    // sh_down [d, fs] is read.
+    Weight w_moe_in;
+    Weight exp_gate_up;  // [E' 2f, d]  expert e: f gate rows, then f up rows
+    Weight exp_down;     // [E' d, f]
+    Weight sh_down;      // [d, fs], only when the shared expert is not stacked
+    // The shared expert runs as expert E of the routed stacks, weighted sigmoid(scalar gate) in
+    // the router's extra slot (Ops::moe_route): one expert launch pair for all nine, no separate
+    // SwiGLU, GEMV and gated add. Needs fs == f (Qwen3.5-35B-A3B: 512 and 512) and, from a GGUF,
+    // the shared expert's tensors of the routed stacks' types (so the stacks keep their format).
+    bool shared_in_experts = false;
 };
 
 struct Qwen35Weights {
@@ -179,11 +187,18 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
         attn_width = std::max(attn_width,
                               2 * nh * lc.head_dim + lc.n_kv_heads * (lc.head_dim + lc.v_head_dim));
     }
-    // MoE dimensions.
+    // MoE dimensions: k_used routed slots per token, plus the shared expert's where stacked.
     const int64_t n_exp = config_.n_experts, k_used = config_.n_experts_used;
     const int64_t f = config_.expert_ffn_size, fs = config_.shared_expert_ffn_size;
+    const bool any_separate =
+        std::any_of(w_.layers.begin(), w_.layers.end(),
+                    [](const Qwen35Layer& l) { return !l.shared_in_experts; });
     const int64_t gdn_widths[] = {cdim, value_dim, nv, nv};
-    const int64_t moe_widths[] = {n_exp, 1, fs, fs};
+    // The one-wide scalar gate logit last: in prefill each block starts at T * (the widths
+    // before it), and the GEMMs want 16-byte-aligned outputs whatever T is.
+    const int64_t moe_widths_stacked[] = {n_exp, 1};
+    const int64_t moe_widths_separate[] = {n_exp, fs, fs, 1};
+    const int64_t moe_width_max = any_separate ? n_exp + 2 * fs + 1 : n_exp + 1;
 
     // Intermediates in the backend's workspace, each projection's blocks consecutive (the stacked
     // projection writes them in place).
@@ -193,21 +208,19 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
     KESTREL_ASSIGN_OR_RETURN(float* attn_norm, ws.floats(n_tokens * d));
     KESTREL_ASSIGN_OR_RETURN(float* attn_out, ws.floats(n_tokens * d));
     KESTREL_ASSIGN_OR_RETURN(float* ffn_norm, ws.floats(n_tokens * d));
-    KESTREL_ASSIGN_OR_RETURN(float* moe_out, ws.floats(n_tokens * d));
-    KESTREL_ASSIGN_OR_RETURN(float* shared_out, ws.floats(n_tokens * d));
+    KESTREL_ASSIGN_OR_RETURN(float* shared_out, ws.floats(any_separate ? n_tokens * d : 1));
     KESTREL_ASSIGN_OR_RETURN(float* mixer_in,
                              ws.floats(n_tokens * std::max(cdim + value_dim + 2 * nv, attn_width)));
     KESTREL_ASSIGN_OR_RETURN(float* mixer_mid, ws.floats(n_tokens * std::max(cdim, q_width)));
     KESTREL_ASSIGN_OR_RETURN(float* core, ws.floats(n_tokens * value_dim));
-    KESTREL_ASSIGN_OR_RETURN(float* moe_in, ws.floats(n_tokens * (n_exp + 1 + 2 * fs)));
-    KESTREL_ASSIGN_OR_RETURN(float* route_w, ws.floats(n_tokens * k_used));
-    KESTREL_ASSIGN_OR_RETURN(float* route_id_space, ws.floats(n_tokens * k_used));
-    KESTREL_ASSIGN_OR_RETURN(float* sh_act, ws.floats(n_tokens * fs));
+    KESTREL_ASSIGN_OR_RETURN(float* moe_in, ws.floats(n_tokens * moe_width_max));
+    KESTREL_ASSIGN_OR_RETURN(float* route_w, ws.floats(n_tokens * (k_used + 1)));
+    KESTREL_ASSIGN_OR_RETURN(float* route_id_space, ws.floats(n_tokens * (k_used + 1)));
+    KESTREL_ASSIGN_OR_RETURN(float* sh_act, ws.floats(any_separate ? n_tokens * fs : 1));
     auto* route_ids = reinterpret_cast<int32_t*>(route_id_space);  // int32 ids in float-sized slots
     float* router_logits = moe_in;
-    float* sh_gate_logit = router_logits + n_tokens * n_exp;
-    float* sh_g = sh_gate_logit + n_tokens;
-    float* sh_u = sh_g + n_tokens * fs;
+    float* sh_g = router_logits + n_tokens * n_exp;  // separate shared expert only
+    float* sh_u = sh_g + n_tokens * fs;              // separate shared expert only
 
     ops.embed(batch.tokens, w_.token_embd, 1.0f, x);
     show("inp_embd", -1, x, d);
@@ -239,9 +252,9 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
                                  params, state, core);
             show("attn_output", il, core, value_dim);
             float* gated = mixer_mid;  // the conv's output is spent
-            ops.rms_norm_gated(core, z, layer.ssm_norm.f32(), n_tokens * nv, dv, eps, gated);
+            ops.rms_norm_gated_linear(core, z, layer.ssm_norm.f32(), n_tokens, nv, dv, eps, gated,
+                                      keep, layer.w_out, attn_out);
             show("final_output", il, gated, value_dim);
-            ops.linear(gated, n_tokens, layer.w_out, attn_out);
         } else {
             // ---- gated full attention: h = rms_norm(x); q | gate | k | v = h W^T ----
             const int64_t hd = lc.head_dim, n_kv = lc.n_kv_heads;
@@ -273,25 +286,35 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
             ops.linear(kqv, n_tokens, layer.wo, attn_out);
         }
         show("attn_proj", il, attn_out, d);
-        ops.add(x, attn_out, n_tokens * d, x);
-        show("attn_residual", il, x, d);
 
         // ---- MoE: softmax top-k routed experts + sigmoid-gated shared expert ----
-        // h = rms_norm(x); router logits | shared gate logit | shared gate | shared up = h W^T
-        ops.rms_norm_linear_blocks(x, layer.post_attn_norm.f32(), n_tokens, d, eps, ffn_norm, true,
-                                   layer.w_moe_in, moe_widths, moe_in);
+        // x += y; h = rms_norm(x); router logits | (shared gate | shared up |) shared gate logit
+        // = h W^T
+        const bool stacked = layer.shared_in_experts;
+        const std::span<const int64_t> moe_widths =
+            stacked ? std::span<const int64_t>(moe_widths_stacked)
+                    : std::span<const int64_t>(moe_widths_separate);
+        const int64_t moe_width = stacked ? n_exp + 1 : n_exp + 2 * fs + 1;
+        float* sh_gate_logit = moe_in + n_tokens * (moe_width - 1);
+        ops.add_rms_norm_linear_blocks(attn_out, x, layer.post_attn_norm.f32(), n_tokens, d, eps,
+                                       ffn_norm, true, layer.w_moe_in, moe_widths, moe_in);
+        show("attn_residual", il, x, d);
         show("ffn_norm", il, ffn_norm, d);
         show("ffn_moe_logits", il, router_logits, n_exp);
-        ops.moe_route(router_logits, n_tokens, n_exp, k_used, route_ids, route_w);
-        const MoeExpertWeights experts{&layer.exp_gate_up, &layer.exp_down, n_exp, f, d};
-        ops.moe_experts(ffn_norm, n_tokens, route_ids, route_w, k_used, experts, moe_out);
-        show("ffn_moe_out", il, moe_out, d);
-        ops.silu_and_mul(sh_g, sh_u, n_tokens * fs, sh_act);
-        ops.linear(sh_act, n_tokens, layer.sh_down, shared_out);
-        show("ffn_shexp", il, shared_out, d);
-        ops.add_sigmoid_scaled(shared_out, sh_gate_logit, n_tokens, d, moe_out);
-        show("ffn_out", il, moe_out, d);
-        ops.add(x, moe_out, n_tokens * d, x);
+        // x += sum_j w_j SwiGLU_e(h), the shared expert as slot k when stacked (HF adds the
+        // shared expert's output to the routed sum, then the sum to x: the same order).
+        ops.moe_route(router_logits, n_tokens, n_exp, k_used, stacked ? sh_gate_logit : nullptr,
+                      route_ids, route_w);
+        const MoeExpertWeights experts{&layer.exp_gate_up, &layer.exp_down,
+                                       stacked ? n_exp + 1 : n_exp, f, d};
+        ops.moe_experts(ffn_norm, n_tokens, route_ids, route_w, stacked ? k_used + 1 : k_used,
+                        experts, x);
+        if (!stacked) {
+            ops.silu_and_mul(sh_g, sh_u, n_tokens * fs, sh_act);
+            ops.linear(sh_act, n_tokens, layer.sh_down, shared_out);
+            show("ffn_shexp", il, shared_out, d);
+            ops.add_sigmoid_scaled(shared_out, sh_gate_logit, n_tokens, d, x);
+        }
         show("l_out", il, x, d);
     }
 
@@ -303,9 +326,10 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
 }
 
 // The routed experts as the engine's two stacks (MoeExpertWeights): gate_up [E 2f, d] with
-// expert e's gate rows then its up rows, down [E d, f].
+// expert e's gate rows then its up rows, down [E d, f]; with_shared appends the shared expert
+// (gate_proj, up_proj [f, d], down_proj [d, f]) as expert E.
 Status read_experts(WeightReader& reader, int64_t il, int64_t n_exp, int64_t f, int64_t d,
-                    Qwen35Layer& layer) {
+                    bool with_shared, Qwen35Layer& layer) {
     std::vector<MatrixPart> gate_up_parts, down_parts;
     std::vector<RowBlock> gate_up_blocks, down_blocks;
     const std::string fused = reader.hf_prefix() + fmt::format(fmt::runtime(kHfExpGateUp), il);
@@ -337,11 +361,36 @@ Status read_experts(WeightReader& reader, int64_t il, int64_t n_exp, int64_t f, 
             down_blocks.push_back({static_cast<size_t>(e), 0, d});
         }
     }
+    if (with_shared) {
+        const size_t gate = gate_up_parts.size();
+        gate_up_parts.push_back({reader.name_of(kShGate, il), {f, d}});
+        gate_up_parts.push_back({reader.name_of(kShUp, il), {f, d}});
+        gate_up_blocks.push_back({gate, 0, f});
+        gate_up_blocks.push_back({gate + 1, 0, f});
+        down_parts.push_back({reader.name_of(kShDown, il), {d, f}});
+        down_blocks.push_back({down_parts.size() - 1, 0, d});
+    }
     KESTREL_ASSIGN_OR_RETURN(layer.exp_gate_up, reader.read_rows(gate_up_parts, gate_up_blocks, d,
                                                                  MatrixPrecision::kQuantised));
     KESTREL_ASSIGN_OR_RETURN(
         layer.exp_down, reader.read_rows(down_parts, down_blocks, f, MatrixPrecision::kQuantised));
     return ok_status();
+}
+
+// Whether the shared expert can join the routed stacks without changing their engine format: a
+// GGUF's shared tensors of the same types as the routed stacks (Q4_K_M files may hold a Q6_K
+// ffn_down_shexp beside Q4_K ffn_down_exps, and a stack is one format). HF and synthetic weights
+// convert alike.
+bool shared_expert_matches_routed(const WeightReader& reader, int64_t il) {
+    if (!reader.gguf()) return true;
+    const std::pair<std::string_view, TensorName> pairs[] = {
+        {kGgufExpGate, kShGate}, {kGgufExpUp, kShUp}, {kGgufExpDown, kShDown}};
+    for (const auto& [routed, shared] : pairs) {
+        const WeightInfo* a = reader.find(fmt::format(fmt::runtime(routed), il));
+        const WeightInfo* b = reader.find(shared, il);
+        if (a == nullptr || b == nullptr || a->dtype != b->dtype) return false;
+    }
+    return true;
 }
 
 // q | gate | k | v of a full-attention layer: q_proj holds [nh, (q hd | gate hd), d] (HF and
@@ -415,6 +464,7 @@ Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const 
         KESTREL_ASSIGN_OR_RETURN(w.output, reader.read_matrix(kOutput, -1, vocab, d));
     }
 
+    bool noted_separate = false;
     w.layers.resize(static_cast<size_t>(config.n_layers));
     for (int64_t il = 0; il < config.n_layers; ++il) {
         const LayerConfig& lc = config.layers[il];
@@ -443,17 +493,32 @@ Result<std::unique_ptr<Model>> load_qwen35_moe(const ModelConfig& config, const 
             KESTREL_ASSIGN_OR_RETURN(layer.wo,
                                      reader.read_matrix(kAttnOut, il, d, nh * lc.head_dim));
         }
-        {
-            // The router at W8 or wider (MatrixPrecision::kAtLeastW8), and the shared expert's
-            // projections of the same input with it.
-            const TensorName names[] = {kRouter, kShGateInp, kShGate, kShUp};
-            const int64_t outs[] = {n_exp, 1, fs, fs};
+        // The router at W8 or wider (MatrixPrecision::kAtLeastW8), and the shared expert's
+        // projections of the same input with it (the scalar gate last: see forward()).
+        layer.shared_in_experts = fs == f && shared_expert_matches_routed(reader, il);
+        if (layer.shared_in_experts) {
+            const TensorName names[] = {kRouter, kShGateInp};
+            const int64_t outs[] = {n_exp, 1};
             KESTREL_ASSIGN_OR_RETURN(
                 layer.w_moe_in,
                 reader.read_matrix_stack(names, il, outs, d, MatrixPrecision::kAtLeastW8));
+        } else {
+            const TensorName names[] = {kRouter, kShGate, kShUp, kShGateInp};
+            const int64_t outs[] = {n_exp, fs, fs, 1};
+            KESTREL_ASSIGN_OR_RETURN(
+                layer.w_moe_in,
+                reader.read_matrix_stack(names, il, outs, d, MatrixPrecision::kAtLeastW8));
+            KESTREL_ASSIGN_OR_RETURN(layer.sh_down, reader.read_matrix(kShDown, il, d, fs));
         }
-        KESTREL_RETURN_IF_ERROR(read_experts(reader, il, n_exp, f, d, layer));
-        KESTREL_ASSIGN_OR_RETURN(layer.sh_down, reader.read_matrix(kShDown, il, d, fs));
+        KESTREL_RETURN_IF_ERROR(
+            read_experts(reader, il, n_exp, f, d, layer.shared_in_experts, layer));
+        if (!layer.shared_in_experts && !noted_separate) {
+            noted_separate = true;
+            log_info(
+                "qwen35moe: layer {}: the shared expert (ffn {}) runs beside the routed experts "
+                "(ffn {}), not stacked with them{}",
+                il, fs, f, fs == f ? ": its tensors' types differ from the routed stacks'" : "");
+        }
     }
     // llama.cpp's converter reorders value heads to tiled order (gguf-layouts.md); HF keeps them grouped.
     const GdnHeadOrder order = reader.gguf() ? GdnHeadOrder::kTiled : GdnHeadOrder::kGrouped;

@@ -107,6 +107,23 @@ void Ops::residual_norm_linear_blocks(const float* x, const float* post_norm_wei
                            widths, out);
 }
 
+void Ops::add_rms_norm_linear_blocks(const float* x, float* residual, const float* norm_weight,
+                                     int64_t rows, int64_t dim, float eps, float* normed,
+                                     bool keep_normed, const Weight& w,
+                                     std::span<const int64_t> widths, float* out) {
+    add(residual, x, rows * dim, residual);
+    rms_norm_linear_blocks(residual, norm_weight, rows, dim, eps, normed, keep_normed, w, widths,
+                           out);
+}
+
+void Ops::rms_norm_gated_linear(const float* x, const float* z, const float* weight, int64_t rows,
+                                int64_t heads, int64_t head_dim, float eps, float* gated,
+                                bool keep_gated, const Weight& w, float* out) {
+    (void)keep_gated;
+    rms_norm_gated(x, z, weight, rows * heads, head_dim, eps, gated);
+    linear(gated, rows, w, out);
+}
+
 void Ops::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
                                    bool keep_act, const Weight& w, float* out) {
     (void)keep_act;

@@ -376,13 +376,30 @@ public:
                                   const RecurrentLayerView& state, float* out) = 0;
     // Router: probabilities = softmax over all n_experts of logits[t, :], then the top k of them
     // renormalised to sum 1 (HF Qwen3_5MoeTopKRouter). Ties go to the lower expert id.
-    // logits [T, n_experts], ids, weights [T, k]
-    virtual void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
-                           float* weights) = 0;
-    // out[t, :] = sum_j weights[t, j] * down_e(silu(gate_e x[t]) * up_e x[t]), e = ids[t, j], summed
-    // in fp32 in j order.   x, out [T, d]
+    // logits [T, n_experts], ids, weights [T, k]. With shared_gate [T] (else null) each row gets
+    // one more slot, k: expert n_experts with weight sigmoid(shared_gate[t]) — the gated shared
+    // expert stacked after the routed ones, so that moe_experts runs it with them (ids, weights
+    // [T, k + 1]).
+    virtual void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                           const float* shared_gate, int32_t* ids, float* weights) = 0;
+    // out[t, :] += sum_j weights[t, j] * down_e(silu(gate_e x[t]) * up_e x[t]), e = ids[t, j]: the
+    // sum in fp32 in j order from 0, then added to out (the residual stream).   x, out [T, d]
     virtual void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
                              const MoeExpertWeights& experts, float* out) = 0;
+    // residual += x, then rms_norm_linear_blocks(residual, ...): a residual add and the next
+    // block's pre-norm and projection (a backend may do the add, the norm and its quantisation
+    // in one pass).
+    virtual void add_rms_norm_linear_blocks(const float* x, float* residual,
+                                            const float* norm_weight, int64_t rows, int64_t dim,
+                                            float eps, float* normed, bool keep_normed,
+                                            const Weight& w, std::span<const int64_t> widths,
+                                            float* out);
+    // gated = rms_norm_gated(x, z, weight) over rows * heads rows of head_dim, then out = gated
+    // W^T over rows of heads * head_dim (Gated DeltaNet's output norm and projection). `gated`
+    // is written only when keep_gated.
+    virtual void rms_norm_gated_linear(const float* x, const float* z, const float* weight,
+                                       int64_t rows, int64_t heads, int64_t head_dim, float eps,
+                                       float* gated, bool keep_gated, const Weight& w, float* out);
 
     // ---- Gemma 4 ------------------------------------------------------------------------------------
 

@@ -128,7 +128,7 @@ TEST(MoeRoute, SoftmaxTopKRenormalised) {
     const float logits[8] = {0.0f, 2.0f, 1.0f, -1.0f, /* row 2 */ 3.0f, 3.0f, 0.0f, 5.0f};
     int32_t ids[4];
     float weights[4];
-    moe_route(logits, 2, 4, 2, ids, weights);
+    moe_route(logits, 2, 4, 2, nullptr, ids, weights);
     EXPECT_EQ(ids[0], 1);
     EXPECT_EQ(ids[1], 2);
     EXPECT_NEAR(weights[0], 1.0 / (1.0 + std::exp(-1.0)), 1e-6);

@@ -6,8 +6,13 @@
 // token blocks, dk not a multiple of 8, dk > 128, dv not a multiple of 32). gated_delta_rule has
 // two kernels, picked by T: the decode kernel (T <= 8, every dk) and the one-warp prefill kernel
 // (T > 8; registers for dk <= 128, shared memory above); the cases give each of them every dk
-// range, and hand the state from one to the other. Outputs are poisoned with NaN first and NaN
-// never passes; the updated states are compared too. Skips without a GPU.
+// range, and hand the state from one to the other. (These call gated_delta_rule without scratch,
+// so long calls stay on the one-warp kernel.) The chunked form (gated_delta_chunked.cu, taken
+// from kGdnChunkedMinRows = 64 tokens with scratch) has its own tests below, against a double
+// reference and the CPU's chunked form, with their tolerance explained there: Qwen3.5's shape at
+// 64, 200 and 2048 tokens and handing the state to and from decode, odd shapes over 1 to 130
+// tokens, and a prompt split 100 + 157 against one call of 257. Outputs are poisoned with NaN
+// first and NaN never passes; the updated states are compared too. Skips without a GPU.
 // Tolerances, with u = 2^-24 (half an fp32 ulp, relative):
 //   conv1d_causal without SiLU, and its state: bit for bit (the same fp32 products and sums in
 //     the same order).
@@ -46,6 +51,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ops/cuda/gated_delta.h"
@@ -471,6 +477,380 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleTwoCallsOfTTokensEqualOneCallOf2T) {
     }
 }
 
+// ---- gated_delta_rule, the chunked form ------------------------------------------------------
+//
+// The chunked form (gated_delta_chunked.cu) is held to a double-precision run of the recurrence
+// and to the CPU's chunked form (chunk 64, the same algorithm in fp32), FlashAttention-3 style:
+// its error must be of the size of the CPU's own. For each call's outputs and for the state after
+// it, with M the element's magnitude (gdn_magnitudes: the recurrence on absolute values, so
+// |exact| <= M) and e(x) = max over elements of |x - double| / M:
+//     e(gpu) <= 4 e(cpu chunked) + 256u.
+// Why this and not a fixed bound: the chunked form's rounding is not the recurrence's. G is a
+// cumulative sum inside the chunk, so exp(G_r - G_s) carries |G| u of absolute error in the
+// exponent (|G| reaches hundreds after an outlier a: the cases' a[0] = 30, and the x25
+// outliers); T = (I + A)^-1 may have entries above 1, which amplify the rounding of R and of the
+// dk-long dot products (sqrt(dk) u |terms| each, random in sign). Both the CPU and the GPU pay
+// all of these, in other summation orders (the GPU applies T as a matrix where the CPU
+// substitutes into U and W, sums dot products by float4 with FMAs, and splits no sum the CPU
+// does not split otherwise), so their errors have the same sources and size; 4 covers the spread
+// between two maxima over 10^3 to 10^6 elements of errors of one distribution whose constants
+// differ by the algorithms' details. The floor, 256u (1.5e-5), is for short calls where the
+// CPU's error can be 0 by chance: it is about sqrt(2 dk) u M of the dot products at dk = 128
+// times a few for the gates' expf / log1pf ulps. An indexing, masking or synchronisation error
+// gives errors of order M, 10^4 times more. NaN never passes; outputs and scratch are poisoned
+// with 0xff (NaN) first. The per-case errors are printed (measured on no GPU yet).
+constexpr double kChunkedErrorFactor = 4.0;
+constexpr double kChunkedErrorFloor = 256 * kU;
+
+// The recurrence in double on signed values (as the CPU's recurrent form) and on absolute values
+// (gdn_magnitudes), one value head per task. Inputs are `rows` tokens from qkv, a, b; the states
+// [n_v, dk, dv] are updated. out, magnitude [rows, n_v, dv].
+struct GdnReference {
+    std::vector<double> out, magnitude;
+};
+
+GdnReference gdn_reference(const GatedDeltaParams& p, int64_t rows, const float* qkv,
+                           const float* a, const float* b, const std::vector<float>& a_neg,
+                           const std::vector<float>& dt_bias, std::vector<double>& state,
+                           std::vector<double>& state_magnitude) {
+    const int64_t nk = p.n_k_heads, nv = p.n_v_heads, dk = p.k_head_dim, dv = p.v_head_dim;
+    const int64_t key_dim = nk * dk, width = qkv_width(p);
+    GdnReference ref;
+    ref.out.resize(static_cast<size_t>(rows * nv * dv));
+    ref.magnitude.resize(ref.out.size());
+    auto run_head = [&](int64_t h) {
+        const int64_t kh = p.order == GdnHeadOrder::kGrouped ? h / (nv / nk) : h % nk;
+        std::vector<double> q(static_cast<size_t>(dk)), k(q.size()), q_abs(q.size()),
+            k_abs(q.size()), sk(static_cast<size_t>(dv)), sk_abs(sk.size());
+        double* s = state.data() + h * dk * dv;
+        double* s_abs = state_magnitude.data() + h * dk * dv;
+        for (int64_t t = 0; t < rows; ++t) {
+            const float* row = qkv + t * width;
+            double q_sq = 0, k_sq = 0;
+            for (int64_t i = 0; i < dk; ++i) {
+                q_sq += static_cast<double>(row[kh * dk + i]) * row[kh * dk + i];
+                k_sq +=
+                    static_cast<double>(row[key_dim + kh * dk + i]) * row[key_dim + kh * dk + i];
+            }
+            const double q_inv = 1.0 / std::sqrt(q_sq + 1e-6) / std::sqrt(static_cast<double>(dk));
+            const double k_inv = 1.0 / std::sqrt(k_sq + 1e-6);
+            for (int64_t i = 0; i < dk; ++i) {
+                q[i] = row[kh * dk + i] * q_inv;
+                k[i] = row[key_dim + kh * dk + i] * k_inv;
+                q_abs[i] = std::fabs(q[i]);
+                k_abs[i] = std::fabs(k[i]);
+            }
+            const double beta = 1.0 / (1.0 + std::exp(-static_cast<double>(b[t * nv + h])));
+            const double x = static_cast<double>(a[t * nv + h]) + dt_bias[h];
+            const double decay = std::exp(a_neg[h] * (x > 20.0 ? x : std::log1p(std::exp(x))));
+            std::fill(sk.begin(), sk.end(), 0.0);
+            std::fill(sk_abs.begin(), sk_abs.end(), 0.0);
+            for (int64_t i = 0; i < dk; ++i) {
+                for (int64_t j = 0; j < dv; ++j) {
+                    s[i * dv + j] *= decay;
+                    s_abs[i * dv + j] *= decay;
+                    sk[j] += s[i * dv + j] * k[i];
+                    sk_abs[j] += s_abs[i * dv + j] * k_abs[i];
+                }
+            }
+            const size_t o = static_cast<size_t>((t * nv + h) * dv);
+            for (int64_t j = 0; j < dv; ++j) {
+                const double v = row[2 * key_dim + h * dv + j];
+                const double delta = beta * (v - sk[j]);
+                const double delta_abs = beta * (std::fabs(v) + sk_abs[j]);
+                double out = 0.0, out_abs = 0.0;
+                for (int64_t i = 0; i < dk; ++i) {
+                    s[i * dv + j] += k[i] * delta;
+                    s_abs[i * dv + j] += k_abs[i] * delta_abs;
+                    out += s[i * dv + j] * q[i];
+                    out_abs += s_abs[i * dv + j] * q_abs[i];
+                }
+                ref.out[o + j] = out;
+                ref.magnitude[o + j] = out_abs;
+            }
+        }
+    };
+    const int64_t workers =
+        std::min<int64_t>(nv, std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> pool;
+    for (int64_t w = 0; w < workers; ++w) {
+        pool.emplace_back([&, w] {
+            for (int64_t h = w; h < nv; h += workers) run_head(h);
+        });
+    }
+    for (std::thread& thread : pool) thread.join();
+    return ref;
+}
+
+// max_i |got_i - ref_i| / magnitude_i into `error` (an element of magnitude 0 must be exact);
+// NaN fails.
+void normalised_error(const std::vector<float>& got, const std::vector<double>& ref,
+                      const std::vector<double>& magnitude, const std::string& what,
+                      double& error) {
+    ASSERT_EQ(got.size(), ref.size()) << what;
+    error = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_FALSE(std::isnan(got[i])) << what << ": NaN at element " << i;
+        const double err = std::fabs(static_cast<double>(got[i]) - ref[i]);
+        if (magnitude[i] > 0.0) {
+            error = std::max(error, err / magnitude[i]);
+        } else {
+            ASSERT_EQ(err, 0.0) << what << " element " << i << " of magnitude 0";
+        }
+    }
+}
+
+void expect_gpu_error_like_cpu(double gpu, double cpu, const std::string& what) {
+    EXPECT_LE(gpu, kChunkedErrorFactor * cpu + kChunkedErrorFloor)
+        << what << ": gpu error " << gpu << " of the magnitude, cpu chunked " << cpu;
+}
+
+enum class GdnEntry {
+    kDispatch,  // cuda::gated_delta_rule with gated_delta_scratch_bytes of scratch (Ops' path)
+    kChunked,   // cuda::gated_delta_rule_chunked, whatever the call's length
+};
+
+// One sequence of calls continuing one state, on the GPU, on the CPU's chunked form and in double.
+struct GdnRun {
+    std::vector<float> gpu_out;         // [total rows, n_v, dv], the calls' outputs in order
+    std::vector<double> out_magnitude;  // the same shape
+    std::vector<float> gpu_state;       // after the last call
+    std::vector<double> state_magnitude;
+    double worst_cpu_error = 0.0;  // the CPU chunked form's largest e over the calls and states
+    double worst_gpu_error = 0.0;
+};
+
+struct GdnSetup {
+    GatedDeltaParams params;
+    GdnInputs in;  // every call's tokens, concatenated
+    std::vector<float> a_neg, dt_bias, state0;
+};
+
+GdnSetup make_gdn_setup(int64_t nk, int64_t nv, int64_t dk, int64_t dv, GdnHeadOrder order,
+                        int64_t total_rows, uint32_t seed) {
+    GdnSetup setup;
+    GatedDeltaParams& p = setup.params;
+    p.n_k_heads = nk;
+    p.n_v_heads = nv;
+    p.k_head_dim = dk;
+    p.v_head_dim = dv;
+    p.order = order;
+    p.chunk = cuda::kGdnChunk;  // the CPU's chunked form, as the GPU's
+    setup.in = random_gdn_inputs(p, total_rows, seed);
+    // As in GatedDeltaRuleMatchesCpu: A = -exp(A_log), A_log ~ log U[1, 16]; dt_bias in [-6.9,
+    // -2.3].
+    setup.a_neg = random_uniform(static_cast<size_t>(nv), seed + 3, -16.0f, -1.0f);
+    setup.dt_bias = random_uniform(static_cast<size_t>(nv), seed + 4, -6.9f, -2.3f);
+    setup.state0 = random_vector(static_cast<size_t>(nv * dk * dv), seed + 5, 0.5f);
+    return setup;
+}
+
+void run_gdn_calls(Ops& cpu, const GdnSetup& setup, const std::vector<int64_t>& calls,
+                   GdnEntry entry, const std::string& what, GdnRun& run) {
+    const GatedDeltaParams& p = setup.params;
+    const int64_t nv = p.n_v_heads, dv = p.v_head_dim, width = qkv_width(p);
+    int64_t total = 0;
+    for (const int64_t rows : calls) total += rows;
+    ASSERT_EQ(static_cast<size_t>(total * nv), setup.in.a.size()) << what;
+    const size_t state_size = setup.state0.size();
+
+    DeviceBuffer dqkv, da, db, da_neg, ddt_bias, dstate, dout;
+    upload(dqkv, setup.in.qkv);
+    upload(da, setup.in.a);
+    upload(db, setup.in.b);
+    upload(da_neg, setup.a_neg);
+    upload(ddt_bias, setup.dt_bias);
+    upload(dstate, setup.state0);
+    const size_t n_out = static_cast<size_t>(total * nv * dv);
+    CUDA_OK(dout.alloc(n_out * 4));
+    CUDA_OK(cudaMemset(dout.as<void>(), 0xff, n_out * 4));
+
+    std::vector<float> cpu_state = setup.state0;
+    std::vector<double> state64(state_size);
+    run.state_magnitude.assign(state_size, 0.0);
+    for (size_t i = 0; i < state_size; ++i) {
+        state64[i] = setup.state0[i];
+        run.state_magnitude[i] = std::fabs(setup.state0[i]);
+    }
+    run.gpu_out.assign(n_out, 0.0f);
+    run.out_magnitude.assign(n_out, 0.0);
+    run.worst_cpu_error = run.worst_gpu_error = 0.0;
+
+    int64_t t0 = 0;
+    for (size_t call = 0; call < calls.size(); ++call) {
+        const int64_t rows = calls[call];
+        const std::string call_what =
+            what + ", call " + std::to_string(call + 1) + " (" + std::to_string(rows) + " tokens)";
+        const float* qkv = setup.in.qkv.data() + t0 * width;
+        const float* a = setup.in.a.data() + t0 * nv;
+        const float* b = setup.in.b.data() + t0 * nv;
+        const size_t call_out = static_cast<size_t>(rows * nv * dv);
+        const size_t out_offset = static_cast<size_t>(t0 * nv * dv);
+
+        // The CPU's chunked form, chunk 64 from the call's first token (as the GPU's).
+        std::vector<float> cpu_out(call_out);
+        const RecurrentLayerView view{nullptr, cpu_state.data(), 0, 0};
+        cpu.gated_delta_rule(qkv, a, b, setup.a_neg.data(), setup.dt_bias.data(), rows, p, view,
+                             cpu_out.data());
+        const GdnReference ref = gdn_reference(p, rows, qkv, a, b, setup.a_neg, setup.dt_bias,
+                                               state64, run.state_magnitude);
+
+        const size_t scratch_bytes = entry == GdnEntry::kChunked
+                                         ? cuda::gated_delta_chunked_scratch_bytes(rows, nv)
+                                         : cuda::gated_delta_scratch_bytes(rows, p);
+        DeviceBuffer scratch;
+        CUDA_OK(scratch.alloc(scratch_bytes));
+        CUDA_OK(cudaMemset(scratch.as<void>(), 0xff, std::max<size_t>(scratch_bytes, 16)));
+        const float* dq = dqkv.as<float>() + t0 * width;
+        const float* dav = da.as<float>() + t0 * nv;
+        const float* dbv = db.as<float>() + t0 * nv;
+        float* dst = dout.as<float>() + out_offset;
+        if (entry == GdnEntry::kChunked) {
+            STATUS_OK(cuda::gated_delta_rule_chunked(
+                dq, dav, dbv, da_neg.as<float>(), ddt_bias.as<float>(), rows, p, dstate.as<float>(),
+                dst, scratch.as<void>(), scratch_bytes, nullptr));
+        } else {
+            STATUS_OK(cuda::gated_delta_rule(
+                dq, dav, dbv, da_neg.as<float>(), ddt_bias.as<float>(), rows, p, dstate.as<float>(),
+                dst, nullptr, scratch_bytes > 0 ? scratch.as<void>() : nullptr, scratch_bytes));
+        }
+        CUDA_OK(cudaDeviceSynchronize());
+        const std::vector<float> gpu_out = download<float>(dst, call_out);
+        const std::vector<float> gpu_state = download<float>(dstate, state_size);
+
+        const std::vector<double>& state_ref = state64;  // the double state after this call
+        double cpu_out_error = 0, gpu_out_error = 0, cpu_state_error = 0, gpu_state_error = 0;
+        ASSERT_NO_FATAL_FAILURE(normalised_error(cpu_out, ref.out, ref.magnitude,
+                                                 call_what + ", cpu out", cpu_out_error));
+        ASSERT_NO_FATAL_FAILURE(normalised_error(gpu_out, ref.out, ref.magnitude,
+                                                 call_what + ", gpu out", gpu_out_error));
+        ASSERT_NO_FATAL_FAILURE(normalised_error(cpu_state, state_ref, run.state_magnitude,
+                                                 call_what + ", cpu state", cpu_state_error));
+        ASSERT_NO_FATAL_FAILURE(normalised_error(gpu_state, state_ref, run.state_magnitude,
+                                                 call_what + ", gpu state", gpu_state_error));
+        expect_gpu_error_like_cpu(gpu_out_error, cpu_out_error, call_what + ", out");
+        expect_gpu_error_like_cpu(gpu_state_error, cpu_state_error, call_what + ", state");
+        run.worst_cpu_error = std::max({run.worst_cpu_error, cpu_out_error, cpu_state_error});
+        run.worst_gpu_error = std::max({run.worst_gpu_error, gpu_out_error, gpu_state_error});
+
+        std::copy(gpu_out.begin(), gpu_out.end(), run.gpu_out.begin() + out_offset);
+        std::copy(ref.magnitude.begin(), ref.magnitude.end(),
+                  run.out_magnitude.begin() + out_offset);
+        run.gpu_state = gpu_state;
+        t0 += rows;
+    }
+    std::printf("%s: max error / magnitude: gpu %.3g, cpu chunked %.3g\n", what.c_str(),
+                run.worst_gpu_error, run.worst_cpu_error);
+}
+
+struct ChunkedCase {
+    int64_t n_k_heads, n_v_heads, k_head_dim, v_head_dim;
+    std::vector<int64_t> calls;  // tokens per call, each continuing the previous call's state
+    const char* what;
+};
+
+std::string order_name(GdnHeadOrder order) {
+    return order == GdnHeadOrder::kGrouped ? "grouped" : "tiled";
+}
+
+// Qwen3.5-35B-A3B's shape through gated_delta_rule (Ops' path): one chunk, 200 tokens (a partial
+// last chunk of 8), 2048 (the CUDA backend's prefill step), and a chunked call, decode calls (the
+// 8-warp kernel) and a chunked call again, handing the state from one to the other.
+TEST_F(CudaGatedDelta, GatedDeltaRuleChunkedMatchesCpuAtQwen35Shapes) {
+    const std::unique_ptr<Ops> cpu = make_cpu_ops(0);
+    const ChunkedCase cases[] = {
+        {16, 32, 128, 128, {64}, "Qwen3.5-35B-A3B, 64 tokens"},
+        {16, 32, 128, 128, {200}, "Qwen3.5-35B-A3B, 200 tokens"},
+        {16, 32, 128, 128, {2048}, "Qwen3.5-35B-A3B, 2048 tokens"},
+        {16,
+         32,
+         128,
+         128,
+         {200, 1, 3, 70},
+         "Qwen3.5-35B-A3B, prefill 200, decode 1, 3, prefill 70"},
+    };
+    uint32_t seed = 500;
+    for (const ChunkedCase& c : cases) {
+        for (const GdnHeadOrder order : {GdnHeadOrder::kGrouped, GdnHeadOrder::kTiled}) {
+            int64_t total = 0;
+            for (const int64_t rows : c.calls) total += rows;
+            seed += 10;
+            const GdnSetup setup = make_gdn_setup(c.n_k_heads, c.n_v_heads, c.k_head_dim,
+                                                  c.v_head_dim, order, total, seed);
+            GdnRun run;
+            ASSERT_NO_FATAL_FAILURE(run_gdn_calls(*cpu, setup, c.calls, GdnEntry::kDispatch,
+                                                  std::string(c.what) + ", " + order_name(order),
+                                                  run));
+        }
+    }
+}
+
+// gated_delta_rule_chunked on short and odd calls: the tiny fixture's shape (dk 16, dv 24) over
+// calls of 1 to 130 tokens continuing one state (below, at and above one and two chunks), dk =
+// dv = 16, dk 64 with dv 40 (a partial column block), dk 5 and dv 3, dk 33 (not a multiple of 4:
+// the float4 rows' zero padding) with dv 72, dk 128 with one key and value head and dv 40.
+TEST_F(CudaGatedDelta, GatedDeltaRuleChunkedMatchesCpuAtOddShapes) {
+    const std::unique_ptr<Ops> cpu = make_cpu_ops(0);
+    const ChunkedCase cases[] = {
+        {2, 4, 16, 24, {1, 2, 5, 63, 64, 65, 127, 128, 130}, "tiny fixture, 1 to 130 tokens"},
+        {2, 4, 16, 16, {100}, "dk = dv = 16, 100 tokens"},
+        {3, 6, 64, 40, {70, 33}, "dk 64, dv 40"},
+        {1, 3, 5, 3, {77, 1}, "dk 5, dv 3"},
+        {4, 8, 33, 72, {64, 66}, "dk 33, dv 72"},
+        {1, 1, 128, 40, {129}, "one head, dk 128, dv 40"},
+    };
+    uint32_t seed = 700;
+    for (const ChunkedCase& c : cases) {
+        for (const GdnHeadOrder order : {GdnHeadOrder::kGrouped, GdnHeadOrder::kTiled}) {
+            int64_t total = 0;
+            for (const int64_t rows : c.calls) total += rows;
+            seed += 10;
+            const GdnSetup setup = make_gdn_setup(c.n_k_heads, c.n_v_heads, c.k_head_dim,
+                                                  c.v_head_dim, order, total, seed);
+            GdnRun run;
+            ASSERT_NO_FATAL_FAILURE(run_gdn_calls(*cpu, setup, c.calls, GdnEntry::kChunked,
+                                                  std::string(c.what) + ", " + order_name(order),
+                                                  run));
+        }
+    }
+}
+
+// A prompt of 257 tokens in one call and in calls of 100 and 157 (chunk boundaries at 0, 64, 128,
+// 192, 256 against 0, 64, 100, 164, 228), each followed by 3 decode calls of one token: each run
+// is held to the double reference as above, and the two to each other: |one - split| <= 2 (4
+// e(cpu) + 256u) M, the sum of the two runs' allowances.
+TEST_F(CudaGatedDelta, GatedDeltaRuleChunkedSplitPromptEqualsOneCall) {
+    const std::unique_ptr<Ops> cpu = make_cpu_ops(0);
+    const ChunkedCase shapes[] = {{16, 32, 128, 128, {}, "Qwen3.5-35B-A3B"},
+                                  {2, 4, 16, 24, {}, "tiny fixture"}};
+    for (const ChunkedCase& c : shapes) {
+        const std::vector<int64_t> one = {257, 1, 1, 1};
+        const std::vector<int64_t> split = {100, 157, 1, 1, 1};
+        const GdnSetup setup = make_gdn_setup(c.n_k_heads, c.n_v_heads, c.k_head_dim, c.v_head_dim,
+                                              GdnHeadOrder::kTiled, 260, 900);
+        GdnRun run_one, run_split;
+        ASSERT_NO_FATAL_FAILURE(run_gdn_calls(*cpu, setup, one, GdnEntry::kDispatch,
+                                              std::string(c.what) + ", 257 + 3 x 1", run_one));
+        ASSERT_NO_FATAL_FAILURE(run_gdn_calls(*cpu, setup, split, GdnEntry::kDispatch,
+                                              std::string(c.what) + ", 100 + 157 + 3 x 1",
+                                              run_split));
+        const double allowance = 2 * (kChunkedErrorFactor * std::max(run_one.worst_cpu_error,
+                                                                     run_split.worst_cpu_error) +
+                                      kChunkedErrorFloor);
+        double error = 0.0;
+        const std::vector<double> one_out(run_one.gpu_out.begin(), run_one.gpu_out.end());
+        ASSERT_NO_FATAL_FAILURE(normalised_error(run_split.gpu_out, one_out, run_one.out_magnitude,
+                                                 std::string(c.what) + ", split vs one, out",
+                                                 error));
+        EXPECT_LE(error, allowance) << c.what << ": outputs of the split prompt";
+        const std::vector<double> one_state(run_one.gpu_state.begin(), run_one.gpu_state.end());
+        ASSERT_NO_FATAL_FAILURE(
+            normalised_error(run_split.gpu_state, one_state, run_one.state_magnitude,
+                             std::string(c.what) + ", split vs one, state", error));
+        EXPECT_LE(error, allowance) << c.what << ": state after the split prompt";
+    }
+}
+
 TEST_F(CudaGatedDelta, RejectsBadArguments) {
     DeviceBuffer d, o;
     CUDA_OK(d.alloc(1 << 20));
@@ -508,6 +888,38 @@ TEST_F(CudaGatedDelta, RejectsBadArguments) {
     EXPECT_EQ(cuda::gated_delta_rule(x, x, nullptr, x, x, 1, p, x, out, nullptr).code(), invalid);
     EXPECT_EQ(cuda::gated_delta_rule(x, x, x, x, x, -1, p, x, out, nullptr).code(), invalid);
     EXPECT_EQ(cuda::gated_delta_rule(x, x, x, x, x, 1, p, out, out, nullptr).code(), invalid);
+
+    // The chunked form: no scratch, too little, misaligned, dk above kGdnChunkedMaxKeyDim; the
+    // dispatch checks the scratch it is given for a long call.
+    const size_t need = cuda::gated_delta_chunked_scratch_bytes(4, p.n_v_heads);
+    DeviceBuffer scratch;
+    CUDA_OK(scratch.alloc(need + 16));
+    void* work = scratch.as<void>();
+    EXPECT_TRUE(
+        cuda::gated_delta_rule_chunked(x, x, x, x, x, 0, p, x, out, nullptr, 0, nullptr).ok());
+    EXPECT_EQ(
+        cuda::gated_delta_rule_chunked(x, x, x, x, x, 4, p, x, out, nullptr, need, nullptr).code(),
+        invalid);
+    EXPECT_EQ(
+        cuda::gated_delta_rule_chunked(x, x, x, x, x, 4, p, x, out, work, need - 4, nullptr).code(),
+        invalid);
+    EXPECT_EQ(cuda::gated_delta_rule_chunked(x, x, x, x, x, 4, p, x, out,
+                                             static_cast<char*>(work) + 4, need, nullptr)
+                  .code(),
+              invalid);
+    bad = p;
+    bad.k_head_dim = cuda::kGdnChunkedMaxKeyDim + 1;
+    EXPECT_EQ(
+        cuda::gated_delta_rule_chunked(x, x, x, x, x, 4, bad, x, out, work, need, nullptr).code(),
+        invalid);
+    const int64_t long_call = cuda::kGdnChunkedMinRows;
+    EXPECT_EQ(cuda::gated_delta_scratch_bytes(long_call, p),
+              cuda::gated_delta_chunked_scratch_bytes(long_call, p.n_v_heads));
+    EXPECT_EQ(cuda::gated_delta_scratch_bytes(long_call - 1, p), 0u);
+    EXPECT_EQ(cuda::gated_delta_scratch_bytes(long_call, bad), 0u);
+    EXPECT_EQ(
+        cuda::gated_delta_rule(x, x, x, x, x, long_call, p, x, out, nullptr, work, need - 4).code(),
+        invalid);
 }
 
 #endif  // KESTREL_HAS_CUDA

@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -255,8 +256,9 @@ struct GpuResult {
     std::vector<Q8Block> act;  // [rows, k, ffn / 32], the start of scratch
 };
 
+// base (optional): out's values before the call, which then accumulates into them.
 void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, const Routing& routing,
-             int64_t k, GpuResult& result) {
+             int64_t k, GpuResult& result, const std::vector<float>* base = nullptr) {
     DeviceBuffer dx, dids, dweights, dscratch, dout;
     upload(dx, x);
     upload(dids, routing.ids);
@@ -268,10 +270,16 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
     CUDA_OK(cudaMemset(dscratch.as<void>(), 0xff, scratch_bytes));  // NaN scales, -1 codes
     const size_t out_count = static_cast<size_t>(rows * layer.dim);
     CUDA_OK(dout.alloc(out_count * 4));
-    CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));  // NaN poison
+    if (base != nullptr) {
+        ASSERT_EQ(base->size(), out_count);
+        testing::copy_to_device(dout.as<float>(), *base);
+    } else {
+        CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));  // NaN poison
+    }
     STATUS_OK(cuda::moe_experts(dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k,
                                 layer.gate_up->view, layer.down->view, layer.n_experts, layer.ffn,
-                                layer.dim, dscratch.as<void>(), dout.as<float>(), nullptr));
+                                layer.dim, dscratch.as<void>(), /*accumulate=*/base != nullptr,
+                                dout.as<float>(), nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     result.out = download<float>(dout, out_count);
     result.act = download<Q8Block>(dscratch, static_cast<size_t>(rows * k * (layer.ffn / 32)));
@@ -655,6 +663,40 @@ TEST_F(CudaMoeExperts, DuplicateExpertInARow) {
     }
 }
 
+// accumulate: out = base + the sum the plain call writes, one fp32 add, bit for bit. k = 9 is
+// the model's routed top 8 plus its shared expert stacked as a ninth slot (Ops::moe_route).
+TEST_F(CudaMoeExperts, AccumulateAddsTheSumToOut) {
+    const Layer layer = qwen35_layer(true, false);
+    if (HasFatalFailure()) return;
+    for (const int64_t k : {kQwen35.k, kQwen35.k + 1}) {
+        for (const int64_t rows : {1, 3}) {
+            const std::vector<float> x = random_x(rows, layer.dim, 700 + k + rows);
+            const Routing routing = random_routing(rows, k, layer.n_experts, 710 + k + rows);
+            const std::vector<float> base = random_x(rows, layer.dim, 720 + k + rows);
+            GpuResult plain, accumulated;
+            run_gpu(layer, x, rows, routing, k, plain);
+            run_gpu(layer, x, rows, routing, k, accumulated, &base);
+            if (HasFatalFailure()) return;
+            for (size_t i = 0; i < base.size(); ++i) {
+                ASSERT_TRUE(std::isfinite(plain.out[i]))
+                    << "k " << k << " rows " << rows << " at " << i;
+                const float expected = base[i] + plain.out[i];
+                ASSERT_EQ(std::bit_cast<uint32_t>(accumulated.out[i]),
+                          std::bit_cast<uint32_t>(expected))
+                    << "k " << k << " rows " << rows << " at " << i << ": " << accumulated.out[i]
+                    << " vs " << expected;
+            }
+            if (k == kQwen35.k + 1 && rows == 1) {
+                Worst worst;
+                check_against_twin(layer, x, rows, routing, k, plain, sample_rows(layer.dim),
+                                   case_label(layer, rows, k), worst);
+                if (HasFatalFailure()) return;
+                worst.print(case_label(layer, rows, k) + " (nine slots)");
+            }
+        }
+    }
+}
+
 // Ids outside [0, n_experts) read no weights and make their row NaN, and only their row.
 TEST_F(CudaMoeExperts, UnknownExpertGivesNaNRow) {
     const int64_t rows = 5;
@@ -713,10 +755,10 @@ TEST_F(CudaMoeExperts, GraphReplayWithNewRouting) {
     ASSERT_TRUE(cuda::gemv_sm_count().ok());
     CUDA_OK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
     CUDA_OK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
-    const Status captured =
-        cuda::moe_experts(dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k,
-                          layer.gate_up->view, layer.down->view, layer.n_experts, layer.ffn,
-                          layer.dim, dscratch.as<void>(), dout.as<float>(), g.stream);
+    const Status captured = cuda::moe_experts(
+        dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k, layer.gate_up->view,
+        layer.down->view, layer.n_experts, layer.ffn, layer.dim, dscratch.as<void>(),
+        /*accumulate=*/false, dout.as<float>(), g.stream);
     CUDA_OK(cudaStreamEndCapture(g.stream, &g.graph));
     ASSERT_TRUE(captured.ok()) << captured.message();
     CUDA_OK(cudaGraphInstantiate(&g.exec, g.graph, 0));
@@ -727,8 +769,8 @@ TEST_F(CudaMoeExperts, GraphReplayWithNewRouting) {
         testing::copy_to_device(dx.as<float>(), x);
         testing::copy_to_device(dids.as<int32_t>(), routing.ids);
         testing::copy_to_device(dweights.as<float>(), routing.weights);
-        CUDA_OK(cudaMemset(dscratch.as<void>(), 0xff, scratch_bytes));
-        CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));
+        CUDA_OK(cudaMemsetAsync(dscratch.as<void>(), 0xff, scratch_bytes, g.stream));
+        CUDA_OK(cudaMemsetAsync(dout.as<void>(), 0xff, out_count * 4, g.stream));
         CUDA_OK(cudaGraphLaunch(g.exec, g.stream));
         CUDA_OK(cudaStreamSynchronize(g.stream));
         GpuResult gpu;
@@ -768,7 +810,7 @@ TEST_F(CudaMoeExperts, RejectsBadArguments) {
         float* out;
         Status run() const {
             return cuda::moe_experts(x, rows, ids, weights, k, gate_up, down, n_experts, ffn, dim,
-                                     scratch, out, nullptr);
+                                     scratch, /*accumulate=*/false, out, nullptr);
         }
     };
     const Call good{dx.as<float>(),

@@ -405,18 +405,21 @@ struct RouteResult {
     std::vector<float> weights;
 };
 
-// Runs the GPU router on poisoned outputs (ids -1, weights NaN).
+// Runs the GPU router on poisoned outputs (ids -1, weights NaN); with shared gates, k + 1 slots
+// per row.
 void route_on_gpu(const std::vector<float>& logits, int64_t rows, int64_t n, int64_t k,
-                  RouteResult& out) {
-    DeviceBuffer dlogits, dids, dweights;
+                  RouteResult& out, const std::vector<float>* shared_gate = nullptr) {
+    DeviceBuffer dlogits, dids, dweights, dshared;
     upload(dlogits, logits);
-    const size_t slots = static_cast<size_t>(rows * k);
+    if (shared_gate != nullptr) upload(dshared, *shared_gate);
+    const size_t slots = static_cast<size_t>(rows * (shared_gate != nullptr ? k + 1 : k));
     CUDA_OK(dids.alloc(slots * 4));
     CUDA_OK(dweights.alloc(slots * 4));
     CUDA_OK(cudaMemset(dids.as<void>(), 0xff, slots * 4));
     CUDA_OK(cudaMemset(dweights.as<void>(), 0xff, slots * 4));
-    STATUS_OK(cuda::moe_route(dlogits.as<float>(), rows, n, k, dids.as<int32_t>(),
-                              dweights.as<float>(), nullptr));
+    STATUS_OK(cuda::moe_route(dlogits.as<float>(), rows, n, k,
+                              shared_gate != nullptr ? dshared.as<float>() : nullptr,
+                              dids.as<int32_t>(), dweights.as<float>(), nullptr));
     out.ids = download(dids.as<int32_t>(), slots);
     out.weights = download(dweights.as<float>(), slots);
 }
@@ -456,10 +459,44 @@ TEST_F(CudaQwen35Ops, MoeRouteMatchesCpu) {
         const size_t slots = static_cast<size_t>(c.rows * c.k);
         std::vector<int32_t> ids(slots);
         std::vector<float> weights(slots);
-        cpu_->moe_route(logits.data(), c.rows, c.n_experts, c.k, ids.data(), weights.data());
+        cpu_->moe_route(logits.data(), c.rows, c.n_experts, c.k, nullptr, ids.data(),
+                        weights.data());
         RouteResult got;
         route_on_gpu(logits, c.rows, c.n_experts, c.k, got);
         if (HasFatalFailure()) return;
+        // With the shared expert's gate: the same k slots, then slot k = (n_experts,
+        // sigmoid(gate)), bit for bit the CPU's but for exp's rounding (qwen35_ops.h).
+        std::normal_distribution<float> gate_logit(0.0f, 4.0f);
+        std::vector<float> shared_gate;
+        for (int64_t t = 0; t < c.rows; ++t) shared_gate.push_back(gate_logit(rng));
+        std::vector<int32_t> shared_ids(static_cast<size_t>(c.rows * (c.k + 1)));
+        std::vector<float> shared_weights(shared_ids.size());
+        cpu_->moe_route(logits.data(), c.rows, c.n_experts, c.k, shared_gate.data(),
+                        shared_ids.data(), shared_weights.data());
+        RouteResult got_shared;
+        route_on_gpu(logits, c.rows, c.n_experts, c.k, got_shared, &shared_gate);
+        if (HasFatalFailure()) return;
+        for (int64_t t = 0; t < c.rows; ++t) {
+            for (int64_t j = 0; j <= c.k; ++j) {
+                const size_t with = static_cast<size_t>(t * (c.k + 1) + j);
+                const size_t without = static_cast<size_t>(t * c.k + j);
+                if (j < c.k) {
+                    ASSERT_EQ(shared_ids[with], ids[without]) << c.what << " (cpu) row " << t;
+                    ASSERT_EQ(same_bits(shared_weights[with], weights[without]), true);
+                    ASSERT_EQ(got_shared.ids[with], got.ids[without]) << c.what << " row " << t;
+                    ASSERT_TRUE(same_bits(got_shared.weights[with], got.weights[without]))
+                        << c.what << " row " << t << " slot " << j;
+                } else {
+                    ASSERT_EQ(shared_ids[with], c.n_experts) << c.what << " (cpu) row " << t;
+                    ASSERT_EQ(got_shared.ids[with], c.n_experts) << c.what << " row " << t;
+                    const double err = std::fabs(static_cast<double>(got_shared.weights[with]) -
+                                                 shared_weights[with]);
+                    ASSERT_LE(err, 4.0 * kU * std::fabs(shared_weights[with]))
+                        << c.what << " row " << t << ": shared gate " << shared_gate[t] << ", gpu "
+                        << got_shared.weights[with] << " cpu " << shared_weights[with];
+                }
+            }
+        }
         for (int64_t t = 0; t < c.rows; ++t) {
             double sum = 0.0;
             for (int64_t j = 0; j < c.k; ++j) {
@@ -506,7 +543,7 @@ TEST_F(CudaQwen35Ops, MoeRouteOfANaNRowMirrorsTheCpu) {
 
     std::vector<int32_t> ids(rows * k);
     std::vector<float> weights(rows * k);
-    cpu_->moe_route(logits.data(), rows, n, k, ids.data(), weights.data());
+    cpu_->moe_route(logits.data(), rows, n, k, nullptr, ids.data(), weights.data());
     RouteResult got;
     route_on_gpu(logits, rows, n, k, got);
     if (HasFatalFailure()) return;
@@ -576,8 +613,8 @@ TEST_F(CudaQwen35Ops, CapturedInAGraphMatchesEagerLaunches) {
             cuda::add_sigmoid_scaled(pb, dgates.as<float>(), tokens, d, o.sum.as<float>(), stream));
         KESTREL_RETURN_IF_ERROR(cuda::rms_norm_gated(
             pb, pa, dw.as<float>(), tokens * heads, head_dim, 1e-6f, o.normed.as<float>(), stream));
-        return cuda::moe_route(dlogits.as<float>(), tokens, experts, k, o.ids.as<int32_t>(),
-                               o.weights.as<float>(), stream);
+        return cuda::moe_route(dlogits.as<float>(), tokens, experts, k, nullptr,
+                               o.ids.as<int32_t>(), o.weights.as<float>(), stream);
     };
     STATUS_OK(run_all(eager, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
@@ -636,17 +673,19 @@ TEST_F(CudaQwen35Ops, RejectsBadArguments) {
         invalid(cuda::rms_norm_gated(x, x, x, 1, cuda::kMaxNormDim + 1, 1e-6f, x, nullptr)));
     EXPECT_TRUE(invalid(cuda::rms_norm_gated(x, x, nullptr, 1, 128, 1e-6f, x, nullptr)));  // weight
     EXPECT_TRUE(invalid(cuda::rms_norm_gated(x, nullptr, x, 1, 128, 1e-6f, x, nullptr)));  // z
-    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 0, 1, ids, x, nullptr)));
-    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, cuda::kMaxRouteExperts + 1, 8, ids, x, nullptr)));
-    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 256, 0, ids, x, nullptr)));
-    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 4, 5, ids, x, nullptr)));  // k > n_experts
-    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 256, cuda::kMaxRouteTopK + 1, ids, x, nullptr)));
-    EXPECT_TRUE(invalid(cuda::moe_route(x, -1, 256, 8, ids, x, nullptr)));
-    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 256, 8, nullptr, x, nullptr)));
+    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 0, 1, nullptr, ids, x, nullptr)));
+    EXPECT_TRUE(
+        invalid(cuda::moe_route(x, 1, cuda::kMaxRouteExperts + 1, 8, nullptr, ids, x, nullptr)));
+    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 256, 0, nullptr, ids, x, nullptr)));
+    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 4, 5, nullptr, ids, x, nullptr)));  // k > n_experts
+    EXPECT_TRUE(
+        invalid(cuda::moe_route(x, 1, 256, cuda::kMaxRouteTopK + 1, nullptr, ids, x, nullptr)));
+    EXPECT_TRUE(invalid(cuda::moe_route(x, -1, 256, 8, nullptr, ids, x, nullptr)));
+    EXPECT_TRUE(invalid(cuda::moe_route(x, 1, 256, 8, nullptr, nullptr, x, nullptr)));
     // Nothing to do: no launch, no error.
     EXPECT_TRUE(cuda::silu_and_mul(nullptr, nullptr, 0, nullptr, nullptr).ok());
     EXPECT_TRUE(cuda::rms_norm_gated(x, x, x, 0, 128, 1e-6f, x, nullptr).ok());
-    EXPECT_TRUE(cuda::moe_route(nullptr, 0, 256, 8, nullptr, nullptr, nullptr).ok());
+    EXPECT_TRUE(cuda::moe_route(nullptr, 0, 256, 8, nullptr, nullptr, nullptr, nullptr).ok());
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 

@@ -1,7 +1,10 @@
 // The CPU reference engine on a tiny random-weight Qwen3.5-MoE model (tests/fixtures/qwen35_tiny,
 // made by scripts/make_qwen35_fixtures.py) against Hugging Face transformers' fp32 logits, from
 // both the HF folder (safetensors, grouped value heads, w norms, A_log) and llama.cpp's own
-// converter's GGUF (tiled value heads, 1 + w norms, -exp(A_log)).
+// converter's GGUF (tiled value heads, 1 + w norms, -exp(A_log)). The same checks run on the HF
+// folder of tests/fixtures/qwen35_tiny_shared32 (same script, --variant shared32: 2 layers), whose
+// shared expert is as wide as a routed one (32 = 32, as Qwen3.5-35B-A3B's 512 = 512), the case
+// where the engine may run the shared expert as one more expert of the routed-expert kernels.
 //
 // Tolerance: |ours - transformers| <= 1e-3 * max|logit| at every prefill position and decode
 // step (the brief's bound; both sides compute in fp32 and differ only in summation order, and
@@ -14,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -30,7 +34,11 @@ namespace {
 constexpr double kReferenceTolerance = 1e-3;  // of max|logit| at the position
 constexpr double kChunkingTolerance = 1e-5;   // chunked vs recurrent delta rule, of max|logit|
 
-const std::string kDir = std::string(KESTREL_SOURCE_DIR) + "/tests/fixtures/qwen35_tiny";
+std::string fixture_dir(const std::string& fixture) {
+    return std::string(KESTREL_SOURCE_DIR) + "/tests/fixtures/" + fixture;
+}
+
+const std::string kDir = fixture_dir("qwen35_tiny");
 const std::string kGguf = kDir + "/qwen35_tiny-f32.gguf";
 
 struct RefPrompt {
@@ -47,33 +55,41 @@ struct Reference {
     std::vector<int32_t> text_ids;
 };
 
-const Reference& reference() {
-    static const Reference ref = [] {
-        Reference r;
-        std::ifstream in(kDir + "/reference.json");
-        const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-        if (!j.is_object()) return r;
-        r.vocab = j["vocab"].get<int64_t>();
-        r.steps = j["decode_steps"].get<int64_t>();
-        r.text = j["tokenizer_check"]["text"].get<std::string>();
-        r.text_ids = j["tokenizer_check"]["ids"].get<std::vector<int32_t>>();
-        for (const auto& p : j["prompts"]) {
-            RefPrompt prompt;
-            prompt.ids = p["ids"].get<std::vector<int32_t>>();
-            prompt.greedy = p["greedy"].get<std::vector<int32_t>>();
-            prompt.logits.resize(static_cast<size_t>(p["rows"].get<int64_t>() * r.vocab));
-            std::ifstream f(kDir + "/" + p["logits"].get<std::string>(), std::ios::binary);
-            f.read(reinterpret_cast<char*>(prompt.logits.data()),
-                   static_cast<std::streamsize>(prompt.logits.size() * sizeof(float)));
-            if (!f) return Reference{};
-            r.prompts.push_back(std::move(prompt));
-        }
-        return r;
-    }();
-    return ref;
+// reference.json and the logits files of a fixture folder; empty when missing or invalid.
+Reference load_reference(const std::string& dir) {
+    Reference r;
+    std::ifstream in(dir + "/reference.json");
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return r;
+    r.vocab = j["vocab"].get<int64_t>();
+    r.steps = j["decode_steps"].get<int64_t>();
+    r.text = j["tokenizer_check"]["text"].get<std::string>();
+    r.text_ids = j["tokenizer_check"]["ids"].get<std::vector<int32_t>>();
+    for (const auto& p : j["prompts"]) {
+        RefPrompt prompt;
+        prompt.ids = p["ids"].get<std::vector<int32_t>>();
+        prompt.greedy = p["greedy"].get<std::vector<int32_t>>();
+        prompt.logits.resize(static_cast<size_t>(p["rows"].get<int64_t>() * r.vocab));
+        std::ifstream f(dir + "/" + p["logits"].get<std::string>(), std::ios::binary);
+        f.read(reinterpret_cast<char*>(prompt.logits.data()),
+               static_cast<std::streamsize>(prompt.logits.size() * sizeof(float)));
+        if (!f) return Reference{};
+        r.prompts.push_back(std::move(prompt));
+    }
+    return r;
 }
 
-int32_t argmax(std::span<const float> x) { return static_cast<int32_t>(std::max_element(x.begin(), x.end()) - x.begin()); }
+// Loaded once per fixture folder.
+const Reference& fixture_reference(const std::string& dir) {
+    static std::map<std::string, Reference> cache;
+    auto it = cache.find(dir);
+    if (it == cache.end()) it = cache.emplace(dir, load_reference(dir)).first;
+    return it->second;
+}
+
+int32_t argmax(std::span<const float> x) {
+    return static_cast<int32_t>(std::max_element(x.begin(), x.end()) - x.begin());
+}
 
 double max_abs(std::span<const float> x) {
     double m = 0.0;
@@ -84,21 +100,45 @@ double max_abs(std::span<const float> x) {
 // max |a - b| / max |b|
 double relative_diff(std::span<const float> a, std::span<const float> b) {
     double worst = 0.0;
-    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+    for (size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
     return worst / max_abs(b);
 }
 
-class Qwen35Reference : public ::testing::TestWithParam<const char*> {
+// One fixture folder in one format.
+struct Case {
+    const char* name;           // the test name's suffix
+    const char* fixture;        // folder under tests/fixtures
+    const char* model;          // the file in it to load; "" for the HF folder itself
+    int64_t shared_expert_ffn;  // the routed experts' is 32 in both fixtures
+};
+
+constexpr Case kCases[] = {
+    {"hf", "qwen35_tiny", "", 48},
+    {"gguf", "qwen35_tiny", "qwen35_tiny-f32.gguf", 48},
+    {"shared32_hf", "qwen35_tiny_shared32", "", 32},
+};
+
+class Qwen35Reference : public ::testing::TestWithParam<Case> {
 protected:
     void SetUp() override {
-        ASSERT_FALSE(reference().prompts.empty()) << "missing or invalid fixtures in " << kDir;
-        const std::string path = std::string(GetParam()) == "hf" ? kDir : kGguf;
+        const Case& c = GetParam();
+        const std::string dir = fixture_dir(c.fixture);
+        ref_ = &fixture_reference(dir);
+        ASSERT_FALSE(ref_->prompts.empty()) << "missing or invalid fixtures in " << dir;
+        const std::string path = *c.model == '\0' ? dir : dir + "/" + c.model;
         Result<std::unique_ptr<Engine>> engine = Engine::load(testing::cpu_engine_options(path));
         ASSERT_TRUE(engine.ok()) << engine.status().message();
         engine_ = std::move(engine).value();
         ASSERT_EQ(engine_->config().architecture, "qwen35moe");
-        ASSERT_EQ(engine_->config().vocab_size, reference().vocab);
+        ASSERT_EQ(engine_->config().vocab_size, ref_->vocab);
+        // The shared32 fixture is there for shared == routed width: make sure it still is.
+        ASSERT_EQ(engine_->config().expert_ffn_size, 32);
+        ASSERT_EQ(engine_->config().shared_expert_ffn_size, c.shared_expert_ffn);
     }
+
+    const Reference& reference() const { return *ref_; }
+    const char* name() const { return GetParam().name; }
 
     std::unique_ptr<Session> session(int64_t chunk) const {
         Result<std::unique_ptr<Session>> s = engine_->new_session(256, chunk);
@@ -106,11 +146,13 @@ protected:
         return std::move(s).value();
     }
 
+    const Reference* ref_ = nullptr;
     std::unique_ptr<Engine> engine_;
 };
 
-// Every prefill position and 32 greedy decode steps of each prompt against transformers
-// (prefill with DynamicCache: the chunked rule; decode: the recurrent rule with carried state).
+// Every prefill position and greedy decode step (32; 10 in shared32) of each prompt against
+// transformers (prefill with DynamicCache: the chunked rule; decode: the recurrent rule with
+// carried state).
 TEST_P(Qwen35Reference, LogitsMatchTransformersAtEveryPositionAndDecodeStep) {
     const Reference& ref = reference();
     const size_t vocab = static_cast<size_t>(ref.vocab);
@@ -125,24 +167,30 @@ TEST_P(Qwen35Reference, LogitsMatchTransformersAtEveryPositionAndDecodeStep) {
             const std::span<const float> ours(logits.data() + t * vocab, vocab);
             const std::span<const float> theirs(prompt.logits.data() + t * vocab, vocab);
             const double rel = relative_diff(ours, theirs);
-            EXPECT_LE(rel, kReferenceTolerance) << GetParam() << " prompt " << p << " position " << t;
-            EXPECT_EQ(argmax(ours), argmax(theirs)) << GetParam() << " prompt " << p << " position " << t;
+            EXPECT_LE(rel, kReferenceTolerance) << name() << " prompt " << p << " position " << t;
+            EXPECT_EQ(argmax(ours), argmax(theirs))
+                << name() << " prompt " << p << " position " << t;
             worst_prefill = std::max(worst_prefill, rel);
         }
-        EXPECT_EQ(argmax(std::span<const float>(logits).subspan((n - 1) * vocab, vocab)), prompt.greedy[0]);
+        EXPECT_EQ(argmax(std::span<const float>(logits).subspan((n - 1) * vocab, vocab)),
+                  prompt.greedy[0]);
         for (int64_t step = 0; step < ref.steps; ++step) {
-            Result<std::span<const float>> out = s->decode(prompt.greedy[static_cast<size_t>(step)]);
+            Result<std::span<const float>> out =
+                s->decode(prompt.greedy[static_cast<size_t>(step)]);
             ASSERT_TRUE(out.ok()) << out.status().message();
-            const std::span<const float> theirs(prompt.logits.data() + (n + static_cast<size_t>(step)) * vocab, vocab);
+            const std::span<const float> theirs(
+                prompt.logits.data() + (n + static_cast<size_t>(step)) * vocab, vocab);
             const double rel = relative_diff(*out, theirs);
-            EXPECT_LE(rel, kReferenceTolerance) << GetParam() << " prompt " << p << " decode step " << step;
+            EXPECT_LE(rel, kReferenceTolerance)
+                << name() << " prompt " << p << " decode step " << step;
             EXPECT_EQ(argmax(*out), prompt.greedy[static_cast<size_t>(step) + 1])
-                << GetParam() << " prompt " << p << " decode step " << step;
+                << name() << " prompt " << p << " decode step " << step;
             worst_decode = std::max(worst_decode, rel);
         }
-        std::printf("%s prompt %zu (%zu tokens + %lld steps): max |ours - transformers| / max|logit| = %.2e prefill, "
-                    "%.2e decode\n",
-                    GetParam(), p, n, static_cast<long long>(ref.steps), worst_prefill, worst_decode);
+        std::printf(
+            "%s prompt %zu (%zu tokens + %lld steps): max |ours - transformers| / max|logit| = "
+            "%.2e prefill, %.2e decode\n",
+            name(), p, n, static_cast<long long>(ref.steps), worst_prefill, worst_decode);
     }
 }
 
@@ -168,12 +216,13 @@ TEST_P(Qwen35Reference, ChunkedPrefillEqualsOneShotEqualsTokenByToken) {
         }
         double worst = 0.0;
         for (size_t t = 0; t < n; ++t) {
-            const std::span<const float> a(chunked.data() + t * vocab, vocab), b(one_shot.data() + t * vocab, vocab);
+            const std::span<const float> a(chunked.data() + t * vocab, vocab),
+                b(one_shot.data() + t * vocab, vocab);
             worst = std::max(worst, relative_diff(a, b));
             EXPECT_EQ(argmax(a), argmax(b)) << "chunk " << chunk << " position " << t;
         }
         EXPECT_LE(worst, kChunkingTolerance) << "chunk " << chunk;
-        std::printf("%s chunk %lld vs one-shot: max diff / max|logit| = %.2e\n", GetParam(),
+        std::printf("%s chunk %lld vs one-shot: max diff / max|logit| = %.2e\n", name(),
                     static_cast<long long>(chunk), worst);
     }
 }
@@ -200,7 +249,8 @@ TEST_P(Qwen35Reference, RecurrentStateSurvivesDecodeAndResets) {
         double sum = 0.0;
         for (const RecurrentLayerView& view : session.recurrent_state().views()) {
             if (view.state == nullptr) continue;
-            for (int64_t i = 0; i < (view.conv_kernel - 1) * view.conv_channels; ++i) sum += std::abs(view.conv[i]);
+            for (int64_t i = 0; i < (view.conv_kernel - 1) * view.conv_channels; ++i)
+                sum += std::abs(view.conv[i]);
             sum += std::abs(view.state[0]);
         }
         return sum;
@@ -222,10 +272,13 @@ TEST_P(Qwen35Reference, RecurrentStateSurvivesDecodeAndResets) {
     EXPECT_GT(relative_diff(*alone, std::span<const float>(first).subspan(0, vocab)), 1e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, Qwen35Reference, ::testing::Values("hf", "gguf"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, Qwen35Reference, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                             return std::string(info.param.name);
+                         });
 
 TEST(Qwen35Fixture, TokenizersLoadFromBothFormats) {
-    const Reference& ref = reference();
+    const Reference& ref = fixture_reference(kDir);
     ASSERT_FALSE(ref.text_ids.empty());
     Result<Tokenizer> hf = Tokenizer::from_hf_folder(kDir);
     ASSERT_TRUE(hf.ok()) << hf.status().message();
@@ -243,7 +296,7 @@ TEST(Qwen35Fixture, CliRunAndInfo) {
     // Greedy: the generated tokens are transformers' greedy continuation of the text prompt,
     // decoded by the format's own tokenizer (the GGUF's vocabulary pads to 320 with [PADn]
     // tokens, which tokenizer.json does not have; this random model does emit them).
-    const RefPrompt& prompt = reference().prompts[1];
+    const RefPrompt& prompt = fixture_reference(kDir).prompts[1];
     const std::vector<int32_t> first4(prompt.greedy.begin(), prompt.greedy.begin() + 4);
     Result<Tokenizer> hf = Tokenizer::from_hf_folder(kDir);
     ASSERT_TRUE(hf.ok());
@@ -253,8 +306,8 @@ TEST(Qwen35Fixture, CliRunAndInfo) {
     ASSERT_TRUE(gguf.ok());
     for (const std::string& model : {kDir, kGguf}) {
         const std::string expected = (model == kDir ? *hf : *gguf).decode(first4);
-        testing::CommandResult run =
-            testing::run_kestrel("run -m '" + model + "' -p '" + reference().text + "' -n 4 --temp 0");
+        testing::CommandResult run = testing::run_kestrel(
+            "run -m '" + model + "' -p '" + fixture_reference(kDir).text + "' -n 4 --temp 0");
         ASSERT_TRUE(run.exited);
         EXPECT_EQ(run.exit_code, 0) << run.err;
         EXPECT_EQ(run.out, expected + "\n") << model;

@@ -104,7 +104,8 @@ void gated_delta_rule(const float* qkv, const float* a, const float* b, const fl
                       int threads);
 
 // moe.cpp
-void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids, float* weights);
+void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+               const float* shared_gate, int32_t* ids, float* weights);
 void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
                  const MoeExpertWeights& experts, float* out, int threads);
 
@@ -150,8 +151,8 @@ public:
     void gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg, const float* dt_bias,
                           int64_t rows, const GatedDeltaParams& params, const RecurrentLayerView& state,
                           float* out) override;
-    void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
-                   float* weights) override;
+    void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                   const float* shared_gate, int32_t* ids, float* weights) override;
     void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
                      const MoeExpertWeights& experts, float* out) override;
     void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,

@@ -34,9 +34,9 @@ void CpuOps::gated_delta_rule(const float* qkv, const float* a, const float* b, 
     cpu::gated_delta_rule(qkv, a, b, a_neg, dt_bias, rows, params, state, out, threads_);
 }
 
-void CpuOps::moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
-                       float* weights) {
-    cpu::moe_route(logits, rows, n_experts, k, ids, weights);
+void CpuOps::moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                       const float* shared_gate, int32_t* ids, float* weights) {
+    cpu::moe_route(logits, rows, n_experts, k, shared_gate, ids, weights);
 }
 
 void CpuOps::moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,

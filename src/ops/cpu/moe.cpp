@@ -9,10 +9,14 @@ namespace kestrel::cpu {
 
 // HF Qwen3_5MoeTopKRouter: probs = softmax(logits) over every expert (fp32), top-k of probs,
 // divided by their sum. (transformers 5 renormalises unconditionally; Qwen3.5 configs set
-// norm_topk_prob = true, so older code paths that read the flag agree.)
-void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids, float* weights) {
+// norm_topk_prob = true, so older code paths that read the flag agree.) With shared_gate, slot k
+// is the shared expert (id n_experts) weighted by sigmoid(shared_gate[t]), as
+// Qwen3_5MoeSparseMoeBlock weights the shared expert's output.
+void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+               const float* shared_gate, int32_t* ids, float* weights) {
     std::vector<float> probs(static_cast<size_t>(n_experts));
     std::vector<int32_t> order(static_cast<size_t>(n_experts));
+    const int64_t slots = shared_gate != nullptr ? k + 1 : k;
     for (int64_t t = 0; t < rows; ++t) {
         std::copy(logits + t * n_experts, logits + (t + 1) * n_experts, probs.begin());
         softmax(probs.data(), n_experts);
@@ -21,15 +25,19 @@ void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, 
         float sum = 0.0f;
         for (int64_t j = 0; j < k; ++j) sum += probs[order[j]];
         for (int64_t j = 0; j < k; ++j) {
-            ids[t * k + j] = order[j];
-            weights[t * k + j] = probs[order[j]] / sum;
+            ids[t * slots + j] = order[j];
+            weights[t * slots + j] = probs[order[j]] / sum;
+        }
+        if (shared_gate != nullptr) {
+            ids[t * slots + k] = static_cast<int32_t>(n_experts);
+            weights[t * slots + k] = sigmoid(shared_gate[t]);
         }
     }
 }
 
 // Experts run one at a time over the rows routed to them (so each expert's weights are read
-// once per call), then each row sums its k weighted outputs in j order in fp32. A row's result
-// does not depend on which other rows share the call.
+// once per call), then each row sums its k weighted outputs in j order in fp32 and adds the sum
+// to out. A row's result does not depend on which other rows share the call.
 void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
                  const MoeExpertWeights& e, float* out, int threads) {
     const int64_t d = e.dim, f = e.ffn;
@@ -60,10 +68,10 @@ void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* 
     }
     for (int64_t t = 0; t < rows; ++t) {
         float* o = out + t * d;
-        std::fill(o, o + d, 0.0f);
-        for (int64_t j = 0; j < k; ++j) {
-            const float* src = routed.data() + (t * k + j) * d;
-            for (int64_t i = 0; i < d; ++i) o[i] += src[i];
+        for (int64_t i = 0; i < d; ++i) {
+            float sum = 0.0f;
+            for (int64_t j = 0; j < k; ++j) sum += routed[static_cast<size_t>((t * k + j) * d + i)];
+            o[i] += sum;
         }
     }
 }

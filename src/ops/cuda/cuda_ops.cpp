@@ -14,6 +14,7 @@
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/gemv_w8a8.h"
 #include "ops/cuda/moe_experts.h"
+#include "ops/cuda/moe_prefill.h"
 #include "ops/cuda/qwen35_ops.h"
 #include "ops/cuda/sampling.h"
 #include "ops/cuda/small_ops.h"
@@ -390,6 +391,43 @@ void CudaOps::residual_norm_linear_blocks(const float* x, const float* post_norm
                                      dim, eps, normed, keep_normed, w, widths, out);
 }
 
+void CudaOps::add_rms_norm_linear_blocks(const float* x, float* residual, const float* norm_weight,
+                                         int64_t rows, int64_t dim, float eps, float* normed,
+                                         bool keep_normed, const Weight& w,
+                                         std::span<const int64_t> widths, float* out) {
+    if (rows == 1 && gemv_path(rows, w)) {
+        // Decode: the residual add, the norm (kept for the experts, which read fp32 rows) and its
+        // Q8 blocks in one kernel, then one GEMV over the stacked weight.
+        Result<Q8Block*> blocks = q8_blocks(w);
+        if (!blocks.ok()) return note(blocks.status());
+        {
+            const ProfileScope scope(*this, "add_rms_norm_quantize_q8");
+            note(add_rms_norm_quantize_q8(x, residual, norm_weight, rows, dim, eps,
+                                          keep_normed ? normed : nullptr, *blocks, stream_));
+        }
+        return gemv(*blocks, rows, w, out);
+    }
+    Ops::add_rms_norm_linear_blocks(x, residual, norm_weight, rows, dim, eps, normed, keep_normed,
+                                    w, widths, out);
+}
+
+void CudaOps::rms_norm_gated_linear(const float* x, const float* z, const float* weight,
+                                    int64_t rows, int64_t heads, int64_t head_dim, float eps,
+                                    float* gated, bool keep_gated, const Weight& w, float* out) {
+    if (rows == 1 && !keep_gated && head_dim % 32 == 0 && gemv_path(rows, w)) {
+        // Decode: the gated norm's values go straight into the GEMV's Q8 blocks.
+        Result<Q8Block*> blocks = q8_blocks(w);
+        if (!blocks.ok()) return note(blocks.status());
+        {
+            const ProfileScope scope(*this, "rms_norm_gated_quantize_q8");
+            note(cuda::rms_norm_gated_quantize_q8(x, z, weight, rows * heads, head_dim, eps,
+                                                  *blocks, stream_));
+        }
+        return gemv(*blocks, rows, w, out);
+    }
+    Ops::rms_norm_gated_linear(x, z, weight, rows, heads, head_dim, eps, gated, keep_gated, w, out);
+}
+
 Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
                                  std::span<const int64_t> positions, const AttentionInputsParams& p,
                                  const KvLayerView& cache) {
@@ -579,13 +617,17 @@ void CudaOps::gated_delta_rule(const float* qkv, const float* a, const float* b,
                                const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
                                const RecurrentLayerView& state, float* out) {
     const ProfileScope scope(*this, "gated_delta_rule");
-    note(
-        cuda::gated_delta_rule(qkv, a, b, a_neg, dt_bias, rows, params, state.state, out, stream_));
+    // Prefill takes the chunked form with scratch; decode needs none (0 bytes: nothing grows).
+    const size_t scratch_bytes = cuda::gated_delta_scratch_bytes(rows, params);
+    Result<void*> scratch = ensure(gated_delta_, scratch_bytes);
+    if (!scratch.ok()) return note(scratch.status());
+    note(cuda::gated_delta_rule(qkv, a, b, a_neg, dt_bias, rows, params, state.state, out, stream_,
+                                *scratch, scratch_bytes));
 }
 void CudaOps::moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
-                        int32_t* ids, float* weights) {
+                        const float* shared_gate, int32_t* ids, float* weights) {
     const ProfileScope scope(*this, "moe_route");
-    note(cuda::moe_route(logits, rows, n_experts, k, ids, weights, stream_));
+    note(cuda::moe_route(logits, rows, n_experts, k, shared_gate, ids, weights, stream_));
 }
 void CudaOps::moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights,
                           int64_t k, const MoeExpertWeights& experts, float* out) {
@@ -610,11 +652,21 @@ void CudaOps::moe_experts(const float* x, int64_t rows, const int32_t* ids, cons
                             weight_format_name(w->format))));
         }
     }
+    if (rows > kGemvMaxRows) {
+        // Prefill: slots grouped by expert, tensor-core GEMMs (moe_prefill.h).
+        Result<void*> scratch =
+            ensure(moe_prefill_,
+                   moe_prefill_scratch_bytes(rows, k, experts.dim, experts.ffn, experts.n_experts));
+        if (!scratch.ok()) return note(scratch.status());
+        return note(cuda::moe_experts_prefill(x, rows, ids, weights, k, stack(gate_up), stack(down),
+                                              experts.n_experts, experts.ffn, experts.dim, *scratch,
+                                              /*accumulate=*/true, out, stream_));
+    }
     Result<void*> scratch =
         ensure(moe_, moe_experts_scratch_bytes(rows, k, experts.dim, experts.ffn));
     if (!scratch.ok()) return note(scratch.status());
     note(cuda::moe_experts(x, rows, ids, weights, k, stack(gate_up), stack(down), experts.n_experts,
-                           experts.ffn, experts.dim, *scratch, out, stream_));
+                           experts.ffn, experts.dim, *scratch, /*accumulate=*/true, out, stream_));
 }
 
 }  // namespace cuda

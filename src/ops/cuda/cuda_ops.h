@@ -80,6 +80,13 @@ public:
                                      int64_t dim, float eps, float* normed, bool keep_normed,
                                      const Weight& w, std::span<const int64_t> widths,
                                      float* out) override;
+    void add_rms_norm_linear_blocks(const float* x, float* residual, const float* norm_weight,
+                                    int64_t rows, int64_t dim, float eps, float* normed,
+                                    bool keep_normed, const Weight& w,
+                                    std::span<const int64_t> widths, float* out) override;
+    void rms_norm_gated_linear(const float* x, const float* z, const float* weight, int64_t rows,
+                               int64_t heads, int64_t head_dim, float eps, float* gated,
+                               bool keep_gated, const Weight& w, float* out) override;
     void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                            int64_t rotary_pairs, double theta) override;
     void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;
@@ -94,8 +101,8 @@ public:
     void gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg, const float* dt_bias,
                           int64_t rows, const GatedDeltaParams& params, const RecurrentLayerView& state,
                           float* out) override;
-    void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
-                   float* weights) override;
+    void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                   const float* shared_gate, int32_t* ids, float* weights) override;
     void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,
                      const MoeExpertWeights& experts, float* out) override;
 
@@ -135,6 +142,8 @@ private:
     Scratch gemm_scratch_;  // dequantised bf16 weight + bf16 activations of a prefill GEMM
     Scratch attention_;  // split-K partials of decode attention
     Scratch moe_;        // the routed experts' activations (moe_experts_scratch_bytes)
+    Scratch gated_delta_;  // chunked Gated DeltaNet: T, QK, gates (gated_delta_scratch_bytes)
+    Scratch moe_prefill_;  // the prefill routed experts' buffers (moe_prefill_scratch_bytes)
     std::vector<Buffer> retired_;
     bool profiling_ = false;
     std::vector<TimedLaunch> timed_;

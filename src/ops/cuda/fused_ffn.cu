@@ -14,6 +14,8 @@
 //   with elementwise.cu's Scale applied to each sum before it is stored; with kNextNormQ8 it goes
 //   on to the next block's pre-norm and its Q8 blocks (norm.cu's rms_norm_q8_kernel) from the
 //   registers, so the residual is written once and never read back.
+// add_rms_norm_q8_kernel<kThreads>: the same row ownership; the residual add first (add's one
+//   rounding), then the norm and its Q8 blocks from the registers.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -136,6 +138,60 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     }
 }
 
+// ---- residual add, then the next block's norm -> Q8
+// ------------------------------------------------
+
+// add's r + x (one rounding), stored; then rms_norm_q8_kernel's norm and Q8 from the registers,
+// with the same thread count per row (the same sum-of-squares order as rms_norm).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
+    add_rms_norm_q8_kernel(const float* x, float* residual, const float* weight, int rows, int dim,
+                           float eps, float* normed, Q8Block* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
+    __shared__ float warp_totals[kThreads / 32];
+    const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
+    const int64_t row =
+        static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
+    if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves
+    const float* x_row = x + row * dim;
+    float* residual_row = residual + row * dim;
+    const int chunks = dim / 4;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v[kNormChunks], w[kNormChunks];
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        const bool in_row = c < chunks;
+        const float4 a = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
+        const float4 r = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
+        w[k] = in_row && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
+        v[k] = make_float4(__fadd_rn(r.x, a.x), __fadd_rn(r.y, a.y), __fadd_rn(r.z, a.z),
+                           __fadd_rn(r.w, a.w));
+    }
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        if (c >= chunks) break;
+        store_chunk(residual_row, c, dim, vec4, v[k]);
+    }
+    const float inv_rms = row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals);
+    Q8Block* out_row = out + row * (dim / 32);
+    float* normed_row = normed != nullptr ? normed + row * dim : nullptr;
+    const int warp_first_chunk = thread_in_row & ~31;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        // Whole warps skip together, so the shuffles inside always see all 32 lanes.
+        if (warp_first_chunk + k * kThreads >= chunks) break;
+        const int c = thread_in_row + k * kThreads;
+        const bool mine = c < chunks;
+        const float4 y =
+            mine ? normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr) : zero;
+        if (mine && normed_row != nullptr) store_chunk(normed_row, c, dim, vec4, y);
+        quantize_q8_lanes(y, mine, out_row + c / 8);
+    }
+}
+
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 unsigned row_blocks(int64_t rows, int rows_per_block) {
@@ -225,6 +281,44 @@ Status rms_norm_add_scale_norm_quantize_q8(const float* x, const float* weight, 
                                            cudaStream_t stream) {
     return launch_rms_norm_add_scale<true>("rms_norm_add_scale_norm_quantize_q8", x, weight, rows,
                                            dim, eps, scale, residual, next_weight, out, stream);
+}
+
+Status add_rms_norm_quantize_q8(const float* x, float* residual, const float* weight, int64_t rows,
+                                int64_t dim, float eps, float* normed, Q8Block* out,
+                                cudaStream_t stream) {
+    constexpr const char* kWhat = "add_rms_norm_quantize_q8";
+    if (rows < 0 || dim <= 0 || dim > kMaxNormDim || dim % 32 != 0 ||
+        rows > (int64_t{1} << 31) - 1) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            std::string(kWhat) + ": shape [" + std::to_string(rows) + ", " + std::to_string(dim) +
+                "] needs 0 < dim <= " + std::to_string(kMaxNormDim) + " and dim % 32 == 0");
+    }
+    if (rows == 0) return ok_status();
+    if (x == nullptr || residual == nullptr || out == nullptr || !aligned16(out)) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(kWhat) +
+                          ": null input, residual or output, or Q8 output not 16-byte aligned");
+    }
+    // norm.cu's launch_rms_norm: the same thread count per row for the same dim.
+    const bool vec4 = aligned16(x) && aligned16(weight) && aligned16(residual) && aligned16(normed);
+    const int r = static_cast<int>(rows), d = static_cast<int>(dim);
+    if (dim <= 32 * kNormChunks * 4) {
+        KESTREL_CUDA_CHECK(launch_overlapped(add_rms_norm_q8_kernel<32>,
+                                             dim3(row_blocks(rows, kRowsPerBlock<32>)),
+                                             dim3(32 * kRowsPerBlock<32>), 0, stream, x, residual,
+                                             weight, r, d, eps, normed, out, vec4));
+    } else if (dim <= 256 * kNormChunks * 4) {
+        KESTREL_CUDA_CHECK(launch_overlapped(add_rms_norm_q8_kernel<256>, dim3(row_blocks(rows, 1)),
+                                             dim3(256), 0, stream, x, residual, weight, r, d, eps,
+                                             normed, out, vec4));
+    } else {
+        KESTREL_CUDA_CHECK(launch_overlapped(add_rms_norm_q8_kernel<1024>,
+                                             dim3(row_blocks(rows, 1)), dim3(1024), 0, stream, x,
+                                             residual, weight, r, d, eps, normed, out, vec4));
+    }
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
 }
 
 }  // namespace kestrel::cuda

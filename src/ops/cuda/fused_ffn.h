@@ -1,7 +1,8 @@
 // Host API of the fused kernels at the ends of the decode step's blocks (fused_ffn.cu). Each
 // replaces two or three launches of the existing ops and is bit for bit those launches, so the
 // CPU twins are theirs: make_cpu_ops() gelu_tanh_and_mul then quantize_q8_row
-// (ops/weight_format.h); rms_norm_add then scale (then rms_norm then quantize_q8_row). tests/unit/
+// (ops/weight_format.h); rms_norm_add then scale (then rms_norm then quantize_q8_row); add then
+// rms_norm then quantize_q8_row. tests/unit/
 // cuda_fused_ffn_test.cpp holds the kernels to both. Plain C++: includable from .cpp files.
 //
 // All pointers are device pointers. Launchers only launch: they never synchronise, allocate or
@@ -38,5 +39,14 @@ Status rms_norm_add_scale_norm_quantize_q8(const float* x, const float* weight, 
                                            int64_t dim, float eps, float scale, float* residual,
                                            const float* next_weight, Q8Block* out,
                                            cudaStream_t stream);
+
+// residual[r, :] += x[r, :], then normed = rms_norm(residual, weight) (written when normed is not
+// null) and out = its Q8 blocks: bit for bit add (small_ops.h), rms_norm, then quantize_q8 — the
+// seam of a pre-norm decoder without post-norms (Qwen3.5: the attention or Gated DeltaNet output
+// added, then the MoE's pre-norm). x, residual [rows, dim], weight [dim] or null, dim % 32 == 0,
+// 0 < dim <= kMaxNormDim; out [rows, dim / 32], 16-byte aligned.
+Status add_rms_norm_quantize_q8(const float* x, float* residual, const float* weight, int64_t rows,
+                                int64_t dim, float eps, float* normed, Q8Block* out,
+                                cudaStream_t stream);
 
 }  // namespace kestrel::cuda

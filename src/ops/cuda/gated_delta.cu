@@ -1,5 +1,6 @@
 // Gated DeltaNet kernels of Qwen3.5's "linear_attention" layers (host API: gated_delta.h; CPU
-// twins: ops/cpu/conv1d.cpp and ops/cpu/gated_delta.cpp's recurrent form).
+// twins: ops/cpu/conv1d.cpp and ops/cpu/gated_delta.cpp's recurrent form). The chunked form for
+// long calls is in gated_delta_chunked.cu; gated_delta_rule here checks the arguments and picks.
 //
 // conv1d_causal_kernel: one thread per (channel, block of kConvTokensPerThread tokens). A thread
 //   keeps the kernel's window of inputs in registers and slides it over its tokens; the inputs
@@ -19,8 +20,8 @@
 //   key head into shared memory, L2-normalises them with the CPU's dot() order (8 lanes of
 //   strided sums, then the same pairwise reduction), and each lane runs the CPU's loops over i for
 //   its column: every fp32 operation of the CPU, in its order, so only expf / log1pf in the gates
-//   differ (by an ulp or two). params.chunk is ignored: both kernels run the recurrent form,
-//   token by token, serially per column.
+//   differ (by an ulp or two). It runs calls of 9 to kGdnChunkedMinRows - 1 tokens, and longer
+//   ones where the chunked form cannot (no scratch, or dk > kGdnChunkedMaxKeyDim).
 //
 // gated_delta_decode_kernel (decode, T <= kMaxDecodeTokens = 8): the same blocks, each of
 //   kDecodeWarps = 8 warps. At decode the call moves little (2 MiB of state at Qwen3.5's shapes,
@@ -40,7 +41,7 @@
 //   resp. dk u of the exact sum, relative to the sum of |terms|: the GPU's is the tighter), not bit
 //   for bit; l2norm, the gates and every other operation are the CPU's, in its order. No operation
 //   depends on T, so decoding token by token equals one call over the same tokens, bit for bit.
-//   Prefill (T > 8) keeps the one-warp kernel and with it the CPU's order.
+//   Longer calls take the one-warp kernel (with it the CPU's order) or the chunked form.
 //
 // The state stays fp32, as on the CPU: it accumulates the whole context (every token decays and
 // rank-1 updates it), so bf16's 8-bit mantissa would lose each update's low bits and the state
@@ -55,26 +56,27 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/gated_delta_internal.cuh"
 #include "ops/cuda/launch.cuh"
 
 namespace kestrel::cuda {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
+constexpr unsigned kFullMask = kGdnFullMask;
+constexpr float kL2Eps = kGdnL2Eps;
 
-// ops/cpu/qwen35_elementwise.cpp's silu, sigmoid and softplus, with the same fp32 operations.
-// CUDA's expf (2 ulp) and log1pf (1 ulp) may differ from glibc's in the last bits.
+// ops/cpu/qwen35_elementwise.cpp's silu, with the same fp32 operations (sigmoid and softplus:
+// gated_delta_internal.cuh). CUDA's expf (2 ulp) may differ from glibc's in the last bits.
 __device__ __forceinline__ float silu(float x) {
     return __fdiv_rn(x, __fadd_rn(1.0f, expf(-x)));
 }
 
 __device__ __forceinline__ float sigmoid(float x) {
-    return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
+    return gdn_sigmoid(x);
 }
 
-// torch.nn.functional.softplus(x, beta=1, threshold=20).
 __device__ __forceinline__ float softplus(float x) {
-    return x > 20.0f ? x : log1pf(expf(x));
+    return gdn_softplus(x);
 }
 
 // ---- conv1d_causal -----------------------------------------------------------------------------
@@ -166,24 +168,6 @@ Status launch_conv(const float* x, int64_t rows, const float* weight, float* con
 
 // Value columns per block: one warp, so the token's shared q and k need only __syncwarp.
 constexpr int kGdnColumns = 32;
-constexpr float kL2Eps = 1e-6f;  // HF l2norm's eps
-
-struct GdnArgs {
-    const float* qkv;
-    const float* a;
-    const float* b;
-    const float* a_neg;
-    const float* dt_bias;
-    float* state;
-    float* out;
-    int64_t rows;
-    int n_k_heads;
-    int n_v_heads;
-    int dk;
-    int dv;
-    bool grouped;   // GdnHeadOrder::kGrouped: value head h reads key head h / (n_v / n_k)
-    float q_scale;  // dk^-0.5, computed on the host as the CPU computes it
-};
 
 // A lane's column S[:, j] in registers: only ever indexed with unrolled-loop constants.
 template <int kMaxDk>
@@ -506,44 +490,50 @@ Status conv1d_causal(const float* x, int64_t rows, const float* weight, float* c
                                        stream);
 }
 
-Status gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg,
-                        const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
-                        float* state, float* out, cudaStream_t stream) {
-    constexpr const char* kOp = "gated_delta_rule";
+namespace {
+
+// gated_delta_rule's argument checks (both entry points); fills `args` for a call with tokens.
+Status check_gated_delta(const char* op, const float* qkv, const float* a, const float* b,
+                         const float* a_neg, const float* dt_bias, int64_t rows,
+                         const GatedDeltaParams& params, float* state, float* out, GdnArgs& args) {
     const int64_t nk = params.n_k_heads, nv = params.n_v_heads;
     const int64_t dk = params.k_head_dim, dv = params.v_head_dim;
-    if (rows < 0) return invalid(kOp, "negative row count " + std::to_string(rows));
+    if (rows < 0) return invalid(op, "negative row count " + std::to_string(rows));
     // grid.x counts value heads, grid.y blocks of 32 value columns (at most 65535 each).
     constexpr int64_t kMaxHeads = 65535;
     constexpr int64_t kMaxValueDim = int64_t{65535} * kGdnColumns;
     if (nk < 1 || nv < 1 || nv > kMaxHeads || nv % nk != 0) {
-        return invalid(kOp, "head counts n_k " + std::to_string(nk) + ", n_v " +
-                                std::to_string(nv) +
-                                ": need 1 <= n_k, n_v <= 65535 and n_v a multiple of n_k");
+        return invalid(op, "head counts n_k " + std::to_string(nk) + ", n_v " + std::to_string(nv) +
+                               ": need 1 <= n_k, n_v <= 65535 and n_v a multiple of n_k");
     }
     if (dk < 1 || dk > kMaxGdnKeyDim) {
-        return invalid(kOp, "k_head_dim " + std::to_string(dk) + " outside [1, " +
-                                std::to_string(kMaxGdnKeyDim) + "]");
+        return invalid(op, "k_head_dim " + std::to_string(dk) + " outside [1, " +
+                               std::to_string(kMaxGdnKeyDim) + "]");
     }
     if (dv < 1 || dv > kMaxValueDim) {
-        return invalid(kOp, "v_head_dim " + std::to_string(dv) + " outside [1, " +
-                                std::to_string(kMaxValueDim) + "]");
+        return invalid(op, "v_head_dim " + std::to_string(dv) + " outside [1, " +
+                               std::to_string(kMaxValueDim) + "]");
     }
     if (params.order != GdnHeadOrder::kGrouped && params.order != GdnHeadOrder::kTiled) {
-        return invalid(kOp, "unknown head order");
+        return invalid(op, "unknown head order");
     }
-    if (rows == 0) return ok_status();  // no tokens: the state stays as it is
+    // The chunked form's grid.x counts chunks (an int).
+    constexpr int64_t kMaxRows = int64_t{0x7fffffff} / kGdnChunk * kGdnChunk;
+    if (rows > kMaxRows) {
+        return invalid(op, "rows " + std::to_string(rows) + " above " + std::to_string(kMaxRows));
+    }
+    if (rows == 0) return ok_status();
     if (qkv == nullptr || a == nullptr || b == nullptr || a_neg == nullptr || dt_bias == nullptr ||
         state == nullptr || out == nullptr) {
-        return invalid(kOp, "null pointer");
+        return invalid(op, "null pointer");
     }
     const int64_t out_count = rows * nv * dv;
     if (overlaps(out, out_count, state, nv * dk * dv) ||
         overlaps(out, out_count, qkv, rows * (2 * nk * dk + nv * dv))) {
-        return invalid(kOp, "out overlaps the state or qkv");
+        return invalid(op, "out overlaps the state or qkv");
     }
 
-    GdnArgs args{};
+    args = GdnArgs{};
     args.qkv = qkv;
     args.a = a;
     args.b = b;
@@ -558,8 +548,54 @@ Status gated_delta_rule(const float* qkv, const float* a, const float* b, const 
     args.dv = static_cast<int>(dv);
     args.grouped = params.order == GdnHeadOrder::kGrouped;
     args.q_scale = 1.0f / std::sqrt(static_cast<float>(dk));  // ops/cpu/gated_delta.cpp's scale
+    return ok_status();
+}
 
-    const dim3 grid(static_cast<unsigned>(nv),
+// The chunked form's own checks: dk and the scratch.
+Status check_chunked_scratch(const char* op, int64_t rows, const GatedDeltaParams& params,
+                             const void* scratch, size_t scratch_bytes) {
+    if (params.k_head_dim > kGdnChunkedMaxKeyDim) {
+        return invalid(op, "k_head_dim " + std::to_string(params.k_head_dim) +
+                               " above the chunked form's " + std::to_string(kGdnChunkedMaxKeyDim));
+    }
+    const size_t needed = gated_delta_chunked_scratch_bytes(rows, params.n_v_heads);
+    if (scratch == nullptr || scratch_bytes < needed) {
+        return invalid(op, "scratch of " + std::to_string(scratch_bytes) + " bytes at " +
+                               (scratch == nullptr ? "null" : "non-null") + ", need " +
+                               std::to_string(needed) + " (gated_delta_chunked_scratch_bytes)");
+    }
+    if (reinterpret_cast<uintptr_t>(scratch) % 16 != 0) {
+        return invalid(op, "scratch not 16-byte aligned (the scan reads it as float4)");
+    }
+    return ok_status();
+}
+
+Status launch_chunked(const GdnArgs& args, void* scratch, cudaStream_t stream) {
+    KESTREL_CUDA_CHECK(launch_gated_delta_chunked(args, scratch, stream));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+}  // namespace
+
+Status gated_delta_rule(const float* qkv, const float* a, const float* b, const float* a_neg,
+                        const float* dt_bias, int64_t rows, const GatedDeltaParams& params,
+                        float* state, float* out, cudaStream_t stream, void* scratch,
+                        size_t scratch_bytes) {
+    constexpr const char* kOp = "gated_delta_rule";
+    GdnArgs args{};
+    KESTREL_RETURN_IF_ERROR(
+        check_gated_delta(kOp, qkv, a, b, a_neg, dt_bias, rows, params, state, out, args));
+    if (rows == 0) return ok_status();  // no tokens: the state stays as it is
+    const int64_t dk = params.k_head_dim, dv = params.v_head_dim;
+
+    // Long calls: the chunked form, where the caller gave it scratch (gated_delta_scratch_bytes).
+    if (scratch != nullptr && gated_delta_scratch_bytes(rows, params) > 0) {
+        KESTREL_RETURN_IF_ERROR(check_chunked_scratch(kOp, rows, params, scratch, scratch_bytes));
+        return launch_chunked(args, scratch, stream);
+    }
+
+    const dim3 grid(static_cast<unsigned>(params.n_v_heads),
                     static_cast<unsigned>((dv + kGdnColumns - 1) / kGdnColumns));
     cudaError_t launched;
     if (rows <= kMaxDecodeTokens) {
@@ -595,6 +631,19 @@ Status gated_delta_rule(const float* qkv, const float* a, const float* b, const 
     KESTREL_CUDA_CHECK(launched);
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
+}
+
+Status gated_delta_rule_chunked(const float* qkv, const float* a, const float* b,
+                                const float* a_neg, const float* dt_bias, int64_t rows,
+                                const GatedDeltaParams& params, float* state, float* out,
+                                void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+    constexpr const char* kOp = "gated_delta_rule_chunked";
+    GdnArgs args{};
+    KESTREL_RETURN_IF_ERROR(
+        check_gated_delta(kOp, qkv, a, b, a_neg, dt_bias, rows, params, state, out, args));
+    if (rows == 0) return ok_status();  // no tokens: the state stays as it is
+    KESTREL_RETURN_IF_ERROR(check_chunked_scratch(kOp, rows, params, scratch, scratch_bytes));
+    return launch_chunked(args, scratch, stream);
 }
 
 }  // namespace kestrel::cuda

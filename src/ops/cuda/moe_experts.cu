@@ -380,7 +380,8 @@ template <class Format, int L>
 __global__ void __launch_bounds__(kDownThreads)
     moe_down_kernel(const Q8Block* __restrict__ act, const int32_t* __restrict__ ids,
                     const float* __restrict__ weights, typename Format::Stack stack, int k,
-                    int n_experts, int dim, int ffn, int split, float* __restrict__ out) {
+                    int n_experts, int dim, int ffn, int split, bool accumulate,
+                    float* __restrict__ out) {
     static_assert(L == 16 || L == 32, "a row's dot over half a warp or a whole one");
     constexpr int kRowsPerWarp = 32 / L;
     constexpr int kB = Format::kDownSlotBatch;
@@ -450,13 +451,14 @@ __global__ void __launch_bounds__(kDownThreads)
     __syncthreads();
     const int r = static_cast<int>(threadIdx.x);
     if (r < rows_per_block) {
-        // ops/cpu moe_experts: out = 0, then out += weights[t, j] * y_j for j = 0 .. k-1.
+        // ops/cpu moe_experts: sum = 0, sum += weights[t, j] * y_j for j = 0 .. k-1, then
+        // out += sum (accumulate) or out = sum.
         const float* row_weights = weights + t * k;
         float sum = 0.0f;
         for (int j = 0; j < k; ++j) {
             sum = __fadd_rn(sum, __fmul_rn(row_weights[j], slot_dots[j][r]));
         }
-        out[first + r] = sum;
+        out[first + r] = accumulate ? __fadd_rn(out[first + r], sum) : sum;
     }
 }
 
@@ -526,14 +528,15 @@ int down_lanes_per_row(int64_t ffn, bool down_is_w4) {
 template <class Format, int L>
 Status launch_down(const Q8Block* act, int64_t rows, const int32_t* ids, const float* weights,
                    int64_t k, typename Format::Stack stack, int64_t n_experts, int64_t ffn,
-                   int64_t dim, int split, float* out, cudaStream_t stream) {
+                   int64_t dim, int split, bool accumulate, float* out, cudaStream_t stream) {
     const int64_t rows_per_block = kDownWarps / split * (32 / L);
     const int64_t grid = rows * dim / rows_per_block;
     const size_t shared_bytes = static_cast<size_t>(k * (ffn / 32)) * sizeof(Q8Block);
-    KESTREL_CUDA_CHECK(launch_overlapped(
-        moe_down_kernel<Format, L>, dim3(static_cast<unsigned>(grid)), dim3(kDownThreads),
-        shared_bytes, stream, act, ids, weights, stack, static_cast<int>(k),
-        static_cast<int>(n_experts), static_cast<int>(dim), static_cast<int>(ffn), split, out));
+    KESTREL_CUDA_CHECK(
+        launch_overlapped(moe_down_kernel<Format, L>, dim3(static_cast<unsigned>(grid)),
+                          dim3(kDownThreads), shared_bytes, stream, act, ids, weights, stack,
+                          static_cast<int>(k), static_cast<int>(n_experts), static_cast<int>(dim),
+                          static_cast<int>(ffn), split, accumulate, out));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -541,13 +544,14 @@ Status launch_down(const Q8Block* act, int64_t rows, const int32_t* ids, const f
 template <class Format>
 Status launch_down_lanes(const Q8Block* act, int64_t rows, const int32_t* ids, const float* weights,
                          int64_t k, typename Format::Stack stack, int64_t n_experts, int64_t ffn,
-                         int64_t dim, int split, int lanes, float* out, cudaStream_t stream) {
+                         int64_t dim, int split, int lanes, bool accumulate, float* out,
+                         cudaStream_t stream) {
     if (lanes == 16) {
         return launch_down<Format, 16>(act, rows, ids, weights, k, stack, n_experts, ffn, dim,
-                                       split, out, stream);
+                                       split, accumulate, out, stream);
     }
     return launch_down<Format, 32>(act, rows, ids, weights, k, stack, n_experts, ffn, dim, split,
-                                   out, stream);
+                                   accumulate, out, stream);
 }
 
 }  // namespace
@@ -575,8 +579,8 @@ int moe_down_warps_per_row(int64_t rows, int64_t k, int64_t dim, int64_t ffn, bo
 
 Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights,
                    int64_t k, const ExpertStackView& gate_up, const ExpertStackView& down,
-                   int64_t n_experts, int64_t ffn, int64_t dim, void* scratch, float* out,
-                   cudaStream_t stream) {
+                   int64_t n_experts, int64_t ffn, int64_t dim, void* scratch, bool accumulate,
+                   float* out, cudaStream_t stream) {
     constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
     if (rows < 0 || k < 1 || k > kMoeMaxTopK || n_experts < 1 || n_experts > kIntMax) {
         return invalid(std::to_string(rows) + " rows, top " + std::to_string(k) + " of " +
@@ -624,10 +628,10 @@ Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float
     const int lanes = down_lanes_per_row(ffn, down.is_w4);
     if (down.is_w4) {
         return launch_down_lanes<W4Format>(act, rows, ids, weights, k, w4_stack(down), n_experts,
-                                           ffn, dim, split, lanes, out, stream);
+                                           ffn, dim, split, lanes, accumulate, out, stream);
     }
     return launch_down_lanes<W8Format>(act, rows, ids, weights, k, w8_stack(down), n_experts, ffn,
-                                       dim, split, lanes, out, stream);
+                                       dim, split, lanes, accumulate, out, stream);
 }
 
 }  // namespace kestrel::cuda

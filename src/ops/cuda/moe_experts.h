@@ -55,7 +55,8 @@ constexpr int64_t kMoeMaxSlotValues = 16384;
 // from the layer's full shape.
 size_t moe_experts_scratch_bytes(int64_t rows, int64_t k, int64_t dim, int64_t ffn);
 
-// out [rows, dim] = the routed experts of x [rows, dim] (16-byte aligned), ids [rows, k] int32
+// out [rows, dim] = (accumulate: out +) the routed experts of x [rows, dim] (16-byte aligned),
+// the sum over slots formed first and then added (Ops::moe_experts), ids [rows, k] int32
 // and weights [rows, k] (the router's, moe_route in qwen35_ops.h). gate_up: [n_experts * 2 ffn,
 // dim], expert e's ffn gate rows at row e * 2 ffn, then its ffn up rows; down: [n_experts * dim,
 // ffn], expert e's rows at e * dim. dim % 32 == 0, ffn % 32 == 0, 1 <= k <= kMoeMaxTopK, dim <=
@@ -66,8 +67,8 @@ size_t moe_experts_scratch_bytes(int64_t rows, int64_t k, int64_t dim, int64_t f
 // (kInvalidArgument).
 Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights,
                    int64_t k, const ExpertStackView& gate_up, const ExpertStackView& down,
-                   int64_t n_experts, int64_t ffn, int64_t dim, void* scratch, float* out,
-                   cudaStream_t stream);
+                   int64_t n_experts, int64_t ffn, int64_t dim, void* scratch, bool accumulate,
+                   float* out, cudaStream_t stream);
 
 // The warps per output row group the down kernel picks (1, 2, 4 or 8: they split the k slots of
 // a row between them), exposed so that tests can see which variants their shapes reach. Rule:

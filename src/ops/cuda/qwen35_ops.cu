@@ -6,7 +6,8 @@
 // add_sigmoid_scaled: blocks along a row (grid.x) times rows (grid.y, striding past 65535); each
 //   thread computes its row's sigmoid once and applies it to its chunks.
 // rms_norm_gated_kernel<kThreads>: norm.cu's rms_norm_kernel (small_ops.cuh's row reduction, so
-//   the same sum of squares, bit for bit), each normalised chunk then times silu(z).
+//   the same sum of squares, bit for bit), each normalised chunk then times silu(z);
+//   rms_norm_gated_q8_kernel quantises those values to Q8 blocks instead of storing them.
 // moe_route_kernel: one block per token, one thread per expert. The softmax's exps are summed by
 //   one thread in expert order, as the CPU sums them (a serial chain of n_experts fp32 adds, about
 //   half a microsecond at 256, bought for bit-identical probabilities); each expert's place in the
@@ -147,6 +148,43 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     }
 }
 
+// rms_norm_gated_kernel's values, quantised to Q8 instead of stored (quantize_q8_lanes,
+// small_ops.cuh: a Q8 block is 8 consecutive chunks, so 8 consecutive lanes).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
+    rms_norm_gated_q8_kernel(const float* x, const float* z, const float* weight, int rows, int dim,
+                             float eps, Q8Block* out, bool vec4) {
+    wait_for_upstream();
+    allow_downstream();
+    __shared__ float warp_totals[kThreads / 32];
+    const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
+    const int64_t row =
+        static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
+    if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves
+    const float* z_row = z + row * dim;
+    Q8Block* out_row = out + row * (dim / 32);
+    float4 v[kNormChunks];
+    const float inv_rms =
+        load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
+    const int chunks = dim / 4;
+    const int warp_first_chunk = thread_in_row & ~31;
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        // Whole warps skip together, so the shuffles inside always see all 32 lanes.
+        if (warp_first_chunk + k * kThreads >= chunks) break;
+        const int c = thread_in_row + k * kThreads;
+        const bool mine = c < chunks;
+        float4 gated = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (mine) {
+            const float4 y = normalise_chunk(v[k], inv_rms, weight, c, dim, vec4);
+            const float4 g = load_chunk(z_row, c, dim, vec4);
+            gated = make_float4(__fmul_rn(y.x, silu(g.x)), __fmul_rn(y.y, silu(g.y)),
+                                __fmul_rn(y.z, silu(g.z)), __fmul_rn(y.w, silu(g.w)));
+        }
+        quantize_q8_lanes(gated, mine, out_row + c / 8);
+    }
+}
+
 constexpr int kMaxExperts = static_cast<int>(kMaxRouteExperts);
 constexpr int kMaxTopK = static_cast<int>(kMaxRouteTopK);
 
@@ -163,7 +201,8 @@ constexpr int kMaxTopK = static_cast<int>(kMaxRouteTopK);
 // those with a lower id that compare neither greater nor smaller (equal, or all NaN: a NaN row
 // keeps the ids' order, as the CPU's stable sort does when no two compare).
 __global__ void __launch_bounds__(kMaxExperts)
-    moe_route_kernel(const float* logits, int n_experts, int k, int32_t* ids, float* weights) {
+    moe_route_kernel(const float* logits, int n_experts, int k, const float* shared_gate,
+                     int32_t* ids, float* weights) {
     wait_for_upstream();
     allow_downstream();
     __shared__ __align__(16) float probs[kMaxExperts];
@@ -174,6 +213,7 @@ __global__ void __launch_bounds__(kMaxExperts)
     const int width = static_cast<int>(blockDim.x);  // a multiple of 32
     const int lane = i & 31;
     const int64_t row = blockIdx.x;
+    const int slots = shared_gate != nullptr ? k + 1 : k;  // ids and weights per row
     const bool expert = i < n_experts;
     const float logit = expert ? logits[row * n_experts + i] : -INFINITY;
 
@@ -215,7 +255,7 @@ __global__ void __launch_bounds__(kMaxExperts)
             }
         }
         if (place < k) {
-            ids[row * k + place] = i;
+            ids[row * slots + place] = i;
             chosen[place] = p;
         }
     }
@@ -227,7 +267,11 @@ __global__ void __launch_bounds__(kMaxExperts)
             for (int j = 0; j < k; ++j) chosen_sum = __fadd_rn(chosen_sum, chosen[j]);
         }
         chosen_sum = __shfl_sync(kFullMask, chosen_sum, 0);
-        if (lane < k) weights[row * k + lane] = __fdiv_rn(chosen[lane], chosen_sum);
+        if (lane < k) weights[row * slots + lane] = __fdiv_rn(chosen[lane], chosen_sum);
+        if (lane == 0 && shared_gate != nullptr) {
+            ids[row * slots + k] = n_experts;
+            weights[row * slots + k] = sigmoid(shared_gate[row]);
+        }
     }
 }
 
@@ -328,8 +372,41 @@ Status rms_norm_gated(const float* x, const float* z, const float* weight, int64
     return ok_status();
 }
 
-Status moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
-                 float* weights, cudaStream_t stream) {
+Status rms_norm_gated_quantize_q8(const float* x, const float* z, const float* weight, int64_t rows,
+                                  int64_t dim, float eps, Q8Block* out, cudaStream_t stream) {
+    constexpr const char* kWhat = "rms_norm_gated_quantize_q8";
+    if (rows < 0 || dim <= 0 || dim > kMaxNormDim || dim % 32 != 0 ||
+        rows > (int64_t{1} << 31) - 1) {
+        return invalid(kWhat, "shape [" + std::to_string(rows) + ", " + std::to_string(dim) +
+                                  "] needs 0 <= rows < 2^31, 0 < dim <= " +
+                                  std::to_string(kMaxNormDim) + " and dim % 32 == 0");
+    }
+    if (rows == 0) return ok_status();
+    if (x == nullptr || z == nullptr || weight == nullptr || out == nullptr || !aligned16(out)) {
+        return invalid(kWhat, "null x, z, weight or out, or out not 16-byte aligned");
+    }
+    // rms_norm_gated's launch: the same thread count per row for the same dim.
+    const bool vec4 = aligned16(x) && aligned16(z) && aligned16(weight);
+    const int r = static_cast<int>(rows), d = static_cast<int>(dim);
+    if (dim <= 32 * kNormChunks * 4) {
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            rms_norm_gated_q8_kernel<32>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
+            dim3(32 * kRowsPerBlock<32>), 0, stream, x, z, weight, r, d, eps, out, vec4));
+    } else if (dim <= 256 * kNormChunks * 4) {
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_q8_kernel<256>,
+                                             dim3(row_blocks(rows, 1)), dim3(256), 0, stream, x, z,
+                                             weight, r, d, eps, out, vec4));
+    } else {
+        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_q8_kernel<1024>,
+                                             dim3(row_blocks(rows, 1)), dim3(1024), 0, stream, x, z,
+                                             weight, r, d, eps, out, vec4));
+    }
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+Status moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                 const float* shared_gate, int32_t* ids, float* weights, cudaStream_t stream) {
     constexpr const char* kWhat = "moe_route";
     if (rows < 0 || rows > (int64_t{1} << 31) - 1) {
         return invalid(kWhat, std::to_string(rows) + " rows: needs 0 <= rows < 2^31");
@@ -348,9 +425,10 @@ Status moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k
         return invalid(kWhat, "null logits, ids or weights");
     }
     const int64_t threads = (n_experts + 31) / 32 * 32;
-    KESTREL_CUDA_CHECK(launch_overlapped(
-        moe_route_kernel, dim3(static_cast<unsigned>(rows)), dim3(static_cast<unsigned>(threads)),
-        0, stream, logits, static_cast<int>(n_experts), static_cast<int>(k), ids, weights));
+    KESTREL_CUDA_CHECK(launch_overlapped(moe_route_kernel, dim3(static_cast<unsigned>(rows)),
+                                         dim3(static_cast<unsigned>(threads)), 0, stream, logits,
+                                         static_cast<int>(n_experts), static_cast<int>(k),
+                                         shared_gate, ids, weights));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

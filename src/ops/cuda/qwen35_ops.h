@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "kestrel/status.h"
+#include "ops/weight_format.h"  // Q8Block
 
 namespace kestrel::cuda {
 
@@ -41,6 +42,13 @@ Status add_sigmoid_scaled(const float* x, const float* gate, int64_t rows, int64
 Status rms_norm_gated(const float* x, const float* z, const float* weight, int64_t rows,
                       int64_t dim, float eps, float* out, cudaStream_t stream);
 
+// The Q8 blocks (quantize_q8_row) of rms_norm_gated(x, z, weight): bit for bit rms_norm_gated
+// then quantize_q8 (gemv_w4a8.h), the Gated DeltaNet output projection's activations.
+// dim % 32 == 0 (so each row's blocks follow the previous row's: [rows * dim / 32] is also the
+// Q8 of the flattened [rows * dim]); out 16-byte aligned.
+Status rms_norm_gated_quantize_q8(const float* x, const float* z, const float* weight, int64_t rows,
+                                  int64_t dim, float eps, Q8Block* out, cudaStream_t stream);
+
 // The router (HF Qwen3_5MoeTopKRouter): probabilities = softmax over all n_experts of logits[t, :]
 // (ops/cpu's softmax: max-subtracted, the fp32 sum of the exps in expert order, times 1 / sum),
 // then the k largest, in descending order with ties to the lower expert id (the CPU's stable
@@ -49,9 +57,12 @@ Status rms_norm_gated(const float* x, const float* z, const float* weight, int64
 // or are all -inf, has NaN probabilities, as on the CPU: its ids are 0 .. k - 1 (no two compare,
 // so the stable sort keeps the ids' order) and its weights NaN. Other rows are unaffected.
 // One block per row; 1 <= k <= min(n_experts, kMaxRouteTopK).
+// shared_gate [rows] (or null): each row gets slot k too (ids, weights [rows, k + 1]): expert
+// n_experts (the shared expert stacked after the routed ones) with weight sigmoid(shared_gate[t])
+// = 1 / (1 + exp(-g)), the CPU's operations (exp as exp_rounded, see above).
 constexpr int64_t kMaxRouteExperts = 1024;
 constexpr int64_t kMaxRouteTopK = 32;
-Status moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k, int32_t* ids,
-                 float* weights, cudaStream_t stream);
+Status moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
+                 const float* shared_gate, int32_t* ids, float* weights, cudaStream_t stream);
 
 }  // namespace kestrel::cuda
