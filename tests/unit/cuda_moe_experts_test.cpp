@@ -554,14 +554,24 @@ CudaMoeExperts::Qwen35Stacks* CudaMoeExperts::qwen35_ = nullptr;
 // The split rule (moe_experts.h) at the decode shapes on an H100's 132 SMs.
 TEST(CudaMoeExpertsSplitRule, H100Shapes) {
     constexpr int kH100Sms = 132;
+    // Resident down blocks per SM with CUDA 13.0 for sm_90a: W4 79 registers (3 of 256 threads),
+    // W8 126 (2).
+    constexpr int kW4Blocks = 3, kW8Blocks = 2;
     // W4 down: 16 units a row, two rows a warp; 4 slots a batch -> S >= 2: 256 blocks.
-    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 2048, 512, true, kH100Sms), 2);
-    EXPECT_EQ(cuda::moe_down_warps_per_row(8, 8, 2048, 512, true, kH100Sms), 2);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 2048, 512, true, kH100Sms, kW4Blocks), 2);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(8, 8, 2048, 512, true, kH100Sms, kW4Blocks), 2);
+    // k = 9 (the shared expert stacked): one batch needs S = 4, 512 blocks, more than the 396
+    // that fit at once; S = 2 (256 blocks, one warp with a second batch of one slot) fits.
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 9, 2048, 512, true, kH100Sms, kW4Blocks), 2);
+    // Eight rows take several waves at either split: one batch each.
+    EXPECT_EQ(cuda::moe_down_warps_per_row(8, 9, 2048, 512, true, kH100Sms, kW4Blocks), 4);
     // W8 down: 32 units a row, one row a warp; 8 slots a batch: 256 blocks at S = 1.
-    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 2048, 512, false, kH100Sms), 1);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 2048, 512, false, kH100Sms, kW8Blocks), 1);
+    // k = 9: S = 2 would be 512 blocks (> 264); S = 1, 256 blocks, fits.
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 9, 2048, 512, false, kH100Sms, kW8Blocks), 1);
     // The fixture's tiny layer: 4 blocks at S = 1, and k = 2 caps S at 2.
-    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 2, 64, 32, true, kH100Sms), 2);
-    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 256, 256, true, kH100Sms), 8);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 2, 64, 32, true, kH100Sms, kW4Blocks), 2);
+    EXPECT_EQ(cuda::moe_down_warps_per_row(1, 8, 256, 256, true, kH100Sms, kW4Blocks), 8);
 }
 
 TEST_F(CudaMoeExperts, EveryDownVariantIsTested) {
@@ -572,7 +582,10 @@ TEST_F(CudaMoeExperts, EveryDownVariantIsTested) {
     const auto add = [&](const Shape& s, int64_t rows) {
         for (const bool w4 : {true, false}) {
             const int64_t units = w4 ? s.ffn / 32 : s.ffn / 16;
-            const int split = cuda::moe_down_warps_per_row(rows, s.k, s.dim, s.ffn, w4, *sms);
+            // Blocks per SM as ptxas gives them today (see H100Shapes); the rule halves S only
+            // where one batch per warp would take a second wave, which these shapes never do.
+            const int split =
+                cuda::moe_down_warps_per_row(rows, s.k, s.dim, s.ffn, w4, *sms, w4 ? 3 : 2);
             const int log2_split = split == 1 ? 0 : split == 2 ? 1 : split == 4 ? 2 : 3;
             reached[w4][units > 16][log2_split] = true;
         }

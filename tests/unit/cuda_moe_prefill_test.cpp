@@ -6,7 +6,8 @@
 // the expert's rows); g, u = sums of xb wb in double; act = silu(g) u in double; the down sums in
 // double; the weighted sum in j order. Checks, each with a bound (eps = 2^-24):
 //   routing (every slot): per expert, offsets[e + 1] - offsets[e] = its count and its sorted
-//     range holds exactly its slots; the tile table is ceil(count / 64) tiles per expert in order.
+//     range holds exactly its slots; the tile table is ceil(count / kTileRows) tiles per expert
+//     in order.
 //   act (every act value of the checked rows): the tensor cores' fp32 sums of exact products
 //     differ from the double sums by at most c_K mag, c_K = (K + 16) eps, mag = sum |xb wb|: K / 8
 //     internal steps (mma k16 as two k8 adds, products aligned and truncated to the largest
@@ -622,7 +623,7 @@ OwnedLayer make_layer(const Shape& s, bool gate_up_w4, bool down_w4, uint64_t se
 
 TEST(CudaMoePrefillLayout, ScratchPieces) {
     const cuda::MoePrefillLayout l = cuda::moe_prefill_scratch_layout(2048, 8, 2048, 512, 256);
-    EXPECT_EQ(l.max_tiles, 16384 / 64 + 256);
+    EXPECT_EQ(l.max_tiles, 16384 / kTileRows + 256);
     for (const size_t piece : {l.x_bf16, l.act, l.y, l.sorted_slots, l.offsets, l.tiles, l.total}) {
         EXPECT_EQ(piece % 256, 0u);
     }
@@ -729,7 +730,7 @@ TEST_F(CudaMoePrefill, SkewedRouting) {
                       case_label(owned.layer, rows, k) + " experts 0 and 8", worst);
         if (HasFatalFailure()) return;
     }
-    // The real shape, 4096 slots on one expert (64 tiles).
+    // The real shape, 4096 slots on one expert (4096 / kTileRows tiles).
     const Layer layer = qwen35_layer(true, true);
     if (HasFatalFailure()) return;
     const int64_t rows = 512, k = kQwen35.k;

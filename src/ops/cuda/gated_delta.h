@@ -44,7 +44,7 @@ constexpr int64_t kGdnChunk = 64;
 // Qwen3.5's shapes on an H100). The crossover itself has not been timed yet.
 constexpr int64_t kGdnChunkedMinRows = kGdnChunk;
 // The largest key head dimension of the chunked form (Qwen3.5: 128): its scan kernel holds 64
-// tokens' q and k rows of kMaxDk floats and the state's columns in shared memory (130 KiB at 128).
+// tokens' q and k rows of kMaxDk floats and the state's columns in shared memory (88 KiB at 128).
 constexpr int64_t kGdnChunkedMaxKeyDim = 128;
 
 // Scratch bytes gated_delta_rule needs for a call of `rows` tokens: 0 where it takes the recurrent

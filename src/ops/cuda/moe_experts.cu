@@ -4,13 +4,13 @@
 // to read comes from ids, which the router kernel writes.
 //
 // moe_gate_up_kernel<Format, U>: one block of 16 warps per (row t, slot j, 32 consecutive act
-//   values): grid rows * k * ffn / 32 (128 blocks at decode for k = 8, ffn = 512), each block
+//   values): grid rows * k * ffn / 32 (144 blocks at decode for k = 9, ffn = 512), each block
 //   reading 32 gate rows and 32 up rows of expert ids[t, j] (64 KiB in W4 at dim = 2048). Why 32
 //   act values per block: that is one Q8 block of act, so the block quantises act itself in its
 //   epilogue and the down kernel reads 48-byte blocks instead of re-quantising fp32 act in every
 //   block (which would read 16 KiB of act from L2 per down block, more than its weights). Why 16
-//   warps: each SM gets about one block at decode, and 512 threads x 8 loads of 16 bytes keep
-//   64 KiB per SM in flight, more than DRAM's latency x bandwidth share (~18 KiB per SM).
+//   warps: each SM gets one or two blocks at decode, and 2 x 512 threads x 4 loads of 16 bytes
+//   keep 64 KiB per SM in flight, more than DRAM's latency x bandwidth share (~18 KiB per SM).
 //   Warp w owns act values 2w and 2w+1 of the block: its rows are gate 2w, 2w+1 and up 2w, 2w+1
 //   (R = 4), so silu(gate) * up needs no exchange between warps. Lane l takes the rows' work
 //   units l + 32 u (W4: 32-weight groups, W8: 16-byte halves of groups, as the GEMVs: each warp
@@ -255,7 +255,7 @@ __device__ __forceinline__ void load_units(const typename Format::Row (&rows)[R]
 // x [rows, dim] fp32; ids [rows, k]; stack [n_experts * 2 ffn, dim]; act [rows, k, ffn / 32].
 // Dynamic shared memory: dim / 32 Q8 blocks.
 template <class Format, int U>
-__global__ void __launch_bounds__(kGateUpThreads)
+__global__ void __launch_bounds__(kGateUpThreads, 2)
     moe_gate_up_kernel(const float* __restrict__ x, const int32_t* __restrict__ ids,
                        typename Format::Stack stack, int k, int n_experts, int dim, int ffn,
                        Q8Block* __restrict__ act) {
@@ -503,9 +503,11 @@ W8Format::Stack w8_stack(const ExpertStackView& view) {
     return {reinterpret_cast<const uint4*>(view.w8.qs), view.w8.scale_min};
 }
 
-// U, units in flight per lane and row: 2, so 8 loads of 16 bytes per lane over its 4 rows. A W4
-// row of dim = 2048 is then one step; W8 takes two (4 units per row gave 128 registers and
-// spills at 512 threads).
+// U, units in flight per lane and row: 1, so 4 loads of 16 bytes per lane over its 4 rows, and
+// the kernel is bounded to 64 registers so that two blocks of 512 threads share an SM: at decode
+// with the shared expert stacked (k = 9) the grid is 144 blocks, a second wave on 132 SMs at one
+// block per SM (U = 2 took 99 registers; bounding U = 2 to 64 spilled 144 bytes, U = 1 spills 20).
+// Per SM that is still 2 x 512 x 4 loads of 16 bytes in flight, as U = 2 at one block had.
 template <class Format, int U>
 Status launch_gate_up(const float* x, int64_t rows, const int32_t* ids, int64_t k,
                       typename Format::Stack stack, int64_t n_experts, int64_t ffn, int64_t dim,
@@ -554,6 +556,25 @@ Status launch_down_lanes(const Q8Block* act, int64_t rows, const int32_t* ids, c
                                    accumulate, out, stream);
 }
 
+// Down blocks resident per SM (the occupancy calculator on this device and build: registers,
+// and the act blocks' dynamic shared memory), for the split rule.
+Result<int> down_blocks_per_sm(bool is_w4, int lanes, int64_t k, int64_t ffn) {
+    const size_t shared_bytes = static_cast<size_t>(k * (ffn / 32)) * sizeof(Q8Block);
+    int blocks = 0;
+    const auto query = [&](auto kernel) {
+        return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kDownThreads,
+                                                             shared_bytes);
+    };
+    if (is_w4) {
+        KESTREL_CUDA_CHECK(lanes == 16 ? query(moe_down_kernel<W4Format, 16>)
+                                       : query(moe_down_kernel<W4Format, 32>));
+    } else {
+        KESTREL_CUDA_CHECK(lanes == 16 ? query(moe_down_kernel<W8Format, 16>)
+                                       : query(moe_down_kernel<W8Format, 32>));
+    }
+    return blocks;
+}
+
 }  // namespace
 
 size_t moe_experts_scratch_bytes(int64_t rows, int64_t k, int64_t /*dim*/, int64_t ffn) {
@@ -563,12 +584,17 @@ size_t moe_experts_scratch_bytes(int64_t rows, int64_t k, int64_t /*dim*/, int64
 }
 
 int moe_down_warps_per_row(int64_t rows, int64_t k, int64_t dim, int64_t ffn, bool down_is_w4,
-                           int sm_count) {
+                           int sm_count, int blocks_per_sm) {
     const int64_t rows_per_warp = 32 / down_lanes_per_row(ffn, down_is_w4);
     const int64_t slot_batch = down_is_w4 ? W4Format::kDownSlotBatch : W8Format::kDownSlotBatch;
+    const auto blocks = [&](int s) { return rows * dim / (kDownWarps / s * rows_per_warp); };
     int split = 1;
     // Each warp's slots in one batch: a second batch would wait for the first one's weights.
     while (split < kDownWarps && split * slot_batch < k) split *= 2;
+    // Unless that takes a second wave that half the split avoids.
+    const int64_t resident =
+        static_cast<int64_t>(std::max(sm_count, 1)) * std::max(blocks_per_sm, 1);
+    if (split > 1 && blocks(split) > resident && blocks(split / 2) <= resident) split /= 2;
     // Then at least one block per SM (short rows, small dim), as far as the slots go.
     while (split < kDownWarps && split < k &&
            rows * dim / (kDownWarps / split * rows_per_warp) < std::max(sm_count, 1)) {
@@ -614,18 +640,21 @@ Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float
         return invalid("x and scratch need 16-byte alignment, ids, weights and out 4");
     }
     KESTREL_ASSIGN_OR_RETURN(const int sm_count, gemv_sm_count());
+    const int lanes = down_lanes_per_row(ffn, down.is_w4);
+    KESTREL_ASSIGN_OR_RETURN(const int blocks_per_sm,
+                             down_blocks_per_sm(down.is_w4, lanes, k, ffn));
     Q8Block* act = static_cast<Q8Block*>(scratch);
 
     if (gate_up.is_w4) {
-        KESTREL_RETURN_IF_ERROR((launch_gate_up<W4Format, 2>(x, rows, ids, k, w4_stack(gate_up),
+        KESTREL_RETURN_IF_ERROR((launch_gate_up<W4Format, 1>(x, rows, ids, k, w4_stack(gate_up),
                                                              n_experts, ffn, dim, act, stream)));
     } else {
-        KESTREL_RETURN_IF_ERROR((launch_gate_up<W8Format, 2>(x, rows, ids, k, w8_stack(gate_up),
+        KESTREL_RETURN_IF_ERROR((launch_gate_up<W8Format, 1>(x, rows, ids, k, w8_stack(gate_up),
                                                              n_experts, ffn, dim, act, stream)));
     }
 
-    const int split = moe_down_warps_per_row(rows, k, dim, ffn, down.is_w4, sm_count);
-    const int lanes = down_lanes_per_row(ffn, down.is_w4);
+    const int split =
+        moe_down_warps_per_row(rows, k, dim, ffn, down.is_w4, sm_count, blocks_per_sm);
     if (down.is_w4) {
         return launch_down_lanes<W4Format>(act, rows, ids, weights, k, w4_stack(down), n_experts,
                                            ffn, dim, split, lanes, accumulate, out, stream);

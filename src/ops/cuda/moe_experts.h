@@ -72,9 +72,12 @@ Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float
 
 // The warps per output row group the down kernel picks (1, 2, 4 or 8: they split the k slots of
 // a row between them), exposed so that tests can see which variants their shapes reach. Rule:
-// the smallest split that leaves each warp at most one batch of slots (W4 4, W8 8), doubled while
-// the grid has fewer blocks than SMs, up to 8 and below 2 k.
+// the smallest split that leaves each warp at most one batch of slots (W4 4, W8 8), halved once
+// where that grid would need a second wave of blocks (blocks_per_sm resident per SM) and half of
+// it fits in one (decode with k = 9, the shared expert stacked: a warp's second batch costs one
+// more weight round trip, a second wave a whole block's time); then doubled while the grid has
+// fewer blocks than SMs, up to 8 and below 2 k.
 int moe_down_warps_per_row(int64_t rows, int64_t k, int64_t dim, int64_t ffn, bool down_is_w4,
-                           int sm_count);
+                           int sm_count, int blocks_per_sm);
 
 }  // namespace kestrel::cuda

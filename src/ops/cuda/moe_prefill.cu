@@ -1,20 +1,20 @@
 // The prefill routed experts of a Qwen3.5-MoE layer (host API and semantics: moe_prefill.h; the
 // CPU twin: tests/unit/cuda_moe_prefill_test.cpp). Why a second path: moe_experts (decode) reads
 // each slot's expert weights once per token, 3.1 ms per layer at 512 tokens on an H100; grouped
-// by expert, a 64-row tile reads them once for 64 slots and multiplies on the tensor cores.
+// by expert, a 128-row tile reads them once for up to 128 slots and multiplies on the tensor cores.
 //
 // Five launches, in stream order:
 //   1. convert_f32_to_bf16 (dequantize_bf16.cu): x -> x_bf16 [rows, dim].
 //   2. moe_prefill_route_kernel, ONE block of 1024 threads: a shared-memory histogram of the ids
-//      per expert, an exclusive scan of the counts (offsets) and of the tiles ceil(count / 64),
+//      per expert, an exclusive scan of the counts (offsets) and of the tiles ceil(count / 128),
 //      the tile table (expert, first, end sorted position) and, with shared-memory atomics, each
 //      known slot's sorted position (sorted_slots[position] = t k + j). The order of slots within
 //      an expert's group depends on the atomics, but no result does: each row of a GEMM tile is
 //      computed on its own, in an order fixed by the tile's k loop. Unknown ids (outside
 //      [0, n_experts)) get no position and no tile. 16384 slots cost each thread 16 ids.
 //   3. moe_prefill_gemm_kernel<Loader, true> (gate_up): grid (ceil(ffn / 64), max_tiles); block
-//      (c, tile) computes, for the tile's <= 64 sorted rows (x_bf16 rows t = slot / k, gathered in
-//      the tile load), gate columns c*64 .. +64 and the matching up columns (weight rows
+//      (c, tile) computes, for the tile's <= 128 sorted rows (x_bf16 rows t = slot / k, gathered
+//      in the tile load), gate columns c*64 .. +64 and the matching up columns (weight rows
 //      e*2ffn + c*64 + i and e*2ffn + ffn + c*64 + i: 128 weight rows in one B tile), and writes
 //      act = bf16(silu(g) * u) to act [position, ffn].
 //   4. moe_prefill_gemm_kernel<Loader, false> (down): grid (ceil(dim / 128), max_tiles); block
@@ -23,30 +23,42 @@
 //   5. moe_prefill_combine_kernel: out[t] = (accumulate ? out[t] : 0) + sum_j weights[t, j] y_j in
 //      j order; a slot with an unknown id contributes NaN.
 // The GEMM grids are sized on the host from rows k and n_experts (max_tiles bounds the tiles any
-// routing needs: sum_e ceil(c_e / 64) <= rows k / 64 + the experts in use); a block whose tile
+// routing needs: sum_e ceil(c_e / 128) <= rows k / 128 + the experts in use); a block whose tile
 // index is at or past the routing's tile count returns at once.
 //
-// GEMM block: 256 threads (8 warps as 2 x 4, each a 32 x 32 piece of the 64 x 128 tile: 2 x 2
-// WMMA bf16 16x16x16 fragments, fp32 accumulators). K steps of 32 (one weight group, so each
-// weight row's step has one scale): each thread loads one 16-byte piece of A (row tid / 4) and
-// half a group of B (row tid / 2: W4 8 bytes of nibbles + its scales, W8 16 bytes + its (scale,
-// min)) for step s + 1 into registers while the warps multiply step s from shared memory, then
-// dequantises them into the other shared buffer (two buffers, one barrier per step). Shared
-// memory: A [2][64][40] + B [2][128][40] bf16 (rows padded by 8 so ldmatrix's 8 rows of a phase
-// hit distinct banks) = 30 KiB, reused after the loop as the fp32 C tile [64][132] (33 KiB) for
-// the epilogue, which needs gate and up of a column together (gate_up) or a row per slot (down).
-// __launch_bounds__(256, 2): two blocks per SM overlap one's loads with the other's MMAs.
+// GEMM block: 128 x 128 tile (BM sorted rows x BN weight rows), 256 threads as 2 x 4 warps, each
+// a 64 x 32 piece: 4 x 4 mma.sync m16n8k16 bf16 fragments (fp32 accumulators, 64 registers),
+// operands from shared memory by ldmatrix.x4 (4 for A, 2 for B per k16: each fragment is used 4
+// times from registers). A warp skips the m16 fragments wholly past the tile's rows (an expert
+// with 72 slots computes 80 rows, not 128). K steps of 64 (two weight groups), pipelined:
+//   - A (bf16 rows gathered through sorted_slots) by cp.async 16-byte copies into a ring of 3
+//     stages, issued two steps ahead (4 copies per thread and step);
+//   - each thread's raw weight group (row tid / 2, group tid % 2 of the step: W4 16 bytes, W8 32)
+//     by cp.async into its own slot of a 2-deep raw ring, two steps ahead, its scales (a few
+//     bytes) by plain loads into registers, also two steps ahead;
+//   - the thread dequantises its own group of step s + 1 (its copies: cp.async.wait_group, no
+//     barrier) into the other bf16 B buffer while the warps' MMAs of step s are in flight;
+//   - one barrier per step.
+// Dequantisation: scale q - min as one fma (the product is exact, see W4Loader), q as a float by
+// the 2^23 trick (no integer conversions), cvt.rn.bf16x2 for the pair rounding: ~4 instructions
+// per weight (was ~12), bit for bit w4_dequantize / w8_dequantize then bf16.
+// Shared memory (dynamic): A [3][128][72] + B [2][128][72] bf16 (rows padded by 16 bytes so
+// ldmatrix's 8 rows of a phase and the dequantised stores hit distinct banks) + raw [2][256] x
+// 16 (W4) or 32 (W8) bytes = 98 / 106 KiB, reused after the loop as the fp32 C tile [128][136]
+// (68 KiB) for the epilogue, which needs gate and up of a column together (gate_up) or a row per
+// slot (down). __launch_bounds__(256, 2): two blocks per SM (128 registers, no spills), one's
+// dequantisation and epilogue overlapping the other's MMAs.
 //
-// Cost at rows 2048, k 8 (16384 slots, ~64 per expert): 103 GFLOP of MMAs. Each tile reads and
-// dequantises its expert's weights once per column block: 3 x 512 x 2048 weights per expert
-// (W4: 0.9 MB), ~1.5 tiles per expert at 64 +- 8 slots, so ~1.2 G weights dequantised on the
-// CUDA cores (16 per thread per K step, amortised over the tile's 64 rows) and ~0.35 GB of W4
-// read, mostly once from DRAM (an expert's tiles run side by side). Not yet measured on a GPU.
+// Why BM = 128: at rows 2048, k 9 (18432 slots over 257 experts, ~72 per routed expert), 64-row
+// tiles gave nearly every expert two tiles, each dequantising and reading the expert's weights
+// (the costly operand: ~4 CUDA-core instructions per weight against BM MACs); 128-row tiles give
+// one, and the fragment skipping keeps the MMAs at ~80 rows per expert either way.
+// Cost at rows 2048, k 9: 69 GFLOP (gate_up) + 34 (down) of useful MMAs, ~11% more computed;
+// W4 weights 0.45 GB, read about once from DRAM (an expert's tiles run side by side).
 #include "ops/cuda/moe_prefill.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <algorithm>
 #include <limits>
@@ -65,25 +77,77 @@ constexpr unsigned kFullMask = 0xffffffffu;
 
 constexpr int kBM = static_cast<int>(kMoePrefillTileRows);  // sorted rows per tile
 constexpr int kBN = 128;                                    // weight rows per tile
-constexpr int kBK = 32;                                     // K per step: one weight group
+constexpr int kBK = 64;                                     // K per step: two weight groups
+constexpr int kStages = 3;                                  // A tiles in flight (cp.async ring)
 constexpr int kLds = kBK + 8;                               // shared row stride (bf16)
-constexpr int kLdc = kBN + 4;                               // C tile row stride (fp32)
+constexpr int kLdc = kBN + 8;                               // C tile row stride (fp32)
 constexpr int kGemmThreads = 256;
+constexpr int kWarpRows = 64;                           // 8 warps as 2 (rows) x 4 (columns)
+constexpr int kWarpCols = 32;                           // of 64 x 32: 4 x 4 mma m16n8 fragments
+constexpr int kAPieces = kBM * kBK / 8 / kGemmThreads;  // 16-byte pieces of A per thread, step
 constexpr int kRouteThreads = 1024;
 constexpr int kCombineThreads = 256;
 
-static_assert(kBM * kBK / 8 == kGemmThreads, "one 16-byte piece of A per thread and step");
-static_assert(kBN * 2 == kGemmThreads, "half a weight group per thread and step");
+static_assert(kBM == 2 * kWarpRows && kBN == 4 * kWarpCols, "2 x 4 warps of 64 x 32");
+static_assert(kAPieces * kGemmThreads * 8 == kBM * kBK && kBK / 8 == 8, "A pieces per step");
+static_assert(kBN * 2 == kGemmThreads && kBK == 64, "one weight group per thread and step");
 
+// kChunks: 16-byte pieces of one weight group (W4 1, W8 2), copied raw into shared memory.
+template <int kChunks>
 struct GemmTiles {
-    uint16_t a[2][kBM][kLds];
-    uint16_t b[2][kBN][kLds];
+    uint16_t a[kStages][kBM][kLds];       // A (bf16), ring of kStages steps
+    uint16_t b[2][kBN][kLds];             // B (bf16, dequantised), two steps
+    uint4 raw[2][kChunks][kGemmThreads];  // each thread's raw weight group, two steps
 };
+template <int kChunks>
 union GemmShared {
-    GemmTiles tiles;
-    float c[kBM][kLdc];
+    GemmTiles<kChunks> tiles;
+    float c[kBM][kLdc];  // after the K loop: the fp32 C tile
 };
-static_assert(sizeof(GemmShared) <= 48 * 1024, "static shared memory");
+// Two blocks per SM (228 KiB, 1 KiB of it reserved per block).
+static_assert(sizeof(GemmShared<2>) + 1024 <= 228 * 1024 / 2, "shared memory for two blocks");
+
+// ---- PTX helpers (the same as attention_common.cuh's, which this file does not include) -----
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, asynchronously (L2 only); valid false writes 16 zero bytes.
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(shared)),
+                 "l"(global), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// All but the newest `kPending` groups of this thread's copies have landed.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// ldmatrix .x4: lane i gives the address of row i % 8 of matrix i / 8; register j receives
+// matrix j as lane l holding row l / 4, columns 2 (l % 4) and +1.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_address(p)));
+}
+
+// d += a (16x16, row-major) b (16x8, column-major), bf16 in, fp32 accumulate. Fragments (lane
+// l, g = l / 4, t = l % 4): a0 (row g, k 2t, 2t+1), a1 (row g+8), a2 (row g, k 2t+8, +9),
+// a3 (row g+8, k 2t+8); b0 (k 2t, 2t+1, n g), b1 (k 2t+8, +9); d0, d1 (row g, n 2t, 2t+1),
+// d2, d3 (row g+8).
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 // ---- bf16 and dequantisation (dequantize_bf16.cu's arithmetic, bit for bit) ------------------
 
@@ -99,104 +163,132 @@ __device__ __forceinline__ uint32_t bf16_pair(float low, float high) {
     return bf16_bits(low) | (bf16_bits(high) << 16);
 }
 
+// The same rounding in one instruction (cvt.rn: round to nearest even, no flush, the GPU's one
+// NaN 0x7fc0... -> 0x7fff as bf16_bits maps it): low in bits 0..15, high in 16..31. For the
+// weights only: scale q - min is never subnormal (a multiple of 2^-24) and any NaN the GPU
+// computes is canonical.
+__device__ __forceinline__ uint32_t cvt_bf16_pair(float low, float high) {
+    uint32_t packed;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(packed) : "f"(high), "f"(low));
+    return packed;
+}
+
 __device__ __forceinline__ float fp16_bits_to_float(uint32_t bits) {
     return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));  // exact widening
 }
 
-// w4_dequantize / w8_dequantize: the product and the difference each rounded, never fused.
-__device__ __forceinline__ float scale_q_minus_min(float scale, int q, float min) {
-    return __fsub_rn(__fmul_rn(scale, static_cast<float>(q)), min);
+// bits (an integer n < 2^23) -> float(n), exactly: 2^23 + n as a float's bits, minus 2^23.
+__device__ __forceinline__ float small_uint_to_float(uint32_t bits) {
+    return __fsub_rn(__uint_as_float(bits | 0x4b000000u), 8388608.0f);
 }
 
-// W4 (ops/weight_format.h): half h of group g of a row is bytes 8h .. 8h + 7 of its 16, whose low
-// nibbles are weights 8h .. 8h + 7 and high nibbles weights 16 + 8h .. 16 + 8h + 7.
+// w4_dequantize / w8_dequantize compute fsub(fmul(scale, q), min), each rounded. Here the product
+// is exact (scale: an fp16 times an integer < 256, at most 19 significant bits, times |q| <= 15
+// (W4, 4 bits) or an fp16 (11 bits) times |q| <= 128 (W8): at most 23 bits, far from fp32's
+// range limits), so one fma rounds exactly as the difference does: the same bits, fewer
+// instructions. `scale` may be pre-multiplied by 2^-s when q arrives as q 2^s (still exact).
+
+// W4 (ops/weight_format.h): group g of a row is 16 bytes whose byte b holds weight b in its low
+// nibble and weight 16 + b in its high nibble.
 struct W4Loader {
+    static constexpr int kChunks = 1;
     const uint8_t* qs;
     const uint16_t* group_scales;
     const uint32_t* super_scales;
     int64_t groups;  // per row: cols / 32
     int64_t supers;  // per row: ceil(groups / 8)
 
-    struct Regs {
-        uint2 q;
-        uint32_t sc_m;
-        uint32_t d_dmin;
+    struct Scales {
+        uint32_t sc_m = 0;
+        uint32_t d_dmin = 0;
     };
 
-    __device__ Regs load(int64_t row, int group, int half) const {
-        const int64_t at = row * groups + group;
-        Regs r;
-        r.q = *reinterpret_cast<const uint2*>(qs + at * 16 + half * 8);
-        r.sc_m = group_scales[at];
-        r.d_dmin = super_scales[row * supers + group / 8];
-        return r;
+    __device__ const void* chunk(int64_t row, int group, int) const {
+        return qs + (row * groups + group) * 16;
+    }
+    __device__ Scales scales(int64_t row, int group) const {
+        Scales s;
+        s.sc_m = __ldg(group_scales + row * groups + group);
+        s.d_dmin = __ldg(super_scales + row * supers + group / 8);
+        return s;
     }
 
-    // The 16 weights of the half as bf16 into dst (a B row of the shared tile).
-    __device__ static void store(const Regs& r, bool valid, int half, uint16_t* dst) {
-        uint4 low = make_uint4(0, 0, 0, 0), high = make_uint4(0, 0, 0, 0);
-        if (valid) {
-            const float scale = __fmul_rn(fp16_bits_to_float(r.d_dmin & 0xffffu),
-                                          static_cast<float>(r.sc_m & 0xffu));
-            const float min =
-                __fmul_rn(fp16_bits_to_float(r.d_dmin >> 16), static_cast<float>(r.sc_m >> 8));
-            uint32_t lo[4], hi[4];
+    // The group's 32 weights as bf16 into dst[0..31] (16-byte aligned shared memory).
+    __device__ static void dequantize(const uint4 (&raw)[kChunks], const Scales& s, uint16_t* dst) {
+        const float scale =
+            __fmul_rn(fp16_bits_to_float(s.d_dmin & 0xffffu), static_cast<float>(s.sc_m & 0xffu));
+        const float min =
+            __fmul_rn(fp16_bits_to_float(s.d_dmin >> 16), static_cast<float>(s.sc_m >> 8));
+        const float neg_min = -min;
+        // Nibble j of a 16-bit half is q 2^(4j) once masked in place: scale 2^(-4j) undoes it.
+        const float s0 = scale, s1 = scale * 0.0625f, s2 = scale * 0.00390625f,
+                    s3 = scale * 0.000244140625f;
+        const uint32_t words[4] = {raw[0].x, raw[0].y, raw[0].z, raw[0].w};
+        uint32_t lo[8], hi[8];  // weights 0..15 and 16..31 as bf16 pairs
 #pragma unroll
-            for (int p = 0; p < 4; ++p) {
-                const uint32_t word = (p < 2 ? r.q.x : r.q.y) >> ((p & 1) * 16);  // bytes 2p, 2p+1
-                const int b0 = static_cast<int>(word & 0xffu);
-                const int b1 = static_cast<int>((word >> 8) & 0xffu);
-                lo[p] = bf16_pair(scale_q_minus_min(scale, b0 & 15, min),
-                                  scale_q_minus_min(scale, b1 & 15, min));
-                hi[p] = bf16_pair(scale_q_minus_min(scale, b0 >> 4, min),
-                                  scale_q_minus_min(scale, b1 >> 4, min));
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {  // bytes 4j + 2h (low half) and 4j + 2h + 1
+                const uint32_t w = h == 0 ? words[j] : words[j] >> 16;
+                lo[2 * j + h] =
+                    cvt_bf16_pair(__fmaf_rn(s0, small_uint_to_float(w & 0xfu), neg_min),
+                                  __fmaf_rn(s2, small_uint_to_float(w & 0xf00u), neg_min));
+                hi[2 * j + h] =
+                    cvt_bf16_pair(__fmaf_rn(s1, small_uint_to_float(w & 0xf0u), neg_min),
+                                  __fmaf_rn(s3, small_uint_to_float(w & 0xf000u), neg_min));
             }
-            low = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-            high = make_uint4(hi[0], hi[1], hi[2], hi[3]);
         }
-        *reinterpret_cast<uint4*>(dst + 8 * half) = low;
-        *reinterpret_cast<uint4*>(dst + 16 + 8 * half) = high;
+        uint4* out = reinterpret_cast<uint4*>(dst);
+        out[0] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        out[1] = make_uint4(lo[4], lo[5], lo[6], lo[7]);
+        out[2] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        out[3] = make_uint4(hi[4], hi[5], hi[6], hi[7]);
     }
 };
 
-// W8 (ops/weight_format_w8.h): half h of group g is bytes (weights) 16h .. 16h + 15.
+// W8 (ops/weight_format_w8.h): group g of a row is bytes (weights) 32g .. 32g + 31.
 struct W8Loader {
+    static constexpr int kChunks = 2;
     const int8_t* qs;
     const uint32_t* scale_min;
     int64_t cols;
     int64_t groups;  // per row: cols / 32
 
-    struct Regs {
-        uint4 q;
-        uint32_t scale_min;
+    struct Scales {
+        uint32_t scale_min = 0;
     };
 
-    __device__ Regs load(int64_t row, int group, int half) const {
-        Regs r;
-        r.q = *reinterpret_cast<const uint4*>(qs + row * cols + group * 32 + half * 16);
-        r.scale_min = scale_min[row * groups + group];
-        return r;
+    __device__ const void* chunk(int64_t row, int group, int c) const {
+        return qs + row * cols + group * 32 + c * 16;
+    }
+    __device__ Scales scales(int64_t row, int group) const {
+        Scales s;
+        s.scale_min = __ldg(scale_min + row * groups + group);
+        return s;
     }
 
-    __device__ static void store(const Regs& r, bool valid, int half, uint16_t* dst) {
-        uint4 first = make_uint4(0, 0, 0, 0), second = make_uint4(0, 0, 0, 0);
-        if (valid) {
-            const float scale = fp16_bits_to_float(r.scale_min & 0xffffu);
-            const float min = fp16_bits_to_float(r.scale_min >> 16);
-            const uint32_t words[4] = {r.q.x, r.q.y, r.q.z, r.q.w};
-            uint32_t pairs[8];
+    __device__ static void dequantize(const uint4 (&raw)[kChunks], const Scales& s, uint16_t* dst) {
+        const float scale = fp16_bits_to_float(s.scale_min & 0xffffu);
+        const float neg_min = -fp16_bits_to_float(s.scale_min >> 16);
+        const uint32_t words[8] = {raw[0].x, raw[0].y, raw[0].z, raw[0].w,
+                                   raw[1].x, raw[1].y, raw[1].z, raw[1].w};
+        uint32_t pairs[16];
 #pragma unroll
-            for (int p = 0; p < 8; ++p) {
-                const uint32_t word = words[p >> 1] >> ((p & 1) * 16);
-                pairs[p] = bf16_pair(
-                    scale_q_minus_min(scale, static_cast<int8_t>(word & 0xffu), min),
-                    scale_q_minus_min(scale, static_cast<int8_t>((word >> 8) & 0xffu), min));
-            }
-            first = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
-            second = make_uint4(pairs[4], pairs[5], pairs[6], pairs[7]);
+        for (int p = 0; p < 16; ++p) {
+            // Byte b of the word, sign bit flipped (q + 128), under 2^23's bits: 2^23 + q + 128.
+            const uint32_t biased = words[p >> 1] ^ 0x80808080u;
+            const int b = (p & 1) * 2;
+            const float q0 = __fsub_rn(
+                __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7440u | b)), 8388736.0f);
+            const float q1 = __fsub_rn(
+                __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7440u | (b + 1))), 8388736.0f);
+            pairs[p] = cvt_bf16_pair(__fmaf_rn(scale, q0, neg_min), __fmaf_rn(scale, q1, neg_min));
         }
-        *reinterpret_cast<uint4*>(dst + 16 * half) = first;
-        *reinterpret_cast<uint4*>(dst + 16 * half + 8) = second;
+        uint4* out = reinterpret_cast<uint4*>(dst);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            out[i] = make_uint4(pairs[4 * i], pairs[4 * i + 1], pairs[4 * i + 2], pairs[4 * i + 3]);
+        }
     }
 };
 
@@ -295,6 +387,7 @@ __global__ void __launch_bounds__(kRouteThreads)
 //   0..63 are gate rows e*2ffn + c0 + i, rows 64..127 up rows e*2ffn + ffn + c0 + i.
 // !kGateUp: a_src = act [slots, ffn] (row p), K = ffn, n_cols = dim, out = y fp32 [slots, dim]
 //   at row sorted_slots[p]; the B tile's rows are down rows e*dim + c0 + i.
+// Shared memory: sizeof(GemmShared<Loader::kChunks>), dynamic.
 template <class Loader, bool kGateUp>
 __global__ void __launch_bounds__(kGemmThreads, 2)
     moe_prefill_gemm_kernel(const uint16_t* __restrict__ a_src,
@@ -302,8 +395,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
                             const int32_t* __restrict__ offsets, const int4* __restrict__ tiles,
                             Loader w, int n_experts, int top_k, int K, int n_cols,
                             void* __restrict__ out) {
-    namespace wmma = nvcuda::wmma;
-    __shared__ __align__(128) GemmShared shared;
+    constexpr int kChunks = Loader::kChunks;
+    extern __shared__ __align__(128) unsigned char gemm_shared_bytes[];
+    GemmShared<kChunks>& shared = *reinterpret_cast<GemmShared<kChunks>*>(gemm_shared_bytes);
     allow_downstream();
     wait_for_upstream();  // the tile table, sorted slots and A come from the previous kernels
     const int tile_index = static_cast<int>(blockIdx.y);
@@ -312,22 +406,30 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     const int64_t expert = tile.x;
     const int row_begin = tile.y;
     const int row_end = tile.z;
+    const int tile_rows = min(row_end - row_begin, kBM);
     constexpr int kCols = kGateUp ? kBN / 2 : kBN;  // output columns per block
     const int c0 = static_cast<int>(blockIdx.x) * kCols;
 
     const int tid = static_cast<int>(threadIdx.x);
-    // A: row tid / 4 of the tile, 8 bf16 at column (tid % 4) * 8 of the step.
-    const int a_row = tid >> 2;
-    const int a_piece = tid & 3;
-    const uint16_t* a_ptr = nullptr;
-    if (row_begin + a_row < row_end) {
-        const int p = row_begin + a_row;
-        const int64_t src_row = kGateUp ? sorted_slots[p] / top_k : p;
-        a_ptr = a_src + src_row * K + a_piece * 8;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    // A: rows tid / 8 + 32 i of the tile, 8 bf16 at column (tid % 8) * 8 of the step.
+    const int a_piece = tid & 7;
+    const int a_row0 = tid >> 3;
+    const uint16_t* a_ptr[kAPieces];
+#pragma unroll
+    for (int i = 0; i < kAPieces; ++i) {
+        const int r = a_row0 + 32 * i;
+        a_ptr[i] = nullptr;
+        if (r < tile_rows) {
+            const int p = row_begin + r;
+            const int64_t src_row = kGateUp ? sorted_slots[p] / top_k : p;
+            a_ptr[i] = a_src + src_row * K + a_piece * 8;
+        }
     }
-    // B: weight row tid / 2 of the tile, half tid % 2 of the step's group.
+    // B: weight row tid / 2 of the tile, group tid % 2 of the step's two.
     const int b_row = tid >> 1;
-    const int b_half = tid & 1;
+    const int b_group = tid & 1;
     int64_t w_row = 0;
     bool b_valid = false;
     if constexpr (kGateUp) {
@@ -339,84 +441,135 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         b_valid = c < n_cols;
         w_row = expert * n_cols + c;
     }
+    const int groups = K / 32;
+    const int steps = (K + kBK - 1) / kBK;
 
-    const int warp = tid >> 5;
-    const int warp_m = warp >> 2;  // 0..1: rows warp_m * 32
+    // Step s's copies (one commit group per step): A into ring slot s % kStages, this thread's
+    // raw weight group into raw[s & 1]; its scales come back in registers. Past K, past the
+    // tile's rows and past n_cols the copies write zeros (and the scales are 0), so the padding
+    // multiplies as exact zeros.
+    const auto issue = [&](int step) {
+        const int slot = step % kStages;
+        const int col = step * kBK + a_piece * 8;
+#pragma unroll
+        for (int i = 0; i < kAPieces; ++i) {
+            const bool valid = a_ptr[i] != nullptr && col < K;
+            cp_async_16(&shared.tiles.a[slot][a_row0 + 32 * i][a_piece * 8],
+                        valid ? a_ptr[i] + step * kBK : a_src, valid);
+        }
+        const int group = 2 * step + b_group;
+        const bool valid = b_valid && group < groups;
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+            cp_async_16(&shared.tiles.raw[step & 1][c][tid],
+                        valid ? w.chunk(w_row, group, c) : static_cast<const void*>(a_src), valid);
+        }
+        return valid ? w.scales(w_row, group) : typename Loader::Scales{};
+    };
+    // Step s's weights (landed: this thread copied them itself) -> B buffer s & 1.
+    const auto dequantize = [&](int step, const typename Loader::Scales& scales) {
+        uint4 raw[kChunks];
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) raw[c] = shared.tiles.raw[step & 1][c][tid];
+        Loader::dequantize(raw, scales, &shared.tiles.b[step & 1][b_row][b_group * 32]);
+    };
+
+    const int warp_m = warp >> 2;  // 0..1: rows warp_m * 64
     const int warp_n = warp & 3;   // 0..3: columns warp_n * 32
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    // m16 fragments of this warp that hold tile rows (the others are skipped: an expert's last
+    // tile is often far from full).
+    const int m_frags = max(0, min(4, (tile_rows - warp_m * kWarpRows + 15) / 16));
+    float acc[4][4][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+        }
     }
-
-    const int steps = K / kBK;
-    uint4 a_regs = make_uint4(0, 0, 0, 0);
-    typename Loader::Regs b_regs{};
-    const auto load = [&](int step) {
-        a_regs = a_ptr != nullptr ? *reinterpret_cast<const uint4*>(a_ptr + step * kBK)
-                                  : make_uint4(0, 0, 0, 0);
-        if (b_valid) b_regs = w.load(w_row, step, b_half);
-    };
-    const auto store = [&](int buffer) {
-        *reinterpret_cast<uint4*>(&shared.tiles.a[buffer][a_row][a_piece * 8]) = a_regs;
-        Loader::store(b_regs, b_valid, b_half, &shared.tiles.b[buffer][b_row][0]);
-    };
-
-    load(0);
-    store(0);
-    __syncthreads();
-    for (int step = 0; step < steps; ++step) {
+    // ldmatrix row addresses: A matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+    // (rows 8-15, k 8-15) = a0..a3; B matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
+    // (n 8-15, k 8-15) = b0, b1 of columns 0-7, then of columns 8-15.
+    const int a_ld_row = warp_m * kWarpRows + (lane & 15);
+    const int a_ld_col = (lane >> 4) * 8;
+    const int b_ld_row = warp_n * kWarpCols + (lane & 7) + ((lane >> 4) << 3);
+    const int b_ld_col = ((lane >> 3) & 1) * 8;
+    const auto multiply = [&](int step) {
+        const int slot = step % kStages;
         const int buffer = step & 1;
-        if (step + 1 < steps) load(step + 1);
 #pragma unroll
         for (int kk = 0; kk < kBK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
+            uint32_t a[4][4];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                wmma::load_matrix_sync(a[i],
-                                       reinterpret_cast<const __nv_bfloat16*>(
-                                           &shared.tiles.a[buffer][warp_m * 32 + i * 16][kk]),
-                                       kLds);
+            for (int i = 0; i < 4; ++i) {
+                if (i < m_frags) {
+                    ldmatrix_x4(a[i], &shared.tiles.a[slot][a_ld_row + i * 16][kk + a_ld_col]);
+                }
             }
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                // B = W^T [K, n]: column n is weight row n, K-contiguous: column-major, ld kLds.
-                wmma::load_matrix_sync(b[j],
-                                       reinterpret_cast<const __nv_bfloat16*>(
-                                           &shared.tiles.b[buffer][warp_n * 32 + j * 16][kk]),
-                                       kLds);
-            }
+            for (int jp = 0; jp < 2; ++jp) {
+                uint32_t b[4];
+                ldmatrix_x4(b, &shared.tiles.b[buffer][b_ld_row + jp * 16][kk + b_ld_col]);
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-#pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+                for (int i = 0; i < 4; ++i) {
+                    if (i < m_frags) {
+                        mma_bf16_16x8x16(acc[i][2 * jp], a[i], b[0], b[1]);
+                        mma_bf16_16x8x16(acc[i][2 * jp + 1], a[i], b[2], b[3]);
+                    }
+                }
             }
         }
-        if (step + 1 < steps) store(buffer ^ 1);
+    };
+
+    // Pipeline: A two steps ahead (cp.async ring of 3), the raw weights two steps ahead, their
+    // dequantisation one step ahead (B double buffer); one barrier per step.
+    typename Loader::Scales next{}, after_next{};
+    next = issue(0);
+    cp_async_commit();
+    if (steps > 1) after_next = issue(1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    dequantize(0, next);
+    next = after_next;
+    __syncthreads();
+    for (int step = 0; step < steps; ++step) {
+        if (step + 2 < steps) after_next = issue(step + 2);
+        cp_async_commit();  // possibly empty: keeps one group per step
+        if (m_frags > 0) multiply(step);
+        if (step + 1 < steps) {
+            cp_async_wait<1>();  // step + 1's copies (only step + 2's may be in flight)
+            dequantize(step + 1, next);
+            next = after_next;
+        }
         __syncthreads();
     }
+    cp_async_wait<0>();  // nothing real is in flight; the C tile reuses the ring
 
     // Epilogue through shared memory (the tiles are dead after the last barrier).
+    const int g = lane >> 2;
+    const int t = lane & 3;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            wmma::store_matrix_sync(&shared.c[warp_m * 32 + i * 16][warp_n * 32 + j * 16],
-                                    acc[i][j], kLdc, wmma::mem_row_major);
+        for (int j = 0; j < 4; ++j) {
+            const int r = warp_m * kWarpRows + i * 16 + g;
+            const int c = warp_n * kWarpCols + j * 8 + 2 * t;
+            *reinterpret_cast<float2*>(&shared.c[r][c]) = make_float2(acc[i][j][0], acc[i][j][1]);
+            *reinterpret_cast<float2*>(&shared.c[r + 8][c]) =
+                make_float2(acc[i][j][2], acc[i][j][3]);
         }
     }
     __syncthreads();
     if constexpr (kGateUp) {
-        // 64 rows x 8 pieces of 8 act values (one 16-byte store each).
+        // tile_rows rows x 8 pieces of 8 act values (one 16-byte store each).
         uint16_t* act = static_cast<uint16_t*>(out);
-        for (int i = tid; i < kBM * (kCols / 8); i += kGemmThreads) {
+        for (int i = tid; i < tile_rows * (kCols / 8); i += kGemmThreads) {
             const int r = i / (kCols / 8);
             const int piece = i % (kCols / 8);
             const int p = row_begin + r;
             const int c = c0 + piece * 8;
-            if (p >= row_end || c >= n_cols) continue;  // n_cols % 32 == 0: whole pieces
+            if (c >= n_cols) continue;  // n_cols % 32 == 0: whole pieces
             uint32_t pairs[4];
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -424,10 +577,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int col = piece * 8 + 2 * q + h;
-                    const float g = shared.c[r][col];
-                    const float u = shared.c[r][kCols + col];
+                    const float gate = shared.c[r][col];
+                    const float up = shared.c[r][kCols + col];
                     // ops/cpu silu_and_mul: silu(g) = g / (1 + exp(-g)), then times u.
-                    v[h] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+                    v[h] = __fmul_rn(__fdiv_rn(gate, __fadd_rn(1.0f, expf(-gate))), up);
                 }
                 pairs[q] = bf16_pair(v[0], v[1]);
             }
@@ -435,18 +588,18 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
                 make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
         }
     } else {
-        // 64 rows x 32 pieces of 4 fp32 (one 16-byte store each), each row to its slot's row.
+        // tile_rows rows x 32 pieces of 4 fp32 (one 16-byte store each), each row to its slot's
+        // row.
         float* y = static_cast<float*>(out);
-        for (int i = tid; i < kBM * (kCols / 4); i += kGemmThreads) {
+        for (int i = tid; i < tile_rows * (kCols / 4); i += kGemmThreads) {
             const int r = i / (kCols / 4);
             const int piece = i % (kCols / 4);
             const int p = row_begin + r;
             const int c = c0 + piece * 4;
-            if (p >= row_end || c >= n_cols) continue;  // n_cols % 32 == 0: whole pieces
+            if (c >= n_cols) continue;  // n_cols % 32 == 0: whole pieces
             const int64_t slot = sorted_slots[p];
             *reinterpret_cast<float4*>(y + slot * n_cols + c) =
-                make_float4(shared.c[r][piece * 4], shared.c[r][piece * 4 + 1],
-                            shared.c[r][piece * 4 + 2], shared.c[r][piece * 4 + 3]);
+                *reinterpret_cast<const float4*>(&shared.c[r][piece * 4]);
         }
     }
 }
@@ -538,10 +691,19 @@ Status launch_gemm(const uint16_t* a_src, const int32_t* sorted_slots, const int
                    const int4* tiles, const Loader& loader, int64_t max_tiles, int64_t n_experts,
                    int64_t top_k, int64_t K, int64_t n_cols, void* out, cudaStream_t stream) {
     constexpr int64_t kCols = kGateUp ? kBN / 2 : kBN;
+    constexpr size_t kShared = sizeof(GemmShared<Loader::kChunks>);
+    // Over the 48 KiB default: opt in (a host-side attribute, no stream work; capturable). The
+    // carveout asks for the whole 228 KiB so that two blocks fit on an SM.
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(moe_prefill_gemm_kernel<Loader, kGateUp>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(kShared)));
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(moe_prefill_gemm_kernel<Loader, kGateUp>,
+                                            cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            cudaSharedmemCarveoutMaxShared));
     const dim3 grid(static_cast<unsigned>((n_cols + kCols - 1) / kCols),
                     static_cast<unsigned>(max_tiles));
     KESTREL_CUDA_CHECK(launch_overlapped(
-        moe_prefill_gemm_kernel<Loader, kGateUp>, grid, dim3(kGemmThreads), 0, stream, a_src,
+        moe_prefill_gemm_kernel<Loader, kGateUp>, grid, dim3(kGemmThreads), kShared, stream, a_src,
         sorted_slots, offsets, tiles, loader, static_cast<int>(n_experts), static_cast<int>(top_k),
         static_cast<int>(K), static_cast<int>(n_cols), out));
     KESTREL_CUDA_CHECK(cudaGetLastError());

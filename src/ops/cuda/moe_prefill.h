@@ -5,7 +5,7 @@
 //   out[t, :] = (accumulate ? out[t, :] : 0) + sum over j = 0..k-1, in j order, in fp32, of
 //               weights[t, j] * down_e(act_{t,j})
 // but with tokens grouped by expert and multiplied on the tensor cores, so each expert's weights
-// are read once per 64 of its rows instead of once per row. Arithmetic (the CPU twin in
+// are read once per 128 of its rows instead of once per row. Arithmetic (the CPU twin in
 // tests/unit/cuda_moe_prefill_test.cpp composes it):
 //   x -> bf16 (round to nearest even, fp32_to_bf16 in core/half.h);
 //   weights -> scale * q - min in fp32 exactly as w4_dequantize / w8_dequantize (a product and a
@@ -34,9 +34,9 @@
 
 namespace kestrel::cuda {
 
-// Rows (routed slots of one expert) per GEMM tile: an expert with c slots takes ceil(c / 64)
+// Rows (routed slots of one expert) per GEMM tile: an expert with c slots takes ceil(c / 128)
 // tiles.
-constexpr int64_t kMoePrefillTileRows = 64;
+constexpr int64_t kMoePrefillTileRows = 128;
 // n_experts above this is rejected: the routing kernel keeps two counters per expert in shared
 // memory (32 KiB at 4096).
 constexpr int64_t kMoePrefillMaxExperts = 4096;
@@ -53,7 +53,7 @@ struct MoePrefillLayout {
                               // offsets[n_experts + 1] = GEMM tiles in use
     size_t tiles = 0;         // [max_tiles] int4 (expert, first position, end position, 0)
     size_t total = 0;
-    int64_t max_tiles = 0;  // ceil(rows k / 64) + min(n_experts, rows k): the GEMM grids' y
+    int64_t max_tiles = 0;  // ceil(rows k / 128) + min(n_experts, rows k): the GEMM grids' y
 };
 
 MoePrefillLayout moe_prefill_scratch_layout(int64_t rows, int64_t k, int64_t dim, int64_t ffn,
