@@ -268,16 +268,21 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
             float* v = k + n_tokens * n_kv * hd;
             float* kqv = mixer_mid;
             // HF: q_norm / k_norm per head (1 + w), then partial rotate-half RoPE (M-RoPE with
-            // equal text positions), on the first rope_dim values of each head.
-            const int64_t rope_dim = config_.rope_dim > 0 ? config_.rope_dim : hd;
-            ops.rms_norm(q, layer.q_norm.f32(), n_tokens * nh, hd, eps, q);
-            ops.rms_norm(k, layer.k_norm.f32(), n_tokens * n_kv, hd, eps, k);
-            ops.rope_neox_partial(q, batch.positions, nh, hd, rope_dim, config_.rope_theta);
-            ops.rope_neox_partial(k, batch.positions, n_kv, hd, rope_dim, config_.rope_theta);
+            // equal text positions), on the first rope_dim values of each head; then k, v into the
+            // cache. One fused op (rms_norm x 2, rope_neox_partial x 2, kv_write on the CPU).
+            AttentionInputsParams inputs;
+            inputs.n_heads = nh;
+            inputs.n_kv_heads = n_kv;
+            inputs.head_dim = hd;
+            inputs.eps = eps;
+            inputs.theta = config_.rope_theta;
+            inputs.partial_rotary_dim = config_.rope_dim > 0 ? config_.rope_dim : hd;
+            KESTREL_RETURN_IF_ERROR(ops.attention_inputs(q, k, v, layer.q_norm.f32(),
+                                                         layer.k_norm.f32(), batch.positions,
+                                                         inputs, kv[il]));
             show("Qcur", il, q, nh * hd);
             show("Kcur", il, k, n_kv * hd);
             show("Vcur", il, v, n_kv * lc.v_head_dim);
-            ops.kv_write(kv[il], batch.positions, k, v);
             const AttentionParams params{nh, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))), 0, 0.0f};
             ops.attention(q, batch.positions, kv[il], params, kqv);
             // HF: attn_output * sigmoid(gate), elementwise over [T, nh * hd].
@@ -298,13 +303,14 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
         float* sh_gate_logit = moe_in + n_tokens * (moe_width - 1);
         ops.add_rms_norm_linear_blocks(attn_out, x, layer.post_attn_norm.f32(), n_tokens, d, eps,
                                        ffn_norm, true, layer.w_moe_in, moe_widths, moe_in);
+        // Router: softmax top-k, slot k the shared expert (sigmoid of its gate) when stacked.
+        ops.moe_route(router_logits, n_tokens, n_exp, k_used, stacked ? sh_gate_logit : nullptr,
+                      route_ids, route_w);
         show("attn_residual", il, x, d);
         show("ffn_norm", il, ffn_norm, d);
         show("ffn_moe_logits", il, router_logits, n_exp);
         // x += sum_j w_j SwiGLU_e(h), the shared expert as slot k when stacked (HF adds the
         // shared expert's output to the routed sum, then the sum to x: the same order).
-        ops.moe_route(router_logits, n_tokens, n_exp, k_used, stacked ? sh_gate_logit : nullptr,
-                      route_ids, route_w);
         const MoeExpertWeights experts{&layer.exp_gate_up, &layer.exp_down,
                                        stacked ? n_exp + 1 : n_exp, f, d};
         ops.moe_experts(ffn_norm, n_tokens, route_ids, route_w, stacked ? k_used + 1 : k_used,

@@ -76,8 +76,16 @@ Status Ops::attention_inputs(float* q, float* k, float* v, const float* q_norm, 
     if (p.v_from_raw_k) {
         KESTREL_RETURN_IF_ERROR(copy_within(v, k, static_cast<size_t>(tokens * p.n_kv_heads * p.head_dim) * sizeof(float)));
     }
-    head_norm_rope(q, q_norm, positions, p.n_heads, p.head_dim, p.rotary_pairs, p.eps, p.theta);
-    head_norm_rope(k, k_norm, positions, p.n_kv_heads, p.head_dim, p.rotary_pairs, p.eps, p.theta);
+    if (p.partial_rotary_dim > 0) {  // Qwen3.5: QK-norm, then partial rotate-half RoPE
+        rms_norm(q, q_norm, tokens * p.n_heads, p.head_dim, p.eps, q);
+        rms_norm(k, k_norm, tokens * p.n_kv_heads, p.head_dim, p.eps, k);
+        rope_neox_partial(q, positions, p.n_heads, p.head_dim, p.partial_rotary_dim, p.theta);
+        rope_neox_partial(k, positions, p.n_kv_heads, p.head_dim, p.partial_rotary_dim, p.theta);
+    } else {
+        head_norm_rope(q, q_norm, positions, p.n_heads, p.head_dim, p.rotary_pairs, p.eps, p.theta);
+        head_norm_rope(k, k_norm, positions, p.n_kv_heads, p.head_dim, p.rotary_pairs, p.eps,
+                       p.theta);
+    }
     if (p.v_norm) rms_norm(v, nullptr, tokens * p.n_kv_heads, p.head_dim, p.eps, v);
     kv_write(cache, positions, k, v);
     return ok_status();

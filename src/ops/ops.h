@@ -235,6 +235,10 @@ struct AttentionInputsParams {
     double theta = 10000.0;
     bool v_from_raw_k = false;  // Gemma 4 K=V layers: v is the raw k, before k's norm and RoPE
     bool v_norm = false;        // Gemma 4: v = rms_norm(v) without weight
+    // 0: the Gemma pairing above (head_norm_rope). > 0 (even, <= head_dim): Qwen3.5's partial
+    // rotate-half, rms_norm then rope_neox_partial: pairs (j, j + partial_rotary_dim / 2) for
+    // j < partial_rotary_dim / 2, inv_freq = theta^(-2j / partial_rotary_dim); rotary_pairs unused.
+    int64_t partial_rotary_dim = 0;
 };
 
 class Ops {

@@ -1,21 +1,25 @@
 // The fused attention inputs (src/ops/cuda/attention_inputs.h) against the five launches it
-// replaces (copy raw k -> v, head_norm_rope(q), head_norm_rope(k), rms_norm(v), kv_write_bf16),
-// run on a copy of the same inputs, and against the CPU twin (make_cpu_ops(): head_norm_rope,
-// rms_norm, kv_write into an fp32 cache, then fp32_to_bf16). Shapes: Gemma 4 31B sliding (32 q /
-// 16 kv heads x 256, all 128 pairs rotate, theta 1e4, V-norm) and full (32 / 4 x 512, 64 pairs,
-// theta 1e6, V = raw K, V-norm), Gemma 3 (4 / 1 x 256, no V-norm) and tiny heads (16, 32).
+// replaces (copy raw k -> v, head_norm_rope(q), head_norm_rope(k), rms_norm(v), kv_write_bf16;
+// Qwen3.5: rms_norm(q), rms_norm(k), rope_neox_partial(q), rope_neox_partial(k), kv_write_bf16),
+// run on a copy of the same inputs, and against the CPU twin (make_cpu_ops(): head_norm_rope, or
+// rms_norm then rope_neox_partial, rms_norm, kv_write into an fp32 cache, then fp32_to_bf16).
+// Shapes: Gemma 4 31B sliding (32 q / 16 kv heads x 256, all 128 pairs rotate, theta 1e4, V-norm)
+// and full (32 / 4 x 512, 64 pairs, theta 1e6, V = raw K, V-norm), Gemma 3 (4 / 1 x 256, no
+// V-norm), tiny heads (16, 32), Qwen3.5-35B-A3B (16 / 2 x 256, partial_rotary_dim 64, theta 1e7,
+// V untouched) and the tiny Qwen3.5 fixtures' shape (4 / 2 x 32, partial_rotary_dim 16).
 // Positions run past the ring's capacity, so slots wrap. The cache is poisoned with a bf16 NaN
 // pattern first (untouched slots must keep it), and V's input is NaN where V comes from K. Skips
 // without a GPU. Tolerances, with u = 2^-24:
 //   against the composition: q, k, v and the whole cache bit for bit (the same device functions
 //     in the same order: load_row_inv_rms<32>, normalise_chunk, rope_cos_sin, rotate_pair, RNE).
 //   against the CPU: q, k (36u (|a| + |b|) of the CPU-normalised pair: head_norm_rope's tolerance
-//   in
-//     cuda_small_ops_test.cpp), v (32u |cpu|, rms_norm's); each cache value is bf16(its own fp32
-//     output) bit for bit, and within that fp32 tolerance plus 2^-8 (|gpu| + |cpu|) of bf16(cpu)
-//     (the two sides' bf16 roundings, RNE: at most 2^-8 relative each).
+//     in cuda_small_ops_test.cpp; with partial_rotary_dim r the pair is (j, j + r / 2), and a
+//     value past r, which no pair turns, gets 36u |a| of itself, above rms_norm's 32u), v (32u
+//     |cpu|, rms_norm's); each cache value is bf16(its own fp32 output) bit for bit, and within
+//     that fp32 tolerance plus 2^-8 (|gpu| + |cpu|) of bf16(cpu) (the two sides' bf16 roundings,
+//     RNE: at most 2^-8 relative each).
 //   graph: one captured launch replayed at 3 positions (only the device positions change) is bit
-//     for bit the composition launched directly.
+//     for bit the composition launched directly (a Gemma 4 full layer and a Qwen3.5 one).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -100,19 +104,24 @@ struct Case {
     double theta;
     bool v_from_raw_k, v_norm;
     int64_t tokens, capacity, first_position;
+    int64_t partial_rotary_dim;  // > 0: Qwen3.5's partial rotate-half (rotary_pairs unused)
 };
 
 // first_position past the capacity, and runs of tokens across the ring's end (slot capacity - 1 ->
 // 0).
 const Case kCases[] = {
-    {"gemma4 sliding T=1", 32, 16, 256, 128, 1e4, false, true, 1, 1031, 131071},
-    {"gemma4 sliding T=5", 32, 16, 256, 128, 1e4, false, true, 5, 1031, 3 * 1031 - 2},
-    {"gemma4 full T=1", 32, 4, 512, 64, 1e6, true, true, 1, 4099, 77777},
-    {"gemma4 full T=3", 32, 4, 512, 64, 1e6, true, true, 3, 4099, 4099 * 31 - 1},
-    {"gemma3 T=1", 4, 1, 256, 128, 1e4, false, false, 1, 512, 1023},
-    {"gemma3 T=20", 4, 1, 256, 128, 1e6, false, false, 20, 37, 37 * 5 - 7},
-    {"tiny 4/2 x 16", 4, 2, 16, 8, 1e4, false, true, 3, 7, 12},
-    {"tiny 4/1 x 32 v = raw k", 4, 1, 32, 4, 1e4, true, false, 2, 5, 9},
+    {"gemma4 sliding T=1", 32, 16, 256, 128, 1e4, false, true, 1, 1031, 131071, 0},
+    {"gemma4 sliding T=5", 32, 16, 256, 128, 1e4, false, true, 5, 1031, 3 * 1031 - 2, 0},
+    {"gemma4 full T=1", 32, 4, 512, 64, 1e6, true, true, 1, 4099, 77777, 0},
+    {"gemma4 full T=3", 32, 4, 512, 64, 1e6, true, true, 3, 4099, 4099 * 31 - 1, 0},
+    {"gemma3 T=1", 4, 1, 256, 128, 1e4, false, false, 1, 512, 1023, 0},
+    {"gemma3 T=20", 4, 1, 256, 128, 1e6, false, false, 20, 37, 37 * 5 - 7, 0},
+    {"tiny 4/2 x 16", 4, 2, 16, 8, 1e4, false, true, 3, 7, 12, 0},
+    {"tiny 4/1 x 32 v = raw k", 4, 1, 32, 4, 1e4, true, false, 2, 5, 9, 0},
+    // Qwen3.5: rotary_pairs is ignored with partial_rotary_dim (the tiny case sets a stray 5).
+    {"qwen3.5 T=1", 16, 2, 256, 0, 1e7, false, false, 1, 1031, 262143, 64},
+    {"qwen3.5 T=5", 16, 2, 256, 0, 1e7, false, false, 5, 61, 61 * 7 - 3, 64},
+    {"qwen3.5 tiny 4/2 x 32", 4, 2, 32, 5, 1e4, false, false, 3, 7, 12, 16},
 };
 
 // The five launches attention_inputs replaces, in the order the models run them.
@@ -124,12 +133,25 @@ Status composition(const cuda::AttentionInputs& in, const int64_t* positions, in
                                            static_cast<size_t>(kv_elements) * sizeof(float),
                                            cudaMemcpyDeviceToDevice, stream));
     }
-    KESTREL_RETURN_IF_ERROR(cuda::head_norm_rope(in.q, in.q_norm, positions, tokens, in.n_heads,
-                                                 in.head_dim, in.rotary_pairs, in.eps, in.theta,
-                                                 stream));
-    KESTREL_RETURN_IF_ERROR(cuda::head_norm_rope(in.k, in.k_norm, positions, tokens, in.n_kv_heads,
-                                                 in.head_dim, in.rotary_pairs, in.eps, in.theta,
-                                                 stream));
+    if (in.partial_rotary_dim > 0) {  // Qwen3.5 (qwen35_moe.cpp before the fused op)
+        KESTREL_RETURN_IF_ERROR(cuda::rms_norm(in.q, in.q_norm, tokens * in.n_heads, in.head_dim,
+                                               in.eps, in.q, stream));
+        KESTREL_RETURN_IF_ERROR(cuda::rms_norm(in.k, in.k_norm, tokens * in.n_kv_heads, in.head_dim,
+                                               in.eps, in.k, stream));
+        KESTREL_RETURN_IF_ERROR(cuda::rope_neox_partial(in.q, positions, tokens, in.n_heads,
+                                                        in.head_dim, in.partial_rotary_dim,
+                                                        in.theta, stream));
+        KESTREL_RETURN_IF_ERROR(cuda::rope_neox_partial(in.k, positions, tokens, in.n_kv_heads,
+                                                        in.head_dim, in.partial_rotary_dim,
+                                                        in.theta, stream));
+    } else {
+        KESTREL_RETURN_IF_ERROR(cuda::head_norm_rope(in.q, in.q_norm, positions, tokens, in.n_heads,
+                                                     in.head_dim, in.rotary_pairs, in.eps, in.theta,
+                                                     stream));
+        KESTREL_RETURN_IF_ERROR(cuda::head_norm_rope(in.k, in.k_norm, positions, tokens,
+                                                     in.n_kv_heads, in.head_dim, in.rotary_pairs,
+                                                     in.eps, in.theta, stream));
+    }
     if (in.v_norm) {
         KESTREL_RETURN_IF_ERROR(cuda::rms_norm(in.v, nullptr, tokens * in.n_kv_heads, in.head_dim,
                                                in.eps, in.v, stream));
@@ -186,7 +208,8 @@ void make_device_set(const Case& c, const HostInputs& h, const std::vector<uint1
                                      c.head_dim,
                                      c.rotary_pairs,
                                      kEps,
-                                     c.theta};
+                                     c.theta,
+                                     c.partial_rotary_dim};
     d.cache = cuda::KvCacheBf16View{d.k_cache.as<uint16_t>(),
                                     d.v_cache.as<uint16_t>(),
                                     c.capacity,
@@ -276,10 +299,13 @@ TEST_F(CudaAttentionInputs, BitIdenticalToTheComposition) {
     }
 }
 
-// |a| + |b| of the CPU-normalised pair (a, b) (j, j + head_dim / 2) that element i belongs to.
-double pair_scale(const std::vector<float>& normed, int64_t head_dim, size_t i) {
-    const int64_t half = head_dim / 2;
-    const int64_t j = static_cast<int64_t>(i) % head_dim;
+// |a| + |b| of the CPU-normalised pair (a, b) (j, j + head_dim / 2) that element i belongs to;
+// with partial_rotary_dim r, the pair (j, j + r / 2) for j < r, and |a| alone past r (no pair).
+double pair_scale(const std::vector<float>& normed, const Case& c, size_t i) {
+    const int64_t span = c.partial_rotary_dim > 0 ? c.partial_rotary_dim : c.head_dim;
+    const int64_t half = span / 2;
+    const int64_t j = static_cast<int64_t>(i) % c.head_dim;
+    if (j >= span) return std::fabs(normed[i]);
     const size_t head = i - static_cast<size_t>(j);
     const int64_t partner = j < half ? j + half : j - half;
     return std::fabs(normed[i]) + std::fabs(normed[head + static_cast<size_t>(partner)]);
@@ -287,8 +313,8 @@ double pair_scale(const std::vector<float>& normed, int64_t head_dim, size_t i) 
 
 // |gpu - cpu| in units of u (|a| + |b|) of the CPU-normalised pair: at most 36 passes.
 double pair_error_in_u(const std::vector<float>& got, const std::vector<float>& expected,
-                       const std::vector<float>& normed, int64_t head_dim, size_t i) {
-    const double scale = pair_scale(normed, head_dim, i);
+                       const std::vector<float>& normed, const Case& c, size_t i) {
+    const double scale = pair_scale(normed, c, i);
     const double err = std::fabs(static_cast<double>(got[i]) - expected[i]);
     return scale > 0 ? err / (kU * scale) : (err == 0 ? 0.0 : INFINITY);
 }
@@ -318,10 +344,19 @@ TEST_F(CudaAttentionInputs, MatchesTheCpuTwin) {
         cpu_->rms_norm(h.q.data(), h.q_norm.data(), q_rows, c.head_dim, kEps, q_normed.data());
         cpu_->rms_norm(h.k.data(), h.k_norm.data(), kv_rows, c.head_dim, kEps, k_normed.data());
         std::vector<float> q_cpu = h.q, k_cpu = h.k, v_cpu = c.v_from_raw_k ? h.k : h.v;
-        cpu_->head_norm_rope(q_cpu.data(), h.q_norm.data(), h.positions, c.n_heads, c.head_dim,
-                             c.rotary_pairs, kEps, c.theta);
-        cpu_->head_norm_rope(k_cpu.data(), h.k_norm.data(), h.positions, c.n_kv_heads, c.head_dim,
-                             c.rotary_pairs, kEps, c.theta);
+        if (c.partial_rotary_dim > 0) {  // Qwen3.5: rms_norm, then rope_neox_partial
+            q_cpu = q_normed;
+            k_cpu = k_normed;
+            cpu_->rope_neox_partial(q_cpu.data(), h.positions, c.n_heads, c.head_dim,
+                                    c.partial_rotary_dim, c.theta);
+            cpu_->rope_neox_partial(k_cpu.data(), h.positions, c.n_kv_heads, c.head_dim,
+                                    c.partial_rotary_dim, c.theta);
+        } else {
+            cpu_->head_norm_rope(q_cpu.data(), h.q_norm.data(), h.positions, c.n_heads, c.head_dim,
+                                 c.rotary_pairs, kEps, c.theta);
+            cpu_->head_norm_rope(k_cpu.data(), h.k_norm.data(), h.positions, c.n_kv_heads,
+                                 c.head_dim, c.rotary_pairs, kEps, c.theta);
+        }
         if (c.v_norm)
             cpu_->rms_norm(v_cpu.data(), nullptr, kv_rows, c.head_dim, kEps, v_cpu.data());
         std::vector<float> k_cache_cpu(cache_n, 0.0f), v_cache_cpu(cache_n, 0.0f);
@@ -332,14 +367,14 @@ TEST_F(CudaAttentionInputs, MatchesTheCpuTwin) {
         const std::string what = std::string(c.what);
         for (size_t i = 0; i < q.size(); ++i) {
             ASSERT_FALSE(std::isnan(q[i])) << what << " q: NaN at " << i;
-            const double e = pair_error_in_u(q, q_cpu, q_normed, c.head_dim, i);
+            const double e = pair_error_in_u(q, q_cpu, q_normed, c, i);
             ASSERT_LE(e, 36.0) << what << " q element " << i << ": gpu " << q[i] << " cpu "
                                << q_cpu[i];
             worst_qk = std::max(worst_qk, e);
         }
         for (size_t i = 0; i < k.size(); ++i) {
             ASSERT_FALSE(std::isnan(k[i])) << what << " k: NaN at " << i;
-            const double e = pair_error_in_u(k, k_cpu, k_normed, c.head_dim, i);
+            const double e = pair_error_in_u(k, k_cpu, k_normed, c, i);
             ASSERT_LE(e, 36.0) << what << " k element " << i << ": gpu " << k[i] << " cpu "
                                << k_cpu[i];
             worst_qk = std::max(worst_qk, e);
@@ -367,7 +402,7 @@ TEST_F(CudaAttentionInputs, MatchesTheCpuTwin) {
                     << what << " v cache token " << t;
                 const double k_cpu_value = k_cache_cpu[cache_index],
                              v_cpu_value = v_cache_cpu[cache_index];
-                const double k_tol = 36 * kU * pair_scale(k_normed, c.head_dim, out_index) +
+                const double k_tol = 36 * kU * pair_scale(k_normed, c, out_index) +
                                      0x1.0p-8 * (std::fabs(k[out_index]) + std::fabs(k_cpu_value));
                 const double v_tol = 32 * kU * std::fabs(v_cpu_value) +
                                      0x1.0p-8 * (std::fabs(v[out_index]) + std::fabs(v_cpu_value));
@@ -390,12 +425,11 @@ TEST_F(CudaAttentionInputs, MatchesTheCpuTwin) {
         worst_qk, worst_v);
 }
 
-TEST_F(CudaAttentionInputs, CapturedGraphReplaysAtNewPositions) {
-    // Gemma 4 full layer, one token: V = raw K, V-norm, 64 of 256 pairs rotate; a ring of 64, so
-    // 70 lands in slot 6 and 131013 overwrites slot 5, which 5 wrote.
-    const Case c{"gemma4 full graph", 32, 4, 512, 64, 1e6, true, true, 1, 64, 5};
+// One captured launch of case c replayed at positions 5, 70 and 131013 (a ring of 64: 70 lands in
+// slot 6 and 131013 overwrites slot 5, which 5 wrote), each time bit for bit the composition.
+void expect_graph_replays_as_composition(const Case& c, uint32_t seed) {
     const int64_t replay_positions[] = {5, 70, 131013};
-    const HostInputs h = make_inputs(c, 4242);
+    const HostInputs h = make_inputs(c, seed);
     const size_t cache_n = static_cast<size_t>(c.capacity * c.n_kv_heads * c.head_dim);
     const std::vector<uint16_t> poison = poisoned_cache(cache_n);
     DeviceSet fused, split;
@@ -434,7 +468,7 @@ TEST_F(CudaAttentionInputs, CapturedGraphReplaysAtNewPositions) {
                               nullptr));
         CUDA_OK(cudaDeviceSynchronize());
 
-        const std::string what = "position " + std::to_string(position);
+        const std::string what = std::string(c.what) + " position " + std::to_string(position);
         expect_same_floats(download(fused.q.as<float>(), h.q.size()),
                            download(split.q.as<float>(), h.q.size()), what + " q");
         expect_same_floats(download(fused.k.as<float>(), h.k.size()),
@@ -451,6 +485,18 @@ TEST_F(CudaAttentionInputs, CapturedGraphReplaysAtNewPositions) {
     CUDA_OK(cudaGraphExecDestroy(exec));
     CUDA_OK(cudaGraphDestroy(graph));
     CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST_F(CudaAttentionInputs, CapturedGraphReplaysAtNewPositions) {
+    // Gemma 4 full layer, one token: V = raw K, V-norm, 64 of 256 pairs rotate.
+    expect_graph_replays_as_composition(
+        {"gemma4 full graph", 32, 4, 512, 64, 1e6, true, true, 1, 64, 5, 0}, 4242);
+}
+
+TEST_F(CudaAttentionInputs, CapturedGraphReplaysAtNewPositionsQwen35) {
+    // Qwen3.5 full-attention layer, one token: the first 64 of 256 values rotate, V untouched.
+    expect_graph_replays_as_composition(
+        {"qwen3.5 graph", 16, 2, 256, 0, 1e7, false, false, 1, 64, 5, 64}, 4343);
 }
 
 // The host-side checks run before any CUDA call, so this needs no device: the pointers are never
@@ -470,7 +516,8 @@ TEST(CudaAttentionInputsArguments, RejectsWhatTheKernelCannotDo) {
                                      64,
                                      32,
                                      kEps,
-                                     1e4};
+                                     1e4,
+                                     0};
     const cuda::KvCacheBf16View cache{reinterpret_cast<uint16_t*>(uintptr_t{4 << 20}),
                                       reinterpret_cast<uint16_t*>(uintptr_t{5 << 20}),
                                       16,
@@ -489,6 +536,13 @@ TEST(CudaAttentionInputsArguments, RejectsWhatTheKernelCannotDo) {
     EXPECT_EQ(code(in, cache, 1), bad);
     in = good;
     in.rotary_pairs = 33;  // past head_dim / 2
+    EXPECT_EQ(code(in, cache, 1), bad);
+    in = good;
+    in.partial_rotary_dim = 15;  // odd
+    EXPECT_EQ(code(in, cache, 1), bad);
+    in.partial_rotary_dim = 80;  // past head_dim
+    EXPECT_EQ(code(in, cache, 1), bad);
+    in.partial_rotary_dim = -2;
     EXPECT_EQ(code(in, cache, 1), bad);
     in = good;
     in.q = fake((1 << 20) + 4);  // not 16-byte aligned

@@ -30,23 +30,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <limits>
-#include <memory>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "core/half.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/gemv_w4a8.h"
-#include "ops/cuda/gemv_w8a8.h"
 #include "ops/cuda/moe_experts.h"
 #include "ops/weight_format.h"
-#include "ops/weight_format_w8.h"
 
+#include "cuda_moe_test_support.h"
 #include "cuda_test_support.h"
-#include "cuda_w4_test_support.h"
 #endif
 
 namespace kestrel {
@@ -60,194 +53,11 @@ TEST(CudaMoeExperts, NeedsTheCudaBuild) {
 
 #else
 
-using kestrel::testing::cuda_device_present;
+using namespace kestrel::testing::moe;
 using kestrel::testing::DeviceBuffer;
-using kestrel::testing::DeviceW4;
 using kestrel::testing::download;
-using kestrel::testing::random_w4;
-using kestrel::testing::splitmix64;
-using kestrel::testing::upload;
-using kestrel::testing::upload_w4;
 
 constexpr double kEps = 1.0 / (1 << 24);
-
-// ---- weights -------------------------------------------------------------------------------
-
-// Random W8 as tests/unit/cuda_gemv_w8_test.cpp makes them: every int8 value (-128 included);
-// scale ~ 2^-12..2^-10; min 0 in every third group, else scale * U(-20, 20).
-W8Weights random_w8(int64_t n, int64_t k, uint64_t seed) {
-    W8Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k));
-    for (size_t i = 0; i < w.qs.size(); i += 8) {
-        const uint64_t r = splitmix64(seed);
-        for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j)
-            w.qs[i + j] = static_cast<int8_t>(r >> (8 * j));
-    }
-    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
-    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
-        const uint64_t r = splitmix64(seed);
-        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                       -12 - static_cast<int>((r >> 16) % 3));
-        const float min =
-            (i / 2) % 3 == 0
-                ? 0.0f
-                : scale * (40.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f - 20.0f);
-        w.scale_min[i] = fp32_to_fp16(scale);
-        w.scale_min[i + 1] = fp32_to_fp16(min);
-    }
-    return w;
-}
-
-// One stack of expert matrices on the host, W4 or W8, and what the twin needs of it.
-struct HostStack {
-    bool is_w4 = true;
-    W4Weights w4;
-    W8Weights w8;
-
-    int64_t rows() const { return is_w4 ? w4.n : w8.n; }
-    int64_t cols() const { return is_w4 ? w4.k : w8.k; }
-
-    // Rows [begin, begin + count), copied.
-    HostStack slice(int64_t begin, int64_t count) const {
-        HostStack s;
-        s.is_w4 = is_w4;
-        if (is_w4) {
-            const int64_t bytes = w4.k / 2, groups = w4.groups(), supers2 = w4.supers() * 2;
-            s.w4.n = count;
-            s.w4.k = w4.k;
-            s.w4.qs.assign(w4.qs.begin() + begin * bytes, w4.qs.begin() + (begin + count) * bytes);
-            s.w4.group_scales.assign(w4.group_scales.begin() + begin * groups,
-                                     w4.group_scales.begin() + (begin + count) * groups);
-            s.w4.super_scales.assign(w4.super_scales.begin() + begin * supers2,
-                                     w4.super_scales.begin() + (begin + count) * supers2);
-        } else {
-            const int64_t pairs2 = w8.groups() * 2;
-            s.w8.n = count;
-            s.w8.k = w8.k;
-            s.w8.qs.assign(w8.qs.begin() + begin * w8.k, w8.qs.begin() + (begin + count) * w8.k);
-            s.w8.scale_min.assign(w8.scale_min.begin() + begin * pairs2,
-                                  w8.scale_min.begin() + (begin + count) * pairs2);
-        }
-        return s;
-    }
-
-    // y [rows()] = this matrix times one row of activations a [cols() / 32]; magnitude as the
-    // twins define it (the scale of their rounding).
-    void matvec(const Q8Block* a, float* y, float* magnitude) const {
-        if (is_w4) {
-            matvec_w4a8(w4, a, 1, y, magnitude);
-        } else {
-            matvec_w8a8(w8, a, 1, y, magnitude);
-        }
-    }
-
-    // The weight scale * q - min, exactly (double holds the fp32 products and difference).
-    double weight(int64_t row, int64_t col) const {
-        const int64_t g = col / 32;
-        if (is_w4) {
-            const W4GroupScale gs = w4_group_scale(w4, row, g);
-            return static_cast<double>(gs.scale) * w4_q(w4, row, col) - static_cast<double>(gs.min);
-        }
-        const uint16_t* sm = w8.scale_min.data() + (row * w8.groups() + g) * 2;
-        return static_cast<double>(fp16_to_fp32(sm[0])) *
-                   w8.qs[static_cast<size_t>(row * w8.k + col)] -
-               static_cast<double>(fp16_to_fp32(sm[1]));
-    }
-};
-
-HostStack random_stack(bool is_w4, int64_t rows, int64_t cols, uint64_t seed) {
-    HostStack s;
-    s.is_w4 = is_w4;
-    if (is_w4) {
-        s.w4 = random_w4(rows, cols, seed);
-    } else {
-        s.w8 = random_w8(rows, cols, seed);
-    }
-    return s;
-}
-
-struct DeviceW8 {
-    DeviceBuffer qs, scale_min;
-};
-
-// A stack on both sides.
-struct Stack {
-    HostStack host;
-    DeviceW4 w4;
-    DeviceW8 w8;
-    cuda::ExpertStackView view;
-};
-
-void upload_stack(Stack& s) {
-    s.view.is_w4 = s.host.is_w4;
-    if (s.host.is_w4) {
-        upload_w4(s.host.w4, s.w4);
-        s.view.w4 = s.w4.view;
-    } else {
-        upload(s.w8.qs, s.host.w8.qs);
-        upload(s.w8.scale_min, s.host.w8.scale_min);
-        s.view.w8 = {s.w8.qs.as<int8_t>(), s.w8.scale_min.as<uint32_t>(), s.host.w8.n, s.host.w8.k};
-    }
-}
-
-// gate_up [n_experts 2 ffn, dim] and down [n_experts dim, ffn] in the given formats.
-struct Layer {
-    int64_t dim = 0, ffn = 0, n_experts = 0;
-    Stack* gate_up = nullptr;
-    Stack* down = nullptr;
-};
-
-std::unique_ptr<Stack> make_stack(bool is_w4, int64_t rows, int64_t cols, uint64_t seed) {
-    auto s = std::make_unique<Stack>();
-    s->host = random_stack(is_w4, rows, cols, seed);
-    upload_stack(*s);
-    return s;
-}
-
-const char* format_name(bool is_w4) {
-    return is_w4 ? "W4" : "W8";
-}
-
-// ---- inputs --------------------------------------------------------------------------------
-
-std::vector<float> random_x(int64_t rows, int64_t dim, uint64_t seed) {
-    std::mt19937 rng(static_cast<uint32_t>(seed));
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> x(static_cast<size_t>(rows * dim));
-    for (float& v : x) v = normal(rng);
-    for (size_t i = 17; i < x.size(); i += 997)
-        x[i] *= 30.0f;  // outliers, as real activations have
-    return x;
-}
-
-struct Routing {
-    std::vector<int32_t> ids;    // [rows, k]
-    std::vector<float> weights;  // [rows, k]
-};
-
-// Per row, k distinct experts (as top-k gives) with positive weights summing to about 1.
-Routing random_routing(int64_t rows, int64_t k, int64_t n_experts, uint64_t seed) {
-    std::mt19937 rng(static_cast<uint32_t>(seed));
-    std::uniform_real_distribution<float> uniform(0.05f, 1.0f);
-    Routing routing;
-    std::vector<int32_t> pool(static_cast<size_t>(n_experts));
-    for (int64_t t = 0; t < rows; ++t) {
-        std::iota(pool.begin(), pool.end(), 0);
-        for (int64_t j = 0; j < k; ++j) {
-            const int64_t pick =
-                j + static_cast<int64_t>(rng() % static_cast<uint32_t>(n_experts - j));
-            std::swap(pool[static_cast<size_t>(j)], pool[static_cast<size_t>(pick)]);
-            routing.ids.push_back(pool[static_cast<size_t>(j)]);
-        }
-        std::vector<float> w(static_cast<size_t>(k));
-        float sum = 0.0f;
-        for (float& v : w) sum += (v = uniform(rng));
-        for (float v : w) routing.weights.push_back(v / sum);
-    }
-    return routing;
-}
 
 // ---- the GPU side --------------------------------------------------------------------------
 
@@ -259,10 +69,9 @@ struct GpuResult {
 // base (optional): out's values before the call, which then accumulates into them.
 void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, const Routing& routing,
              int64_t k, GpuResult& result, const std::vector<float>* base = nullptr) {
-    DeviceBuffer dx, dids, dweights, dscratch, dout;
-    upload(dx, x);
-    upload(dids, routing.ids);
-    upload(dweights, routing.weights);
+    DeviceInputs in;
+    DeviceBuffer dscratch, dout;
+    upload_inputs(x, routing, in);
     const size_t scratch_bytes = cuda::moe_experts_scratch_bytes(rows, k, layer.dim, layer.ffn);
     ASSERT_EQ(scratch_bytes % 256, 0u);
     ASSERT_GE(scratch_bytes, static_cast<size_t>(rows * k * (layer.ffn / 32)) * sizeof(Q8Block));
@@ -276,20 +85,16 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
     } else {
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));  // NaN poison
     }
-    STATUS_OK(cuda::moe_experts(dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k,
-                                layer.gate_up->view, layer.down->view, layer.n_experts, layer.ffn,
-                                layer.dim, dscratch.as<void>(), /*accumulate=*/base != nullptr,
-                                dout.as<float>(), nullptr));
+    STATUS_OK(cuda::moe_experts(in.x.as<float>(), rows, in.ids.as<int32_t>(),
+                                in.weights.as<float>(), k, layer.gate_up->view, layer.down->view,
+                                layer.n_experts, layer.ffn, layer.dim, dscratch.as<void>(),
+                                /*accumulate=*/base != nullptr, dout.as<float>(), nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     result.out = download<float>(dout, out_count);
     result.act = download<Q8Block>(dscratch, static_cast<size_t>(rows * k * (layer.ffn / 32)));
 }
 
 // ---- the twin and the checks ---------------------------------------------------------------
-
-bool known_expert(int32_t id, int64_t n_experts) {
-    return id >= 0 && id < n_experts;
-}
 
 struct Worst {
     double act = 0.0;         // max |d q - act_twin| / its bound
@@ -468,13 +273,6 @@ std::vector<int64_t> sample_rows(int64_t dim) {
     return rows;
 }
 
-std::string case_label(const Layer& layer, int64_t rows, int64_t k) {
-    return std::string(format_name(layer.gate_up->host.is_w4)) + "/" +
-           format_name(layer.down->host.is_w4) + " dim " + std::to_string(layer.dim) + " ffn " +
-           std::to_string(layer.ffn) + " experts " + std::to_string(layer.n_experts) + " k " +
-           std::to_string(k) + " rows " + std::to_string(rows);
-}
-
 void run_and_check(const Layer& layer, int64_t rows, int64_t k, uint64_t seed,
                    const std::vector<int64_t>& sampled_rows, Worst& worst) {
     const std::vector<float> x = random_x(rows, layer.dim, seed);
@@ -488,12 +286,7 @@ void run_and_check(const Layer& layer, int64_t rows, int64_t k, uint64_t seed,
 
 // ---- shapes --------------------------------------------------------------------------------
 
-struct Shape {
-    int64_t dim, ffn, n_experts, k;
-};
-
-// Qwen3.5-35B-A3B's routed experts.
-constexpr Shape kQwen35 = {2048, 512, 256, 8};
+// kQwen35 (cuda_moe_test_support.h) at these row counts.
 constexpr int64_t kQwen35Rows[] = {1, 2, 3, 8, 37};
 
 // Small shapes that, with the Qwen3.5 ones, reach every down variant (format x lanes per row L
@@ -510,44 +303,8 @@ constexpr int64_t kOddRows[] = {1, 2, 5};
 // (gate_up, down) formats: all four pairs (llama.cpp's Q4_K_M is W4/W8 in some layers).
 constexpr bool kFormats[][2] = {{true, true}, {true, false}, {false, false}, {false, true}};
 
-class CudaMoeExperts : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
-    }
-
-    // The Qwen3.5 stacks in both formats (1.3 GB on each side), made once for the suite.
-    struct Qwen35Stacks {
-        std::unique_ptr<Stack> gate_up[2], down[2];  // [is_w4]
-    };
-
-    static Qwen35Stacks& qwen35() {
-        if (qwen35_ == nullptr) {
-            qwen35_ = new Qwen35Stacks;
-            const Shape s = kQwen35;
-            for (const bool w4 : {true, false}) {
-                qwen35_->gate_up[w4] = make_stack(w4, s.n_experts * 2 * s.ffn, s.dim, w4 ? 11 : 12);
-                qwen35_->down[w4] = make_stack(w4, s.n_experts * s.dim, s.ffn, w4 ? 13 : 14);
-            }
-        }
-        return *qwen35_;
-    }
-
-    static Layer qwen35_layer(bool gate_up_w4, bool down_w4) {
-        Qwen35Stacks& stacks = qwen35();
-        return {kQwen35.dim, kQwen35.ffn, kQwen35.n_experts, stacks.gate_up[gate_up_w4].get(),
-                stacks.down[down_w4].get()};
-    }
-
-    static void TearDownTestSuite() {
-        delete qwen35_;
-        qwen35_ = nullptr;
-    }
-
-    static Qwen35Stacks* qwen35_;
-};
-
-CudaMoeExperts::Qwen35Stacks* CudaMoeExperts::qwen35_ = nullptr;
+// The fixture (cuda_moe_test_support.h): skips without a GPU; the Qwen3.5 stacks, once a suite.
+class CudaMoeExperts : public CudaMoeTest {};
 
 // ---- tests ---------------------------------------------------------------------------------
 
@@ -722,10 +479,7 @@ TEST_F(CudaMoeExperts, UnknownExpertGivesNaNRow) {
             const Layer layer{s.dim, s.ffn, s.n_experts, gate_up.get(), down.get()};
             const std::vector<float> x = random_x(rows, s.dim, ++seed);
             Routing routing = random_routing(rows, s.k, s.n_experts, ++seed);
-            routing.ids[static_cast<size_t>(1 * s.k + s.k - 1)] = -1;
-            routing.ids[static_cast<size_t>(2 * s.k)] = static_cast<int32_t>(s.n_experts);
-            routing.ids[static_cast<size_t>(3 * s.k)] = std::numeric_limits<int32_t>::min();
-            routing.ids[static_cast<size_t>(3 * s.k + 1)] = std::numeric_limits<int32_t>::max();
+            add_unknown_ids(s.k, s.n_experts, routing);
             GpuResult gpu;
             run_gpu(layer, x, rows, routing, s.k, gpu);
             if (HasFatalFailure()) return;
@@ -745,47 +499,26 @@ TEST_F(CudaMoeExperts, GraphReplayWithNewRouting) {
     const int64_t rows = 1, k = kQwen35.k;
     std::vector<float> x = random_x(rows, layer.dim, 600);
     Routing routing = random_routing(rows, k, layer.n_experts, 601);
-    DeviceBuffer dx, dids, dweights, dscratch, dout;
-    upload(dx, x);
-    upload(dids, routing.ids);
-    upload(dweights, routing.weights);
+    DeviceInputs in;
+    DeviceBuffer dscratch, dout;
+    upload_inputs(x, routing, in);
     const size_t scratch_bytes = cuda::moe_experts_scratch_bytes(rows, k, layer.dim, layer.ffn);
     CUDA_OK(dscratch.alloc(scratch_bytes));
     const size_t out_count = static_cast<size_t>(rows * layer.dim);
     CUDA_OK(dout.alloc(out_count * 4));
 
-    struct Graph {
-        cudaStream_t stream = nullptr;
-        cudaGraph_t graph = nullptr;
-        cudaGraphExec_t exec = nullptr;
-        ~Graph() {
-            if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
-            if (graph != nullptr) (void)cudaGraphDestroy(graph);
-            if (stream != nullptr) (void)cudaStreamDestroy(stream);
-        }
-    } g;
+    CapturedGraph g;
     // The SM count is queried (and cached) on a launcher's first call: not inside the capture.
     ASSERT_TRUE(cuda::gemv_sm_count().ok());
-    CUDA_OK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
-    CUDA_OK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
-    const Status captured = cuda::moe_experts(
-        dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k, layer.gate_up->view,
-        layer.down->view, layer.n_experts, layer.ffn, layer.dim, dscratch.as<void>(),
-        /*accumulate=*/false, dout.as<float>(), g.stream);
-    CUDA_OK(cudaStreamEndCapture(g.stream, &g.graph));
-    ASSERT_TRUE(captured.ok()) << captured.message();
-    CUDA_OK(cudaGraphInstantiate(&g.exec, g.graph, 0));
+    capture(moe_call(cuda::moe_experts, layer, rows, k, in, dscratch, dout), g);
+    if (HasFatalFailure()) return;
 
     for (uint64_t replay = 0; replay < 3; ++replay) {
         x = random_x(rows, layer.dim, 610 + replay);
         routing = random_routing(rows, k, layer.n_experts, 620 + replay);
-        testing::copy_to_device(dx.as<float>(), x);
-        testing::copy_to_device(dids.as<int32_t>(), routing.ids);
-        testing::copy_to_device(dweights.as<float>(), routing.weights);
-        CUDA_OK(cudaMemsetAsync(dscratch.as<void>(), 0xff, scratch_bytes, g.stream));
-        CUDA_OK(cudaMemsetAsync(dout.as<void>(), 0xff, out_count * 4, g.stream));
-        CUDA_OK(cudaGraphLaunch(g.exec, g.stream));
-        CUDA_OK(cudaStreamSynchronize(g.stream));
+        copy_inputs(x, routing, in);
+        replay_poisoned(g, dscratch, scratch_bytes, dout, out_count * 4);
+        if (HasFatalFailure()) return;
         GpuResult gpu;
         gpu.out = download<float>(dout, out_count);
         gpu.act = download<Q8Block>(dscratch, static_cast<size_t>(rows * k * (layer.ffn / 32)));
@@ -801,80 +534,26 @@ TEST_F(CudaMoeExperts, RejectsBadArguments) {
     const auto gate_up = make_stack(true, s.n_experts * 2 * s.ffn, s.dim, 1);
     const auto down = make_stack(false, s.n_experts * s.dim, s.ffn, 2);
     if (HasFatalFailure()) return;
+    const Layer layer{s.dim, s.ffn, s.n_experts, gate_up.get(), down.get()};
     const int64_t rows = 2;
-    DeviceBuffer dx, dids, dweights, dscratch, dout;
-    CUDA_OK(dx.alloc(static_cast<size_t>(rows * s.dim) * 4 + 16));
-    CUDA_OK(dids.alloc(static_cast<size_t>(rows * s.k) * 4));
-    CUDA_OK(dweights.alloc(static_cast<size_t>(rows * s.k) * 4));
+    DeviceInputs in;
+    DeviceBuffer dscratch, dout;
+    alloc_zeroed_inputs(rows, s.k, s.dim, in);
     CUDA_OK(dscratch.alloc(cuda::moe_experts_scratch_bytes(rows, s.k, s.dim, s.ffn)));
     CUDA_OK(dout.alloc(static_cast<size_t>(rows * s.dim) * 4));
-    CUDA_OK(cudaMemset(dx.as<void>(), 0, static_cast<size_t>(rows * s.dim) * 4 + 16));
-    CUDA_OK(cudaMemset(dids.as<void>(), 0, static_cast<size_t>(rows * s.k) * 4));
-    CUDA_OK(cudaMemset(dweights.as<void>(), 0, static_cast<size_t>(rows * s.k) * 4));
-    struct Call {
-        const float* x;
-        int64_t rows;
-        const int32_t* ids;
-        const float* weights;
-        int64_t k;
-        cuda::ExpertStackView gate_up, down;
-        int64_t n_experts, ffn, dim;
-        void* scratch;
-        float* out;
-        Status run() const {
-            return cuda::moe_experts(x, rows, ids, weights, k, gate_up, down, n_experts, ffn, dim,
-                                     scratch, /*accumulate=*/false, out, nullptr);
-        }
-    };
-    const Call good{dx.as<float>(),
-                    rows,
-                    dids.as<int32_t>(),
-                    dweights.as<float>(),
-                    s.k,
-                    gate_up->view,
-                    down->view,
-                    s.n_experts,
-                    s.ffn,
-                    s.dim,
-                    dscratch.as<void>(),
-                    dout.as<float>()};
-    STATUS_OK(good.run());
-    CUDA_OK(cudaDeviceSynchronize());
-    Call zero_rows = good;
-    zero_rows.rows = 0;
-    STATUS_OK(zero_rows.run());  // launches nothing
-
-    std::vector<Call> bad;
-    const auto with = [&](auto change) {
-        Call c = good;
-        change(c);
-        bad.push_back(c);
-    };
-    with([](Call& c) { c.rows = -1; });
-    with([](Call& c) { c.k = 0; });
-    with([](Call& c) { c.k = cuda::kMoeMaxTopK + 1; });
-    with([](Call& c) { c.n_experts = 0; });
-    with([](Call& c) { c.dim = 48; });                    // not a multiple of 32
-    with([](Call& c) { c.ffn = 48; });                    // not a multiple of 32
-    with([](Call& c) { c.n_experts = 7; });               // stacks hold 8 experts
-    with([](Call& c) { std::swap(c.gate_up, c.down); });  // shapes swapped
-    with([](Call& c) { c.gate_up.is_w4 = false; });       // W8 view left empty
-    with([](Call& c) { c.down.w8.qs += 8; });             // not 16-byte aligned
-    with([](Call& c) { c.gate_up.w4.super_scales = nullptr; });
-    with([](Call& c) { c.x = nullptr; });
-    with([](Call& c) { c.x += 1; });  // not 16-byte aligned
-    with([](Call& c) { c.ids = nullptr; });
-    with([](Call& c) { c.weights = nullptr; });
-    with([](Call& c) { c.scratch = nullptr; });
-    with([](Call& c) { c.out = nullptr; });
+    if (HasFatalFailure()) return;
+    const MoeCall good = moe_call(cuda::moe_experts, layer, rows, s.k, in, dscratch, dout);
+    run_good_call(good);
+    if (HasFatalFailure()) return;
+    const std::vector<MoeCall> bad = bad_calls(good);
     for (size_t i = 0; i < bad.size(); ++i) {
         EXPECT_EQ(bad[i].run().code(), StatusCode::kInvalidArgument) << "bad call " << i;
     }
     // Beyond the shared-memory limits (checked before any shape comparison).
-    Call wide = good;
+    MoeCall wide = good;
     wide.dim = cuda::kMoeMaxDim + 32;
     EXPECT_EQ(wide.run().code(), StatusCode::kInvalidArgument);
-    Call long_slots = good;
+    MoeCall long_slots = good;
     long_slots.ffn = cuda::kMoeMaxSlotValues / long_slots.k + 32;
     EXPECT_EQ(long_slots.run().code(), StatusCode::kInvalidArgument);
 }

@@ -38,22 +38,17 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <limits>
 #include <map>
 #include <memory>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "core/half.h"
 #include "ops/cuda/moe_experts.h"
 #include "ops/cuda/moe_prefill.h"
-#include "ops/weight_format.h"
-#include "ops/weight_format_w8.h"
 
+#include "cuda_moe_test_support.h"
 #include "cuda_test_support.h"
-#include "cuda_w4_test_support.h"
 #endif
 
 namespace kestrel {
@@ -67,114 +62,15 @@ TEST(CudaMoePrefill, NeedsTheCudaBuild) {
 
 #else
 
-using kestrel::testing::cuda_device_present;
+using namespace kestrel::testing::moe;
 using kestrel::testing::DeviceBuffer;
-using kestrel::testing::DeviceW4;
 using kestrel::testing::download;
-using kestrel::testing::random_w4;
-using kestrel::testing::splitmix64;
 using kestrel::testing::upload;
-using kestrel::testing::upload_w4;
 
 constexpr double kEps = 1.0 / (1 << 24);
 constexpr int64_t kTileRows = cuda::kMoePrefillTileRows;
 
-// ---- weights (as tests/unit/cuda_moe_experts_test.cpp makes them) ---------------------------
-
-// Random W8: every int8 value; scale ~ 2^-12..2^-10; min 0 in every third group, else
-// scale * U(-20, 20).
-W8Weights random_w8(int64_t n, int64_t k, uint64_t seed) {
-    W8Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k));
-    for (size_t i = 0; i < w.qs.size(); i += 8) {
-        const uint64_t r = splitmix64(seed);
-        for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j)
-            w.qs[i + j] = static_cast<int8_t>(r >> (8 * j));
-    }
-    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
-    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
-        const uint64_t r = splitmix64(seed);
-        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                       -12 - static_cast<int>((r >> 16) % 3));
-        const float min =
-            (i / 2) % 3 == 0
-                ? 0.0f
-                : scale * (40.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f - 20.0f);
-        w.scale_min[i] = fp32_to_fp16(scale);
-        w.scale_min[i + 1] = fp32_to_fp16(min);
-    }
-    return w;
-}
-
-struct HostStack {
-    bool is_w4 = true;
-    W4Weights w4;
-    W8Weights w8;
-
-    // Rows [begin, begin + count) as fp32 [count, cols]: w4_dequantize / w8_dequantize of a copy.
-    std::vector<float> dequantize_rows(int64_t begin, int64_t count) const {
-        if (is_w4) {
-            const int64_t bytes = w4.k / 2, groups = w4.groups(), supers2 = w4.supers() * 2;
-            W4Weights s;
-            s.n = count;
-            s.k = w4.k;
-            s.qs.assign(w4.qs.begin() + begin * bytes, w4.qs.begin() + (begin + count) * bytes);
-            s.group_scales.assign(w4.group_scales.begin() + begin * groups,
-                                  w4.group_scales.begin() + (begin + count) * groups);
-            s.super_scales.assign(w4.super_scales.begin() + begin * supers2,
-                                  w4.super_scales.begin() + (begin + count) * supers2);
-            return w4_dequantize(s);
-        }
-        const int64_t pairs2 = w8.groups() * 2;
-        W8Weights s;
-        s.n = count;
-        s.k = w8.k;
-        s.qs.assign(w8.qs.begin() + begin * w8.k, w8.qs.begin() + (begin + count) * w8.k);
-        s.scale_min.assign(w8.scale_min.begin() + begin * pairs2,
-                           w8.scale_min.begin() + (begin + count) * pairs2);
-        return w8_dequantize(s);
-    }
-};
-
-struct DeviceW8 {
-    DeviceBuffer qs, scale_min;
-};
-
-struct Stack {
-    HostStack host;
-    DeviceW4 w4;
-    DeviceW8 w8;
-    cuda::ExpertStackView view;
-};
-
-std::unique_ptr<Stack> make_stack(bool is_w4, int64_t rows, int64_t cols, uint64_t seed) {
-    auto s = std::make_unique<Stack>();
-    s->host.is_w4 = is_w4;
-    s->view.is_w4 = is_w4;
-    if (is_w4) {
-        s->host.w4 = random_w4(rows, cols, seed);
-        upload_w4(s->host.w4, s->w4);
-        s->view.w4 = s->w4.view;
-    } else {
-        s->host.w8 = random_w8(rows, cols, seed);
-        upload(s->w8.qs, s->host.w8.qs);
-        upload(s->w8.scale_min, s->host.w8.scale_min);
-        s->view.w8 = {s->w8.qs.as<int8_t>(), s->w8.scale_min.as<uint32_t>(), rows, cols};
-    }
-    return s;
-}
-
-const char* format_name(bool is_w4) {
-    return is_w4 ? "W4" : "W8";
-}
-
-struct Layer {
-    int64_t dim = 0, ffn = 0, n_experts = 0;
-    Stack* gate_up = nullptr;  // [n_experts 2 ffn, dim]
-    Stack* down = nullptr;     // [n_experts dim, ffn]
-};
+// ---- weights ---------------------------------------------------------------------------------
 
 // One expert's weights: exact fp32 (w*_dequantize) and rounded to bf16 (the kernels' operands).
 struct ExpertWeights {
@@ -195,44 +91,6 @@ ExpertWeights expert_weights(const Layer& layer, int64_t e) {
     for (size_t i = 0; i < w.gate_up.size(); ++i) w.gate_up_bf16[i] = bf16_round(w.gate_up[i]);
     for (size_t i = 0; i < w.down.size(); ++i) w.down_bf16[i] = bf16_round(w.down[i]);
     return w;
-}
-
-// ---- inputs --------------------------------------------------------------------------------
-
-std::vector<float> random_x(int64_t rows, int64_t dim, uint64_t seed) {
-    std::mt19937 rng(static_cast<uint32_t>(seed));
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> x(static_cast<size_t>(rows * dim));
-    for (float& v : x) v = normal(rng);
-    for (size_t i = 17; i < x.size(); i += 997) x[i] *= 30.0f;  // outliers
-    return x;
-}
-
-struct Routing {
-    std::vector<int32_t> ids;    // [rows, k]
-    std::vector<float> weights;  // [rows, k]
-};
-
-// Per row, k distinct experts (as top-k gives) with positive weights summing to about 1.
-Routing random_routing(int64_t rows, int64_t k, int64_t n_experts, uint64_t seed) {
-    std::mt19937 rng(static_cast<uint32_t>(seed));
-    std::uniform_real_distribution<float> uniform(0.05f, 1.0f);
-    Routing routing;
-    std::vector<int32_t> pool(static_cast<size_t>(n_experts));
-    for (int64_t t = 0; t < rows; ++t) {
-        std::iota(pool.begin(), pool.end(), 0);
-        for (int64_t j = 0; j < k; ++j) {
-            const int64_t pick =
-                j + static_cast<int64_t>(rng() % static_cast<uint32_t>(n_experts - j));
-            std::swap(pool[static_cast<size_t>(j)], pool[static_cast<size_t>(pick)]);
-            routing.ids.push_back(pool[static_cast<size_t>(j)]);
-        }
-        std::vector<float> w(static_cast<size_t>(k));
-        float sum = 0.0f;
-        for (float& v : w) sum += (v = uniform(rng));
-        for (float v : w) routing.weights.push_back(v / sum);
-    }
-    return routing;
 }
 
 // ---- the GPU side --------------------------------------------------------------------------
@@ -264,10 +122,9 @@ void download_scratch(const DeviceBuffer& dscratch, const cuda::MoePrefillLayout
 
 void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, const Routing& routing,
              int64_t k, bool accumulate, GpuResult& result) {
-    DeviceBuffer dx, dids, dweights, dscratch, dout;
-    upload(dx, x);
-    upload(dids, routing.ids);
-    upload(dweights, routing.weights);
+    DeviceInputs in;
+    DeviceBuffer dscratch, dout;
+    upload_inputs(x, routing, in);
     const cuda::MoePrefillLayout layout =
         cuda::moe_prefill_scratch_layout(rows, k, layer.dim, layer.ffn, layer.n_experts);
     const size_t scratch_bytes =
@@ -285,19 +142,15 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
         result.out_before.assign(out_count, 0.0f);
     }
     STATUS_OK(cuda::moe_experts_prefill(
-        dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k, layer.gate_up->view,
-        layer.down->view, layer.n_experts, layer.ffn, layer.dim, dscratch.as<void>(), accumulate,
-        dout.as<float>(), nullptr));
+        in.x.as<float>(), rows, in.ids.as<int32_t>(), in.weights.as<float>(), k,
+        layer.gate_up->view, layer.down->view, layer.n_experts, layer.ffn, layer.dim,
+        dscratch.as<void>(), accumulate, dout.as<float>(), nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     result.out = download<float>(dout, out_count);
     download_scratch(dscratch, layout, rows * k, layer.dim, layer.ffn, layer.n_experts, result);
 }
 
 // ---- the twin and the checks ---------------------------------------------------------------
-
-bool known_expert(int32_t id, int64_t n_experts) {
-    return id >= 0 && id < n_experts;
-}
 
 double silu(double g) {
     return g / (1.0 + std::exp(-g));
@@ -531,13 +384,6 @@ std::vector<int64_t> sample(int64_t count, int64_t every) {
     return picked;
 }
 
-std::string case_label(const Layer& layer, int64_t rows, int64_t k) {
-    return std::string(format_name(layer.gate_up->host.is_w4)) + "/" +
-           format_name(layer.down->host.is_w4) + " dim " + std::to_string(layer.dim) + " ffn " +
-           std::to_string(layer.ffn) + " experts " + std::to_string(layer.n_experts) + " k " +
-           std::to_string(k) + " rows " + std::to_string(rows);
-}
-
 void run_and_check(const Layer& layer, const std::vector<float>& x, int64_t rows,
                    const Routing& routing, int64_t k, bool accumulate,
                    const std::vector<int64_t>& checked_rows,
@@ -551,13 +397,6 @@ void run_and_check(const Layer& layer, const std::vector<float>& x, int64_t rows
 
 // ---- shapes --------------------------------------------------------------------------------
 
-struct Shape {
-    int64_t dim, ffn, n_experts, k;
-};
-
-// Qwen3.5-35B-A3B's routed experts.
-constexpr Shape kQwen35 = {2048, 512, 256, 8};
-
 // Small shapes: partial column tiles (ffn 32, 96 of 64-column gate_up tiles; dim 64, 96, 160 of
 // 128-column down tiles), 8 and 9 experts, k from 1 to 8.
 constexpr Shape kOddShapes[] = {
@@ -568,43 +407,8 @@ constexpr int64_t kOddRows[] = {9, 64, 65, 300};
 // {gate_up is W4, down is W4}.
 constexpr bool kFormats[4][2] = {{true, true}, {true, false}, {false, true}, {false, false}};
 
-class CudaMoePrefill : public ::testing::Test {
-protected:
-    void SetUp() override {
-        if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
-    }
-
-    struct Qwen35Stacks {
-        std::unique_ptr<Stack> gate_up[2], down[2];  // [is_w4]
-    };
-
-    static Qwen35Stacks& qwen35() {
-        if (qwen35_ == nullptr) {
-            qwen35_ = new Qwen35Stacks;
-            const Shape s = kQwen35;
-            for (const bool w4 : {true, false}) {
-                qwen35_->gate_up[w4] = make_stack(w4, s.n_experts * 2 * s.ffn, s.dim, w4 ? 11 : 12);
-                qwen35_->down[w4] = make_stack(w4, s.n_experts * s.dim, s.ffn, w4 ? 13 : 14);
-            }
-        }
-        return *qwen35_;
-    }
-
-    static Layer qwen35_layer(bool gate_up_w4, bool down_w4) {
-        Qwen35Stacks& stacks = qwen35();
-        return {kQwen35.dim, kQwen35.ffn, kQwen35.n_experts, stacks.gate_up[gate_up_w4].get(),
-                stacks.down[down_w4].get()};
-    }
-
-    static void TearDownTestSuite() {
-        delete qwen35_;
-        qwen35_ = nullptr;
-    }
-
-    static Qwen35Stacks* qwen35_;
-};
-
-CudaMoePrefill::Qwen35Stacks* CudaMoePrefill::qwen35_ = nullptr;
+// The fixture (cuda_moe_test_support.h): skips without a GPU; the Qwen3.5 stacks, once a suite.
+class CudaMoePrefill : public CudaMoeTest {};
 
 struct OwnedLayer {
     std::unique_ptr<Stack> gate_up, down;
@@ -772,10 +576,7 @@ TEST_F(CudaMoePrefill, UnknownExpertGivesNaNRow) {
             const int64_t rows = 20;
             const std::vector<float> x = random_x(rows, s.dim, ++seed);
             Routing routing = random_routing(rows, s.k, s.n_experts, ++seed);
-            routing.ids[static_cast<size_t>(1 * s.k + s.k - 1)] = -1;
-            routing.ids[static_cast<size_t>(2 * s.k)] = static_cast<int32_t>(s.n_experts);
-            routing.ids[static_cast<size_t>(3 * s.k)] = std::numeric_limits<int32_t>::min();
-            routing.ids[static_cast<size_t>(3 * s.k + 1)] = std::numeric_limits<int32_t>::max();
+            add_unknown_ids(s.k, s.n_experts, routing);
             for (const bool accumulate : {false, true}) {
                 Worst worst;
                 run_and_check(owned.layer, x, rows, routing, s.k, accumulate, {}, {},
@@ -827,15 +628,14 @@ TEST_F(CudaMoePrefill, AgreesWithDecodePath) {
         if (HasFatalFailure()) return;
         std::vector<float> decode;
         {
-            DeviceBuffer dx, dids, dweights, dscratch, dout;
-            upload(dx, x);
-            upload(dids, routing.ids);
-            upload(dweights, routing.weights);
+            DeviceInputs in;
+            DeviceBuffer dscratch, dout;
+            upload_inputs(x, routing, in);
             CUDA_OK(dscratch.alloc(cuda::moe_experts_scratch_bytes(rows, k, dim, ffn)));
             CUDA_OK(dout.alloc(static_cast<size_t>(rows * dim) * 4));
             CUDA_OK(cudaMemset(dout.as<void>(), 0xff, static_cast<size_t>(rows * dim) * 4));
-            STATUS_OK(cuda::moe_experts(dx.as<float>(), rows, dids.as<int32_t>(),
-                                        dweights.as<float>(), k, layer.gate_up->view,
+            STATUS_OK(cuda::moe_experts(in.x.as<float>(), rows, in.ids.as<int32_t>(),
+                                        in.weights.as<float>(), k, layer.gate_up->view,
                                         layer.down->view, layer.n_experts, ffn, dim,
                                         dscratch.as<void>(), false, dout.as<float>(), nullptr));
             CUDA_OK(cudaDeviceSynchronize());
@@ -909,47 +709,26 @@ TEST_F(CudaMoePrefill, GraphReplayWithNewRouting) {
     const int64_t rows = 100, k = s.k;
     std::vector<float> x = random_x(rows, layer.dim, 801);
     Routing routing = random_routing(rows, k, layer.n_experts, 802);
-    DeviceBuffer dx, dids, dweights, dscratch, dout;
-    upload(dx, x);
-    upload(dids, routing.ids);
-    upload(dweights, routing.weights);
+    DeviceInputs in;
+    DeviceBuffer dscratch, dout;
+    upload_inputs(x, routing, in);
     const cuda::MoePrefillLayout layout =
         cuda::moe_prefill_scratch_layout(rows, k, layer.dim, layer.ffn, layer.n_experts);
     CUDA_OK(dscratch.alloc(layout.total));
     const size_t out_count = static_cast<size_t>(rows * layer.dim);
     CUDA_OK(dout.alloc(out_count * 4));
 
-    struct Graph {
-        cudaStream_t stream = nullptr;
-        cudaGraph_t graph = nullptr;
-        cudaGraphExec_t exec = nullptr;
-        ~Graph() {
-            if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
-            if (graph != nullptr) (void)cudaGraphDestroy(graph);
-            if (stream != nullptr) (void)cudaStreamDestroy(stream);
-        }
-    } g;
-    CUDA_OK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
-    CUDA_OK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
-    const Status captured = cuda::moe_experts_prefill(
-        dx.as<float>(), rows, dids.as<int32_t>(), dweights.as<float>(), k, layer.gate_up->view,
-        layer.down->view, layer.n_experts, layer.ffn, layer.dim, dscratch.as<void>(), false,
-        dout.as<float>(), g.stream);
-    CUDA_OK(cudaStreamEndCapture(g.stream, &g.graph));
-    ASSERT_TRUE(captured.ok()) << captured.message();
-    CUDA_OK(cudaGraphInstantiate(&g.exec, g.graph, 0));
+    CapturedGraph g;
+    capture(moe_call(cuda::moe_experts_prefill, layer, rows, k, in, dscratch, dout), g);
+    if (HasFatalFailure()) return;
 
     for (uint64_t replay = 0; replay < 3; ++replay) {
         x = random_x(rows, layer.dim, 810 + replay);
         routing = random_routing(rows, k, layer.n_experts, 820 + replay);
         if (replay == 1) std::fill(routing.ids.begin(), routing.ids.begin() + rows * k / 2, 3);
-        testing::copy_to_device(dx.as<float>(), x);
-        testing::copy_to_device(dids.as<int32_t>(), routing.ids);
-        testing::copy_to_device(dweights.as<float>(), routing.weights);
-        CUDA_OK(cudaMemsetAsync(dscratch.as<void>(), 0xff, layout.total, g.stream));
-        CUDA_OK(cudaMemsetAsync(dout.as<void>(), 0xff, out_count * 4, g.stream));
-        CUDA_OK(cudaGraphLaunch(g.exec, g.stream));
-        CUDA_OK(cudaStreamSynchronize(g.stream));
+        copy_inputs(x, routing, in);
+        replay_poisoned(g, dscratch, layout.total, dout, out_count * 4);
+        if (HasFatalFailure()) return;
         GpuResult gpu;
         gpu.out = download<float>(dout, out_count);
         gpu.out_before.assign(out_count, 0.0f);
@@ -966,73 +745,20 @@ TEST_F(CudaMoePrefill, RejectsBadArguments) {
     OwnedLayer owned = make_layer(s, true, false, 900);
     if (HasFatalFailure()) return;
     const int64_t rows = 12;
-    DeviceBuffer dx, dids, dweights, dscratch, dout;
-    CUDA_OK(dx.alloc(static_cast<size_t>(rows * s.dim) * 4 + 16));
-    CUDA_OK(dids.alloc(static_cast<size_t>(rows * s.k) * 4));
-    CUDA_OK(dweights.alloc(static_cast<size_t>(rows * s.k) * 4));
+    DeviceInputs in;
+    DeviceBuffer dscratch, dout;
+    alloc_zeroed_inputs(rows, s.k, s.dim, in);
     CUDA_OK(dscratch.alloc(cuda::moe_prefill_scratch_bytes(rows, s.k, s.dim, s.ffn, s.n_experts)));
     CUDA_OK(dout.alloc(static_cast<size_t>(rows * s.dim) * 4));
-    CUDA_OK(cudaMemset(dx.as<void>(), 0, static_cast<size_t>(rows * s.dim) * 4 + 16));
-    CUDA_OK(cudaMemset(dids.as<void>(), 0, static_cast<size_t>(rows * s.k) * 4));
-    CUDA_OK(cudaMemset(dweights.as<void>(), 0, static_cast<size_t>(rows * s.k) * 4));
-    struct Call {
-        const float* x;
-        int64_t rows;
-        const int32_t* ids;
-        const float* weights;
-        int64_t k;
-        cuda::ExpertStackView gate_up, down;
-        int64_t n_experts, ffn, dim;
-        void* scratch;
-        float* out;
-        Status run() const {
-            return cuda::moe_experts_prefill(x, rows, ids, weights, k, gate_up, down, n_experts,
-                                             ffn, dim, scratch, false, out, nullptr);
-        }
-    };
-    const Call good{dx.as<float>(),
-                    rows,
-                    dids.as<int32_t>(),
-                    dweights.as<float>(),
-                    s.k,
-                    owned.gate_up->view,
-                    owned.down->view,
-                    s.n_experts,
-                    s.ffn,
-                    s.dim,
-                    dscratch.as<void>(),
-                    dout.as<float>()};
-    STATUS_OK(good.run());
-    CUDA_OK(cudaDeviceSynchronize());
-    Call zero_rows = good;
-    zero_rows.rows = 0;
-    STATUS_OK(zero_rows.run());  // launches nothing
-
-    std::vector<Call> bad;
-    const auto with = [&](auto change) {
-        Call c = good;
-        change(c);
-        bad.push_back(c);
-    };
-    with([](Call& c) { c.rows = -1; });
-    with([](Call& c) { c.k = 0; });
-    with([](Call& c) { c.k = cuda::kMoeMaxTopK + 1; });
-    with([](Call& c) { c.n_experts = 0; });
-    with([](Call& c) { c.n_experts = cuda::kMoePrefillMaxExperts + 1; });
-    with([](Call& c) { c.dim = 48; });                    // not a multiple of 32
-    with([](Call& c) { c.ffn = 48; });                    // not a multiple of 32
-    with([](Call& c) { c.n_experts = 7; });               // stacks hold 8 experts
-    with([](Call& c) { std::swap(c.gate_up, c.down); });  // shapes swapped
-    with([](Call& c) { c.gate_up.is_w4 = false; });       // W8 view left empty
-    with([](Call& c) { c.down.w8.qs += 8; });             // not 16-byte aligned
-    with([](Call& c) { c.gate_up.w4.super_scales = nullptr; });
-    with([](Call& c) { c.rows = 1 << 22; });  // beyond the GEMM grids
-    with([](Call& c) { c.x = nullptr; });
-    with([](Call& c) { c.x += 1; });  // not 16-byte aligned
-    with([](Call& c) { c.ids = nullptr; });
-    with([](Call& c) { c.weights = nullptr; });
-    with([](Call& c) { c.scratch = nullptr; });
-    with([](Call& c) { c.out = nullptr; });
+    if (HasFatalFailure()) return;
+    const MoeCall good =
+        moe_call(cuda::moe_experts_prefill, owned.layer, rows, s.k, in, dscratch, dout);
+    run_good_call(good);
+    if (HasFatalFailure()) return;
+    std::vector<MoeCall> bad = bad_calls(good);
+    // And the prefill's own limits.
+    bad.push_back(changed(good, [](MoeCall& c) { c.n_experts = cuda::kMoePrefillMaxExperts + 1; }));
+    bad.push_back(changed(good, [](MoeCall& c) { c.rows = 1 << 22; }));  // beyond the GEMM grids
     for (size_t i = 0; i < bad.size(); ++i) {
         EXPECT_EQ(bad[i].run().code(), StatusCode::kInvalidArgument) << "bad call " << i;
     }

@@ -20,6 +20,8 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
 #include <vector>
 
 #include "io/gguf.h"
@@ -112,6 +114,11 @@ struct Case {
     const char* model;          // the file in it to load; "" for the HF folder itself
     int64_t shared_expert_ffn;  // the routed experts' is 32 in both fixtures
 };
+
+// gtest prints a parameter in test listings (and ctest's names): the suffix, not the bytes.
+void PrintTo(const Case& c, std::ostream* os) {
+    *os << c.name;
+}
 
 constexpr Case kCases[] = {
     {"hf", "qwen35_tiny", "", 48},

@@ -1,5 +1,6 @@
-// The fused attention inputs of a Gemma 3 / 4 layer (host API: attention_inputs.h; CPU twin:
-// make_cpu_ops()' head_norm_rope, rms_norm and kv_write, then fp32_to_bf16).
+// The fused attention inputs of a Gemma 3 / 4 or Qwen3.5 full-attention layer (host API:
+// attention_inputs.h; CPU twin: make_cpu_ops()' head_norm_rope (Qwen3.5: rms_norm then
+// rope_neox_partial), rms_norm and kv_write, then fp32_to_bf16).
 //
 // attention_inputs_kernel: one warp per (token, head) item over n_heads q heads then n_kv_heads kv
 //   heads. A q item is head_norm_rope_kernel's row (norm.cu); a kv item reads its raw k row into
@@ -7,8 +8,11 @@
 //   the row, so nothing races), writes v (normalised or not) to v and the V cache, then k as a q
 //   item and to the K cache. The norm is load_row_inv_rms<32> / normalise_chunk (small_ops.cuh),
 //   the very functions head_norm_rope and rms_norm run for head_dim <= 1024, and the rotation is
-//   rope_cos_sin / rotate_pair, so every value is bit for bit the composition's. Latency bound at
-//   decode (T * 36..48 warps): 4 warps per block spread the few items over more SMs than 8 would.
+//   rope_cos_sin / rotate_pair, so every value is bit for bit the composition's. The pairs are
+//   (j, j + pair_distance), j < rotary_pairs: head_norm_rope's (distance head_dim / 2) or
+//   rope_neox_partial's (distance and count rotary_dim / 2, frequencies over rotary_dim), as
+//   rope_kernel (rope.cu) turns them. Latency bound at decode (T * 18..48 warps): 4 warps per
+//   block spread the few items over more SMs than 8 would.
 #include "ops/cuda/attention_inputs.h"
 
 #include <cuda_runtime.h>
@@ -43,7 +47,8 @@ struct KernelArgs {
     int n_heads;
     int n_kv_heads;
     int head_dim;
-    int rotary_pairs;
+    int rotary_pairs;   // pairs (j, j + pair_distance) for j < rotary_pairs rotate
+    int pair_distance;  // head_dim / 2, or Qwen3.5's partial_rotary_dim / 2
     int capacity;
     float eps;
     bool v_from_raw_k;
@@ -72,8 +77,8 @@ __device__ __forceinline__ void store_output_chunk(float* row, uint16_t* cache_r
 }
 
 // head_norm_rope_kernel's row (norm.cu) from the raw row already in registers: normalise into
-// shared memory, rotate pairs (j, j + head_dim / 2) for j < rotary_pairs, then store the row (and
-// its cache row). Every lane of the warp calls this.
+// shared memory, rotate pairs (j, j + pair_distance) for j < rotary_pairs (the others stay as
+// normalised), then store the row (and its cache row). Every lane of the warp calls this.
 __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], float inv_rms,
                                               const float* weight, bool weight_vec4,
                                               int64_t position, const KernelArgs& a,
@@ -88,17 +93,14 @@ __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], 
             normalise_chunk(raw[k], inv_rms, weight, c, a.head_dim, weight_vec4);
     }
     __syncwarp();
-    const int half = a.head_dim / 2;
-    for (int j = lane; j < half; j += 32) {
+    for (int j = lane; j < a.rotary_pairs; j += 32) {
         float first = staged[j];
-        float second = staged[j + half];
-        if (j < a.rotary_pairs) {
-            float c, s;
-            rope_cos_sin(position, table.inv_freq[j], c, s);
-            rotate_pair(first, second, c, s);
-        }
+        float second = staged[j + a.pair_distance];
+        float c, s;
+        rope_cos_sin(position, table.inv_freq[j], c, s);
+        rotate_pair(first, second, c, s);
         staged[j] = first;
-        staged[j + half] = second;
+        staged[j + a.pair_distance] = second;
     }
     __syncwarp();
     for (int c = lane; c < chunks; c += 32) {
@@ -186,18 +188,27 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
                         const KvCacheBf16View& cache, cudaStream_t stream) {
     const int64_t hd = inputs.head_dim;
     const int64_t heads_per_token = inputs.n_heads + inputs.n_kv_heads;
-    if (n_tokens < 1 || inputs.n_heads < 1 || inputs.n_kv_heads < 1 || hd < 16 || hd % 16 != 0 ||
-        hd > kMaxAttentionInputsHeadDim || inputs.rotary_pairs < 0 ||
-        inputs.rotary_pairs > hd / 2 || inputs.rotary_pairs > kMaxRopePairs ||
-        n_tokens * heads_per_token > (int64_t{1} << 31) - 1) {
+    const int64_t partial = inputs.partial_rotary_dim;
+    if (partial < 0 || partial > hd || partial % 2 != 0) {
         return Status(StatusCode::kInvalidArgument,
-                      "attention_inputs: " + std::to_string(n_tokens) + " tokens of " +
-                          std::to_string(inputs.n_heads) + " q / " +
-                          std::to_string(inputs.n_kv_heads) + " kv heads x " + std::to_string(hd) +
-                          " with " + std::to_string(inputs.rotary_pairs) +
-                          " rotating pairs: head_dim must be a multiple of 16 in [16, " +
-                          std::to_string(kMaxAttentionInputsHeadDim) +
-                          "], rotating pairs <= head_dim / 2");
+                      "attention_inputs: partial_rotary_dim " + std::to_string(partial) +
+                          " must be even and in [0, head_dim " + std::to_string(hd) + "]");
+    }
+    // head_norm_rope's pairs (j, j + head_dim / 2), inv_freq over head_dim, or
+    // rope_neox_partial's (j, j + rotary_dim / 2), j < rotary_dim / 2, inv_freq over rotary_dim.
+    const int64_t rotary_pairs = partial > 0 ? partial / 2 : inputs.rotary_pairs;
+    const int64_t pair_distance = partial > 0 ? partial / 2 : hd / 2;
+    const int64_t frequency_dim = partial > 0 ? partial : hd;
+    if (n_tokens < 1 || inputs.n_heads < 1 || inputs.n_kv_heads < 1 || hd < 16 || hd % 16 != 0 ||
+        hd > kMaxAttentionInputsHeadDim || rotary_pairs < 0 || rotary_pairs > hd / 2 ||
+        rotary_pairs > kMaxRopePairs || n_tokens * heads_per_token > (int64_t{1} << 31) - 1) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            "attention_inputs: " + std::to_string(n_tokens) + " tokens of " +
+                std::to_string(inputs.n_heads) + " q / " + std::to_string(inputs.n_kv_heads) +
+                " kv heads x " + std::to_string(hd) + " with " + std::to_string(rotary_pairs) +
+                " rotating pairs: head_dim must be a multiple of 16 in [16, " +
+                std::to_string(kMaxAttentionInputsHeadDim) + "], rotating pairs <= head_dim / 2");
     }
     if (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31) || n_tokens > cache.capacity ||
         cache.n_kv_heads != inputs.n_kv_heads || cache.head_dim != hd || cache.v_head_dim != hd) {
@@ -229,15 +240,17 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
     args.n_heads = static_cast<int>(inputs.n_heads);
     args.n_kv_heads = static_cast<int>(inputs.n_kv_heads);
     args.head_dim = static_cast<int>(hd);
-    args.rotary_pairs = static_cast<int>(inputs.rotary_pairs);
+    args.rotary_pairs = static_cast<int>(rotary_pairs);
+    args.pair_distance = static_cast<int>(pair_distance);
     args.capacity = static_cast<int>(cache.capacity);
     args.eps = inputs.eps;
     args.v_from_raw_k = inputs.v_from_raw_k;
     args.v_norm = inputs.v_norm;
     args.q_norm_vec4 = aligned16(inputs.q_norm);
     args.k_norm_vec4 = aligned16(inputs.k_norm);
-    // head_norm_rope's table: inv_freq[j] = theta^(-2j / head_dim) in fp32 on the host.
-    const RopeTable table = make_rope_table(inputs.rotary_pairs, hd, inputs.theta);
+    // head_norm_rope's (rope_neox_partial's) table: inv_freq[j] = theta^(-2j / frequency_dim) in
+    // fp32 on the host.
+    const RopeTable table = make_rope_table(rotary_pairs, frequency_dim, inputs.theta);
     const int64_t blocks = (n_tokens * heads_per_token + kWarpsPerBlock - 1) / kWarpsPerBlock;
     KESTREL_CUDA_CHECK(launch_overlapped(attention_inputs_kernel,
                                          dim3(static_cast<unsigned>(blocks)),

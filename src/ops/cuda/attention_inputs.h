@@ -1,17 +1,23 @@
 // Host API of the fused attention-input kernel (attention_inputs.cu): everything a Gemma 3 / 4
-// layer does between the stacked q|k|v projection and attention, in one launch instead of five
-// (copy raw k -> v, head_norm_rope(q), head_norm_rope(k), rms_norm(v), kv_write_bf16). In a
-// captured decode graph each launch costs a few microseconds, more than this work itself.
-// Plain C++: includable from .cpp files.
+// or Qwen3.5 full-attention layer does between the stacked q|k|v projection and attention, in
+// one launch instead of five (copy raw k -> v, head_norm_rope(q), head_norm_rope(k), rms_norm(v),
+// kv_write_bf16; Qwen3.5: rms_norm(q), rms_norm(k), rope_neox_partial(q), rope_neox_partial(k),
+// kv_write_bf16). In a captured decode graph each launch costs a few microseconds, more than this
+// work itself. Plain C++: includable from .cpp files.
 //
 // Bit for bit the composition of the existing launchers (small_ops.h, attention.h):
 //   if v_from_raw_k: cudaMemcpyAsync(v, k)
-//   head_norm_rope(q, q_norm, positions, T, n_heads, head_dim, rotary_pairs, eps, theta)
-//   head_norm_rope(k, k_norm, positions, T, n_kv_heads, head_dim, rotary_pairs, eps, theta)
+//   if partial_rotary_dim == 0:
+//     head_norm_rope(q, q_norm, positions, T, n_heads, head_dim, rotary_pairs, eps, theta)
+//     head_norm_rope(k, k_norm, positions, T, n_kv_heads, head_dim, rotary_pairs, eps, theta)
+//   else:
+//     rms_norm(q, q_norm, T * n_heads, head_dim, eps, q), and k with k_norm
+//     rope_neox_partial(q, positions, T, n_heads, head_dim, partial_rotary_dim, theta), and k
 //   if v_norm: rms_norm(v, nullptr, T * n_kv_heads, head_dim, eps, v)
 //   kv_write_bf16(cache, positions, T, k, v)
 // tests/unit/cuda_attention_inputs_test.cpp holds it to that composition and to the CPU twin
-// (make_cpu_ops(): head_norm_rope, rms_norm, kv_write, then fp32_to_bf16).
+// (make_cpu_ops(): head_norm_rope or rms_norm + rope_neox_partial, rms_norm, kv_write, then
+// fp32_to_bf16).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -40,6 +46,11 @@ struct AttentionInputs {
         0;  // RoPE rotates pairs (j, j + head_dim / 2) for j < rotary_pairs (<= head_dim / 2)
     float eps = 1e-6f;
     double theta = 10000.0;  // inv_freq[j] = theta^(-2j / head_dim)
+    // 0: the pairing above. > 0 (even, <= head_dim; Qwen3.5: 64 of 256): rotate-half within the
+    // first partial_rotary_dim values, pairs (j, j + partial_rotary_dim / 2) for
+    // j < partial_rotary_dim / 2, inv_freq[j] = theta^(-2j / partial_rotary_dim); rotary_pairs is
+    // not used.
+    int64_t partial_rotary_dim = 0;
 };
 
 constexpr int64_t kMaxAttentionInputsHeadDim = 512;

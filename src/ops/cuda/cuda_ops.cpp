@@ -449,6 +449,7 @@ Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_no
     inputs.rotary_pairs = p.rotary_pairs;
     inputs.eps = p.eps;
     inputs.theta = p.theta;
+    inputs.partial_rotary_dim = p.partial_rotary_dim;
     return cuda::attention_inputs(inputs, positions.data(), static_cast<int64_t>(positions.size()), bf16_cache(cache),
                                   stream_);
 }

@@ -468,31 +468,14 @@ bool aligned(const void* p, uintptr_t to) {
     return (reinterpret_cast<uintptr_t>(p) % to) == 0;
 }
 
-Status invalid(const std::string& message) {
-    return Status(StatusCode::kInvalidArgument, "moe_experts: " + message);
+// op: the launcher the message names (moe_experts, or moe_experts_prefill through the shared
+// checks).
+Status invalid_in(const char* op, const std::string& message) {
+    return Status(StatusCode::kInvalidArgument, std::string(op) + ": " + message);
 }
 
-// The view's arrays: present, aligned as the kernels load them, and of the stack's shape.
-Status check_stack(const ExpertStackView& view, const char* name, int64_t rows, int64_t cols) {
-    if (view.rows() != rows || view.cols() != cols) {
-        return invalid(std::string(name) + " stack is [" + std::to_string(view.rows()) + ", " +
-                       std::to_string(view.cols()) + "], expected [" + std::to_string(rows) + ", " +
-                       std::to_string(cols) + "]");
-    }
-    if (view.is_w4) {
-        if (view.w4.qs == nullptr || view.w4.group_scales == nullptr ||
-            view.w4.super_scales == nullptr || !aligned(view.w4.qs, 16) ||
-            !aligned(view.w4.group_scales, 2) || !aligned(view.w4.super_scales, 4)) {
-            return invalid(std::string(name) +
-                           " (W4): null array, or qs not 16-byte aligned, group_scales not 2, "
-                           "super_scales not 4");
-        }
-    } else if (view.w8.qs == nullptr || view.w8.scale_min == nullptr || !aligned(view.w8.qs, 16) ||
-               !aligned(view.w8.scale_min, 4)) {
-        return invalid(std::string(name) +
-                       " (W8): null array, or qs not 16-byte aligned, scale_min not 4");
-    }
-    return ok_status();
+Status invalid(const std::string& message) {
+    return invalid_in("moe_experts", message);
 }
 
 W4Format::Stack w4_stack(const ExpertStackView& view) {
@@ -603,6 +586,42 @@ int moe_down_warps_per_row(int64_t rows, int64_t k, int64_t dim, int64_t ffn, bo
     return split;
 }
 
+Status check_expert_stack(const ExpertStackView& view, const char* op, const char* name,
+                          int64_t rows, int64_t cols) {
+    if (view.rows() != rows || view.cols() != cols) {
+        return invalid_in(op, std::string(name) + " stack is [" + std::to_string(view.rows()) +
+                                  ", " + std::to_string(view.cols()) + "], expected [" +
+                                  std::to_string(rows) + ", " + std::to_string(cols) + "]");
+    }
+    if (view.is_w4) {
+        if (view.w4.qs == nullptr || view.w4.group_scales == nullptr ||
+            view.w4.super_scales == nullptr || !aligned(view.w4.qs, 16) ||
+            !aligned(view.w4.group_scales, 2) || !aligned(view.w4.super_scales, 4)) {
+            return invalid_in(op, std::string(name) +
+                                      " (W4): null array, or qs not 16-byte aligned, "
+                                      "group_scales not 2, super_scales not 4");
+        }
+    } else if (view.w8.qs == nullptr || view.w8.scale_min == nullptr || !aligned(view.w8.qs, 16) ||
+               !aligned(view.w8.scale_min, 4)) {
+        return invalid_in(op, std::string(name) +
+                                  " (W8): null array, or qs not 16-byte aligned, scale_min not 4");
+    }
+    return ok_status();
+}
+
+Status check_expert_buffers(const char* op, const float* x, const int32_t* ids,
+                            const float* weights, const void* scratch, const float* out) {
+    if (x == nullptr || ids == nullptr || weights == nullptr || scratch == nullptr ||
+        out == nullptr) {
+        return invalid_in(op, "null x, ids, weights, scratch or out");
+    }
+    if (!aligned(x, 16) || !aligned(scratch, 16) || !aligned(ids, 4) || !aligned(weights, 4) ||
+        !aligned(out, 4)) {
+        return invalid_in(op, "x and scratch need 16-byte alignment, ids, weights and out 4");
+    }
+    return ok_status();
+}
+
 Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights,
                    int64_t k, const ExpertStackView& gate_up, const ExpertStackView& down,
                    int64_t n_experts, int64_t ffn, int64_t dim, void* scratch, bool accumulate,
@@ -628,17 +647,11 @@ Status moe_experts(const float* x, int64_t rows, const int32_t* ids, const float
                        " rows of top " + std::to_string(k) + " at dim " + std::to_string(dim) +
                        ", ffn " + std::to_string(ffn) + ": stack rows or grids reach 2^31");
     }
-    KESTREL_RETURN_IF_ERROR(check_stack(gate_up, "gate_up", n_experts * 2 * ffn, dim));
-    KESTREL_RETURN_IF_ERROR(check_stack(down, "down", n_experts * dim, ffn));
+    KESTREL_RETURN_IF_ERROR(
+        check_expert_stack(gate_up, "moe_experts", "gate_up", n_experts * 2 * ffn, dim));
+    KESTREL_RETURN_IF_ERROR(check_expert_stack(down, "moe_experts", "down", n_experts * dim, ffn));
     if (rows == 0) return ok_status();
-    if (x == nullptr || ids == nullptr || weights == nullptr || scratch == nullptr ||
-        out == nullptr) {
-        return invalid("null x, ids, weights, scratch or out");
-    }
-    if (!aligned(x, 16) || !aligned(scratch, 16) || !aligned(ids, 4) || !aligned(weights, 4) ||
-        !aligned(out, 4)) {
-        return invalid("x and scratch need 16-byte alignment, ids, weights and out 4");
-    }
+    KESTREL_RETURN_IF_ERROR(check_expert_buffers("moe_experts", x, ids, weights, scratch, out));
     KESTREL_ASSIGN_OR_RETURN(const int sm_count, gemv_sm_count());
     const int lanes = down_lanes_per_row(ffn, down.is_w4);
     KESTREL_ASSIGN_OR_RETURN(const int blocks_per_sm,

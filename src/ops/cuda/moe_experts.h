@@ -39,6 +39,18 @@ struct ExpertStackView {
     int64_t cols() const { return is_w4 ? w4.k : w8.k; }
 };
 
+// A launcher's host-side check of one stack (moe_experts, moe_experts_prefill): the view is
+// [rows, cols] and its arrays are present and aligned as the kernels load them (qs 16 bytes;
+// W4 group_scales 2, super_scales 4; W8 scale_min 4). Otherwise kInvalidArgument with the message
+// "<op>: <name> ...", op being the launcher's name and name the stack's ("gate_up", "down").
+Status check_expert_stack(const ExpertStackView& view, const char* op, const char* name,
+                          int64_t rows, int64_t cols);
+
+// The same for a launcher's other arrays: x and scratch present and 16-byte aligned, ids, weights
+// and out present and 4-byte aligned. Otherwise kInvalidArgument, "<op>: ...".
+Status check_expert_buffers(const char* op, const float* x, const int32_t* ids,
+                            const float* weights, const void* scratch, const float* out);
+
 // k above this is rejected (the router's own limit, qwen35_ops.h kMaxRouteTopK).
 constexpr int64_t kMoeMaxTopK = 32;
 // dim above this is rejected: each gate/up block holds its row of x as Q8 blocks in shared

@@ -27,17 +27,19 @@
 // index is at or past the routing's tile count returns at once.
 //
 // GEMM block: 128 x 128 tile (BM sorted rows x BN weight rows), 256 threads as 2 x 4 warps, each
-// a 64 x 32 piece: 4 x 4 mma.sync m16n8k16 bf16 fragments (fp32 accumulators, 64 registers),
-// operands from shared memory by ldmatrix.x4 (4 for A, 2 for B per k16: each fragment is used 4
-// times from registers). A warp skips the m16 fragments wholly past the tile's rows (an expert
-// with 72 slots computes 80 rows, not 128). K steps of 64 (two weight groups), pipelined:
-//   - A (bf16 rows gathered through sorted_slots) by cp.async 16-byte copies into a ring of 3
-//     stages, issued two steps ahead (4 copies per thread and step);
+// 64 rows (the m16 fragments 2 i + warp_m, interleaved) x 32 columns: 4 x 4 mma.sync m16n8k16
+// bf16 fragments (fp32 accumulators, 64 registers), operands from shared memory by ldmatrix.x4
+// (4 for A, 2 for B per k16: each fragment is used 4 times from registers). A warp skips the m16
+// fragments wholly past the tile's rows (an expert with 72 slots computes 80 rows, not 128,
+// split 48 / 32 between the two warps of a column). K steps of 64 (two weight groups), pipelined:
+//   - A (bf16 rows gathered through sorted_slots; the rows' offsets kept in shared memory) by
+//     cp.async 16-byte copies into a ring of 3 stages, issued two steps ahead (4 copies per
+//     thread and step);
 //   - each thread's raw weight group (row tid / 2, group tid % 2 of the step: W4 16 bytes, W8 32)
 //     by cp.async into its own slot of a 2-deep raw ring, two steps ahead, its scales (a few
-//     bytes) by plain loads into registers, also two steps ahead;
+//     bytes) by plain loads into registers, also two steps ahead (the loop runs by twos);
 //   - the thread dequantises its own group of step s + 1 (its copies: cp.async.wait_group, no
-//     barrier) into the other bf16 B buffer while the warps' MMAs of step s are in flight;
+//     barrier) into the other bf16 B buffer after issuing the MMAs of step s;
 //   - one barrier per step.
 // Dequantisation: scale q - min as one fma (the product is exact, see W4Loader), q as a float by
 // the 2^23 trick (no integer conversions), cvt.rn.bf16x2 for the pair rounding: ~4 instructions
@@ -63,6 +65,7 @@
 #include <algorithm>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemm_prefill.h"  // convert_f32_to_bf16
@@ -82,8 +85,8 @@ constexpr int kStages = 3;                                  // A tiles in flight
 constexpr int kLds = kBK + 8;                               // shared row stride (bf16)
 constexpr int kLdc = kBN + 8;                               // C tile row stride (fp32)
 constexpr int kGemmThreads = 256;
-constexpr int kWarpRows = 64;                           // 8 warps as 2 (rows) x 4 (columns)
-constexpr int kWarpCols = 32;                           // of 64 x 32: 4 x 4 mma m16n8 fragments
+constexpr int kWarpRows = 64;  // 8 warps as 2 (rows, interleaved m16 fragments) x 4 (columns)
+constexpr int kWarpCols = 32;  // of 64 x 32: 4 x 4 mma m16n8 fragments
 constexpr int kAPieces = kBM * kBK / 8 / kGemmThreads;  // 16-byte pieces of A per thread, step
 constexpr int kRouteThreads = 1024;
 constexpr int kCombineThreads = 256;
@@ -105,7 +108,8 @@ union GemmShared {
     float c[kBM][kLdc];  // after the K loop: the fp32 C tile
 };
 // Two blocks per SM (228 KiB, 1 KiB of it reserved per block).
-static_assert(sizeof(GemmShared<2>) + 1024 <= 228 * 1024 / 2, "shared memory for two blocks");
+static_assert(sizeof(GemmShared<2>) + kBM * 4 + 1024 <= 228 * 1024 / 2,
+              "shared memory for two blocks (dynamic, the kernel's a_row_at, 1 KiB reserved)");
 
 // ---- PTX helpers (the same as attention_common.cuh's, which this file does not include) -----
 
@@ -416,16 +420,18 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     // A: rows tid / 8 + 32 i of the tile, 8 bf16 at column (tid % 8) * 8 of the step.
     const int a_piece = tid & 7;
     const int a_row0 = tid >> 3;
-    const uint16_t* a_ptr[kAPieces];
-#pragma unroll
-    for (int i = 0; i < kAPieces; ++i) {
-        const int r = a_row0 + 32 * i;
-        a_ptr[i] = nullptr;
-        if (r < tile_rows) {
-            const int p = row_begin + r;
+    // Each tile row's offset in a_src in 16-byte pieces (kNoPiece past the tile's rows), in
+    // shared memory rather than registers (they are tight); the first barrier orders it.
+    constexpr uint32_t kNoPiece = 0xffffffffu;
+    __shared__ uint32_t a_row_at[kBM];
+    if (tid < kBM) {
+        uint32_t at = kNoPiece;
+        if (tid < tile_rows) {
+            const int p = row_begin + tid;
             const int64_t src_row = kGateUp ? sorted_slots[p] / top_k : p;
-            a_ptr[i] = a_src + src_row * K + a_piece * 8;
+            at = static_cast<uint32_t>(src_row * (K / 8));
         }
+        a_row_at[tid] = at;
     }
     // B: weight row tid / 2 of the tile, group tid % 2 of the step's two.
     const int b_row = tid >> 1;
@@ -453,9 +459,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         const int col = step * kBK + a_piece * 8;
 #pragma unroll
         for (int i = 0; i < kAPieces; ++i) {
-            const bool valid = a_ptr[i] != nullptr && col < K;
+            const uint32_t at = a_row_at[a_row0 + 32 * i];
+            const bool valid = at != kNoPiece && col < K;
             cp_async_16(&shared.tiles.a[slot][a_row0 + 32 * i][a_piece * 8],
-                        valid ? a_ptr[i] + step * kBK : a_src, valid);
+                        valid ? a_src + (int64_t{at} + a_piece) * 8 + step * kBK : a_src, valid);
         }
         const int group = 2 * step + b_group;
         const bool valid = b_valid && group < groups;
@@ -474,11 +481,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         Loader::dequantize(raw, scales, &shared.tiles.b[step & 1][b_row][b_group * 32]);
     };
 
-    const int warp_m = warp >> 2;  // 0..1: rows warp_m * 64
-    const int warp_n = warp & 3;   // 0..3: columns warp_n * 32
-    // m16 fragments of this warp that hold tile rows (the others are skipped: an expert's last
-    // tile is often far from full).
-    const int m_frags = max(0, min(4, (tile_rows - warp_m * kWarpRows + 15) / 16));
+    // Warp (warp_m, warp_n): columns warp_n * 32 .. +32 and the m16 row fragments 2 i + warp_m
+    // (i = 0..3; rows (2 i + warp_m) * 16 .. +16), interleaved so that a part-full tile splits
+    // its row fragments evenly between the two warps of a column (72 rows: 3 and 2).
+    const int warp_m = warp >> 2;  // 0..1
+    const int warp_n = warp & 3;   // 0..3
+    // This warp's fragments that hold tile rows, its first m_frags (the others are skipped: an
+    // expert's last tile is often far from full).
+    const int m_frags = min(4, ((tile_rows + 15) / 16 - warp_m + 1) / 2);
     float acc[4][4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -491,58 +501,79 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     // ldmatrix row addresses: A matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
     // (rows 8-15, k 8-15) = a0..a3; B matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
     // (n 8-15, k 8-15) = b0, b1 of columns 0-7, then of columns 8-15.
-    const int a_ld_row = warp_m * kWarpRows + (lane & 15);
+    const int a_ld_row = warp_m * 16 + (lane & 15);  // + 32 i for fragment i
     const int a_ld_col = (lane >> 4) * 8;
     const int b_ld_row = warp_n * kWarpCols + (lane & 7) + ((lane >> 4) << 3);
     const int b_ld_col = ((lane >> 3) & 1) * 8;
-    const auto multiply = [&](int step) {
+    // The MMAs of one step over the warp's first kFrags m16 fragments (a compile-time count, so
+    // the ldmatrix and mma sequence is straight-line code).
+    const auto multiply = [&](auto frags, int step) {
+        constexpr int kFrags = decltype(frags)::value;
         const int slot = step % kStages;
         const int buffer = step & 1;
 #pragma unroll
         for (int kk = 0; kk < kBK; kk += 16) {
-            uint32_t a[4][4];
+            uint32_t a[kFrags][4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                if (i < m_frags) {
-                    ldmatrix_x4(a[i], &shared.tiles.a[slot][a_ld_row + i * 16][kk + a_ld_col]);
-                }
+            for (int i = 0; i < kFrags; ++i) {
+                ldmatrix_x4(a[i], &shared.tiles.a[slot][a_ld_row + i * 32][kk + a_ld_col]);
             }
 #pragma unroll
             for (int jp = 0; jp < 2; ++jp) {
                 uint32_t b[4];
                 ldmatrix_x4(b, &shared.tiles.b[buffer][b_ld_row + jp * 16][kk + b_ld_col]);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    if (i < m_frags) {
-                        mma_bf16_16x8x16(acc[i][2 * jp], a[i], b[0], b[1]);
-                        mma_bf16_16x8x16(acc[i][2 * jp + 1], a[i], b[2], b[3]);
-                    }
+                for (int i = 0; i < kFrags; ++i) {
+                    mma_bf16_16x8x16(acc[i][2 * jp], a[i], b[0], b[1]);
+                    mma_bf16_16x8x16(acc[i][2 * jp + 1], a[i], b[2], b[3]);
                 }
             }
         }
     };
 
-    // Pipeline: A two steps ahead (cp.async ring of 3), the raw weights two steps ahead, their
-    // dequantisation one step ahead (B double buffer); one barrier per step.
-    typename Loader::Scales next{}, after_next{};
-    next = issue(0);
+    // Pipeline: A two steps ahead (cp.async ring of 3), the raw weights and their scales two
+    // steps ahead, their dequantisation one step ahead (B double buffer); one barrier per step.
+    // The scales of even steps live in even_scales, of odd steps in odd_scales (the loop runs
+    // by twos so that no register move waits on a load in flight).
+    __syncthreads();  // a_row_at
+    typename Loader::Scales even_scales = issue(0), odd_scales{};
     cp_async_commit();
-    if (steps > 1) after_next = issue(1);
+    if (steps > 1) odd_scales = issue(1);
     cp_async_commit();
     cp_async_wait<1>();
-    dequantize(0, next);
-    next = after_next;
+    dequantize(0, even_scales);
     __syncthreads();
-    for (int step = 0; step < steps; ++step) {
-        if (step + 2 < steps) after_next = issue(step + 2);
+    // Step `step`: issue step + 2 (its scales into `later`, the parity of step), multiply step,
+    // dequantise step + 1 (its scales in `sooner`).
+    const auto run_step = [&](int step, typename Loader::Scales& later,
+                              const typename Loader::Scales& sooner) {
+        if (step + 2 < steps) later = issue(step + 2);
         cp_async_commit();  // possibly empty: keeps one group per step
-        if (m_frags > 0) multiply(step);
+        switch (m_frags) {  // uniform over the warp
+            case 4:
+                multiply(std::integral_constant<int, 4>{}, step);
+                break;
+            case 3:
+                multiply(std::integral_constant<int, 3>{}, step);
+                break;
+            case 2:
+                multiply(std::integral_constant<int, 2>{}, step);
+                break;
+            case 1:
+                multiply(std::integral_constant<int, 1>{}, step);
+                break;
+            default:
+                break;  // no rows of the tile in this warp's half
+        }
         if (step + 1 < steps) {
             cp_async_wait<1>();  // step + 1's copies (only step + 2's may be in flight)
-            dequantize(step + 1, next);
-            next = after_next;
+            dequantize(step + 1, sooner);
         }
         __syncthreads();
+    };
+    for (int step = 0; step < steps; step += 2) {
+        run_step(step, even_scales, odd_scales);
+        if (step + 1 < steps) run_step(step + 1, odd_scales, even_scales);
     }
     cp_async_wait<0>();  // nothing real is in flight; the C tile reuses the ring
 
@@ -553,7 +584,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int r = warp_m * kWarpRows + i * 16 + g;
+            const int r = (2 * i + warp_m) * 16 + g;
             const int c = warp_n * kWarpCols + j * 8 + 2 * t;
             *reinterpret_cast<float2*>(&shared.c[r][c]) = make_float2(acc[i][j][0], acc[i][j][1]);
             *reinterpret_cast<float2*>(&shared.c[r + 8][c]) =
@@ -642,39 +673,12 @@ __global__ void __launch_bounds__(kCombineThreads)
 
 // ---- host side --------------------------------------------------------------------------------
 
-bool aligned(const void* p, uintptr_t to) {
-    return (reinterpret_cast<uintptr_t>(p) % to) == 0;
-}
-
 Status invalid(const std::string& message) {
     return Status(StatusCode::kInvalidArgument, "moe_experts_prefill: " + message);
 }
 
 size_t round_up_256(int64_t bytes) {
     return static_cast<size_t>((bytes + 255) / 256 * 256);
-}
-
-// The view's arrays: present, aligned as the kernels load them, and of the stack's shape.
-Status check_stack(const ExpertStackView& view, const char* name, int64_t rows, int64_t cols) {
-    if (view.rows() != rows || view.cols() != cols) {
-        return invalid(std::string(name) + " stack is [" + std::to_string(view.rows()) + ", " +
-                       std::to_string(view.cols()) + "], expected [" + std::to_string(rows) + ", " +
-                       std::to_string(cols) + "]");
-    }
-    if (view.is_w4) {
-        if (view.w4.qs == nullptr || view.w4.group_scales == nullptr ||
-            view.w4.super_scales == nullptr || !aligned(view.w4.qs, 16) ||
-            !aligned(view.w4.group_scales, 2) || !aligned(view.w4.super_scales, 4)) {
-            return invalid(std::string(name) +
-                           " (W4): null array, or qs not 16-byte aligned, group_scales not 2, "
-                           "super_scales not 4");
-        }
-    } else if (view.w8.qs == nullptr || view.w8.scale_min == nullptr || !aligned(view.w8.qs, 16) ||
-               !aligned(view.w8.scale_min, 4)) {
-        return invalid(std::string(name) +
-                       " (W8): null array, or qs not 16-byte aligned, scale_min not 4");
-    }
-    return ok_status();
 }
 
 W4Loader w4_loader(const W4DeviceView& v) {
@@ -774,21 +778,21 @@ Status moe_experts_prefill(const float* x, int64_t rows, const int32_t* ids, con
     // Slots, sorted positions and the kernels' row indices are int; the GEMM grids' y (tiles)
     // is at most 65535; stack rows (n_experts * 2 ffn, n_experts * dim) are int64 in the loaders.
     const int64_t slots = rows * k;
-    if (rows > kIntMax / k || (slots + kBM - 1) / kBM + std::min(n_experts, slots) > 65535) {
+    // The GEMMs keep A row offsets in 16-byte pieces as uint32 (x_bf16 [rows, dim], act [slots,
+    // ffn]).
+    constexpr int64_t kPieceMax = std::numeric_limits<uint32_t>::max() - 1;
+    if (rows > kIntMax / k || (slots + kBM - 1) / kBM + std::min(n_experts, slots) > 65535 ||
+        slots > kPieceMax / (ffn / 8) || rows > kPieceMax / (dim / 8)) {
         return invalid(std::to_string(rows) + " rows of top " + std::to_string(k) +
                        ": too many slots for one call (split the prompt)");
     }
-    KESTREL_RETURN_IF_ERROR(check_stack(gate_up, "gate_up", n_experts * 2 * ffn, dim));
-    KESTREL_RETURN_IF_ERROR(check_stack(down, "down", n_experts * dim, ffn));
+    KESTREL_RETURN_IF_ERROR(
+        check_expert_stack(gate_up, "moe_experts_prefill", "gate_up", n_experts * 2 * ffn, dim));
+    KESTREL_RETURN_IF_ERROR(
+        check_expert_stack(down, "moe_experts_prefill", "down", n_experts * dim, ffn));
     if (rows == 0) return ok_status();
-    if (x == nullptr || ids == nullptr || weights == nullptr || scratch == nullptr ||
-        out == nullptr) {
-        return invalid("null x, ids, weights, scratch or out");
-    }
-    if (!aligned(x, 16) || !aligned(scratch, 16) || !aligned(ids, 4) || !aligned(weights, 4) ||
-        !aligned(out, 4)) {
-        return invalid("x and scratch need 16-byte alignment, ids, weights and out 4");
-    }
+    KESTREL_RETURN_IF_ERROR(
+        check_expert_buffers("moe_experts_prefill", x, ids, weights, scratch, out));
 
     const MoePrefillLayout layout = moe_prefill_scratch_layout(rows, k, dim, ffn, n_experts);
     char* base = static_cast<char*>(scratch);

@@ -68,7 +68,7 @@ size_t moe_prefill_scratch_bytes(int64_t rows, int64_t k, int64_t dim, int64_t f
 // weights [rows, k]; gate_up [n_experts * 2 ffn, dim] (expert e's ffn gate rows at e * 2 ffn, then
 // its ffn up rows), down [n_experts * dim, ffn] (expert e's rows at e * dim), each W4 or W8.
 // dim % 32 == 0, ffn % 32 == 0, 1 <= k <= kMoeMaxTopK, 1 <= n_experts <= kMoePrefillMaxExperts,
-// any rows >= 0 (0 launches nothing), rows k small enough for the grids (about 4M slots).
+// any rows >= 0 (0 launches nothing), rows k small enough for the grids (about 8M slots).
 // scratch: moe_prefill_scratch_bytes(rows, k, dim, ffn, n_experts) bytes, 16-byte aligned. An id
 // outside [0, n_experts) reads nothing out of bounds and its slot contributes NaN, so its row of
 // out is NaN and the other rows are unaffected. Arguments are checked on the host

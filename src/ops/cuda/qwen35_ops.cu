@@ -231,9 +231,16 @@ __global__ void __launch_bounds__(kMaxExperts)
     probs[i] = e;
     __syncthreads();
     if (i == 0) {
+        // In expert order; the padding experts' zeros leave the sum's bits as they are. Four
+        // values per shared-memory read and four reads in flight: the chain of adds, not the
+        // loads, sets the pace.
+        const float4* probs4 = reinterpret_cast<const float4*>(probs);
         float sum = 0.0f;
-#pragma unroll 8
-        for (int j = 0; j < n_experts; ++j) sum = __fadd_rn(sum, probs[j]);
+#pragma unroll 4
+        for (int j4 = 0; j4 < width / 4; ++j4) {
+            const float4 q = probs4[j4];
+            sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(sum, q.x), q.y), q.z), q.w);
+        }
         total = sum;
     }
     __syncthreads();  // total is written and probs[] is read: probs may now hold the probabilities
@@ -245,6 +252,7 @@ __global__ void __launch_bounds__(kMaxExperts)
     if (expert) {
         int place = 0;
         const float4* probs4 = reinterpret_cast<const float4*>(probs);
+#pragma unroll 4
         for (int j4 = 0; j4 < width / 4; ++j4) {
             const float4 q = probs4[j4];
             const float values[4] = {q.x, q.y, q.z, q.w};
