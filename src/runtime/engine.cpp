@@ -6,6 +6,7 @@
 
 #include "core/log.h"
 #include "models/dummy_configs.h"
+#include "runtime/memory_plan.h"
 #include "runtime/session.h"
 
 namespace kestrel {
@@ -103,7 +104,9 @@ Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& options) {
     return engine;
 }
 
-int64_t Engine::default_prefill_chunk() const { return ops_->accepts(WeightFormat::kF32) ? 512 : 2048; }
+int64_t Engine::default_prefill_chunk() const {
+    return ops_->accepts(WeightFormat::kF32) ? 512 : kestrel::default_prefill_chunk(config());
+}
 
 Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t prefill_chunk) const {
     const int64_t trained = config().context_length;

@@ -194,6 +194,10 @@ int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_eleme
     return bytes;
 }
 
+int64_t default_prefill_chunk(const ModelConfig& config) {
+    return config.n_experts > 0 ? 8192 : 2048;
+}
+
 MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, const MemoryPlanOptions& options) {
     MemoryPlan plan;
     plan.context = options.context > 0 ? options.context : config.context_length;
@@ -211,10 +215,14 @@ MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, c
             tensor, !stack.empty() && stack_has_w8[stack], options.float_weights);
     }
 
+    const int64_t prefill_chunk =
+        options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(config);
     // Sliding layers keep a ring: the window plus the rest of a prefill chunk that may still
     // attend to the window's oldest entry.
     plan.sliding_ring_entries =
-        config.sliding_window > 0 ? std::min(plan.context, config.sliding_window + options.prefill_chunk - 1) : 0;
+        config.sliding_window > 0
+            ? std::min(plan.context, config.sliding_window + prefill_chunk - 1)
+            : 0;
     int64_t widest_projection = config.hidden_size;
     for (const LayerConfig& layer : config.layers) {
         const int64_t per_entry = layer.n_kv_heads * (layer.head_dim + layer.v_head_dim) * options.kv_bytes_per_element;
@@ -237,8 +245,21 @@ MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, c
                                   2 * config.expert_ffn_size * std::max<int64_t>(config.n_experts_used, 1)});
     // One chunk's residual stream, normed input, widest projection output and its activation,
     // in fp32, plus one row of logits.
-    const int64_t chunk = std::min(plan.context, options.prefill_chunk);
+    const int64_t chunk = std::min(plan.context, prefill_chunk);
     plan.workspace_bytes = chunk * (3 * config.hidden_size + 2 * widest_projection) * 4 + config.vocab_size * 4;
+    if (config.n_experts > 0) {
+        // The grouped expert GEMMs' scratch (ops/cuda/moe_prefill.h) per slot (top-k and the
+        // stacked shared expert): x and act in bf16, each slot's fp32 output row.
+        const int64_t slots = chunk * (config.n_experts_used + 1);
+        plan.workspace_bytes += chunk * config.hidden_size * 2 +
+                                slots * (config.expert_ffn_size * 2 + config.hidden_size * 4);
+    }
+    if (config.count_layers(LayerKind::kLinear) > 0) {
+        // The chunked delta rule's scratch (ops/cuda/gated_delta.h): per value head and 64-token
+        // chunk, two 64 x 64 fp32 matrices and four values per token.
+        const int64_t chunks = (chunk + 63) / 64;
+        plan.workspace_bytes += config.linear_v_heads * chunks * (2 * 64 * 64 + 4 * 64) * 4;
+    }
     plan.runtime_bytes = kRuntimeReserve;
     return plan;
 }

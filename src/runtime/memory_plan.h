@@ -11,9 +11,16 @@
 
 namespace kestrel {
 
+// The CUDA backend's prefill chunk for a model: 2048 tokens, and 8192 for a mixture of experts,
+// whose grouped expert GEMMs give each expert about chunk * top-k / n_experts rows (72 per expert
+// at 2048 for Qwen3.5-35B-A3B's 257 experts of 9 slots, under one 128-row tile): measured on the
+// H100, an 8192-token prompt prefills at 27.7k tok/s in chunks of 2048 and 30.0k in one chunk
+// (bench/results/2026-11-23-qwen35-35b-a3b-h100.md).
+int64_t default_prefill_chunk(const ModelConfig& config);
+
 struct MemoryPlanOptions {
     int64_t context = 0;                // tokens per session; 0 = the model's trained context
-    int64_t prefill_chunk = 2048;       // tokens per prefill step (the CUDA backend's default)
+    int64_t prefill_chunk = 0;          // tokens per prefill step; 0 = default_prefill_chunk
     int64_t kv_bytes_per_element = 2;   // bf16 K/V
     WeightFormat float_weights = WeightFormat::kW4;  // what --weights makes of float matrices
 };
