@@ -194,10 +194,6 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
 
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-unsigned row_blocks(int64_t rows, int rows_per_block) {
-    return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
-}
-
 }  // namespace
 
 Status gelu_tanh_and_mul_quantize_q8(const float* gate, const float* up, int64_t rows, int64_t dim, Q8Block* out,
@@ -250,20 +246,12 @@ Status launch_rms_norm_add_scale(const char* what, const float* x, const float* 
     const bool vec4 = dim % 4 == 0 && aligned16(x) && aligned16(weight) && aligned16(residual) &&
                       aligned16(next_weight);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
-    if (dim <= 32 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_add_scale_kernel<32, kNextNormQ8>,
-                                             dim3(row_blocks(rows, kRowsPerBlock<32>)),
-                                             dim3(32 * kRowsPerBlock<32>), 0, stream, x, weight, r,
-                                             d, eps, scale, residual, next_weight, next_q8, vec4));
-    } else if (dim <= 256 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(
-            rms_norm_add_scale_kernel<256, kNextNormQ8>, dim3(row_blocks(rows, 1)), dim3(256), 0,
-            stream, x, weight, r, d, eps, scale, residual, next_weight, next_q8, vec4));
-    } else {
-        KESTREL_CUDA_CHECK(launch_overlapped(
-            rms_norm_add_scale_kernel<1024, kNextNormQ8>, dim3(row_blocks(rows, 1)), dim3(1024), 0,
-            stream, x, weight, r, d, eps, scale, residual, next_weight, next_q8, vec4));
-    }
+    KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
+        return launch_overlapped(rms_norm_add_scale_kernel<decltype(threads)::value, kNextNormQ8>,
+                                 grid, block, 0, stream, x, weight, r, d, eps, scale, residual,
+                                 next_weight, next_q8, vec4);
+    }));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
 
@@ -303,20 +291,10 @@ Status add_rms_norm_quantize_q8(const float* x, float* residual, const float* we
     // norm.cu's launch_rms_norm: the same thread count per row for the same dim.
     const bool vec4 = aligned16(x) && aligned16(weight) && aligned16(residual) && aligned16(normed);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
-    if (dim <= 32 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(add_rms_norm_q8_kernel<32>,
-                                             dim3(row_blocks(rows, kRowsPerBlock<32>)),
-                                             dim3(32 * kRowsPerBlock<32>), 0, stream, x, residual,
-                                             weight, r, d, eps, normed, out, vec4));
-    } else if (dim <= 256 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(add_rms_norm_q8_kernel<256>, dim3(row_blocks(rows, 1)),
-                                             dim3(256), 0, stream, x, residual, weight, r, d, eps,
-                                             normed, out, vec4));
-    } else {
-        KESTREL_CUDA_CHECK(launch_overlapped(add_rms_norm_q8_kernel<1024>,
-                                             dim3(row_blocks(rows, 1)), dim3(1024), 0, stream, x,
-                                             residual, weight, r, d, eps, normed, out, vec4));
-    }
+    KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
+        return launch_overlapped(add_rms_norm_q8_kernel<decltype(threads)::value>, grid, block, 0,
+                                 stream, x, residual, weight, r, d, eps, normed, out, vec4);
+    }));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

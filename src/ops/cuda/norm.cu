@@ -152,19 +152,10 @@ Status launch_rms_norm(const float* x, const float* weight, int64_t rows, int64_
     if (rows == 0) return ok_status();
     const bool vec4 = rows_vec4(dim, x, weight, out);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
-    if (dim <= 32 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(
-            rms_norm_kernel<32, kOutput>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
-            dim3(32 * kRowsPerBlock<32>), 0, stream, x, weight, r, d, eps, out, vec4));
-    } else if (dim <= 256 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_kernel<256, kOutput>,
-                                             dim3(row_blocks(rows, 1)), dim3(256), 0, stream, x,
-                                             weight, r, d, eps, out, vec4));
-    } else {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_kernel<1024, kOutput>,
-                                             dim3(row_blocks(rows, 1)), dim3(1024), 0, stream, x,
-                                             weight, r, d, eps, out, vec4));
-    }
+    KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
+        return launch_overlapped(rms_norm_kernel<decltype(threads)::value, kOutput>, grid, block, 0,
+                                 stream, x, weight, r, d, eps, out, vec4);
+    }));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -193,19 +184,10 @@ Status rms_norm_quantize_q8(const float* x, const float* weight, int64_t rows, i
     if (rows == 0) return ok_status();
     const bool vec4 = rows_vec4(dim, x, weight, nullptr);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
-    if (dim <= 32 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(
-            rms_norm_q8_kernel<32>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
-            dim3(32 * kRowsPerBlock<32>), 0, stream, x, weight, r, d, eps, out, vec4));
-    } else if (dim <= 256 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_q8_kernel<256>, dim3(row_blocks(rows, 1)),
-                                             dim3(256), 0, stream, x, weight, r, d, eps, out,
-                                             vec4));
-    } else {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_q8_kernel<1024>, dim3(row_blocks(rows, 1)),
-                                             dim3(1024), 0, stream, x, weight, r, d, eps, out,
-                                             vec4));
-    }
+    KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
+        return launch_overlapped(rms_norm_q8_kernel<decltype(threads)::value>, grid, block, 0,
+                                 stream, x, weight, r, d, eps, out, vec4);
+    }));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

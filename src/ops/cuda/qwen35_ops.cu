@@ -6,8 +6,8 @@
 // add_sigmoid_scaled: blocks along a row (grid.x) times rows (grid.y, striding past 65535); each
 //   thread computes its row's sigmoid once and applies it to its chunks.
 // rms_norm_gated_kernel<kThreads>: norm.cu's rms_norm_kernel (small_ops.cuh's row reduction, so
-//   the same sum of squares, bit for bit), each normalised chunk then times silu(z);
-//   rms_norm_gated_q8_kernel quantises those values to Q8 blocks instead of storing them.
+//   the same sum of squares, bit for bit), each normalised chunk then times silu(z), stored or
+//   (kToQ8) quantised to Q8 blocks.
 // moe_route_kernel: one block per token, one thread per expert. The softmax's exps are summed by
 //   one thread in expert order, as the CPU sums them (a serial chain of n_experts fp32 adds, about
 //   half a microsecond at 256, bought for bit-identical probabilities); each expert's place in the
@@ -118,42 +118,13 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // rms_norm_kernel (norm.cu) with the gate: (weight * (x * inv_rms)) * silu(z), the CPU's products
-// (its weight * y is y * weight, as normalise_chunk computes it).
-template <int kThreads>
-__global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
-    rms_norm_gated_kernel(const float* x, const float* z, const float* weight, int rows, int dim,
-                          float eps, float* out, bool vec4) {
-    wait_for_upstream();
-    allow_downstream();
-    __shared__ float warp_totals[kThreads / 32];
-    const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
-    const int64_t row =
-        static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
-    if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
-    const float* z_row = z + row * dim;
-    float* out_row = out + row * dim;
-    float4 v[kNormChunks];
-    const float inv_rms =
-        load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
-    const int chunks = (dim + 3) / 4;
-#pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        if (c >= chunks) break;
-        const float4 y = normalise_chunk(v[k], inv_rms, weight, c, dim, vec4);
-        const float4 g = load_chunk(z_row, c, dim, vec4);
-        store_chunk(out_row, c, dim, vec4,
-                    make_float4(__fmul_rn(y.x, silu(g.x)), __fmul_rn(y.y, silu(g.y)),
-                                __fmul_rn(y.z, silu(g.z)), __fmul_rn(y.w, silu(g.w))));
-    }
-}
-
-// rms_norm_gated_kernel's values, quantised to Q8 instead of stored (quantize_q8_lanes,
-// small_ops.cuh: a Q8 block is 8 consecutive chunks, so 8 consecutive lanes).
-template <int kThreads>
+// (its weight * y is y * weight, as normalise_chunk computes it). kToQ8: the values go to Q8
+// blocks (quantize_q8_lanes, small_ops.cuh: a block is 8 consecutive chunks, so 8 consecutive
+// lanes; dim % 32 == 0) instead of out.
+template <int kThreads, bool kToQ8>
 __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
-    rms_norm_gated_q8_kernel(const float* x, const float* z, const float* weight, int rows, int dim,
-                             float eps, Q8Block* out, bool vec4) {
+    rms_norm_gated_kernel(const float* x, const float* z, const float* weight, int rows, int dim,
+                          float eps, float* out, Q8Block* q8_out, bool vec4) {
     wait_for_upstream();
     allow_downstream();
     __shared__ float warp_totals[kThreads / 32];
@@ -162,15 +133,14 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
     if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves
     const float* z_row = z + row * dim;
-    Q8Block* out_row = out + row * (dim / 32);
     float4 v[kNormChunks];
     const float inv_rms =
         load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
-    const int chunks = dim / 4;
+    const int chunks = (dim + 3) / 4;
     const int warp_first_chunk = thread_in_row & ~31;
 #pragma unroll
     for (int k = 0; k < kNormChunks; ++k) {
-        // Whole warps skip together, so the shuffles inside always see all 32 lanes.
+        // Whole warps skip together, so the Q8 shuffles always see all 32 lanes.
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;
         const bool mine = c < chunks;
@@ -181,7 +151,11 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
             gated = make_float4(__fmul_rn(y.x, silu(g.x)), __fmul_rn(y.y, silu(g.y)),
                                 __fmul_rn(y.z, silu(g.z)), __fmul_rn(y.w, silu(g.w)));
         }
-        quantize_q8_lanes(gated, mine, out_row + c / 8);
+        if constexpr (kToQ8) {
+            quantize_q8_lanes(gated, mine, q8_out + row * (dim / 32) + c / 8);
+        } else if (mine) {
+            store_chunk(out + row * dim, c, dim, vec4, gated);
+        }
     }
 }
 
@@ -308,10 +282,6 @@ Status launch_elementwise(const char* what, const float* a, const float* b, floa
     return ok_status();
 }
 
-unsigned row_blocks(int64_t rows, int rows_per_block) {
-    return static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
-}
-
 }  // namespace
 
 Status silu_and_mul(const float* gate, const float* up, int64_t n, float* out,
@@ -363,19 +333,10 @@ Status rms_norm_gated(const float* x, const float* z, const float* weight, int64
     const bool vec4 =
         dim % 4 == 0 && aligned16(x) && aligned16(z) && aligned16(weight) && aligned16(out);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
-    if (dim <= 32 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(
-            rms_norm_gated_kernel<32>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
-            dim3(32 * kRowsPerBlock<32>), 0, stream, x, z, weight, r, d, eps, out, vec4));
-    } else if (dim <= 256 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_kernel<256>, dim3(row_blocks(rows, 1)),
-                                             dim3(256), 0, stream, x, z, weight, r, d, eps, out,
-                                             vec4));
-    } else {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_kernel<1024>, dim3(row_blocks(rows, 1)),
-                                             dim3(1024), 0, stream, x, z, weight, r, d, eps, out,
-                                             vec4));
-    }
+    KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
+        return launch_overlapped(rms_norm_gated_kernel<decltype(threads)::value, false>, grid,
+                                 block, 0, stream, x, z, weight, r, d, eps, out, nullptr, vec4);
+    }));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
@@ -396,19 +357,10 @@ Status rms_norm_gated_quantize_q8(const float* x, const float* z, const float* w
     // rms_norm_gated's launch: the same thread count per row for the same dim.
     const bool vec4 = aligned16(x) && aligned16(z) && aligned16(weight);
     const int r = static_cast<int>(rows), d = static_cast<int>(dim);
-    if (dim <= 32 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(
-            rms_norm_gated_q8_kernel<32>, dim3(row_blocks(rows, kRowsPerBlock<32>)),
-            dim3(32 * kRowsPerBlock<32>), 0, stream, x, z, weight, r, d, eps, out, vec4));
-    } else if (dim <= 256 * kNormChunks * 4) {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_q8_kernel<256>,
-                                             dim3(row_blocks(rows, 1)), dim3(256), 0, stream, x, z,
-                                             weight, r, d, eps, out, vec4));
-    } else {
-        KESTREL_CUDA_CHECK(launch_overlapped(rms_norm_gated_q8_kernel<1024>,
-                                             dim3(row_blocks(rows, 1)), dim3(1024), 0, stream, x, z,
-                                             weight, r, d, eps, out, vec4));
-    }
+    KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
+        return launch_overlapped(rms_norm_gated_kernel<decltype(threads)::value, true>, grid, block,
+                                 0, stream, x, z, weight, r, d, eps, nullptr, out, vec4);
+    }));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/weight_format.h"  // Q8Block
 
@@ -69,6 +70,25 @@ __device__ __forceinline__ float4 chunk_times(float4 v, float4 w) {
 template <int kThreads>
 constexpr int kRowsPerBlock = kThreads == 32 ? 8 : 1;
 constexpr int kNormChunks = 8;
+
+// Launches a row kernel with the shape above for its dim: launch(threads, grid, block) with
+// threads a std::integral_constant<int, 32 | 256 | 1024> that picks the kernel's template. Every
+// norm kernel is launched through here, so each sums a row's squares in the one order that dim
+// decides (and fused variants stay bit for bit the plain ones).
+template <class Launch>
+cudaError_t launch_row_kernel(int64_t rows, int64_t dim, Launch launch) {
+    const auto grid = [rows](int rows_per_block) {
+        return dim3(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block));
+    };
+    if (dim <= 32 * kNormChunks * 4) {
+        return launch(std::integral_constant<int, 32>{}, grid(kRowsPerBlock<32>),
+                      dim3(32 * kRowsPerBlock<32>));
+    }
+    if (dim <= 256 * kNormChunks * 4) {
+        return launch(std::integral_constant<int, 256>{}, grid(1), dim3(256));
+    }
+    return launch(std::integral_constant<int, 1024>{}, grid(1), dim3(1024));
+}
 
 // 1 / sqrt(mean(x^2) + eps) of a row held in registers (chunk k of this thread = chunk
 // t + k * kThreads, t = thread_in_row; chunks past the row are zero), as ops/cpu/norm.cpp computes
