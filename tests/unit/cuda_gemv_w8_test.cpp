@@ -30,6 +30,7 @@
 #include "ops/weight_format_w8.h"
 
 #include "cuda_test_support.h"
+#include "cuda_w8_test_support.h"
 #endif
 
 namespace kestrel {
@@ -45,6 +46,7 @@ TEST(CudaGemvW8, NeedsTheCudaBuild) {
 
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
+using kestrel::testing::random_w8;
 
 class CudaGemvW8 : public ::testing::Test {
 protected:
@@ -52,41 +54,6 @@ protected:
         if (!cuda_device_present()) GTEST_SKIP() << "no CUDA device";
     }
 };
-
-uint64_t splitmix(uint64_t& s) {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-// Random W8: every int8 value (-128 included, which Q8_0 files may hold); scale ~ 2^-12..2^-10
-// (w8_from_* magnitudes); min 0 in every third group (symmetric conversions), else
-// scale * U(-20, 20) (Q5_K's offsets).
-W8Weights random_w8(int64_t n, int64_t k, uint64_t seed) {
-    W8Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k));
-    for (size_t i = 0; i < w.qs.size(); i += 8) {
-        const uint64_t r = splitmix(seed);
-        for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j)
-            w.qs[i + j] = static_cast<int8_t>(r >> (8 * j));
-    }
-    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
-    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
-        const uint64_t r = splitmix(seed);
-        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                       -12 - static_cast<int>((r >> 16) % 3));
-        const float min =
-            (i / 2) % 3 == 0
-                ? 0.0f
-                : scale * (40.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f - 20.0f);
-        w.scale_min[i] = fp32_to_fp16(scale);
-        w.scale_min[i + 1] = fp32_to_fp16(min);
-    }
-    return w;
-}
 
 std::vector<float> random_x(int64_t m, int64_t k, uint64_t seed) {
     std::mt19937 rng(static_cast<uint32_t>(seed));

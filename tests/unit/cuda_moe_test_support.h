@@ -23,37 +23,11 @@
 
 #include "cuda_test_support.h"
 #include "cuda_w4_test_support.h"
+#include "cuda_w8_test_support.h"
 
 namespace kestrel::testing::moe {
 
 // ---- weights -------------------------------------------------------------------------------
-
-// Random W8 as tests/unit/cuda_gemv_w8_test.cpp makes them: every int8 value (-128 included);
-// scale ~ 2^-12..2^-10; min 0 in every third group, else scale * U(-20, 20).
-inline W8Weights random_w8(int64_t n, int64_t k, uint64_t seed) {
-    W8Weights w;
-    w.n = n;
-    w.k = k;
-    w.qs.resize(static_cast<size_t>(n * k));
-    for (size_t i = 0; i < w.qs.size(); i += 8) {
-        const uint64_t r = splitmix64(seed);
-        for (size_t j = 0; j < 8 && i + j < w.qs.size(); ++j)
-            w.qs[i + j] = static_cast<int8_t>(r >> (8 * j));
-    }
-    w.scale_min.resize(static_cast<size_t>(n * (k / 32) * 2));
-    for (size_t i = 0; i < w.scale_min.size(); i += 2) {
-        const uint64_t r = splitmix64(seed);
-        const float scale = std::ldexp(1.0f + static_cast<float>(r & 0xffff) / 65536.0f,
-                                       -12 - static_cast<int>((r >> 16) % 3));
-        const float min =
-            (i / 2) % 3 == 0
-                ? 0.0f
-                : scale * (40.0f * static_cast<float>((r >> 32) & 0xffff) / 65536.0f - 20.0f);
-        w.scale_min[i] = fp32_to_fp16(scale);
-        w.scale_min[i + 1] = fp32_to_fp16(min);
-    }
-    return w;
-}
 
 // One stack of expert matrices on the host, W4 or W8, and what the twins need of it.
 struct HostStack {
