@@ -50,6 +50,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -753,6 +754,24 @@ std::string order_name(GdnHeadOrder order) {
     return order == GdnHeadOrder::kGrouped ? "grouped" : "tiled";
 }
 
+// Each case in both head orders, its calls one after another on one state, each held to the
+// references by run_gdn_calls; the inputs' seed advances by 10 per (case, order) from `seed`.
+void run_chunked_cases(Ops& cpu, std::span<const ChunkedCase> cases, GdnEntry entry,
+                       uint32_t seed) {
+    for (const ChunkedCase& c : cases) {
+        for (const GdnHeadOrder order : {GdnHeadOrder::kGrouped, GdnHeadOrder::kTiled}) {
+            int64_t total = 0;
+            for (const int64_t rows : c.calls) total += rows;
+            seed += 10;
+            const GdnSetup setup = make_gdn_setup(c.n_k_heads, c.n_v_heads, c.k_head_dim,
+                                                  c.v_head_dim, order, total, seed);
+            GdnRun run;
+            ASSERT_NO_FATAL_FAILURE(run_gdn_calls(
+                cpu, setup, c.calls, entry, std::string(c.what) + ", " + order_name(order), run));
+        }
+    }
+}
+
 // Qwen3.5-35B-A3B's shape through gated_delta_rule (Ops' path): one chunk, 200 tokens (a partial
 // last chunk of 8), 2048 (the CUDA backend's prefill step), and a chunked call, decode calls (the
 // 8-warp kernel) and a chunked call again, handing the state from one to the other.
@@ -769,20 +788,7 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleChunkedMatchesCpuAtQwen35Shapes) {
          {200, 1, 3, 70},
          "Qwen3.5-35B-A3B, prefill 200, decode 1, 3, prefill 70"},
     };
-    uint32_t seed = 500;
-    for (const ChunkedCase& c : cases) {
-        for (const GdnHeadOrder order : {GdnHeadOrder::kGrouped, GdnHeadOrder::kTiled}) {
-            int64_t total = 0;
-            for (const int64_t rows : c.calls) total += rows;
-            seed += 10;
-            const GdnSetup setup = make_gdn_setup(c.n_k_heads, c.n_v_heads, c.k_head_dim,
-                                                  c.v_head_dim, order, total, seed);
-            GdnRun run;
-            ASSERT_NO_FATAL_FAILURE(run_gdn_calls(*cpu, setup, c.calls, GdnEntry::kDispatch,
-                                                  std::string(c.what) + ", " + order_name(order),
-                                                  run));
-        }
-    }
+    run_chunked_cases(*cpu, cases, GdnEntry::kDispatch, 500);
 }
 
 // gated_delta_rule_chunked on short and odd calls: the tiny fixture's shape (dk 16, dv 24) over
@@ -799,20 +805,7 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleChunkedMatchesCpuAtOddShapes) {
         {4, 8, 33, 72, {64, 66}, "dk 33, dv 72"},
         {1, 1, 128, 40, {129}, "one head, dk 128, dv 40"},
     };
-    uint32_t seed = 700;
-    for (const ChunkedCase& c : cases) {
-        for (const GdnHeadOrder order : {GdnHeadOrder::kGrouped, GdnHeadOrder::kTiled}) {
-            int64_t total = 0;
-            for (const int64_t rows : c.calls) total += rows;
-            seed += 10;
-            const GdnSetup setup = make_gdn_setup(c.n_k_heads, c.n_v_heads, c.k_head_dim,
-                                                  c.v_head_dim, order, total, seed);
-            GdnRun run;
-            ASSERT_NO_FATAL_FAILURE(run_gdn_calls(*cpu, setup, c.calls, GdnEntry::kChunked,
-                                                  std::string(c.what) + ", " + order_name(order),
-                                                  run));
-        }
-    }
+    run_chunked_cases(*cpu, cases, GdnEntry::kChunked, 700);
 }
 
 // A prompt of 257 tokens in one call and in calls of 100 and 157 (chunk boundaries at 0, 64, 128,

@@ -138,8 +138,7 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     }
 }
 
-// ---- residual add, then the next block's norm -> Q8
-// ------------------------------------------------
+// ---- residual add, then the next block's norm -> Q8 --------------------------------------------
 
 // add's r + x (one rounding), stored; then rms_norm_q8_kernel's norm and Q8 from the registers,
 // with the same thread count per row (the same sum-of-squares order as rms_norm).
