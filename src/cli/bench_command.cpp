@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_options.h"
 #include "models/dummy_configs.h"
 #include "models/model_shapes.h"
 #include "ops/gpu_info.h"
@@ -29,6 +30,7 @@ struct BenchCommandOptions {
     int threads = 0;
     std::string device = "auto";
     std::string weights = "w4";
+    std::string kv_cache = "bf16";  // --kv-cache
     bool json = false;
     bool no_warmup = false;
     bool profile = false;
@@ -200,8 +202,8 @@ nlohmann::json report_json(const BenchCommandOptions& options, const Engine& eng
                      {"n_depth", bench.depths},          {"repetitions", bench.repetitions},
                      {"ctx_size", bench.context},        {"batch_size", bench.prefill_chunk},
                      {"threads", options.threads},       {"device", options.device},
-                     {"weights", options.weights},       {"warmup", bench.warmup},
-                     {"seed", bench.seed}};
+                     {"weights", options.weights},       {"kv_cache", options.kv_cache},
+                     {"warmup", bench.warmup},           {"seed", bench.seed}};
     json["context"] = report.context;
     json["peak_device_bytes"] = report.peak_device_bytes;
     json["results"] = nlohmann::json::array();
@@ -233,6 +235,9 @@ int run_bench_command(BenchCommandOptions options) {
     Result<WeightFormat> weights = parse_weight_format(options.weights);
     if (!weights.ok()) return fail(weights.status().message());
     engine_options.float_weights = *weights;
+    Result<KvCacheFormat> kv_cache = parse_kv_cache_format(options.kv_cache);
+    if (!kv_cache.ok()) return fail(kv_cache.status().message());
+    options.bench.kv_cache = *kv_cache;
     Result<std::unique_ptr<Engine>> loaded = Engine::load(engine_options);
     if (!loaded.ok()) return fail(loaded.status().message());
     const Engine& engine = **loaded;
@@ -308,6 +313,7 @@ Command add_bench_command(CLI::App& app) {
     bench->add_option("--weights", options->weights, "Engine format of float matrices on CUDA: w4, w8 or bf16")
         ->capture_default_str()
         ->check(CLI::IsMember({"w4", "w8", "bf16"}));
+    add_kv_cache_option(*bench, options->kv_cache);
     bench->add_option("--seed", options->bench.seed, "Seed of the random prompt tokens")->capture_default_str();
     bench->add_flag("--no-warmup", options->no_warmup, "Skip the unrecorded warm-up run before each test");
     bench->add_flag("--profile", options->profile,

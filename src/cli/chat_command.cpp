@@ -37,7 +37,7 @@ int run_chat(const ChatCommandOptions& options) {
     Result<ChatFormat> format = chat_format_of(engine.files(), engine.config());
     if (!format.ok()) return fail(format.status().message());
     Result<std::unique_ptr<Session>> session_result =
-        engine.new_session(session_context(options.model, engine.config()), options.model.prefill_chunk);
+        open_session(engine, options.model, session_context(options.model, engine.config()));
     if (!session_result.ok()) return fail(session_result.status().message());
     Session& session = **session_result;
 

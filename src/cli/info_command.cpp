@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_options.h"
 #include "io/hf_folder_source.h"
 #include "io/model_files.h"
 #include "models/dummy_configs.h"
@@ -30,6 +31,7 @@ struct InfoOptions {
     std::string dummy;  // a built-in config (dummy_configs.h) with shape-only weights
     int64_t context = 0;
     std::string weights = "w4";  // what the loader makes of float matrices (--weights)
+    std::string kv_cache = "bf16";  // --kv-cache
     bool json = false;
 };
 
@@ -150,6 +152,8 @@ int run_info(const InfoOptions& options) {
     const Result<WeightFormat> parsed_weights = parse_weight_format(options.weights);
     if (!parsed_weights.ok()) return fail(parsed_weights.status().message());
     const WeightFormat float_weights = *parsed_weights;
+    const Result<KvCacheFormat> kv_cache = parse_kv_cache_format(options.kv_cache);
+    if (!kv_cache.ok()) return fail(kv_cache.status().message());
     std::optional<Synthetic> synthetic;
     if (!options.dummy.empty()) synthetic.emplace();
     Result<ModelFiles> opened = synthetic ? open_dummy(options.dummy, *synthetic) : open_for_info(path, synthetic);
@@ -205,11 +209,13 @@ int run_info(const InfoOptions& options) {
         info["sliding_window"] = config.sliding_window;
 
         const MemoryPlan plan = plan_memory(
-            config, *files.weights, {.context = options.context, .float_weights = float_weights});
+            config, *files.weights,
+            {.context = options.context, .float_weights = float_weights, .kv_cache = *kv_cache});
         info["memory"] = {{"context", plan.context},
                           {"weights", plan.weight_bytes},
+                          {"kv_cache_format", kv_cache_format_name(*kv_cache)},
                           {"kv_cache", plan.kv_cache_bytes},
-                          {"kv_bytes_per_token", kv_bytes_per_token(config)},
+                          {"kv_bytes_per_token", kv_bytes_per_token(config, 2, *kv_cache)},
                           {"sliding_ring_entries", plan.sliding_ring_entries},
                           {"recurrent_state", plan.recurrent_state_bytes},
                           {"workspace", plan.workspace_bytes},
@@ -287,7 +293,11 @@ int run_info(const InfoOptions& options) {
     }
     if (config_result.ok()) {
         const nlohmann::json& memory = info["memory"];
-        line("GPU memory", fmt::format("at context {} (bf16 KV cache)", memory["context"].get<int64_t>()));
+        line("GPU memory",
+             fmt::format("at context {} ({})", memory["context"].get<int64_t>(),
+                         *kv_cache == KvCacheFormat::kTq4
+                             ? "TQ4 KV cache in full-attention layers, bf16 sliding rings"
+                             : "bf16 KV cache"));
         line("  weights", human_bytes(memory["weights"]) + (synthetic ? " (" + synthetic->assumes + ")" : ""));
         line("  KV cache", fmt::format("{} ({} per token in full layers{})", human_bytes(memory["kv_cache"]),
                                        human_bytes(memory["kv_bytes_per_token"]),
@@ -329,6 +339,7 @@ Command add_info_command(CLI::App& app) {
         "--weights", options->weights,
         "Plan float matrices (bf16/f16/f32 files) as w4, w8 or bf16, as the loader will make them "
         "(default: w4)");
+    add_kv_cache_option(*info, options->kv_cache);
     info->add_flag("--json", options->json, "Print JSON instead of a table");
     return [options] { return run_info(*options); };
 }

@@ -27,6 +27,17 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
                        "types keep their nearest format)")
         ->capture_default_str()
         ->check(CLI::IsMember({"w4", "w8", "bf16"}));
+    add_kv_cache_option(command, options.kv_cache);
+}
+
+void add_kv_cache_option(CLI::App& command, std::string& kv_cache) {
+    command
+        .add_option("--kv-cache", kv_cache,
+                    "KV cache format: bf16 (the backend's own: bf16 on CUDA, fp32 on the CPU) or "
+                    "tq4 (full-attention layers in TurboQuant 4-bit, ~3.9x smaller; "
+                    "sliding-window layers stay bf16)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"bf16", "tq4"}));
 }
 
 void add_sampling_options(CLI::App& command, SamplingOptions& options) {
@@ -84,6 +95,12 @@ int64_t session_context(const ModelOptions& options, const ModelConfig& config) 
         return config.context_length;
     }
     return options.context;
+}
+
+Result<std::unique_ptr<Session>> open_session(const Engine& engine, const ModelOptions& options,
+                                              int64_t context) {
+    KESTREL_ASSIGN_OR_RETURN(KvCacheFormat kv_cache, parse_kv_cache_format(options.kv_cache));
+    return engine.new_session(context, options.prefill_chunk, kv_cache);
 }
 
 bool print_to_stdout(std::string_view text) {

@@ -10,6 +10,7 @@
 #include "chat/chat_template.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
+#include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kestrel::cli {
@@ -21,9 +22,12 @@ struct ModelOptions {
     int threads = 0;              // -t; 0: every hardware thread
     std::string device = "auto";  // --device auto|cpu|cuda
     std::string weights = "w4";   // --weights w4|w8|bf16: float matrices on CUDA
+    std::string kv_cache = "bf16";  // --kv-cache bf16|tq4 (runtime/kv_cache_format.h)
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);
+// --kv-cache bf16|tq4, for verbs with their own flags (bench, info).
+void add_kv_cache_option(CLI::App& command, std::string& kv_cache);
 
 // -s is a flag of its own: without it the seed is random (and logged, so a run can be repeated).
 struct SamplingOptions {
@@ -40,6 +44,9 @@ Result<std::unique_ptr<Engine>> load_engine(const ModelOptions& options);
 Result<Tokenizer> load_tokenizer(const ModelOptions& options);
 // The context a session gets: -c, 0 meaning the trained context, capped by it.
 int64_t session_context(const ModelOptions& options, const ModelConfig& config);
+// A session of `context` tokens with -b and --kv-cache.
+Result<std::unique_ptr<Session>> open_session(const Engine& engine, const ModelOptions& options,
+                                              int64_t context);
 // A generate() text sink that streams to stdout.
 bool print_to_stdout(std::string_view text);
 // The chat format of the loaded files (template text if present, else the architecture).

@@ -33,7 +33,7 @@ int run_perplexity(PerplexityOptions options) {
     const Tokenizer& tokenizer = engine.tokenizer();
     // -c is the chunk length here, as in llama-perplexity (default 512 there too).
     const int64_t chunk = options.model.context == 0 ? 512 : options.model.context;
-    Result<std::unique_ptr<Session>> session = engine.new_session(chunk, options.model.prefill_chunk);
+    Result<std::unique_ptr<Session>> session = open_session(engine, options.model, chunk);
     if (!session.ok()) return fail(session.status().message());
     std::vector<int32_t> tokens = tokenizer.encode(text.str(), /*parse_special=*/false, /*add_bos=*/true);
     if (options.max_chunks > 0 && static_cast<int64_t>(tokens.size()) > options.max_chunks * chunk) {

@@ -70,7 +70,7 @@ int run(const RunOptions& options) {
     // A rendered chat carries <bos> and turn markers as text; a raw prompt gets BOS from the model.
     const std::vector<int32_t> tokens = tokenizer.encode(text, parse_special, /*add_bos=*/!options.chat);
     Result<std::unique_ptr<Session>> session =
-        engine.new_session(session_context(options.model, engine.config()), options.model.prefill_chunk);
+        open_session(engine, options.model, session_context(options.model, engine.config()));
     if (!session.ok()) return fail(session.status().message());
 
     Sampler sampler(*sampling);

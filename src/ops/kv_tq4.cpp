@@ -132,10 +132,9 @@ int tq4_index(float r, const std::array<float, kTq4Levels - 1>& boundaries) {
     return index;
 }
 
-Tq4Vector tq4_encode(std::span<const float> x, std::span<const float> rotation) {
+void tq4_encode_into(std::span<const float> x, std::span<const float> rotation, uint16_t* norm_bf16,
+                     uint8_t* indices) {
     const size_t d = x.size();
-    Tq4Vector out;
-    out.indices.assign(d / 2, 0);
     double sum_squares = 0.0;
     bool finite = true;
     for (float v : x) {
@@ -144,8 +143,9 @@ Tq4Vector tq4_encode(std::span<const float> x, std::span<const float> rotation) 
     }
     const float norm = finite ? static_cast<float>(std::sqrt(sum_squares))
                               : std::numeric_limits<float>::quiet_NaN();
-    out.norm_bf16 = fp32_to_bf16(norm);
+    *norm_bf16 = fp32_to_bf16(norm);
     const std::array<float, kTq4Levels - 1> boundaries = tq4_boundaries(static_cast<int64_t>(d));
+    std::fill(indices, indices + d / 2, uint8_t{0});
     for (size_t i = 0; i < d; ++i) {
         float r = 0.0f;
         if (norm > 0.0f) {
@@ -155,8 +155,14 @@ Tq4Vector tq4_encode(std::span<const float> x, std::span<const float> rotation) 
         }
         // A zero vector: any index decodes to zeros (norm 0); 8, the smallest positive level.
         const int index = norm > 0.0f ? tq4_index(r, boundaries) : kTq4Levels / 2;
-        out.indices[i / 2] |= static_cast<uint8_t>(index << (4 * (i % 2)));
+        indices[i / 2] |= static_cast<uint8_t>(index << (4 * (i % 2)));
     }
+}
+
+Tq4Vector tq4_encode(std::span<const float> x, std::span<const float> rotation) {
+    Tq4Vector out;
+    out.indices.assign(x.size() / 2, 0);
+    tq4_encode_into(x, rotation, &out.norm_bf16, out.indices.data());
     return out;
 }
 

@@ -57,6 +57,16 @@ struct Tq4Vector {
 };
 Tq4Vector tq4_encode(std::span<const float> x, std::span<const float> rotation);
 
+// The same encoding written in place (a KV cache slot): *norm_bf16 and indices [D / 2]. One
+// function for both, so a cache holds tq4_encode()'s bits.
+void tq4_encode_into(std::span<const float> x, std::span<const float> rotation, uint16_t* norm_bf16,
+                     uint8_t* indices);
+
+// Bytes one stored vector takes: D / 2 of indices and the bf16 norm (258 for D = 512).
+constexpr int64_t tq4_vector_bytes(int64_t head_dim) {
+    return head_dim / 2 + 2;
+}
+
 // x ~= norm * R^T c, in fp32 (sums over i in order).
 std::vector<float> tq4_decode(const Tq4Vector& v, std::span<const float> rotation);
 

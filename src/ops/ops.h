@@ -127,21 +127,31 @@ private:
     size_t used_ = 0;   // bytes used in it
 };
 
-// The KV cache's element type: fp32 on the CPU reference, bf16 (raw bits) on CUDA.
-enum class KvDtype { kF32, kBF16 };
+// The KV cache's element type: fp32 on the CPU reference, bf16 (raw bits) on CUDA (the backends'
+// native kv_dtype()), or TQ4 (ops/kv_tq4.h: a bf16 norm and 4-bit codebook indices of the rotated
+// vector; techniques.md §4), which full-attention layers use with `--kv-cache tq4`.
+enum class KvDtype { kF32, kBF16, kTq4 };
 
 // One attention layer's KV cache of one sequence. Position p lives in slot p % capacity: a flat
 // cache has capacity >= every position it will hold; a sliding layer's ring has capacity
 // >= window + chunk - 1, so that writing a chunk never overwrites a key an earlier query of the
 // same chunk still needs (spec §10.6).
 struct KvLayerView {
-    void* k = nullptr;  // [capacity, n_kv_heads, head_dim] of `dtype`
-    void* v = nullptr;  // [capacity, n_kv_heads, v_head_dim]
+    // kF32 / kBF16: [capacity, n_kv_heads, head_dim] of `dtype`. kTq4: uint8 [capacity,
+    // n_kv_heads, head_dim / 2], TQ4 indices packed as in ops/kv_tq4.h (element 2b in the low
+    // nibble of byte b).
+    void* k = nullptr;
+    void* v = nullptr;  // likewise with v_head_dim
     int64_t capacity = 0;
     int64_t n_kv_heads = 0;
     int64_t head_dim = 0;
     int64_t v_head_dim = 0;
     KvDtype dtype = KvDtype::kF32;
+    // kTq4 only (null otherwise); a TQ4 layer has head_dim == v_head_dim, even. The rotation is
+    // [head_dim, head_dim] fp32 = tq4_rotation(head_dim), in the backend's memory.
+    uint16_t* k_norm = nullptr;  // [capacity, n_kv_heads] bf16 bits of ||k||
+    uint16_t* v_norm = nullptr;  // [capacity, n_kv_heads] bf16 bits of ||v||
+    const float* rotation = nullptr;
 };
 
 struct AttentionParams {
@@ -260,7 +270,10 @@ public:
     virtual Status take_error() { return ok_status(); }
     // Waits for every op issued so far.
     virtual Status synchronize() { return ok_status(); }
+    // The backend's native KV element type (`--kv-cache bf16`: fp32 on the CPU, bf16 on CUDA).
     virtual KvDtype kv_dtype() const { return KvDtype::kF32; }
+    // Whether kv_write() and attention() take a cache of `dtype` (kTq4: `--kv-cache tq4`).
+    virtual bool supports_kv(KvDtype dtype) const { return dtype == kv_dtype(); }
     // The formats linear(), logits() and embed() take; a loader converts every matrix into one of
     // them (vectors are always kF32).
     virtual bool accepts(WeightFormat format) const { return format == WeightFormat::kF32; }
@@ -326,12 +339,15 @@ public:
                            int64_t head_dim, double theta) = 0;
 
     // Stores k, v of each token at slot positions[t] % capacity.   k [T, n_kv_heads, head_dim]
+    // A kTq4 cache stores each head's vector encoded exactly as tq4_encode() does (ops/kv_tq4.h).
     virtual void kv_write(const KvLayerView& cache, std::span<const int64_t> positions,
                           const float* k, const float* v) = 0;
 
     // Causal (and, with params.window, sliding-window) softmax attention of each query against
     // the cache, which must already hold every key the queries see (kv_write first).
-    // q [T, n_heads, head_dim], out [T, n_heads, v_head_dim]
+    // q [T, n_heads, head_dim], out [T, n_heads, v_head_dim]. Over a kTq4 cache: in the rotated
+    // space as tq4_attend() computes it (q' = R q; scores scale * norm_k * q' . c_k; out = R^T
+    // sum_j p_j norm_vj c_vj), with the same bounds, GQA and softcap.
     virtual void attention(const float* q, std::span<const int64_t> positions,
                            const KvLayerView& cache, const AttentionParams& params, float* out) = 0;
 

@@ -192,7 +192,9 @@ Result<BenchReport> run_bench(const Engine& engine, const BenchOptions& options,
     KESTREL_RETURN_IF_ERROR(validate_bench_options(options));
     BenchReport report;
     report.context = options.context > 0 ? options.context : bench_context_needed(options);
-    KESTREL_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, engine.new_session(report.context, options.prefill_chunk));
+    KESTREL_ASSIGN_OR_RETURN(
+        std::unique_ptr<Session> session,
+        engine.new_session(report.context, options.prefill_chunk, options.kv_cache));
     DeviceMemoryPeak memory(runs_on_device(engine));
     memory.sample();  // weights and the session's cache are allocated by now
     RandomTokens random(options.seed, engine.config().vocab_size);
@@ -219,7 +221,8 @@ Result<BenchReport> run_bench(const Engine& engine, const BenchOptions& options,
 Result<std::vector<OpProfile>> profile_ops(const Engine& engine, const BenchOptions& options) {
     KESTREL_RETURN_IF_ERROR(validate_bench_options(options));
     const int64_t context = options.context > 0 ? options.context : bench_context_needed(options);
-    KESTREL_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, engine.new_session(context, options.prefill_chunk));
+    KESTREL_ASSIGN_OR_RETURN(std::unique_ptr<Session> session,
+                             engine.new_session(context, options.prefill_chunk, options.kv_cache));
     session->set_decode_graphs(false);
     Ops& ops = engine.ops();
     RandomTokens random(options.seed, engine.config().vocab_size);

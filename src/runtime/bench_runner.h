@@ -14,6 +14,7 @@
 #include "kestrel/status.h"
 #include "ops/ops.h"
 #include "runtime/engine.h"
+#include "runtime/kv_cache_format.h"
 
 namespace kestrel {
 
@@ -24,6 +25,7 @@ struct BenchOptions {
     int repetitions = 3;
     int64_t context = 0;         // session context; 0: the smallest that fits every test
     int64_t prefill_chunk = 0;   // tokens per prefill step; 0: the engine's default
+    KvCacheFormat kv_cache = KvCacheFormat::kNative;  // --kv-cache
     uint64_t seed = 1234;        // the random tokens
     bool warmup = true;          // one unrecorded run before each test (CUDA init, graph capture, caches)
 };

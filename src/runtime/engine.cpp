@@ -6,6 +6,7 @@
 
 #include "core/log.h"
 #include "models/dummy_configs.h"
+#include "ops/gpu_info.h"
 #include "runtime/memory_plan.h"
 #include "runtime/session.h"
 
@@ -104,11 +105,28 @@ Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& options) {
     return engine;
 }
 
+Status Engine::check_device_memory(int64_t context, int64_t prefill_chunk,
+                                   KvCacheFormat kv_cache) const {
+    if (ops_->accepts(WeightFormat::kF32)) return ok_status();  // the CPU reference: host memory
+    const Result<GpuInfo> gpu = gpu_info();
+    if (!gpu.ok()) return ok_status();
+    MemoryPlanOptions plan;
+    plan.context = context;
+    plan.prefill_chunk = prefill_chunk;
+    plan.kv_bytes_per_element = ops_->kv_dtype() == KvDtype::kBF16 ? 2 : 4;
+    plan.kv_cache = kv_cache;
+    // The workspace already reserved is reused by this session's forwards.
+    const int64_t available =
+        static_cast<int64_t>(gpu->free_bytes) + ops_->workspace().bytes_reserved();
+    return check_session_fits(config(), plan, available, ops_->supports_kv(KvDtype::kTq4));
+}
+
 int64_t Engine::default_prefill_chunk() const {
     return ops_->accepts(WeightFormat::kF32) ? 512 : kestrel::default_prefill_chunk(config());
 }
 
-Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t prefill_chunk) const {
+Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t prefill_chunk,
+                                                     KvCacheFormat kv_cache) const {
     const int64_t trained = config().context_length;
     if (context < 0 || prefill_chunk < 0) {
         return Status(StatusCode::kInvalidArgument,
@@ -120,8 +138,10 @@ Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t pr
         return Status(StatusCode::kInvalidArgument,
                       fmt::format("context {} is longer than the model's trained context {}", context, trained));
     }
+    KESTREL_RETURN_IF_ERROR(check_device_memory(context, prefill_chunk, kv_cache));
     const std::vector<KvLayerSpec> layout = model_->kv_layout();
-    KESTREL_ASSIGN_OR_RETURN(KvCache cache, KvCache::create(layout, context, prefill_chunk, *ops_));
+    KESTREL_ASSIGN_OR_RETURN(KvCache cache,
+                             KvCache::create(layout, context, prefill_chunk, *ops_, kv_cache));
     auto session = std::make_unique<Session>(*this, std::move(cache), context, prefill_chunk);
     KESTREL_RETURN_IF_ERROR(session->allocate_staging());
     return session;

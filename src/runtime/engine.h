@@ -14,6 +14,7 @@
 #include "models/model.h"
 #include "models/model_config.h"
 #include "ops/ops.h"
+#include "runtime/kv_cache_format.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kestrel {
@@ -57,14 +58,22 @@ public:
     Ops& ops() const { return *ops_; }
 
     // A fresh session. context 0 = the model's trained context; prefill_chunk = tokens per
-    // forward step of a prefill (it sizes the sliding-window rings), 0 = default_prefill_chunk().
-    Result<std::unique_ptr<Session>> new_session(int64_t context = 0, int64_t prefill_chunk = 0) const;
+    // forward step of a prefill (it sizes the sliding-window rings), 0 = default_prefill_chunk();
+    // kv_cache = how full-attention layers store K and V (`--kv-cache`). On a GPU, a session whose
+    // memory plan does not fit in the free device memory is refused here (kOutOfMemory naming
+    // the sizes and a -c that fits), not part-way through a long prompt.
+    Result<std::unique_ptr<Session>> new_session(
+        int64_t context = 0, int64_t prefill_chunk = 0,
+        KvCacheFormat kv_cache = KvCacheFormat::kNative) const;
     // 512 on the CPU; 2048 on CUDA, where each chunk dequantises every weight matrix once for
     // the tensor cores, so longer chunks amortise it (and the GEMMs run at a better shape).
     int64_t default_prefill_chunk() const;
 
 private:
     Engine() = default;
+    // On a GPU: kOutOfMemory (with a -c that fits) when the session's plan exceeds free memory.
+    Status check_device_memory(int64_t context, int64_t prefill_chunk,
+                               KvCacheFormat kv_cache) const;
 
     ModelFiles files_;
     std::optional<Tokenizer> tokenizer_;

@@ -1,5 +1,7 @@
 // The KV cache of one session: per layer, a flat cache for full-attention layers (one slot per
 // position up to the context) and a ring for sliding layers (DESIGN.md "Batches and sessions").
+// With KvCacheFormat::kTq4 the full-attention layers hold TQ4 vectors (ops/kv_tq4.h): indices,
+// norms and the rotation their views point at, all owned here.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include "kestrel/status.h"
 #include "models/model.h"
 #include "ops/ops.h"
+#include "runtime/kv_cache_format.h"
 
 namespace kestrel {
 
@@ -19,17 +22,33 @@ public:
     // prefill_chunk keys (spec §10.6).
     static int64_t ring_capacity(int64_t window, int64_t context, int64_t prefill_chunk);
 
-    // In `ops`'s memory, in its KV dtype.
-    static Result<KvCache> create(std::span<const KvLayerSpec> layout, int64_t context, int64_t prefill_chunk,
-                                  Ops& ops);
+    // In `ops`'s memory: every layer in its native KV dtype, or with kTq4 the full-attention
+    // layers in TQ4. kTq4 is refused (kUnsupported) on a backend without TQ4 attention, and
+    // (kInvalidArgument) for a full layer whose head_dim and v_head_dim differ or are odd; a
+    // model without full-attention layers keeps its cache as it is (said once in the log).
+    static Result<KvCache> create(std::span<const KvLayerSpec> layout, int64_t context,
+                                  int64_t prefill_chunk, Ops& ops,
+                                  KvCacheFormat format = KvCacheFormat::kNative);
 
     // One view per layer, valid while the cache lives (moving it keeps the storage).
     std::span<const KvLayerView> views() const { return views_; }
     int64_t capacity(int64_t layer) const { return views_[layer].capacity; }
+    // Every byte the cache holds: K and V, and for TQ4 layers the norms and rotations.
     int64_t bytes() const;
 
 private:
-    std::vector<Buffer> k_, v_;  // per layer: [capacity, n_kv_heads, head_dim]
+    struct Rotation {
+        int64_t head_dim = 0;
+        Buffer matrix;  // [head_dim, head_dim] fp32 = tq4_rotation(head_dim)
+    };
+    // The rotation for head_dim, uploaded the first time a layer needs it.
+    Result<const float*> rotation(int64_t head_dim, Ops& ops);
+
+    std::vector<Buffer> k_,
+        v_;  // per layer: [capacity, n_kv_heads, head_dim] (TQ4: head_dim / 2 bytes)
+    std::vector<Buffer> k_norm_,
+        v_norm_;  // per TQ4 layer: [capacity, n_kv_heads] bf16; empty elsewhere
+    std::vector<Rotation> rotations_;  // one per distinct TQ4 head_dim
     std::vector<KvLayerView> views_;
 };
 

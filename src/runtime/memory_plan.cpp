@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
+
+#include "ops/kv_tq4.h"
 
 namespace kestrel {
 
@@ -185,11 +188,65 @@ ParameterCount count_parameters(const ModelConfig& config, const WeightSource& w
     return count;
 }
 
-int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element) {
+namespace {
+
+// One token's K and V in a full-attention layer.
+int64_t full_layer_bytes_per_token(const LayerConfig& layer, int64_t kv_bytes_per_element,
+                                   KvCacheFormat kv_cache) {
+    if (kv_cache == KvCacheFormat::kTq4) {
+        return layer.n_kv_heads *
+               (tq4_vector_bytes(layer.head_dim) + tq4_vector_bytes(layer.v_head_dim));
+    }
+    return layer.n_kv_heads * (layer.head_dim + layer.v_head_dim) * kv_bytes_per_element;
+}
+
+// The TQ4 rotations a session holds: one fp32 [D, D] per distinct full-layer head dim (KvCache).
+int64_t tq4_rotation_bytes(const ModelConfig& config) {
+    std::set<int64_t> head_dims;
+    for (const LayerConfig& layer : config.layers) {
+        if (layer.kind == LayerKind::kFull) head_dims.insert(layer.head_dim);
+    }
+    int64_t bytes = 0;
+    for (int64_t d : head_dims) bytes += d * d * 4;
+    return bytes;
+}
+
+std::string gib(int64_t bytes) {
+    return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1 << 30));
+}
+
+// What a session adds on top of the loaded weights (the runtime reserve is the CUDA context,
+// already made by then).
+int64_t session_bytes(const MemoryPlan& plan) {
+    return plan.kv_cache_bytes + plan.recurrent_state_bytes + plan.workspace_bytes;
+}
+
+// The longest context up to `limit` whose session fits in `available`, rounded down to a multiple
+// of 256 (or 0 when not even 256 tokens fit). A session's bytes grow with its context.
+int64_t longest_context_that_fits(const ModelConfig& config, MemoryPlanOptions options,
+                                  int64_t limit, int64_t available) {
+    int64_t low = 0,
+            high = limit / 256;  // in units of 256 tokens: low fits (or is 0), high + 1 does not
+    while (low < high) {
+        const int64_t mid = (low + high + 1) / 2;
+        options.context = mid * 256;
+        if (session_bytes(plan_session_memory(config, options)) <= available) {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    return low * 256;
+}
+
+}  // namespace
+
+int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element,
+                           KvCacheFormat kv_cache) {
     int64_t bytes = 0;
     for (const LayerConfig& layer : config.layers) {
         if (layer.kind != LayerKind::kFull) continue;
-        bytes += layer.n_kv_heads * (layer.head_dim + layer.v_head_dim) * kv_bytes_per_element;
+        bytes += full_layer_bytes_per_token(layer, kv_bytes_per_element, kv_cache);
     }
     return bytes;
 }
@@ -199,8 +256,7 @@ int64_t default_prefill_chunk(const ModelConfig& config) {
 }
 
 MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, const MemoryPlanOptions& options) {
-    MemoryPlan plan;
-    plan.context = options.context > 0 ? options.context : config.context_length;
+    MemoryPlan plan = plan_session_memory(config, options);
     std::map<std::string, bool> stack_has_w8;
     for (const WeightInfo& tensor : weights.tensors()) {
         const std::string stack = stack_of(tensor.name);
@@ -214,7 +270,12 @@ MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, c
         plan.weight_bytes += engine_weight_bytes_in_stack(
             tensor, !stack.empty() && stack_has_w8[stack], options.float_weights);
     }
+    return plan;
+}
 
+MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOptions& options) {
+    MemoryPlan plan;
+    plan.context = options.context > 0 ? options.context : config.context_length;
     const int64_t prefill_chunk =
         options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(config);
     // Sliding layers keep a ring: the window plus the rest of a prefill chunk that may still
@@ -225,9 +286,16 @@ MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, c
             : 0;
     int64_t widest_projection = config.hidden_size;
     for (const LayerConfig& layer : config.layers) {
-        const int64_t per_entry = layer.n_kv_heads * (layer.head_dim + layer.v_head_dim) * options.kv_bytes_per_element;
-        if (layer.kind == LayerKind::kFull) plan.kv_cache_bytes += plan.context * per_entry;
-        if (layer.kind == LayerKind::kSliding) plan.kv_cache_bytes += plan.sliding_ring_entries * per_entry;
+        if (layer.kind == LayerKind::kFull) {
+            plan.kv_cache_bytes +=
+                plan.context *
+                full_layer_bytes_per_token(layer, options.kv_bytes_per_element, options.kv_cache);
+        }
+        if (layer.kind == LayerKind::kSliding) {
+            plan.kv_cache_bytes += plan.sliding_ring_entries *
+                                   full_layer_bytes_per_token(layer, options.kv_bytes_per_element,
+                                                              KvCacheFormat::kNative);
+        }
         if (layer.kind == LayerKind::kLinear) {
             // conv state: (kernel - 1) past inputs of q|k|v; recurrent state: one k x v matrix per v head.
             const int64_t conv_channels =
@@ -260,8 +328,47 @@ MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, c
         const int64_t chunks = (chunk + 63) / 64;
         plan.workspace_bytes += config.linear_v_heads * chunks * (2 * 64 * 64 + 4 * 64) * 4;
     }
+    if (options.kv_cache == KvCacheFormat::kTq4) {
+        plan.kv_cache_bytes += tq4_rotation_bytes(config);
+        // The CUDA TQ4 layers' scratch (CudaOps::attention_tq4, kv_write): a chunk's rotated
+        // queries [T, n_heads, D] and its rotated K and V rows [2, T, n_kv_heads, D], fp32.
+        int64_t tq4_scratch = 0;
+        for (const LayerConfig& layer : config.layers) {
+            if (layer.kind != LayerKind::kFull) continue;
+            tq4_scratch = std::max(
+                tq4_scratch, chunk * (config.n_heads + 2 * layer.n_kv_heads) * layer.head_dim * 4);
+        }
+        plan.workspace_bytes += tq4_scratch;
+    }
     plan.runtime_bytes = kRuntimeReserve;
     return plan;
+}
+
+Status check_session_fits(const ModelConfig& config, const MemoryPlanOptions& options,
+                          int64_t available_bytes, bool tq4_available) {
+    const MemoryPlan plan = plan_session_memory(config, options);
+    const int64_t needed = session_bytes(plan);
+    if (needed <= available_bytes) return ok_status();
+    const int64_t fits = longest_context_that_fits(config, options, plan.context, available_bytes);
+    std::string advice =
+        fits > 0 ? fmt::format("-c {} fits", fits) : "no context fits: free GPU memory first";
+    if (options.kv_cache == KvCacheFormat::kNative && tq4_available &&
+        config.count_layers(LayerKind::kFull) > 0) {
+        MemoryPlanOptions tq4 = options;
+        tq4.kv_cache = KvCacheFormat::kTq4;
+        const int64_t tq4_fits =
+            longest_context_that_fits(config, tq4, plan.context, available_bytes);
+        if (tq4_fits > fits) advice += fmt::format(", or -c {} with --kv-cache tq4", tq4_fits);
+    }
+    std::string parts = fmt::format("KV cache {} with --kv-cache {}", gib(plan.kv_cache_bytes),
+                                    kv_cache_format_name(options.kv_cache));
+    if (plan.recurrent_state_bytes > 0)
+        parts += fmt::format(", recurrent state {}", gib(plan.recurrent_state_bytes));
+    parts += fmt::format(", workspace {}", gib(plan.workspace_bytes));
+    return Status(
+        StatusCode::kOutOfMemory,
+        fmt::format("context {} needs {} of GPU memory beyond the weights ({}) but {} is free; {}",
+                    plan.context, gib(needed), parts, gib(available_bytes), advice));
 }
 
 }  // namespace kestrel

@@ -8,6 +8,7 @@
 #include "io/weight_source.h"
 #include "models/model_config.h"
 #include "ops/ops.h"  // WeightFormat
+#include "runtime/kv_cache_format.h"
 
 namespace kestrel {
 
@@ -21,14 +22,17 @@ int64_t default_prefill_chunk(const ModelConfig& config);
 struct MemoryPlanOptions {
     int64_t context = 0;                // tokens per session; 0 = the model's trained context
     int64_t prefill_chunk = 0;          // tokens per prefill step; 0 = default_prefill_chunk
-    int64_t kv_bytes_per_element = 2;   // bf16 K/V
+    int64_t kv_bytes_per_element = 2;   // the native K/V: bf16
     WeightFormat float_weights = WeightFormat::kW4;  // what --weights makes of float matrices
+    // --kv-cache: kTq4 stores full layers' K and V in TQ4 (tq4_vector_bytes per vector, and one
+    // fp32 rotation per head dim); sliding rings stay native.
+    KvCacheFormat kv_cache = KvCacheFormat::kNative;
 };
 
 struct MemoryPlan {
     int64_t context = 0;
     int64_t weight_bytes = 0;           // in the engine's GPU formats (see engine_weight_bytes)
-    int64_t kv_cache_bytes = 0;         // full layers: context entries; sliding: a ring
+    int64_t kv_cache_bytes = 0;  // full layers: context entries; sliding: a ring; TQ4 rotations
     int64_t sliding_ring_entries = 0;   // window + chunk - 1, capped by the context
     int64_t recurrent_state_bytes = 0;  // Gated DeltaNet conv + recurrent state, fp32
     int64_t workspace_bytes = 0;        // activations of one prefill chunk and the logits
@@ -67,7 +71,21 @@ ParameterCount count_parameters(const ModelConfig& config, const WeightSource& w
 
 MemoryPlan plan_memory(const ModelConfig& config, const WeightSource& weights, const MemoryPlanOptions& options);
 
-// KV-cache bytes one token adds across the full-attention layers (the part that grows with context).
-int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element = 2);
+// The part of the plan a session adds once the weights are loaded: KV cache, recurrent state,
+// workspace and the runtime reserve (weight_bytes 0).
+MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOptions& options);
+
+// KV-cache bytes one token adds across the full-attention layers (the part that grows with
+// context): n_kv_heads * (head_dim + v_head_dim) * kv_bytes_per_element per layer, or with kTq4
+// n_kv_heads * 2 * tq4_vector_bytes(head_dim).
+int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element = 2,
+                           KvCacheFormat kv_cache = KvCacheFormat::kNative);
+
+// The up-front refusal (issue 8): ok when a session planned by `options` (its KV cache, state
+// and workspace; the weights already loaded) fits in `available_bytes`; else kOutOfMemory naming
+// what it needs, what is free, and the longest -c that fits (a multiple of 256), and, when the
+// session is native and tq4_available, the longest -c with --kv-cache tq4.
+Status check_session_fits(const ModelConfig& config, const MemoryPlanOptions& options,
+                          int64_t available_bytes, bool tq4_available);
 
 }  // namespace kestrel

@@ -6,6 +6,7 @@
 
 #include "core/log.h"
 #include "runtime/engine.h"
+#include "runtime/prefill_progress.h"
 
 namespace kestrel {
 
@@ -68,17 +69,27 @@ Status Session::step(int64_t n_tokens, LogitRows rows, std::span<float> backend_
     return ok_status();
 }
 
+Status Session::note_progress(PrefillProgress& progress, int64_t done_tokens) {
+    if (!progress.due(done_tokens)) return ok_status();
+    // The device may run behind the host: wait for it, so the line says what is done.
+    KESTREL_RETURN_IF_ERROR(engine_.ops().synchronize());
+    progress.report(done_tokens);
+    return ok_status();
+}
+
 Result<std::span<const float>> Session::prefill(std::span<const int32_t> tokens) {
     KESTREL_RETURN_IF_ERROR(check(tokens));
     Ops& ops = engine_.ops();
     std::span<float> backend_logits(logits_backend_.floats(), logits_.size());
     // Chunks of at most prefill_chunk tokens: the sliding rings were sized for that.
+    PrefillProgress progress(static_cast<int64_t>(tokens.size()), prefill_chunk_);
     for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(prefill_chunk_)) {
         const size_t count = std::min(tokens.size() - begin, static_cast<size_t>(prefill_chunk_));
         const bool last = begin + count == tokens.size();
         KESTREL_RETURN_IF_ERROR(stage(tokens.subspan(begin, count)));
         KESTREL_RETURN_IF_ERROR(step(static_cast<int64_t>(count), last ? LogitRows::kLast : LogitRows::kNone,
                                      last ? backend_logits : std::span<float>()));
+        KESTREL_RETURN_IF_ERROR(note_progress(progress, static_cast<int64_t>(begin + count)));
     }
     KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits_.data(), logits_backend_.data(), logits_.size() * sizeof(float)));
     KESTREL_RETURN_IF_ERROR(ops.synchronize());
@@ -158,6 +169,7 @@ Status Session::forward_all_logits(std::span<const int32_t> tokens, std::vector<
     if (all_logits_backend_.bytes() < chunk_floats * sizeof(float)) {
         KESTREL_ASSIGN_OR_RETURN(all_logits_backend_, ops.allocate(chunk_floats * sizeof(float)));
     }
+    PrefillProgress progress(static_cast<int64_t>(tokens.size()), prefill_chunk_);
     for (size_t begin = 0; begin < tokens.size(); begin += static_cast<size_t>(prefill_chunk_)) {
         const size_t count = std::min(tokens.size() - begin, static_cast<size_t>(prefill_chunk_));
         const size_t floats = count * static_cast<size_t>(vocab);
@@ -166,6 +178,7 @@ Status Session::forward_all_logits(std::span<const int32_t> tokens, std::vector<
                                      std::span<float>(all_logits_backend_.floats(), floats)));
         KESTREL_RETURN_IF_ERROR(ops.copy_to_host(logits.data() + begin * static_cast<size_t>(vocab),
                                                  all_logits_backend_.data(), floats * sizeof(float)));
+        KESTREL_RETURN_IF_ERROR(note_progress(progress, static_cast<int64_t>(begin + count)));
     }
     KESTREL_RETURN_IF_ERROR(ops.synchronize());
     // The last token's logits are also the session's current ones.

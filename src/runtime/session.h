@@ -14,13 +14,15 @@
 namespace kestrel {
 
 class Engine;
+class PrefillProgress;
 
 class Session {
 public:
     // Use Engine::new_session.
     Session(const Engine& engine, KvCache cache, int64_t context, int64_t prefill_chunk);
 
-    // Appends the tokens at the current position, prefill_chunk tokens per forward step, and
+    // Appends the tokens at the current position, prefill_chunk tokens per forward step (a prompt
+    // of more than 8 chunks prints a progress line every few seconds), and
     // returns the last token's logits [vocab] (valid until the next call). kInvalidArgument for
     // an empty prompt, a token outside the vocabulary, or a prompt past the context (naming both
     // lengths); the session is unchanged then.
@@ -76,6 +78,8 @@ private:
     Status step(int64_t n_tokens, LogitRows rows, std::span<float> backend_logits);
     // The staging buffers and the recurrent state, in backend memory.
     Status allocate_staging();
+    // A long prefill's progress line after done_tokens (runtime/prefill_progress.h).
+    Status note_progress(PrefillProgress& progress, int64_t done_tokens);
 
     const Engine& engine_;
     KvCache cache_;

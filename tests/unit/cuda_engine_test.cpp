@@ -29,6 +29,7 @@
 #include "io/model_files.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
+#include "runtime/kv_cache_format.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
 #include "test_support.h"
@@ -86,11 +87,12 @@ double top2_gap(std::span<const float> logits) {
 }
 
 // Prefills `prompt` on both, then decodes `steps` tokens feeding both the CPU's greedy choice.
-Comparison compare_greedy(const Engine& cpu, const Engine& gpu, const std::vector<int32_t>& prompt, int steps,
-                          double budget, int64_t chunk) {
+Comparison compare_greedy(const Engine& cpu, const Engine& gpu, const std::vector<int32_t>& prompt,
+                          int steps, double budget, int64_t chunk,
+                          KvCacheFormat kv_cache = KvCacheFormat::kNative) {
     Comparison result;
-    auto cpu_session = cpu.new_session(512, chunk);
-    auto gpu_session = gpu.new_session(512, chunk);
+    auto cpu_session = cpu.new_session(512, chunk, kv_cache);
+    auto gpu_session = gpu.new_session(512, chunk, kv_cache);
     EXPECT_TRUE(cpu_session.ok() && gpu_session.ok());
     if (!cpu_session.ok() || !gpu_session.ok()) return result;
     Result<std::span<const float>> a = (*cpu_session)->prefill(prompt);
@@ -146,6 +148,24 @@ TEST_F(CudaEngine, TinyGemma4Bf16WeightsMatchTheCpuReference) {
     const Comparison c = compare_greedy(*cpu, *gpu, prompt, 40, 0.1, 16);
     std::printf("tiny gemma4, bf16 weights: worst max|diff|/max|logit| %.3g, %d binding greedy steps\n",
                 c.worst_relative, c.greedy_checked);
+    EXPECT_GE(c.greedy_checked, 20);
+}
+
+// The TQ4 KV cache on both backends (the full layers; the sliding ones stay native): the CUDA
+// write, rotations and attention over the 4-bit cache against the CPU's, end to end. Both
+// encode the same vectors (the GPU may put an element within fp32 rounding of a bucket
+// boundary into the neighbouring bucket); the budget is the bf16 case's.
+TEST_F(CudaEngine, TinyGemma4Tq4KvCacheMatchesTheCpuReference) {
+    auto cpu = load(kTinyGemma4, Device::kCpu, WeightFormat::kW4);
+    auto gpu = load(kTinyGemma4, Device::kCuda, WeightFormat::kBF16);
+    ASSERT_TRUE(cpu && gpu);
+    std::vector<int32_t> prompt;
+    for (int i = 0; i < 70; ++i) prompt.push_back(5 + (i * 41) % 390);
+    const Comparison c = compare_greedy(*cpu, *gpu, prompt, 40, 0.2, 32, KvCacheFormat::kTq4);
+    std::printf(
+        "tiny gemma4, bf16 weights, TQ4 KV: worst max|diff|/max|logit| %.3g, %d binding greedy "
+        "steps\n",
+        c.worst_relative, c.greedy_checked);
     EXPECT_GE(c.greedy_checked, 20);
 }
 

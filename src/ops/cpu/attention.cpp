@@ -1,4 +1,5 @@
-// Causal / sliding-window softmax attention over a KV cache (flat or ring), with GQA.
+// Causal / sliding-window softmax attention over a KV cache (flat or ring), with GQA. A TQ4 cache
+// goes to attention_tq4.cpp.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,7 +16,12 @@ int64_t first_visible_position(int64_t position, int64_t window) {
     return window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
 }
 
-void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k, const float* v) {
+void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
+              const float* v, int threads) {
+    if (cache.dtype == KvDtype::kTq4) {
+        kv_write_tq4(cache, positions, k, v, threads);
+        return;
+    }
     const int64_t k_row = cache.n_kv_heads * cache.head_dim;
     const int64_t v_row = cache.n_kv_heads * cache.v_head_dim;
     for (size_t t = 0; t < positions.size(); ++t) {
@@ -71,6 +77,10 @@ KESTREL_HOT_LOOP void attend_one(const float* qh, int64_t pos, int64_t kv_head, 
 
 void attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
                const AttentionParams& params, float* out, int threads) {
+    if (cache.dtype == KvDtype::kTq4) {
+        attention_tq4(q, positions, cache, params, out, threads);
+        return;
+    }
     const int64_t n_tokens = static_cast<int64_t>(positions.size());
     const int64_t n_heads = params.n_heads;
     const int64_t group = n_heads / cache.n_kv_heads;  // query heads per kv head

@@ -72,7 +72,7 @@ void CpuOps::rope_proportional(float* x, std::span<const int64_t> positions, int
 
 void CpuOps::kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
                       const float* v) {
-    cpu::kv_write(cache, positions, k, v);
+    cpu::kv_write(cache, positions, k, v, threads_);
 }
 
 void CpuOps::attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,

@@ -66,8 +66,9 @@ void rope_neox_partial(float* x, std::span<const int64_t> positions, int64_t n_h
 void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                        int64_t rotary_pairs, double theta);
 
-// attention.cpp
-void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k, const float* v);
+// attention.cpp (a kTq4 cache goes to attention_tq4.cpp's functions)
+void kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
+              const float* v, int threads = 1);
 void attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
                const AttentionParams& params, float* out, int threads);
 // softmax in place over n scores (max-subtracted, fp32 sums in order).
@@ -75,6 +76,12 @@ void softmax(float* x, int64_t n);
 // The first key position a query at `position` sees: 0 for full attention, else
 // max(0, position - window + 1) (HF sliding mask: q_pos - k_pos < window).
 int64_t first_visible_position(int64_t position, int64_t window);
+
+// attention_tq4.cpp: the same over a kTq4 cache (KvLayerView's TQ4 layout, ops/kv_tq4.h).
+void kv_write_tq4(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
+                  const float* v, int threads);
+void attention_tq4(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
+                   const AttentionParams& params, float* out, int threads);
 
 // elementwise.cpp
 float gelu_tanh(float x);
@@ -121,6 +128,9 @@ public:
     Status fill_zero(void* dst, size_t bytes) override;
     Status copy_within(void* dst, const void* src, size_t bytes) override;
     Workspace& workspace() override { return workspace_; }
+    bool supports_kv(KvDtype dtype) const override {
+        return dtype == KvDtype::kF32 || dtype == KvDtype::kTq4;
+    }
 
     void embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) override;
     void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) override;

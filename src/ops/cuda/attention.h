@@ -32,6 +32,20 @@ struct KvCacheBf16View {
     int64_t v_head_dim = 0;
 };
 
+// A full-attention layer's TQ4 cache (ops/kv_tq4.h; KvLayerView with KvDtype::kTq4): each K / V
+// vector of head_dim D as its bf16 norm and D 4-bit codebook indices of the rotated unit vector.
+// Pointers 16-byte aligned (norms 2-byte); head_dim a multiple of 32, at most 512.
+struct KvCacheTq4View {
+    uint8_t* k = nullptr;             // [capacity, n_kv_heads, head_dim / 2] index bytes
+    uint8_t* v = nullptr;             // [capacity, n_kv_heads, head_dim / 2]
+    uint16_t* k_norm = nullptr;       // [capacity, n_kv_heads] bf16 bits
+    uint16_t* v_norm = nullptr;       // [capacity, n_kv_heads] bf16 bits
+    const float* rotation = nullptr;  // [head_dim, head_dim] R (tq4_rotation)
+    int64_t capacity = 0;
+    int64_t n_kv_heads = 0;
+    int64_t head_dim = 0;
+};
+
 // AttentionParams (ops/ops.h) by another name, so this header needs nothing from ops.h.
 struct AttentionShape {
     int64_t n_heads = 0;   // query heads; query head h reads kv head h / (n_heads / n_kv_heads)
@@ -77,6 +91,33 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
                                     const KvCacheBf16View& cache, const AttentionShape& shape,
                                     void* workspace, float* out, Q8Block* out_q8,
                                     cudaStream_t stream);
+
+// attention_prefill / attention_decode over a TQ4 cache, in the rotated space (techniques.md §4):
+// q_rotated = R q per head (tq4_rotate_rows, kv_cache_tq4.h), and out_rotated = sum_j p_j
+// norm_vj c_vj / sum_j p_j, which R^T turns back into the attention output. Each K / V tile is
+// dequantised into shared memory as bf16(norm * level), then the flash core runs as on a bf16
+// cache. Decode's workspace: attention_decode_tq4_workspace_bytes.
+Status attention_prefill_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
+                             const KvCacheTq4View& cache, const AttentionShape& shape,
+                             float* out_rotated, cudaStream_t stream);
+Status attention_decode_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
+                            const KvCacheTq4View& cache, const AttentionShape& shape,
+                            void* workspace, float* out_rotated, cudaStream_t stream);
+
+// Bytes of device workspace attention_decode_tq4 needs (its split plan allows two blocks per SM).
+size_t attention_decode_tq4_workspace_bytes(int64_t n_tokens, const KvCacheTq4View& cache,
+                                            const AttentionShape& shape);
+
+// The bf16 view of the same shape (k, v pointing at the index bytes): what the kernels' argument
+// checks and shapes are computed from.
+inline KvCacheBf16View tq4_shadow_view(const KvCacheTq4View& cache) {
+    return KvCacheBf16View{reinterpret_cast<uint16_t*>(cache.k),
+                           reinterpret_cast<uint16_t*>(cache.v),
+                           cache.capacity,
+                           cache.n_kv_heads,
+                           cache.head_dim,
+                           cache.head_dim};
+}
 
 // The engine's entry points: decode for n_tokens <= kAttentionDecodeMaxTokens, else prefill.
 inline size_t attention_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {

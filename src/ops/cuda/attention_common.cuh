@@ -19,11 +19,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 
 #include "kestrel/status.h"
 #include "ops/cuda/attention.h"
+#include "ops/kv_tq4.h"
 
 namespace kestrel::cuda {
 
@@ -53,6 +55,14 @@ struct AttentionKernelArgs {
     const int64_t* positions = nullptr;   // [T], device
     const uint16_t* k_cache = nullptr;    // [capacity, n_kv_heads, head_dim] bf16
     const uint16_t* v_cache = nullptr;    // [capacity, n_kv_heads, v_head_dim] bf16
+    // A TQ4 cache (kv_tq4.h) instead: k_tq4 / v_tq4 the 4-bit indices [capacity, n_kv_heads,
+    // head_dim / 2], k_norm / v_norm the bf16 norms [capacity, n_kv_heads], tq4_levels the
+    // codebook; q and out are then in the rotated space. Null k_tq4: the bf16 cache above.
+    const uint8_t* k_tq4 = nullptr;
+    const uint8_t* v_tq4 = nullptr;
+    const uint16_t* k_norm = nullptr;
+    const uint16_t* v_norm = nullptr;
+    float tq4_levels[16] = {};
     float* out = nullptr;  // [T, n_heads, v_head_dim]; decode: may be null with out_q8
     Q8Block* out_q8 =
         nullptr;  // decode: null, or the Q8 blocks of out [T, n_heads * v_head_dim / 32]
@@ -111,6 +121,31 @@ inline Status check_attention_arguments(const char* what, const float* q, const 
         return fail("null pointer, or q / cache / out not 16-byte aligned");
     }
     return ok_status();
+}
+
+// What the TQ4 kernels need beyond check_attention_arguments of the shadow view.
+inline Status check_tq4_cache(const char* what, const KvCacheTq4View& cache) {
+    if (cache.head_dim < 32 || cache.head_dim > 512 || cache.head_dim % 32 != 0) {
+        return Status(StatusCode::kInvalidArgument, std::string(what) + ": TQ4 head dim " +
+                                                        std::to_string(cache.head_dim) +
+                                                        " (a multiple of 32, at most 512)");
+    }
+    if (cache.k_norm == nullptr || cache.v_norm == nullptr ||
+        reinterpret_cast<uintptr_t>(cache.k_norm) % 2 != 0 ||
+        reinterpret_cast<uintptr_t>(cache.v_norm) % 2 != 0) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": null or misaligned TQ4 norms");
+    }
+    return ok_status();
+}
+
+inline void set_tq4_arguments(const KvCacheTq4View& cache, AttentionKernelArgs& a) {
+    a.k_tq4 = cache.k;
+    a.v_tq4 = cache.v;
+    a.k_norm = cache.k_norm;
+    a.v_norm = cache.v_norm;
+    const std::array<float, kTq4Levels> levels = tq4_levels(cache.head_dim);
+    for (int i = 0; i < kTq4Levels; ++i) a.tq4_levels[i] = levels[i];
 }
 
 inline AttentionKernelArgs make_attention_kernel_args(const float* q, const int64_t* positions, int64_t n_tokens,
@@ -199,6 +234,15 @@ __device__ __forceinline__ void cp_async_16(uint16_t* shared, const uint16_t* gl
                  "r"(valid ? 16 : 0)
                  : "memory");
 }
+// Copies of the TQ4 byte -> bf16 pair table in shared memory (flash_attend).
+constexpr int kTq4TableCopies = 8;
+
+__device__ __forceinline__ void cp_async_16_bytes(unsigned char* shared, const uint8_t* global,
+                                                  bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)),
+                 "l"(global), "r"(valid ? 16 : 0)
+                 : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
@@ -231,10 +275,20 @@ struct FlashConfig {
     static constexpr int kPBytes = kRows * kPStride * 2;
     static constexpr int kReduceBytes = kRowGroups * kColSplit * 16 * 4;
     static constexpr int kSharedBytes = kQBytes + 4 * kTileBytes + kPBytes + 2 * kReduceBytes;
+    // A TQ4 cache: one stage of bf16 K/V tiles, then the next tile before dequantisation (K and
+    // V index bytes [kKeys][kHeadDimPad / 2] each), which is the double buffer, then two tiles'
+    // K and V norms (fp32 [2][2][kKeys]). Decode at head dim 512 then fits two blocks per SM (~100
+    // KiB each).
+    static constexpr int kTq4RawRowBytes = kHeadDimPad / 2;
+    static constexpr int kTq4RawBytes = 2 * kKeys * kTq4RawRowBytes + 2 * 2 * kKeys * 4;
+    static constexpr int kTq4RawOffset = kQBytes + 2 * kTileBytes + kPBytes + 2 * kReduceBytes;
+    static constexpr int kTq4SharedBytes = kTq4RawOffset + kTq4RawBytes;
 
     static_assert(kKeysPerWarp % 8 == 0 && kColsPerWarp % 16 == 0 && kKeys % 16 == 0);
     static_assert(kThreads % kChunks == 0, "each thread loads one fixed 16-byte column of the K/V rows");
     static_assert(kSharedBytes <= 227 * 1024);
+    static_assert(kTq4SharedBytes <= 227 * 1024);
+    static_assert(kTq4RawRowBytes % 16 == 0, "a raw row is whole 16-byte cp.async chunks");
 };
 
 // The running state of the thread's two rows (warp rows lane / 4 and lane / 4 + 8): O columns
@@ -248,10 +302,17 @@ struct FlashState {
 
 // Runs the block over keys [key_begin, key_end) for packed rows [row0, row0 + kRows) of kv_head.
 // On return every warp of a row group holds the same m and the full l of its rows, and its own
-// O columns [col_part * kColsPerWarp, +kColsPerWarp). Contains __syncthreads: call from all threads.
-template <class C>
-__device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int kv_head, int row0, int key_begin,
-                                             int key_end, unsigned char* shared, FlashState<C>& st) {
+// O columns [col_part * kColsPerWarp, +kColsPerWarp). Contains __syncthreads: call from all
+// threads. kTq4: the K/V tiles come from a TQ4 cache (a.k_tq4, ...): the next tile's index
+// bytes are copied with cp.async into a raw area (C::kTq4RawOffset) and its norms loaded into
+// registers while the current tile is computed; after it, every thread dequantises 8-element
+// chunks (consecutive threads, consecutive 16-byte stores: no bank conflicts) into the single
+// stage as the bare levels bf16(level); a key's norm scales its score, a value's norm the
+// probability that multiplies it (bf16(p * norm_v) in P V; l sums the plain p).
+template <class C, bool kTq4 = false>
+__device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int kv_head, int row0,
+                                             int key_begin, int key_end, unsigned char* shared,
+                                             FlashState<C>& st) {
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -267,8 +328,11 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const auto v_s = [&](int stage) {
         return reinterpret_cast<uint16_t*>(shared + C::kQBytes + (2 * stage + 1) * C::kTileBytes);
     };
-    uint16_t* p_s = reinterpret_cast<uint16_t*>(shared + C::kQBytes + 4 * C::kTileBytes);
-    float* red_max = reinterpret_cast<float*>(shared + C::kQBytes + 4 * C::kTileBytes + C::kPBytes);
+    // Two stages of K/V tiles on a bf16 cache; one on a TQ4 cache (its raw tile is the other).
+    constexpr int kStageTiles = kTq4 ? 2 : 4;
+    uint16_t* p_s = reinterpret_cast<uint16_t*>(shared + C::kQBytes + kStageTiles * C::kTileBytes);
+    float* red_max =
+        reinterpret_cast<float*>(shared + C::kQBytes + kStageTiles * C::kTileBytes + C::kPBytes);
     float* red_sum = red_max + C::kGroups * C::kSplit * 16;
 
     // K/V tile of keys [k0, k0 + kKeys): thread tid always loads 16-byte column tid % kChunks.
@@ -289,9 +353,91 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         }
     };
 
+    // TQ4: issue_tq4 starts the copy of tile [k0, k0 + kKeys)'s index bytes (zeros past the range
+    // and past the head dim) and loads the norm of thread tid's key (K for tid < kKeys, V for the
+    // next kKeys; 0 past the range); dequantise_tq4 turns the raw tile into the stage as the bare
+    // codebook levels, bf16(level), two per index byte from a table of every byte's pair (8
+    // copies, one per lane % 8, so a warp's random bytes seldom share a bank). The norms stay
+    // out of the tiles: they scale each key's score and each value's probability (below), which
+    // saves a multiply and a conversion per element.
+    using Tq4Table = uint32_t[256 * kTq4TableCopies];
+    __shared__ Tq4Table pair_table;
+    unsigned char* raw_k = shared + C::kTq4RawOffset;
+    unsigned char* raw_v = raw_k + C::kKeys * C::kTq4RawRowBytes;
+    // [tile parity][K norms [kKeys], V norms [kKeys]]: the current tile's stay readable while the
+    // next one's are stored.
+    float* tile_norms = reinterpret_cast<float*>(raw_v + C::kKeys * C::kTq4RawRowBytes);
+    float norm_carry = 0.0f;
+    const auto issue_tq4 = [&](int k0) {
+        constexpr int kRowChunks = C::kTq4RawRowBytes / 16;
+        for (int i = tid; i < C::kKeys * kRowChunks; i += C::kThreads) {
+            const int j = i / kRowChunks;
+            const int part = i % kRowChunks;
+            const int key = k0 + j;
+            const bool valid = key < key_end && part * 32 < a.head_dim;
+            const int64_t row =
+                static_cast<int64_t>(valid ? key % a.capacity : 0) * a.n_kv_heads + kv_head;
+            const int64_t offset = valid ? row * (a.head_dim / 2) + part * 16 : 0;
+            cp_async_16_bytes(raw_k + j * C::kTq4RawRowBytes + part * 16, a.k_tq4 + offset, valid);
+            cp_async_16_bytes(raw_v + j * C::kTq4RawRowBytes + part * 16, a.v_tq4 + offset, valid);
+        }
+        norm_carry = 0.0f;
+        if (tid < 2 * C::kKeys) {
+            const int key = k0 + tid % C::kKeys;
+            if (key < key_end) {
+                const int64_t row = static_cast<int64_t>(key % a.capacity) * a.n_kv_heads + kv_head;
+                const uint16_t bits = __ldg((tid < C::kKeys ? a.k_norm : a.v_norm) + row);
+                norm_carry = __uint_as_float(static_cast<uint32_t>(bits) << 16);
+            }
+        }
+    };
+    const auto dequantise_tq4 = [&](int tile) {
+        cp_async_wait_all();
+        if (tid < 2 * C::kKeys) tile_norms[(tile & 1) * 2 * C::kKeys + tid] = norm_carry;
+        __syncthreads();  // the raw tile and its norms visible; every warp done with the stage
+        constexpr int kRowChunks = C::kHeadDim / 8;
+        const uint32_t* table = pair_table + (lane & (kTq4TableCopies - 1));
+        for (int i = tid; i < 2 * C::kKeys * kRowChunks; i += C::kThreads) {
+            const bool is_v = i >= C::kKeys * kRowChunks;
+            const int c = is_v ? i - C::kKeys * kRowChunks : i;
+            const int j = c / kRowChunks;
+            const int part = c % kRowChunks;
+            uint4 packed = make_uint4(0, 0, 0, 0);
+            if (part * 8 < a.head_dim) {
+                const uint32_t bytes = *reinterpret_cast<const uint32_t*>(
+                    (is_v ? raw_v : raw_k) + j * C::kTq4RawRowBytes + part * 4);
+                packed = make_uint4(table[(bytes & 0xffu) * kTq4TableCopies],
+                                    table[((bytes >> 8) & 0xffu) * kTq4TableCopies],
+                                    table[((bytes >> 16) & 0xffu) * kTq4TableCopies],
+                                    table[(bytes >> 24) * kTq4TableCopies]);
+            }
+            *reinterpret_cast<uint4*>((is_v ? v_s(0) : k_s(0)) + j * C::kStride + part * 8) =
+                packed;
+        }
+    };
+
     const int n_tiles = key_end > key_begin ? (key_end - key_begin + C::kKeys - 1) / C::kKeys : 0;
-    if (n_tiles > 0) load_tile(0, key_begin);
-    cp_async_commit();
+    if constexpr (kTq4) {
+        // Byte b holds elements 2i (low nibble) and 2i + 1: the bf16 pair (low half first) of
+        // their levels, as pack_bf16x2 rounds them.
+        // Through 16 shared floats first: indexing the parameter array per thread would serialise
+        // on the constant cache.
+        __shared__ float levels[16];
+        if (tid < 16) levels[tid] = a.tq4_levels[tid];
+        __syncthreads();
+        for (int i = tid; i < 256 * kTq4TableCopies; i += C::kThreads) {
+            const int byte = i / kTq4TableCopies;
+            pair_table[i] = pack_bf16x2(levels[byte & 0x0f], levels[byte >> 4]);
+        }
+        if (n_tiles > 0) {
+            issue_tq4(key_begin);
+            cp_async_commit();
+            dequantise_tq4(0);  // its barrier also publishes the table
+        }
+    } else {
+        if (n_tiles > 0) load_tile(0, key_begin);
+        cp_async_commit();
+    }
 
     // Q tile -> bf16 in shared memory; rows past the call and columns past head_dim are zeros.
     constexpr int kQuads = C::kHeadDim / 4;
@@ -347,12 +493,20 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const int barrier_id = 1 + row_group;
 
     for (int tile = 0; tile < n_tiles; ++tile) {
-        const int stage = tile & 1;
+        const int stage = kTq4 ? 0 : tile & 1;
         const int k0 = key_begin + tile * C::kKeys;
-        cp_async_wait_all();
-        __syncthreads();  // tile visible to all; every warp is done with the other stage, P and red_max
-        if (tile + 1 < n_tiles) load_tile(stage ^ 1, k0 + C::kKeys);
-        cp_async_commit();
+        if constexpr (kTq4) {
+            __syncthreads();  // tile visible to all; every warp is done with the other stage, P,
+                              // red_max, raw
+            if (tile + 1 < n_tiles) issue_tq4(k0 + C::kKeys);
+            cp_async_commit();
+        } else {
+            cp_async_wait_all();
+            __syncthreads();  // tile visible to all; every warp is done with the other stage, P and
+                              // red_max
+            if (tile + 1 < n_tiles) load_tile(stage ^ 1, k0 + C::kKeys);
+            cp_async_commit();
+        }
 
         // S = Q K^T over this warp's keys [key_off, key_off + kKeysPerWarp) of the tile.
         const int key_off = col_part * C::kKeysPerWarp;
@@ -386,7 +540,10 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             }
         }
 
-        // Scale, softcap, mask; row maxima of the warp's keys (a row's values sit in one lane quad).
+        // Scale, softcap, mask; row maxima of the warp's keys (a row's values sit in one lane
+        // quad). TQ4: each key's score also takes its norm (its tile row holds the bare levels).
+        const float* k_norms = tile_norms + (tile & 1) * 2 * C::kKeys;
+        const float* v_norms = k_norms + C::kKeys;
         float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < C::kKeyTiles; ++j) {
@@ -395,6 +552,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
                 const int i = e >> 1;
                 const int key = k0 + key_off + j * 8 + 2 * c + (e & 1);
                 float x = s[j][e] * a.scale;
+                if constexpr (kTq4) x *= k_norms[key - k0];
                 if (a.softcap > 0.0f) x = a.softcap * tanhf(x / a.softcap);
                 x = (key >= row_lo[i] && key <= row_hi[i]) ? x * kLog2e : -INFINITY;
                 s[j][e] = x;
@@ -444,8 +602,17 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             const float p3 = exp2f(s[j][3] - reference[1]);
             row_sum[0] += p0 + p1;
             row_sum[1] += p2 + p3;
-            *reinterpret_cast<uint32_t*>(p_warp + g * C::kPStride + j * 8) = pack_bf16x2(p0, p1);
-            *reinterpret_cast<uint32_t*>(p_warp + (g + 8) * C::kPStride + j * 8) = pack_bf16x2(p2, p3);
+            // TQ4: the value norms go into the probabilities multiplying the bare levels (l
+            // keeps the plain sums).
+            float v0 = 1.0f, v1 = 1.0f;
+            if constexpr (kTq4) {
+                v0 = v_norms[key_off + j * 8 + 2 * c];
+                v1 = v_norms[key_off + j * 8 + 2 * c + 1];
+            }
+            *reinterpret_cast<uint32_t*>(p_warp + g * C::kPStride + j * 8) =
+                pack_bf16x2(p0 * v0, p1 * v1);
+            *reinterpret_cast<uint32_t*>(p_warp + (g + 8) * C::kPStride + j * 8) =
+                pack_bf16x2(p2 * v0, p3 * v1);
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i) st.l[i] = st.l[i] * alpha[i] + row_sum[i];
@@ -476,6 +643,11 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
                 mma_bf16_16x8x16(st.o[2 * np], pa, b[0], b[1]);
                 mma_bf16_16x8x16(st.o[2 * np + 1], pa, b[2], b[3]);
             }
+        }
+        // TQ4: the next tile into the one stage, after dequantise_tq4's barrier (reached by every
+        // thread: n_tiles is the block's) has seen every warp done with this one.
+        if constexpr (kTq4) {
+            if (tile + 1 < n_tiles) dequantise_tq4(tile + 1);
         }
     }
 

@@ -77,11 +77,11 @@ __device__ __forceinline__ void emit_value(const AttentionKernelArgs& a, int64_t
 }
 
 // The block attends to all keys [lo, hi) and writes its rows normalised: O * (1 / l).
-template <class C>
+template <class C, bool kTq4>
 __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0, int lo, int hi,
                             unsigned char* shared) {
     FlashState<C> st;
-    flash_attend<C>(a, kv_head, row0, lo, hi, shared, st);
+    flash_attend<C, kTq4>(a, kv_head, row0, lo, hi, shared, st);
     // Through shared memory, which the K/V tiles no longer need, to a column-per-thread layout.
     static_assert(C::kSharedBytes >= C::kRows * C::kHeadDim * 4, "a tile of output rows fits");
     float* rows = reinterpret_cast<float*>(shared);
@@ -110,7 +110,7 @@ __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0,
     }
 }
 
-template <int kHeadDimPad>
+template <int kHeadDimPad, bool kTq4>
 __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     attention_decode_kernel(AttentionKernelArgs a) {
     wait_for_upstream();
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     const int key_end = min(hi, key_begin + chunk);
 
     if (splits == 1) {
-        if (split == 0) single_pass<C>(a, kv_head, row0, lo, hi, shared);
+        if (split == 0) single_pass<C, kTq4>(a, kv_head, row0, lo, hi, shared);
         return;
     }
 
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     }
 
     FlashState<C> st;
-    flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st);
+    flash_attend<C, kTq4>(a, kv_head, row0, key_begin, key_end, shared, st);
 
     const int lane = threadIdx.x & 31;
     const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part
@@ -188,34 +188,53 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int splits = decode_splits_used(hi - lo, a.max_splits, a.single_pass_keys);
     if (splits == 1) return;  // the decode kernel wrote the row
 
-    // Splits where the row saw no key (l = 0) are skipped: their O was never written.
+    // Each split's (m, l) read once into shared memory by parallel loads; then every thread forms
+    // the maximum and the denominator from there in split order. Splits where the row saw no key
+    // (l = 0) are skipped: their O was never written.
+    __shared__ float m_s[kDecodeMaxSplits];
+    __shared__ float l_s[kDecodeMaxSplits];
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
+        m_s[s] = ml[0];
+        l_s[s] = ml[1];
+    }
+    __syncthreads();
     float m_max = -INFINITY;
     for (int s = 0; s < splits; ++s) {
-        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
-        if (ml[1] > 0.0f) m_max = fmaxf(m_max, ml[0]);
+        if (l_s[s] > 0.0f) m_max = fmaxf(m_max, m_s[s]);
     }
     float denominator = 0.0f;
     for (int s = 0; s < splits; ++s) {
-        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
-        if (ml[1] > 0.0f) denominator += exp2f(ml[0] - m_max) * ml[1];
+        if (l_s[s] > 0.0f) denominator += exp2f(m_s[s] - m_max) * l_s[s];
     }
     for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-        const float* ml = a.partial_ml + (static_cast<int64_t>(s) * partial_rows + prow) * 2;
-        weight[s] = ml[1] > 0.0f ? exp2f(ml[0] - m_max) : 0.0f;
+        weight[s] = l_s[s] > 0.0f ? exp2f(m_s[s] - m_max) : 0.0f;
     }
     __syncthreads();
     // No split with a key (impossible for a valid call) gives 0 / 0 = NaN, never a silent 0.
     const float inv_denominator = 1.0f / denominator;
     // With out_q8, v_head_dim % 32 == 0 and the block is whole warps: each step's 32 columns of a
-    // warp are one Q8 block of the row, quantised together.
+    // warp are one Q8 block of the row, quantised together. The partials of kReduceBatch splits
+    // are loaded before any is added (independent loads in flight, not one round trip per split);
+    // the sum still runs in split order.
+    constexpr int kReduceBatch = 16;
     for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
         float sum = 0.0f;
-        for (int s = 0; s < splits; ++s) {
-            if (weight[s] != 0.0f) {
-                sum +=
-                    weight[s] *
-                    a.partial_acc[(static_cast<int64_t>(s) * partial_rows + prow) * a.v_head_dim +
-                                  col];
+        for (int s0 = 0; s0 < splits; s0 += kReduceBatch) {
+            float values[kReduceBatch];
+#pragma unroll
+            for (int u = 0; u < kReduceBatch; ++u) {
+                const int s = s0 + u;
+                values[u] = s < splits
+                                ? a.partial_acc[(static_cast<int64_t>(s) * partial_rows + prow) *
+                                                    a.v_head_dim +
+                                                col]
+                                : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < kReduceBatch; ++u) {
+                const int s = s0 + u;
+                if (s < splits && weight[s] != 0.0f) sum += weight[s] * values[u];
             }
         }
         emit_value(a, prow, col, sum * inv_denominator);
@@ -223,13 +242,16 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 // The most splits this shape can use: enough for its most keys at kDecodeMinKeysPerSplit each,
-// no more blocks than kDecodeTargetBlocks, at most kDecodeMaxSplits.
-int64_t decode_max_splits(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
+// no more blocks than kDecodeTargetBlocks (twice that over a TQ4 cache, whose decode blocks fit
+// two per SM), at most kDecodeMaxSplits.
+int64_t decode_max_splits(int64_t n_tokens, const KvCacheBf16View& cache,
+                          const AttentionShape& shape, bool tq4) {
     const int64_t group = shape.n_heads / cache.n_kv_heads;
     const int64_t row_tiles = (n_tokens * group + 15) / 16;
     const int64_t max_keys = shape.window > 0 ? std::min(cache.capacity, shape.window + n_tokens - 1) : cache.capacity;
     const int64_t by_keys = (max_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit;
-    const int64_t by_blocks = kDecodeTargetBlocks / (cache.n_kv_heads * row_tiles);
+    const int64_t target_blocks = tq4 ? 2 * kDecodeTargetBlocks : kDecodeTargetBlocks;
+    const int64_t by_blocks = target_blocks / (cache.n_kv_heads * row_tiles);
     return std::clamp<int64_t>(std::min(by_keys, by_blocks), 1, kDecodeMaxSplits);
 }
 
@@ -237,17 +259,23 @@ size_t partial_acc_bytes(int64_t splits, int64_t n_tokens, const KvCacheBf16View
     return static_cast<size_t>(splits * n_tokens * shape.n_heads * cache.v_head_dim) * sizeof(float);
 }
 
-template <int kHeadDimPad>
+template <int kHeadDimPad, bool kTq4>
 Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStream_t stream) {
     using C = DecodeConfig<kHeadDimPad>;
     static_assert(C::kRows == 16, "decode_max_splits counts row tiles of 16");
-    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSharedBytes));
+    if constexpr (kTq4) {  // two blocks per SM need the largest shared-memory carveout
+        KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, kTq4>,
+                                                cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                100));
+    }
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, kTq4>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kTq4 ? C::kTq4SharedBytes : C::kSharedBytes));
     KESTREL_CUDA_CHECK(launch_overlapped(
-        attention_decode_kernel<kHeadDimPad>,
+        attention_decode_kernel<kHeadDimPad, kTq4>,
         dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
              static_cast<unsigned>(row_tiles)),
-        dim3(C::kThreads), C::kSharedBytes, stream, args));
+        dim3(C::kThreads), kTq4 ? C::kTq4SharedBytes : C::kSharedBytes, stream, args));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     KESTREL_CUDA_CHECK(launch_overlapped(attention_decode_reduce_kernel,
                                          dim3(static_cast<unsigned>(args.n_tokens * args.n_heads)),
@@ -296,11 +324,26 @@ Status kv_write_bf16(const KvCacheBf16View& cache, const int64_t* positions, int
     return ok_status();
 }
 
-size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache, const AttentionShape& shape) {
+namespace {
+
+size_t decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache,
+                              const AttentionShape& shape, bool tq4) {
     if (n_tokens < 1 || cache.n_kv_heads < 1 || shape.n_heads < cache.n_kv_heads || cache.capacity < 1) return 0;
-    const int64_t splits = decode_max_splits(n_tokens, cache, shape);
+    const int64_t splits = decode_max_splits(n_tokens, cache, shape, tq4);
     return partial_acc_bytes(splits, n_tokens, cache, shape) +
            static_cast<size_t>(splits * n_tokens * shape.n_heads * 2) * sizeof(float);
+}
+
+}  // namespace
+
+size_t attention_decode_workspace_bytes(int64_t n_tokens, const KvCacheBf16View& cache,
+                                        const AttentionShape& shape) {
+    return decode_workspace_bytes(n_tokens, cache, shape, false);
+}
+
+size_t attention_decode_tq4_workspace_bytes(int64_t n_tokens, const KvCacheTq4View& cache,
+                                            const AttentionShape& shape) {
+    return decode_workspace_bytes(n_tokens, tq4_shadow_view(cache), shape, true);
 }
 
 namespace {
@@ -308,7 +351,7 @@ namespace {
 Status launch_attention_decode(const char* what, const float* q, const int64_t* positions,
                                int64_t n_tokens, const KvCacheBf16View& cache,
                                const AttentionShape& shape, void* workspace, float* out,
-                               Q8Block* out_q8, cudaStream_t stream) {
+                               Q8Block* out_q8, const KvCacheTq4View* tq4, cudaStream_t stream) {
     KESTREL_RETURN_IF_ERROR(
         check_attention_arguments(what, q, positions, n_tokens, cache, shape,
                                   out != nullptr ? static_cast<const void*>(out) : out_q8));
@@ -329,19 +372,29 @@ Status launch_attention_decode(const char* what, const float* q, const int64_t* 
     }
     AttentionKernelArgs args = make_attention_kernel_args(q, positions, n_tokens, cache, shape, out);
     args.out_q8 = out_q8;
-    const int64_t splits = decode_max_splits(n_tokens, cache, shape);
+    const int64_t splits = decode_max_splits(n_tokens, cache, shape, tq4 != nullptr);
     args.max_splits = static_cast<int>(splits);
     args.single_pass_keys = decode_single_pass_keys(cache.head_dim, cache.v_head_dim);
     args.partial_acc = static_cast<float*>(workspace);
     args.partial_ml = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
                                                partial_acc_bytes(splits, n_tokens, cache, shape));
+    if (tq4 != nullptr) set_tq4_arguments(*tq4, args);
     const int64_t row_tiles = (n_tokens * args.group + 15) / 16;
     if (row_tiles > 65535) return Status(StatusCode::kInvalidArgument, "attention_decode: too many tokens for decode");
+    const bool t = tq4 != nullptr;
     switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
-        case 64: return launch_decode<64>(args, row_tiles, stream);
-        case 128: return launch_decode<128>(args, row_tiles, stream);
-        case 256: return launch_decode<256>(args, row_tiles, stream);
-        default: return launch_decode<512>(args, row_tiles, stream);
+        case 64:
+            return t ? launch_decode<64, true>(args, row_tiles, stream)
+                     : launch_decode<64, false>(args, row_tiles, stream);
+        case 128:
+            return t ? launch_decode<128, true>(args, row_tiles, stream)
+                     : launch_decode<128, false>(args, row_tiles, stream);
+        case 256:
+            return t ? launch_decode<256, true>(args, row_tiles, stream)
+                     : launch_decode<256, false>(args, row_tiles, stream);
+        default:
+            return t ? launch_decode<512, true>(args, row_tiles, stream)
+                     : launch_decode<512, false>(args, row_tiles, stream);
     }
 }
 
@@ -351,7 +404,7 @@ Status attention_decode(const float* q, const int64_t* positions, int64_t n_toke
                         const KvCacheBf16View& cache, const AttentionShape& shape, void* workspace,
                         float* out, cudaStream_t stream) {
     return launch_attention_decode("attention_decode", q, positions, n_tokens, cache, shape,
-                                   workspace, out, nullptr, stream);
+                                   workspace, out, nullptr, nullptr, stream);
 }
 
 Status attention_decode_quantize_q8(const float* q, const int64_t* positions, int64_t n_tokens,
@@ -362,7 +415,16 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
         return Status(StatusCode::kInvalidArgument, "attention_decode_quantize_q8: null Q8 output");
     }
     return launch_attention_decode("attention_decode_quantize_q8", q, positions, n_tokens, cache,
-                                   shape, workspace, out, out_q8, stream);
+                                   shape, workspace, out, out_q8, nullptr, stream);
+}
+
+Status attention_decode_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
+                            const KvCacheTq4View& cache, const AttentionShape& shape,
+                            void* workspace, float* out_rotated, cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_tq4_cache("attention_decode_tq4", cache));
+    return launch_attention_decode("attention_decode_tq4", q_rotated, positions, n_tokens,
+                                   tq4_shadow_view(cache), shape, workspace, out_rotated, nullptr,
+                                   &cache, stream);
 }
 
 }  // namespace kestrel::cuda

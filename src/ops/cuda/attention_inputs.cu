@@ -136,6 +136,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     const int64_t row_offset = (static_cast<int64_t>(token) * a.n_kv_heads + kv_head) * a.head_dim;
     // kv_write_bf16: slot = positions[t] % capacity.
     const int64_t cache_offset = ((position % a.capacity) * a.n_kv_heads + kv_head) * a.head_dim;
+    // Without a cache (a TQ4 layer, whose write follows: kv_cache_tq4.h) only the rows change.
+    uint16_t* k_cache_row = a.k_cache != nullptr ? a.k_cache + cache_offset : nullptr;
+    uint16_t* v_cache_row = a.v_cache != nullptr ? a.v_cache + cache_offset : nullptr;
     float* k_row = a.k + row_offset;
     float* v_row = a.v + row_offset;
     const int chunks = a.head_dim / 4;
@@ -152,7 +155,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
             const float4 y = a.v_norm
                                  ? normalise_chunk(raw[k], k_inv_rms, nullptr, c, a.head_dim, true)
                                  : raw[k];
-            store_output_chunk(v_row, a.v_cache + cache_offset, c, y);
+            store_output_chunk(v_row, v_cache_row, c, y);
         }
     } else {
         float4 v_raw[kNormChunks];
@@ -164,18 +167,18 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
             if (c >= chunks) break;
             if (a.v_norm) {
                 store_output_chunk(
-                    v_row, a.v_cache + cache_offset, c,
+                    v_row, v_cache_row, c,
                     normalise_chunk(v_raw[k], v_inv_rms, nullptr, c, a.head_dim, true));
-            } else {  // v stays as it is; only its cache row is written
+            } else if (v_cache_row != nullptr) {  // v stays as it is; only its cache row is written
                 const float4 y = v_raw[k];
-                reinterpret_cast<uint2*>(a.v_cache + cache_offset)[c] =
+                reinterpret_cast<uint2*>(v_cache_row)[c] =
                     make_uint2(bf16_bits(y.x) | (bf16_bits(y.y) << 16),
                                bf16_bits(y.z) | (bf16_bits(y.w) << 16));
             }
         }
     }
     norm_rope_row(raw, k_inv_rms, a.k_norm, a.k_norm_vec4, position, a, table, staged, lane, k_row,
-                  a.k_cache + cache_offset);
+                  k_cache_row);
 }
 
 bool aligned16(const void* p) {
@@ -210,8 +213,10 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
                 " rotating pairs: head_dim must be a multiple of 16 in [16, " +
                 std::to_string(kMaxAttentionInputsHeadDim) + "], rotating pairs <= head_dim / 2");
     }
-    if (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31) || n_tokens > cache.capacity ||
-        cache.n_kv_heads != inputs.n_kv_heads || cache.head_dim != hd || cache.v_head_dim != hd) {
+    const bool write_cache = cache.k != nullptr || cache.v != nullptr;
+    if (write_cache &&
+        (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31) || n_tokens > cache.capacity ||
+         cache.n_kv_heads != inputs.n_kv_heads || cache.head_dim != hd || cache.v_head_dim != hd)) {
         return Status(StatusCode::kInvalidArgument,
                       "attention_inputs: cache of capacity " + std::to_string(cache.capacity) +
                           ", " + std::to_string(cache.n_kv_heads) + " kv heads x " +
@@ -221,8 +226,9 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
                           std::to_string(inputs.n_kv_heads) + " kv heads x " + std::to_string(hd));
     }
     if (positions == nullptr || inputs.q == nullptr || inputs.k == nullptr || inputs.v == nullptr ||
-        cache.k == nullptr || cache.v == nullptr || !aligned16(inputs.q) || !aligned16(inputs.k) ||
-        !aligned16(inputs.v) || !aligned16(cache.k) || !aligned16(cache.v)) {
+        (write_cache && (cache.k == nullptr || cache.v == nullptr)) || !aligned16(inputs.q) ||
+        !aligned16(inputs.k) || !aligned16(inputs.v) || !aligned16(cache.k) ||
+        !aligned16(cache.v)) {
         return Status(StatusCode::kInvalidArgument,
                       "attention_inputs: null pointer, or q / k / v / cache not 16-byte aligned");
     }
@@ -242,7 +248,7 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
     args.head_dim = static_cast<int>(hd);
     args.rotary_pairs = static_cast<int>(rotary_pairs);
     args.pair_distance = static_cast<int>(pair_distance);
-    args.capacity = static_cast<int>(cache.capacity);
+    args.capacity = write_cache ? static_cast<int>(cache.capacity) : 1;
     args.eps = inputs.eps;
     args.v_from_raw_k = inputs.v_from_raw_k;
     args.v_norm = inputs.v_norm;

@@ -56,9 +56,11 @@ struct AttentionInputs {
 constexpr int64_t kMaxAttentionInputsHeadDim = 512;
 
 // positions: device int64 [n_tokens], slot = position % cache.capacity (two tokens must not share
-// a slot). The cache must match the shape: n_kv_heads, head_dim == v_head_dim == inputs.head_dim.
-// q, k, v and the cache 16-byte aligned. One launch: never synchronises, allocates or copies, so
-// it can be captured into a CUDA graph and replayed with new device positions.
+// a slot). A cache with null k and v: q, k and v are updated in place and no cache is written
+// (a TQ4 layer's write, kv_write_tq4, follows). The cache must match the shape: n_kv_heads,
+// head_dim == v_head_dim == inputs.head_dim. q, k, v and the cache 16-byte aligned. One launch:
+// never synchronises, allocates or copies, so it can be captured into a CUDA graph and replayed
+// with new device positions.
 Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions, int64_t n_tokens,
                         const KvCacheBf16View& cache, cudaStream_t stream);
 

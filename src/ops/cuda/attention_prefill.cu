@@ -17,7 +17,7 @@ namespace {
 template <int kHeadDimPad>
 using PrefillConfig = FlashConfig<kHeadDimPad, 4, 2>;
 
-template <int kHeadDimPad>
+template <int kHeadDimPad, bool kTq4>
 __global__ void __launch_bounds__(PrefillConfig<kHeadDimPad>::kThreads, 1)
     attention_prefill_kernel(AttentionKernelArgs a) {
     using C = PrefillConfig<kHeadDimPad>;
@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(PrefillConfig<kHeadDimPad>::kThreads, 1)
     const int key_end = static_cast<int>(a.positions[last_token]) + 1;
 
     FlashState<C> st;
-    flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st);
+    flash_attend<C, kTq4>(a, kv_head, row0, key_begin, key_end, shared, st);
 
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -57,31 +57,62 @@ __global__ void __launch_bounds__(PrefillConfig<kHeadDimPad>::kThreads, 1)
     }
 }
 
-template <int kHeadDimPad>
+template <int kHeadDimPad, bool kTq4>
 Status launch_prefill(const AttentionKernelArgs& args, cudaStream_t stream) {
     using C = PrefillConfig<kHeadDimPad>;
     const int64_t rows = static_cast<int64_t>(args.n_tokens) * args.group;
     const int64_t row_tiles = (rows + C::kRows - 1) / C::kRows;
-    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<kHeadDimPad>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSharedBytes));
-    attention_prefill_kernel<kHeadDimPad><<<dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(args.n_kv_heads)),
-                                            C::kThreads, C::kSharedBytes, stream>>>(args);
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<kHeadDimPad, kTq4>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kTq4 ? C::kTq4SharedBytes : C::kSharedBytes));
+    attention_prefill_kernel<kHeadDimPad, kTq4>
+        <<<dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(args.n_kv_heads)),
+           C::kThreads, kTq4 ? C::kTq4SharedBytes : C::kSharedBytes, stream>>>(args);
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
 
 }  // namespace
 
+Status launch_attention_prefill(const AttentionKernelArgs& args, int head_dim_pad,
+                                cudaStream_t stream) {
+    const bool tq4 = args.k_tq4 != nullptr;
+    switch (head_dim_pad) {
+        case 64:
+            return tq4 ? launch_prefill<64, true>(args, stream)
+                       : launch_prefill<64, false>(args, stream);
+        case 128:
+            return tq4 ? launch_prefill<128, true>(args, stream)
+                       : launch_prefill<128, false>(args, stream);
+        case 256:
+            return tq4 ? launch_prefill<256, true>(args, stream)
+                       : launch_prefill<256, false>(args, stream);
+        default:
+            return tq4 ? launch_prefill<512, true>(args, stream)
+                       : launch_prefill<512, false>(args, stream);
+    }
+}
+
 Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
                          const AttentionShape& shape, float* out, cudaStream_t stream) {
     KESTREL_RETURN_IF_ERROR(check_attention_arguments("attention_prefill", q, positions, n_tokens, cache, shape, out));
     const AttentionKernelArgs args = make_attention_kernel_args(q, positions, n_tokens, cache, shape, out);
-    switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
-        case 64: return launch_prefill<64>(args, stream);
-        case 128: return launch_prefill<128>(args, stream);
-        case 256: return launch_prefill<256>(args, stream);
-        default: return launch_prefill<512>(args, stream);
-    }
+    return launch_attention_prefill(
+        args, attention_padded_head_dim(cache.head_dim, cache.v_head_dim), stream);
+}
+
+Status attention_prefill_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
+                             const KvCacheTq4View& cache, const AttentionShape& shape,
+                             float* out_rotated, cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_tq4_cache("attention_prefill_tq4", cache));
+    const KvCacheBf16View shadow = tq4_shadow_view(cache);
+    KESTREL_RETURN_IF_ERROR(check_attention_arguments("attention_prefill_tq4", q_rotated, positions,
+                                                      n_tokens, shadow, shape, out_rotated));
+    AttentionKernelArgs args =
+        make_attention_kernel_args(q_rotated, positions, n_tokens, shadow, shape, out_rotated);
+    set_tq4_arguments(cache, args);
+    return launch_attention_prefill(args, attention_padded_head_dim(cache.head_dim, cache.head_dim),
+                                    stream);
 }
 
 }  // namespace kestrel::cuda

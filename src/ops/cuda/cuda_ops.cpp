@@ -13,6 +13,7 @@
 #include "ops/cuda/gated_delta.h"
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/gemv_w8a8.h"
+#include "ops/cuda/kv_cache_tq4.h"
 #include "ops/cuda/moe_experts.h"
 #include "ops/cuda/moe_prefill.h"
 #include "ops/cuda/qwen35_ops.h"
@@ -44,6 +45,23 @@ W8DeviceView w8_view(const Weight& w) {
 KvCacheBf16View bf16_cache(const KvLayerView& cache) {
     return KvCacheBf16View{static_cast<uint16_t*>(cache.k), static_cast<uint16_t*>(cache.v), cache.capacity,
                            cache.n_kv_heads, cache.head_dim, cache.v_head_dim};
+}
+
+KvCacheTq4View tq4_cache(const KvLayerView& cache) {
+    return KvCacheTq4View{static_cast<uint8_t*>(cache.k),
+                          static_cast<uint8_t*>(cache.v),
+                          cache.k_norm,
+                          cache.v_norm,
+                          cache.rotation,
+                          cache.capacity,
+                          cache.n_kv_heads,
+                          cache.head_dim};
+}
+
+Status unsupported_kv(KvDtype dtype) {
+    return Status(StatusCode::kInternal,
+                  fmt::format("the CUDA backend's KV cache must be bf16 or TQ4, not {}",
+                              static_cast<int>(dtype)));
 }
 
 // GPU sampling (sampling.cu) on the backend's stream.
@@ -431,9 +449,8 @@ void CudaOps::rms_norm_gated_linear(const float* x, const float* z, const float*
 Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
                                  std::span<const int64_t> positions, const AttentionInputsParams& p,
                                  const KvLayerView& cache) {
-    if (cache.dtype != KvDtype::kBF16) {
-        return Status(StatusCode::kInternal, "the CUDA backend's KV cache must be bf16");
-    }
+    if (cache.dtype != KvDtype::kBF16 && cache.dtype != KvDtype::kTq4)
+        return unsupported_kv(cache.dtype);
     const ProfileScope scope(*this, "attention_inputs");
     AttentionInputs inputs;
     inputs.q = q;
@@ -450,6 +467,14 @@ Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_no
     inputs.eps = p.eps;
     inputs.theta = p.theta;
     inputs.partial_rotary_dim = p.partial_rotary_dim;
+    if (cache.dtype == KvDtype::kTq4) {
+        // The rows in place (no bf16 cache), then the TQ4 write encodes k and v.
+        KESTREL_RETURN_IF_ERROR(cuda::attention_inputs(inputs, positions.data(),
+                                                       static_cast<int64_t>(positions.size()),
+                                                       KvCacheBf16View{}, stream_));
+        kv_write(cache, positions, k, v);
+        return ok_status();
+    }
     return cuda::attention_inputs(inputs, positions.data(), static_cast<int64_t>(positions.size()), bf16_cache(cache),
                                   stream_);
 }
@@ -493,9 +518,14 @@ void CudaOps::rope_proportional(float* x, std::span<const int64_t> positions, in
 void CudaOps::kv_write(const KvLayerView& cache, std::span<const int64_t> positions, const float* k,
                        const float* v) {
     const ProfileScope scope(*this, "kv_write");
-    if (cache.dtype != KvDtype::kBF16) {
-        return note(Status(StatusCode::kInternal, "the CUDA backend's KV cache must be bf16"));
+    const auto tokens = static_cast<int64_t>(positions.size());
+    if (cache.dtype == KvDtype::kTq4) {
+        const KvCacheTq4View view = tq4_cache(cache);
+        Result<void*> scratch = ensure(tq4_write_, kv_write_tq4_scratch_bytes(tokens, view));
+        if (!scratch.ok()) return note(scratch.status());
+        return note(kv_write_tq4(view, positions.data(), tokens, k, v, *scratch, stream_));
     }
+    if (cache.dtype != KvDtype::kBF16) return note(unsupported_kv(cache.dtype));
     note(kv_write_bf16(bf16_cache(cache), positions.data(), static_cast<int64_t>(positions.size()), k, v, stream_));
 }
 
@@ -508,6 +538,8 @@ Result<void*> CudaOps::attention_workspace(const KvCacheBf16View& cache,
 
 void CudaOps::attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
                         const AttentionParams& params, float* out) {
+    if (cache.dtype == KvDtype::kTq4) return attention_tq4(q, positions, cache, params, out);
+    if (cache.dtype != KvDtype::kBF16) return note(unsupported_kv(cache.dtype));
     const ProfileScope scope(*this, "attention");
     const KvCacheBf16View view = bf16_cache(cache);
     const AttentionShape shape{params.n_heads, params.scale, params.window, params.softcap};
@@ -517,9 +549,42 @@ void CudaOps::attention(const float* q, std::span<const int64_t> positions, cons
     note(cuda::attention(q, positions.data(), tokens, view, shape, *workspace, out, stream_));
 }
 
+void CudaOps::attention_tq4(const float* q, std::span<const int64_t> positions,
+                            const KvLayerView& cache, const AttentionParams& params, float* out) {
+    const ProfileScope scope(*this, "attention_tq4");
+    const KvCacheTq4View view = tq4_cache(cache);
+    const AttentionShape shape{params.n_heads, params.scale, params.window, params.softcap};
+    const auto tokens = static_cast<int64_t>(positions.size());
+    const int64_t rows = tokens * params.n_heads;
+    const int64_t d = view.head_dim;
+    const size_t row_bytes = static_cast<size_t>(rows * d) * sizeof(float);
+    Result<void*> scratch = ensure(tq4_rows_, row_bytes);
+    if (!scratch.ok()) return note(scratch.status());
+    auto* rotated = static_cast<float*>(*scratch);
+    // q' = R q; out' = attention in the rotated space; out = R^T out' (techniques.md §4). out'
+    // overwrites q' in place: each query row is read before its output row is written, by the
+    // same block (prefill, single-pass decode) or by the reduce after every split (split-K).
+    note(tq4_rotate_rows(q, rows, d, view.rotation, /*transpose=*/false, rotated, stream_));
+    if (tokens <= kAttentionDecodeMaxTokens) {
+        Result<void*> workspace =
+            ensure(attention_, attention_decode_tq4_workspace_bytes(tokens, view, shape));
+        if (!workspace.ok()) return note(workspace.status());
+        note(attention_decode_tq4(rotated, positions.data(), tokens, view, shape, *workspace,
+                                  rotated, stream_));
+    } else {
+        note(attention_prefill_tq4(rotated, positions.data(), tokens, view, shape, rotated,
+                                   stream_));
+    }
+    note(tq4_rotate_rows(rotated, rows, d, view.rotation, /*transpose=*/true, out, stream_));
+}
+
 void CudaOps::attention_linear(const float* q, std::span<const int64_t> positions,
                                const KvLayerView& cache, const AttentionParams& params,
                                float* attn_out, bool keep_attn_out, const Weight& w, float* out) {
+    if (cache.dtype != KvDtype::kBF16) {
+        // TQ4: attention (its output turned back to the model's space), then the projection.
+        return Ops::attention_linear(q, positions, cache, params, attn_out, keep_attn_out, w, out);
+    }
     const auto tokens = static_cast<int64_t>(positions.size());
     const KvCacheBf16View view = bf16_cache(cache);
     if (tokens <= kAttentionDecodeMaxTokens && gemv_path(tokens, w) && view.v_head_dim % 32 == 0 &&

@@ -32,6 +32,9 @@ public:
     Status take_error() override;
     Status synchronize() override;
     KvDtype kv_dtype() const override { return KvDtype::kBF16; }
+    bool supports_kv(KvDtype dtype) const override {
+        return dtype == KvDtype::kBF16 || dtype == KvDtype::kTq4;
+    }
     bool accepts(WeightFormat format) const override { return format != WeightFormat::kF32; }
     Workspace& workspace() override { return workspace_; }
     Result<std::unique_ptr<CapturedStep>> capture(const std::function<Status()>& step) override;
@@ -132,6 +135,10 @@ private:
     // The decode attention's split-K partials, grown for this call's shape.
     Result<void*> attention_workspace(const KvCacheBf16View& cache, const AttentionShape& shape,
                                       int64_t tokens);
+    // Attention over a TQ4 layer: q turned into the rotated space, attention there, the output
+    // turned back (attention.h attention_*_tq4, kv_cache_tq4.h).
+    void attention_tq4(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
+                       const AttentionParams& params, float* out);
 
     cudaStream_t stream_ = nullptr;
     bool capturing_ = false;
@@ -144,6 +151,9 @@ private:
     Scratch moe_;        // the routed experts' activations (moe_experts_scratch_bytes)
     Scratch gated_delta_;  // chunked Gated DeltaNet: T, QK, gates (gated_delta_scratch_bytes)
     Scratch moe_prefill_;  // the prefill routed experts' buffers (moe_prefill_scratch_bytes)
+    Scratch tq4_write_;    // a TQ4 cache write's rotated K and V rows (kv_write_tq4_scratch_bytes)
+    Scratch
+        tq4_rows_;  // TQ4 attention's rotated q, then in place its rotated output [T, n_heads, d]
     std::vector<Buffer> retired_;
     bool profiling_ = false;
     std::vector<TimedLaunch> timed_;

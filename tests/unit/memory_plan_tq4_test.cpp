@@ -1,0 +1,132 @@
+// The memory plan with --kv-cache tq4 (issue 8), from the target models' shape tables and the
+// format's definition (ops/kv_tq4.h: D / 2 index bytes and a bf16 norm per vector; techniques.md
+// §4, gemma4-and-gemma3.md §4.1: "258 bytes per vector vs 1024 bf16" for D = 512), and the
+// up-front refusal of a session that does not fit, with the -c it suggests.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "io/hf_config.h"
+#include "models/model_config.h"
+#include "runtime/memory_plan.h"
+#include "target_models.h"
+#include "test_support.h"
+
+namespace kestrel {
+namespace {
+
+using namespace test_support;
+
+constexpr int64_t kKiB = 1024;
+constexpr int64_t kMiB = kKiB * 1024;
+constexpr int64_t kGiB = kMiB * 1024;
+
+ModelConfig config_from_json(const nlohmann::json& config_json) {
+    Result<HfConfig> hf = HfConfig::parse(config_json.dump(), "test/config.json");
+    EXPECT_TRUE(hf.ok()) << hf.status().message();
+    if (!hf.ok()) return {};
+    Result<ModelConfig> config = model_config_from_hf(*hf);
+    EXPECT_TRUE(config.ok()) << config.status().message();
+    return config.ok() ? *config : ModelConfig{};
+}
+
+// Gemma 4 31B: 10 global layers x 4 kv heads x (512 / 2 + 2) bytes x (K and V) per token.
+constexpr int64_t kGemma4Tq4PerToken = 10 * 4 * (256 + 2) * 2;
+// 50 sliding layers keep bf16 rings of window 1024 + chunk 2048 - 1 entries, 16 KiB each.
+constexpr int64_t kGemma4Rings = int64_t{3071} * 16 * kKiB * 50;
+constexpr int64_t kGemma4Rotation = 512 * 512 * 4;  // one head dim among the global layers
+
+TEST(MemoryPlanTq4, Gemma4At128K) {
+    const ModelConfig config = config_from_json(gemma4_31b_config_json());
+    EXPECT_EQ(kv_bytes_per_token(config, 2, KvCacheFormat::kTq4), kGemma4Tq4PerToken);
+    EXPECT_EQ(kv_bytes_per_token(config, 2, KvCacheFormat::kTq4), 20640);
+    // 80 KiB / 20640 bytes: 3.97x smaller (gemma4-and-gemma3.md §4.1).
+    EXPECT_NEAR(static_cast<double>(kv_bytes_per_token(config)) / kGemma4Tq4PerToken, 3.97, 0.005);
+
+    const FakeWeightSource weights = gemma4_31b_gguf_weights();
+    const MemoryPlan bf16 = plan_memory(config, weights, {.context = 131072});
+    const MemoryPlan tq4 =
+        plan_memory(config, weights, {.context = 131072, .kv_cache = KvCacheFormat::kTq4});
+    EXPECT_EQ(tq4.kv_cache_bytes,
+              int64_t{131072} * kGemma4Tq4PerToken + kGemma4Rings + kGemma4Rotation);
+    EXPECT_EQ(tq4.sliding_ring_entries, bf16.sliding_ring_entries);
+    EXPECT_EQ(tq4.weight_bytes, bf16.weight_bytes);
+    // Plus the CUDA TQ4 scratch of a 2048-token chunk: rotated q (32 heads) and K, V (4 kv heads
+    // each) of head dim 512 in fp32.
+    EXPECT_EQ(tq4.workspace_bytes - bf16.workspace_bytes, int64_t{2048} * (32 + 2 * 4) * 512 * 4);
+    EXPECT_EQ(bf16.kv_cache_bytes - tq4.kv_cache_bytes,
+              int64_t{131072} * (80 * kKiB - kGemma4Tq4PerToken) - kGemma4Rotation);
+    std::printf(
+        "Gemma 4 31B at 131072, W4: KV cache %.2f GiB with tq4 (%.2f GiB bf16), total %.2f GiB "
+        "(%.2f GiB)\n",
+        static_cast<double>(tq4.kv_cache_bytes) / kGiB,
+        static_cast<double>(bf16.kv_cache_bytes) / kGiB,
+        static_cast<double>(tq4.total_bytes()) / kGiB,
+        static_cast<double>(bf16.total_bytes()) / kGiB);
+}
+
+TEST(MemoryPlanTq4, Qwen35FullLayersOnly) {
+    const ModelConfig config = config_from_json(qwen35_config_json());
+    // 10 full layers x 2 kv heads x (256 / 2 + 2) x 2; no sliding layers, one 256 x 256 rotation.
+    EXPECT_EQ(kv_bytes_per_token(config, 2, KvCacheFormat::kTq4), 10 * 2 * 130 * 2);
+    const MemoryPlan plan =
+        plan_session_memory(config, {.context = 262144, .kv_cache = KvCacheFormat::kTq4});
+    EXPECT_EQ(plan.kv_cache_bytes, int64_t{262144} * 10 * 2 * 130 * 2 + 256 * 256 * 4);
+    EXPECT_EQ(plan.weight_bytes, 0);  // a session's part only
+}
+
+TEST(MemoryPlanTq4, SessionPlanIsThePlanLessTheWeights) {
+    const ModelConfig config = config_from_json(gemma4_31b_config_json());
+    const MemoryPlanOptions options{.context = 8192, .kv_cache = KvCacheFormat::kTq4};
+    const MemoryPlan whole = plan_memory(config, gemma4_31b_gguf_weights(), options);
+    const MemoryPlan session = plan_session_memory(config, options);
+    EXPECT_EQ(session.kv_cache_bytes, whole.kv_cache_bytes);
+    EXPECT_EQ(session.workspace_bytes, whole.workspace_bytes);
+    EXPECT_EQ(session.total_bytes(), whole.total_bytes() - whole.weight_bytes);
+}
+
+int64_t session_bytes(const ModelConfig& config, MemoryPlanOptions options, int64_t context) {
+    options.context = context;
+    const MemoryPlan plan = plan_session_memory(config, options);
+    return plan.kv_cache_bytes + plan.recurrent_state_bytes + plan.workspace_bytes;
+}
+
+// A session whose plan exceeds the free memory is refused before anything is allocated, naming
+// the sizes and the longest -c that fits (and that it does fit, and 256 more does not); with
+// bf16, TQ4's longer context is offered too.
+TEST(MemoryPlanTq4, RefusesUpFrontWithAContextThatFits) {
+    const ModelConfig config = config_from_json(gemma4_31b_config_json());
+    const MemoryPlanOptions bf16{.context = 131072};
+    const MemoryPlanOptions tq4{.context = 131072, .kv_cache = KvCacheFormat::kTq4};
+    const int64_t available = 6 * kGiB;
+    ASSERT_GT(session_bytes(config, bf16, 131072), available);
+    ASSERT_LT(session_bytes(config, tq4, 131072), available);
+    EXPECT_TRUE(check_session_fits(config, tq4, available, true).ok());
+
+    const Status refused = check_session_fits(config, bf16, available, true);
+    ASSERT_EQ(refused.code(), StatusCode::kOutOfMemory);
+    const std::string& message = refused.message();
+    std::printf("%s\n", message.c_str());
+    EXPECT_EQ(message.find('\n'), std::string::npos);
+    EXPECT_NE(message.find("context 131072"), std::string::npos) << message;
+    EXPECT_NE(message.find("6.00 GiB is free"), std::string::npos) << message;
+    EXPECT_NE(message.find("-c 131072 with --kv-cache tq4"), std::string::npos) << message;
+    const size_t at = message.find("; -c ");
+    ASSERT_NE(at, std::string::npos) << message;
+    const int64_t suggested = std::stoll(message.substr(at + 5));
+    EXPECT_EQ(suggested % 256, 0);
+    EXPECT_LE(session_bytes(config, bf16, suggested), available);
+    EXPECT_GT(session_bytes(config, bf16, suggested + 256), available);
+
+    // Without a TQ4 backend only the bf16 context is offered; with too little memory, none.
+    const Status no_tq4 = check_session_fits(config, bf16, available, false);
+    EXPECT_EQ(no_tq4.message().find("tq4"), std::string::npos) << no_tq4.message();
+    const Status nothing = check_session_fits(config, tq4, 64 * kMiB, true);
+    EXPECT_EQ(nothing.code(), StatusCode::kOutOfMemory);
+    EXPECT_NE(nothing.message().find("no context fits"), std::string::npos) << nothing.message();
+}
+
+}  // namespace
+}  // namespace kestrel
