@@ -152,21 +152,52 @@ TEST_F(CudaEngine, TinyGemma4Bf16WeightsMatchTheCpuReference) {
 }
 
 // The TQ4 KV cache on both backends (the full layers; the sliding ones stay native): the CUDA
-// write, rotations and attention over the 4-bit cache against the CPU's, end to end. Both
-// encode the same vectors (the GPU may put an element within fp32 rounding of a bucket
-// boundary into the neighbouring bucket); the budget is the bf16 case's.
+// write, rotations and attention over the 4-bit cache against the CPU's, end to end. The
+// quantiser is a step function, so the bf16 differences of the GPU's inputs (weights, sliding
+// KV, q) move an element lying near a bucket boundary into the neighbouring bucket, and the
+// logits differ more than with a native cache (measured on the H100: worst 0.283 of the logit
+// range, against 0.066 native). What must hold, on one token stream (the CPU TQ4 greedy
+// choices): every step within 1.5x that worst, 0.45; and on average the GPU at most 0.7x as
+// far from the CPU's TQ4 logits as the CPU's own native-cache logits are, so it runs TQ4 and not
+// something else (measured: mean 0.148 against 0.266, 0.56x; native vs TQ4 on the CPU is 0.114
+// to 0.527 per step).
 TEST_F(CudaEngine, TinyGemma4Tq4KvCacheMatchesTheCpuReference) {
     auto cpu = load(kTinyGemma4, Device::kCpu, WeightFormat::kW4);
     auto gpu = load(kTinyGemma4, Device::kCuda, WeightFormat::kBF16);
     ASSERT_TRUE(cpu && gpu);
     std::vector<int32_t> prompt;
     for (int i = 0; i < 70; ++i) prompt.push_back(5 + (i * 41) % 390);
-    const Comparison c = compare_greedy(*cpu, *gpu, prompt, 40, 0.2, 32, KvCacheFormat::kTq4);
+    auto cpu_tq4 = cpu->new_session(512, 32, KvCacheFormat::kTq4);
+    auto cpu_native = cpu->new_session(512, 32, KvCacheFormat::kNative);
+    auto gpu_tq4 = gpu->new_session(512, 32, KvCacheFormat::kTq4);
+    ASSERT_TRUE(cpu_tq4.ok() && cpu_native.ok() && gpu_tq4.ok());
+    Result<std::span<const float>> reference = (*cpu_tq4)->prefill(prompt);
+    Result<std::span<const float>> native = (*cpu_native)->prefill(prompt);
+    Result<std::span<const float>> cuda = (*gpu_tq4)->prefill(prompt);
+    double gpu_sum = 0.0, format_sum = 0.0, gpu_worst = 0.0;
+    constexpr int kSteps = 40;
+    for (int step = 0;; ++step) {
+        ASSERT_TRUE(reference.ok() && native.ok() && cuda.ok());
+        const std::vector<float> r(reference->begin(), reference->end());
+        const double gpu_distance =
+            relative_difference(r, std::vector<float>(cuda->begin(), cuda->end()));
+        const double format_distance =
+            relative_difference(r, std::vector<float>(native->begin(), native->end()));
+        EXPECT_LE(gpu_distance, 0.45) << "step " << step;  // NaN fails
+        gpu_worst = std::max(gpu_worst, gpu_distance);
+        gpu_sum += gpu_distance;
+        format_sum += format_distance;
+        if (step == kSteps) break;
+        const int32_t token = argmax(r);
+        reference = (*cpu_tq4)->decode(token);
+        native = (*cpu_native)->decode(token);
+        cuda = (*gpu_tq4)->decode(token);
+    }
+    EXPECT_TRUE((*gpu_tq4)->decode_captured()) << "decode never ran from a captured graph";
     std::printf(
-        "tiny gemma4, bf16 weights, TQ4 KV: worst max|diff|/max|logit| %.3g, %d binding greedy "
-        "steps\n",
-        c.worst_relative, c.greedy_checked);
-    EXPECT_GE(c.greedy_checked, 20);
+        "tiny gemma4, TQ4 KV: CUDA vs CPU worst %.3g, mean %.3g; CPU native vs TQ4 mean %.3g\n",
+        gpu_worst, gpu_sum / (kSteps + 1), format_sum / (kSteps + 1));
+    EXPECT_LE(gpu_sum, 0.7 * format_sum);
 }
 
 TEST_F(CudaEngine, TinyGemma4W8WeightsMatchTheCpuReference) {
