@@ -22,6 +22,7 @@
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/small_ops.cuh"  // quantize_q8_warp
@@ -34,15 +35,6 @@ using DecodeConfig = FlashConfig<kHeadDimPad, 1, 4>;
 
 constexpr int kReduceThreads = 128;
 constexpr int kWriteThreads = 256;
-
-// fp32 -> bf16 bits exactly as fp32_to_bf16 (core/half.h): round to nearest even, NaN stays a
-// quiet NaN with its sign and top payload bits.
-__device__ __forceinline__ uint32_t bf16_bits(float value) {
-    uint32_t bits = __float_as_uint(value);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return bits >> 16;
-}
 
 __global__ void kv_write_bf16_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                      const int64_t* __restrict__ positions, int64_t k_chunks, int64_t total_chunks,

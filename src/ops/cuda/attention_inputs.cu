@@ -14,6 +14,7 @@
 //   rope_kernel (rope.cu) turns them. Latency bound at decode (T * 18..48 warps): 4 warps per
 //   block spread the few items over more SMs than 8 would.
 #include "ops/cuda/attention_inputs.h"
+#include "ops/cuda/bf16_bits.cuh"
 
 #include <cuda_runtime.h>
 
@@ -56,15 +57,6 @@ struct KernelArgs {
     bool q_norm_vec4;  // q_norm 16-byte aligned: float4 loads (the values do not depend on it)
     bool k_norm_vec4;
 };
-
-// fp32 -> bf16 bits exactly as kv_write_bf16 (attention_decode.cu) and fp32_to_bf16 (core/half.h):
-// round to nearest even, NaN stays a quiet NaN with its sign and top payload bits.
-__device__ __forceinline__ uint32_t bf16_bits(float value) {
-    uint32_t bits = __float_as_uint(value);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return bits >> 16;
-}
 
 // Chunk c (4 floats) of a row to the fp32 row and, when cache_row is set, to its bf16 cache row.
 __device__ __forceinline__ void store_output_chunk(float* row, uint16_t* cache_row, int c,

@@ -16,6 +16,7 @@
 
 #include <string>
 
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/gemm_prefill.h"
 
@@ -23,15 +24,6 @@ namespace kestrel::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// core/half.h fp32_to_bf16, bit for bit: NaN -> quiet NaN with its sign and high payload,
-// everything else rounded to nearest even (overflowing to inf).
-__device__ __forceinline__ uint32_t bf16_bits(float value) {
-    uint32_t bits = __float_as_uint(value);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return bits >> 16;
-}
 
 __device__ __forceinline__ uint32_t bf16_pair(float low, float high) { return bf16_bits(low) | (bf16_bits(high) << 16); }
 

@@ -15,6 +15,7 @@
 #include <array>
 #include <string>
 
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/kv_cache_tq4.h"
 #include "ops/cuda/launch.cuh"
@@ -127,12 +128,17 @@ struct EncodeArgs {
     float boundaries[kTq4Levels - 1];
 };
 
-// fp32 -> bf16 bits as fp32_to_bf16 (core/half.h): RNE, NaN kept quiet.
-__device__ __forceinline__ uint16_t to_bf16_bits(float value) {
-    uint32_t bits = __float_as_uint(value);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return static_cast<uint16_t>(bits >> 16);
+// The index tq4_encode gives element (R x)_i = rotated of a vector of norm `norm`: the codebook
+// bucket of rotated / norm (a value on a boundary takes the lower level); 8 everywhere for a
+// zero or non-finite vector (it decodes to zeros, or NaN through its norm).
+__device__ __forceinline__ int tq4_bucket(float rotated, float norm,
+                                          const float (&boundaries)[kTq4Levels - 1]) {
+    if (!(norm > 0.0f)) return kTq4Levels / 2;
+    const float unit = __fdiv_rn(rotated, norm);
+    int index = 0;
+#pragma unroll
+    for (int b = 0; b < kTq4Levels - 1; ++b) index += unit > boundaries[b] ? 1 : 0;
+    return index;
 }
 
 __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArgs a) {
@@ -163,14 +169,7 @@ __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArg
 
     uint8_t* indices = staged[warp];
     for (int i = lane; i < a.d; i += 32) {
-        int index = kTq4Levels / 2;  // a zero (or non-finite) vector: decodes to zeros / NaN anyway
-        if (norm > 0.0f) {
-            const float unit = __fdiv_rn(r[i], norm);
-            index = 0;
-#pragma unroll
-            for (int b = 0; b < kTq4Levels - 1; ++b) index += unit > a.boundaries[b] ? 1 : 0;
-        }
-        indices[i] = static_cast<uint8_t>(index);
+        indices[i] = static_cast<uint8_t>(tq4_bucket(r[i], norm, a.boundaries));
     }
     __syncwarp();
     const int t = row / a.n_kv;
@@ -180,7 +179,7 @@ __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArg
     for (int b = lane; b < a.d / 2; b += 32) {
         dst[b] = static_cast<uint8_t>(indices[2 * b] | (indices[2 * b + 1] << 4));
     }
-    if (lane == 0) (is_v ? a.v_norm : a.k_norm)[slot] = to_bf16_bits(norm);
+    if (lane == 0) (is_v ? a.v_norm : a.k_norm)[slot] = static_cast<uint16_t>(bf16_bits(norm));
 }
 
 // ---- few rows (decode): one warp per output column ---------------------------------------------
@@ -317,15 +316,7 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
             if (lane < count && n < a.d) a.y[static_cast<int64_t>(row0 + lane) * a.d + n] = dot;
         } else {
             __syncthreads();  // norm_s complete
-            const float norm = norm_s[lane];
-            int index = kTq4Levels / 2;  // zero or non-finite vector (tq4_encode)
-            if (norm > 0.0f) {
-                const float unit = __fdiv_rn(dot, norm);
-                index = 0;
-#pragma unroll
-                for (int b = 0; b < kTq4Levels - 1; ++b) index += unit > a.boundaries[b] ? 1 : 0;
-            }
-            index_s[lane][warp] = static_cast<uint8_t>(index);
+            index_s[lane][warp] = static_cast<uint8_t>(tq4_bucket(dot, norm_s[lane], a.boundaries));
             __syncthreads();
             // One thread per row: the 8 indices n0 .. n0 + 7 as 4 bytes, element 2b low.
             if (threadIdx.x < static_cast<unsigned>(count)) {
@@ -345,7 +336,9 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
                 }
                 uint8_t* dst = (is_v ? a.v_cache : a.k_cache) + slot * (a.d / 2) + n0 / 2;
                 *reinterpret_cast<uint32_t*>(dst) = packed;
-                if (blockIdx.x == 0) (is_v ? a.v_norm : a.k_norm)[slot] = to_bf16_bits(norm_s[r]);
+                if (blockIdx.x == 0)
+                    (is_v ? a.v_norm : a.k_norm)[slot] =
+                        static_cast<uint16_t>(bf16_bits(norm_s[r]));
             }
         }
     }

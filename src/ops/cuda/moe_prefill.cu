@@ -57,6 +57,7 @@
 // one, and the fragment skipping keeps the MMAs at ~80 rows per expert either way.
 // Cost at rows 2048, k 9: 69 GFLOP (gate_up) + 34 (down) of useful MMAs, ~11% more computed;
 // W4 weights 0.45 GB, read about once from DRAM (an expert's tiles run side by side).
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/moe_prefill.h"
 
 #include <cuda_bf16.h>
@@ -154,14 +155,6 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 }
 
 // ---- bf16 and dequantisation (dequantize_bf16.cu's arithmetic, bit for bit) ------------------
-
-// core/half.h fp32_to_bf16: NaN -> quiet NaN, everything else rounded to nearest even.
-__device__ __forceinline__ uint32_t bf16_bits(float value) {
-    uint32_t bits = __float_as_uint(value);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return bits >> 16;
-}
 
 __device__ __forceinline__ uint32_t bf16_pair(float low, float high) {
     return bf16_bits(low) | (bf16_bits(high) << 16);
