@@ -25,15 +25,6 @@ using namespace test_support;
 constexpr int64_t kKiB = 1024;
 constexpr int64_t kGiB = int64_t{1} << 30;
 
-ModelConfig config_from_json(const json& config_json) {
-    Result<HfConfig> hf = HfConfig::parse(config_json.dump(), "test/config.json");
-    EXPECT_TRUE(hf.ok()) << hf.status().message();
-    if (!hf.ok()) return {};
-    Result<ModelConfig> config = model_config_from_hf(*hf);
-    EXPECT_TRUE(config.ok()) << config.status().message();
-    return config.ok() ? *config : ModelConfig{};
-}
-
 ModelConfig config_from_gguf(const GgufWriter& writer) {
     Result<std::vector<uint8_t>> bytes = writer.to_bytes();
     EXPECT_TRUE(bytes.ok()) << bytes.status().message();

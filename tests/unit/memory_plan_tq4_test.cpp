@@ -23,15 +23,6 @@ constexpr int64_t kKiB = 1024;
 constexpr int64_t kMiB = kKiB * 1024;
 constexpr int64_t kGiB = kMiB * 1024;
 
-ModelConfig config_from_json(const nlohmann::json& config_json) {
-    Result<HfConfig> hf = HfConfig::parse(config_json.dump(), "test/config.json");
-    EXPECT_TRUE(hf.ok()) << hf.status().message();
-    if (!hf.ok()) return {};
-    Result<ModelConfig> config = model_config_from_hf(*hf);
-    EXPECT_TRUE(config.ok()) << config.status().message();
-    return config.ok() ? *config : ModelConfig{};
-}
-
 // Gemma 4 31B: 10 global layers x 4 kv heads x (512 / 2 + 2) bytes x (K and V) per token.
 constexpr int64_t kGemma4Tq4PerToken = 10 * 4 * (256 + 2) * 2;
 // 50 sliding layers keep bf16 rings of window 1024 + chunk 2048 - 1 entries, 16 KiB each.

@@ -4,7 +4,7 @@
 //   Gemma 4 31B      ../shared/specs/gemma4-and-gemma3.md §1 (config), §1.1 (shapes), §7.1 (GGUF)
 //   Qwen3.5-35B-A3B  ../shared/specs/qwen35-moe.md §1.1 (config), §1.2 (shapes)
 //   both             ../shared/specs/gguf-layouts.md (GGUF tensor tables and metadata keys)
-// Shared by model_config_test.cpp and memory_plan_test.cpp.
+// Shared by model_config_test.cpp, memory_plan_test.cpp and memory_plan_tq4_test.cpp.
 #pragma once
 
 #include <cstdint>
@@ -16,13 +16,26 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "io/gguf_writer.h"
+#include "io/hf_config.h"
 #include "io/weight_source.h"
+#include "models/model_config.h"
 
 namespace kestrel::test_support {
+
+// The engine's config of a config.json object (a failed parse fails the test and gives {}).
+inline ModelConfig config_from_json(const nlohmann::json& config_json) {
+    Result<HfConfig> hf = HfConfig::parse(config_json.dump(), "test/config.json");
+    EXPECT_TRUE(hf.ok()) << hf.status().message();
+    if (!hf.ok()) return {};
+    Result<ModelConfig> config = model_config_from_hf(*hf);
+    EXPECT_TRUE(config.ok()) << config.status().message();
+    return config.ok() ? *config : ModelConfig{};
+}
 
 // A WeightSource that lists tensors (name, dtype, shape) and holds no bytes.
 class FakeWeightSource : public WeightSource {
