@@ -30,6 +30,7 @@ struct InfoOptions {
     std::string model;
     std::string dummy;  // a built-in config (dummy_configs.h) with shape-only weights
     int64_t context = 0;
+    int64_t prefill_chunk = 0;   // -b; 0: the CUDA backend's default for the model
     std::string weights = "w4";  // what the loader makes of float matrices (--weights)
     std::string kv_cache = "bf16";  // --kv-cache
     bool json = false;
@@ -208,10 +209,15 @@ int run_info(const InfoOptions& options) {
                           {"pattern", config.layer_pattern()}};
         info["sliding_window"] = config.sliding_window;
 
-        const MemoryPlan plan = plan_memory(
-            config, *files.weights,
-            {.context = options.context, .float_weights = float_weights, .kv_cache = *kv_cache});
+        const MemoryPlan plan = plan_memory(config, *files.weights,
+                                            {.context = options.context,
+                                             .prefill_chunk = options.prefill_chunk,
+                                             .float_weights = float_weights,
+                                             .kv_cache = *kv_cache});
+        const int64_t prefill_chunk =
+            options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(config);
         info["memory"] = {{"context", plan.context},
+                          {"prefill_chunk", prefill_chunk},
                           {"weights", plan.weight_bytes},
                           {"kv_cache_format", kv_cache_format_name(*kv_cache)},
                           {"kv_cache", plan.kv_cache_bytes},
@@ -294,7 +300,8 @@ int run_info(const InfoOptions& options) {
     if (config_result.ok()) {
         const nlohmann::json& memory = info["memory"];
         line("GPU memory",
-             fmt::format("at context {} ({})", memory["context"].get<int64_t>(),
+             fmt::format("at context {}, prefill chunk {} ({})", memory["context"].get<int64_t>(),
+                         memory["prefill_chunk"].get<int64_t>(),
                          *kv_cache == KvCacheFormat::kTq4
                              ? "TQ4 KV cache in full-attention layers, bf16 sliding rings"
                              : "bf16 KV cache"));
@@ -335,6 +342,11 @@ Command add_info_command(CLI::App& app) {
                                  fmt::join(dummy_model_names(), ", ")))
         ->excludes(model);
     info->add_option("-c,--ctx-size", options->context, "Context length to plan memory for (default: the model's)");
+    info->add_option(
+            "-b,--batch-size", options->prefill_chunk,
+            "Prefill chunk to plan memory for (default: the CUDA backend's, 2048; 8192 for a "
+            "mixture of experts)")
+        ->check(CLI::NonNegativeNumber);
     info->add_option(
         "--weights", options->weights,
         "Plan float matrices (bf16/f16/f32 files) as w4, w8 or bf16, as the loader will make them "

@@ -231,19 +231,19 @@ Status Qwen35Moe::forward(Ops& ops, const Batch& batch, std::span<const KvLayerV
 
         if (lc.kind == LayerKind::kLinear) {
             // ---- Gated DeltaNet: h = rms_norm(x); qkv | z | b | a = h W^T ----
+            // HF: mixed_qkv = silu(conv1d(mixed_qkv)) over [conv_state | new inputs].
             const RecurrentLayerView& state = batch.recurrent[il];
-            ops.rms_norm_linear_blocks(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep,
-                                       layer.w_gdn_in, gdn_widths, mixer_in);
-            show("attn_norm", il, attn_norm, d);
             float* qkv = mixer_in;
             float* z = qkv + n_tokens * cdim;
             float* b = z + n_tokens * value_dim;
             float* a = b + n_tokens * nv;
             float* conv_out = mixer_mid;
+            ops.rms_norm_linear_conv1d(x, layer.attn_norm.f32(), n_tokens, d, eps, attn_norm, keep,
+                                       layer.w_gdn_in, gdn_widths, mixer_in, layer.conv.f32(),
+                                       state, /*silu=*/true, conv_out);
+            show("attn_norm", il, attn_norm, d);
             show("linear_attn_qkv_mixed", il, qkv, cdim);
             show("z", il, z, value_dim);
-            // HF: mixed_qkv = silu(conv1d(mixed_qkv)) over [conv_state | new inputs].
-            ops.conv1d_causal(qkv, n_tokens, layer.conv.f32(), state, /*silu=*/true, conv_out);
             show("conv_output_silu", il, conv_out, cdim);
             // HF: the chunked rule for prompts, the recurrent one for single-token decode
             // (chunk 64 as torch_chunk_gated_delta_rule).

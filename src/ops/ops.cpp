@@ -132,6 +132,15 @@ void Ops::rms_norm_gated_linear(const float* x, const float* z, const float* wei
     linear(gated, rows, w, out);
 }
 
+void Ops::rms_norm_linear_conv1d(const float* x, const float* norm_weight, int64_t rows,
+                                 int64_t dim, float eps, float* normed, bool keep_normed,
+                                 const Weight& w, std::span<const int64_t> widths, float* out,
+                                 const float* conv_weight, const RecurrentLayerView& state,
+                                 bool silu, float* conv_out) {
+    rms_norm_linear_blocks(x, norm_weight, rows, dim, eps, normed, keep_normed, w, widths, out);
+    conv1d_causal(out, rows, conv_weight, state, silu, conv_out);
+}
+
 void Ops::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
                                    bool keep_act, const Weight& w, float* out) {
     (void)keep_act;

@@ -77,6 +77,15 @@ enum class WeightFormat {
 
 const char* weight_format_name(WeightFormat format);
 
+// A backend that multiplies a prefill chunk by a W4 / W8 weight through a bf16 copy of it (the
+// CUDA backend: dequantise, then a tensor-core GEMM) makes that copy in slices of output rows of
+// at most this many bytes, so that its scratch stays bounded whatever the matrix: a perplexity
+// run's lm_head over every row (262144 x 5376 in bf16 is 2.8 GB at Gemma's width). 512 MiB keeps
+// every layer's projection whole (Gemma 4 31B's largest, gate | up, is 441 MiB): slicing those
+// costs prefill speed (gemm_bench on the H100 at 32 MiB slices: 7-27% slower GEMMs, pp2048
+// 6964 tok/s against 7331). Memory plans count one slice.
+constexpr int64_t kPrefillWeightSliceBytes = int64_t{512} << 20;
+
 // A model tensor in backend memory: a linear layer's weight [out, in] (y = x W^T), or a vector
 // (a norm's weight: out = its length, in = 1, always kF32).
 struct Weight {
@@ -420,6 +429,15 @@ public:
     virtual void rms_norm_gated_linear(const float* x, const float* z, const float* weight,
                                        int64_t rows, int64_t heads, int64_t head_dim, float eps,
                                        float* gated, bool keep_gated, const Weight& w, float* out);
+    // rms_norm_linear_blocks(x, ..., w, widths, out), then conv1d_causal over out's first block
+    // ([rows, widths[0]], widths[0] == state.conv_channels) into conv_out: the Gated DeltaNet's
+    // in-projection and its conv (a backend may apply the conv in the projection's epilogue).
+    virtual void rms_norm_linear_conv1d(const float* x, const float* norm_weight, int64_t rows,
+                                        int64_t dim, float eps, float* normed, bool keep_normed,
+                                        const Weight& w, std::span<const int64_t> widths,
+                                        float* out, const float* conv_weight,
+                                        const RecurrentLayerView& state, bool silu,
+                                        float* conv_out);
 
     // ---- Gemma 4 ------------------------------------------------------------------------------------
 

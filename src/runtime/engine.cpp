@@ -105,11 +105,12 @@ Result<std::unique_ptr<Engine>> Engine::load(const EngineOptions& options) {
     return engine;
 }
 
-Status Engine::check_device_memory(int64_t context, int64_t prefill_chunk,
-                                   KvCacheFormat kv_cache) const {
-    if (ops_->accepts(WeightFormat::kF32)) return ok_status();  // the CPU reference: host memory
+Result<int64_t> Engine::fit_prefill_chunk(int64_t context, int64_t prefill_chunk,
+                                          KvCacheFormat kv_cache) const {
+    const int64_t asked = prefill_chunk > 0 ? prefill_chunk : default_prefill_chunk();
+    if (ops_->accepts(WeightFormat::kF32)) return asked;  // the CPU reference: host memory
     const Result<GpuInfo> gpu = gpu_info();
-    if (!gpu.ok()) return ok_status();
+    if (!gpu.ok()) return asked;
     MemoryPlanOptions plan;
     plan.context = context;
     plan.prefill_chunk = prefill_chunk;
@@ -118,7 +119,17 @@ Status Engine::check_device_memory(int64_t context, int64_t prefill_chunk,
     // The workspace already reserved is reused by this session's forwards.
     const int64_t available =
         static_cast<int64_t>(gpu->free_bytes) + ops_->workspace().bytes_reserved();
-    return check_session_fits(config(), plan, available, ops_->supports_kv(KvDtype::kTq4));
+    KESTREL_ASSIGN_OR_RETURN(
+        const int64_t chunk,
+        choose_prefill_chunk(config(), plan, available, ops_->supports_kv(KvDtype::kTq4)));
+    if (chunk != asked) {
+        log_info(
+            "prefill chunk {}: the default {} does not fit in the {} of GPU memory free at "
+            "context {}",
+            chunk, asked, fmt::format("{:.2f} GiB", static_cast<double>(available) / (1 << 30)),
+            context);
+    }
+    return chunk;
 }
 
 int64_t Engine::default_prefill_chunk() const {
@@ -132,13 +143,13 @@ Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t pr
         return Status(StatusCode::kInvalidArgument,
                       fmt::format("context {} and prefill chunk {} must be >= 0", context, prefill_chunk));
     }
-    if (prefill_chunk == 0) prefill_chunk = default_prefill_chunk();
     if (context == 0) context = trained;
     if (trained > 0 && context > trained) {
         return Status(StatusCode::kInvalidArgument,
                       fmt::format("context {} is longer than the model's trained context {}", context, trained));
     }
-    KESTREL_RETURN_IF_ERROR(check_device_memory(context, prefill_chunk, kv_cache));
+    // 0: the default chunk, or a smaller one where the default does not fit.
+    KESTREL_ASSIGN_OR_RETURN(prefill_chunk, fit_prefill_chunk(context, prefill_chunk, kv_cache));
     const std::vector<KvLayerSpec> layout = model_->kv_layout();
     KESTREL_ASSIGN_OR_RETURN(KvCache cache,
                              KvCache::create(layout, context, prefill_chunk, *ops_, kv_cache));

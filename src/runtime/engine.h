@@ -58,10 +58,11 @@ public:
     Ops& ops() const { return *ops_; }
 
     // A fresh session. context 0 = the model's trained context; prefill_chunk = tokens per
-    // forward step of a prefill (it sizes the sliding-window rings), 0 = default_prefill_chunk();
+    // forward step of a prefill (it sizes the sliding-window rings), 0 = default_prefill_chunk(),
+    // or on a GPU where that does not fit the largest halving of it that does (said in the log);
     // kv_cache = how full-attention layers store K and V (`--kv-cache`). On a GPU, a session whose
     // memory plan does not fit in the free device memory is refused here (kOutOfMemory naming
-    // the sizes and a -c that fits), not part-way through a long prompt.
+    // the sizes and a -c or -b that fits), not part-way through a long prompt.
     Result<std::unique_ptr<Session>> new_session(
         int64_t context = 0, int64_t prefill_chunk = 0,
         KvCacheFormat kv_cache = KvCacheFormat::kNative) const;
@@ -71,9 +72,11 @@ public:
 
 private:
     Engine() = default;
-    // On a GPU: kOutOfMemory (with a -c that fits) when the session's plan exceeds free memory.
-    Status check_device_memory(int64_t context, int64_t prefill_chunk,
-                               KvCacheFormat kv_cache) const;
+    // The prefill chunk a new session runs with (memory_plan.h choose_prefill_chunk against the
+    // free GPU memory; on the CPU the chunk asked for, or the default): kOutOfMemory (with a -c
+    // or -b that fits) when even that does not fit.
+    Result<int64_t> fit_prefill_chunk(int64_t context, int64_t prefill_chunk,
+                                      KvCacheFormat kv_cache) const;
 
     ModelFiles files_;
     std::optional<Tokenizer> tokenizer_;

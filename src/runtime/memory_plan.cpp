@@ -16,7 +16,11 @@ namespace kestrel {
 namespace {
 
 constexpr int64_t kGroup = 32;
-constexpr int64_t kRuntimeReserve = int64_t{512} << 20;  // CUDA context + cuBLAS workspace
+// The CUDA context, cuBLAS / cuBLASLt (their kernels and workspace), graphs and allocation
+// granularity: what a run holds beyond the plan's other parts. Measured on the H100: Gemma 4 31B at
+// 131072 tokens with TQ4 (prefill chunk 2048, 32 MiB weight slices) peaked at 23.98 GiB
+// device-wide where the other parts came to 22.45 GiB: about 1.5 GiB.
+constexpr int64_t kRuntimeReserve = int64_t{1536} << 20;
 
 bool is_float_type(DType type) {
     return type == DType::kF32 || type == DType::kF16 || type == DType::kBF16 || type == DType::kF64;
@@ -239,6 +243,17 @@ int64_t longest_context_that_fits(const ModelConfig& config, MemoryPlanOptions o
     return low * 256;
 }
 
+// The largest of from, from / 2, ... down to kSmallestAutoPrefillChunk whose session fits in
+// `available`, or 0.
+int64_t largest_chunk_that_fits(const ModelConfig& config, MemoryPlanOptions options, int64_t from,
+                                int64_t available) {
+    for (int64_t chunk = from; chunk >= kSmallestAutoPrefillChunk; chunk /= 2) {
+        options.prefill_chunk = chunk;
+        if (session_bytes(plan_session_memory(config, options)) <= available) return chunk;
+    }
+    return 0;
+}
+
 }  // namespace
 
 int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element,
@@ -315,6 +330,20 @@ MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOption
     // in fp32, plus one row of logits.
     const int64_t chunk = std::min(plan.context, prefill_chunk);
     plan.workspace_bytes = chunk * (3 * config.hidden_size + 2 * widest_projection) * 4 + config.vocab_size * 4;
+    // The prefill GEMM's scratch (ops/cuda/gemm_prefill.h): the chunk's input in bf16 at the
+    // widest input of a dense projection, and the bf16 copy of the largest weight it multiplies
+    // (the lm_head where every row's logits are asked for), or of one slice of it
+    // (kPrefillWeightSliceBytes, at least 64 rows).
+    int64_t widest_input = std::max(
+        {config.hidden_size, config.ffn_size, config.linear_v_heads * config.linear_v_head_dim});
+    for (const LayerConfig& layer : config.layers) {
+        widest_input = std::max(widest_input, config.n_heads * layer.v_head_dim);
+    }
+    const int64_t largest_matrix =
+        std::max(widest_projection, config.vocab_size) * config.hidden_size * 2;
+    plan.workspace_bytes +=
+        chunk * widest_input * 2 +
+        std::min(largest_matrix, std::max(kPrefillWeightSliceBytes, 64 * widest_input * 2));
     if (config.n_experts > 0) {
         // The grouped expert GEMMs' scratch (ops/cuda/moe_prefill.h) per slot (top-k and the
         // stacked shared expert): x and act in bf16, each slot's fp32 output row.
@@ -352,6 +381,13 @@ Status check_session_fits(const ModelConfig& config, const MemoryPlanOptions& op
     const int64_t fits = longest_context_that_fits(config, options, plan.context, available_bytes);
     std::string advice =
         fits > 0 ? fmt::format("-c {} fits", fits) : "no context fits: free GPU memory first";
+    const int64_t chunk =
+        options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(config);
+    if (const int64_t smaller =
+            largest_chunk_that_fits(config, options, chunk / 2, available_bytes);
+        smaller > 0) {
+        advice += fmt::format(", or -b {} at this context", smaller);
+    }
     if (options.kv_cache == KvCacheFormat::kNative && tq4_available &&
         config.count_layers(LayerKind::kFull) > 0) {
         MemoryPlanOptions tq4 = options;
@@ -369,6 +405,22 @@ Status check_session_fits(const ModelConfig& config, const MemoryPlanOptions& op
         StatusCode::kOutOfMemory,
         fmt::format("context {} needs {} of GPU memory beyond the weights ({}) but {} is free; {}",
                     plan.context, gib(needed), parts, gib(available_bytes), advice));
+}
+
+Result<int64_t> choose_prefill_chunk(const ModelConfig& config, const MemoryPlanOptions& options,
+                                     int64_t available_bytes, bool tq4_available) {
+    const int64_t asked =
+        options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(config);
+    MemoryPlanOptions at = options;
+    at.prefill_chunk = asked;
+    if (session_bytes(plan_session_memory(config, at)) <= available_bytes) return asked;
+    if (options.prefill_chunk == 0) {
+        const int64_t smaller = largest_chunk_that_fits(config, at, asked / 2, available_bytes);
+        if (smaller > 0) return smaller;
+    }
+    Status refused = check_session_fits(config, at, available_bytes, tq4_available);
+    if (refused.ok()) return asked;  // not reached: the plan above did not fit
+    return refused;
 }
 
 }  // namespace kestrel

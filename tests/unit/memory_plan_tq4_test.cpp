@@ -91,7 +91,7 @@ TEST(MemoryPlanTq4, RefusesUpFrontWithAContextThatFits) {
     const ModelConfig config = config_from_json(gemma4_31b_config_json());
     const MemoryPlanOptions bf16{.context = 131072};
     const MemoryPlanOptions tq4{.context = 131072, .kv_cache = KvCacheFormat::kTq4};
-    const int64_t available = 6 * kGiB;
+    const int64_t available = 7 * kGiB;
     ASSERT_GT(session_bytes(config, bf16, 131072), available);
     ASSERT_LT(session_bytes(config, tq4, 131072), available);
     EXPECT_TRUE(check_session_fits(config, tq4, available, true).ok());
@@ -102,7 +102,7 @@ TEST(MemoryPlanTq4, RefusesUpFrontWithAContextThatFits) {
     std::printf("%s\n", message.c_str());
     EXPECT_EQ(message.find('\n'), std::string::npos);
     EXPECT_NE(message.find("context 131072"), std::string::npos) << message;
-    EXPECT_NE(message.find("6.00 GiB is free"), std::string::npos) << message;
+    EXPECT_NE(message.find("7.00 GiB is free"), std::string::npos) << message;
     EXPECT_NE(message.find("-c 131072 with --kv-cache tq4"), std::string::npos) << message;
     const size_t at = message.find("; -c ");
     ASSERT_NE(at, std::string::npos) << message;
@@ -117,6 +117,74 @@ TEST(MemoryPlanTq4, RefusesUpFrontWithAContextThatFits) {
     const Status nothing = check_session_fits(config, tq4, 64 * kMiB, true);
     EXPECT_EQ(nothing.code(), StatusCode::kOutOfMemory);
     EXPECT_NE(nothing.message().find("no context fits"), std::string::npos) << nothing.message();
+}
+
+// With the default chunk (-b 0) a session that does not fit gets the largest halving of the
+// default chunk that does (a 24 GB card at 128k: rings of window + chunk - 1 entries and the
+// chunk's workspace shrink); an explicit -b is kept and refused, naming the -b that fits.
+TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
+    const ModelConfig config = config_from_json(gemma4_31b_config_json());
+    const MemoryPlanOptions automatic{.context = 131072, .kv_cache = KvCacheFormat::kTq4};
+    MemoryPlanOptions at = automatic;
+    const auto session_at = [&](int64_t chunk) {
+        at.prefill_chunk = chunk;
+        const MemoryPlan plan = plan_session_memory(config, at);
+        return plan.kv_cache_bytes + plan.recurrent_state_bytes + plan.workspace_bytes;
+    };
+    // Each halving saves the rings' and the workspace's share of the chunk.
+    ASSERT_GT(session_at(2048), session_at(1024));
+    ASSERT_GT(session_at(1024), session_at(512));
+    ASSERT_GT(session_at(512), session_at(256));
+    // the rings alone shrink by 1024 entries of 16 KiB in 50 layers
+    EXPECT_GE(session_at(2048) - session_at(1024), int64_t{1024} * 16 * kKiB * 50);
+
+    // Room for the default: the default.
+    Result<int64_t> chunk = choose_prefill_chunk(config, automatic, session_at(2048), true);
+    ASSERT_TRUE(chunk.ok()) << chunk.status().message();
+    EXPECT_EQ(*chunk, 2048);
+    // Room for 512 but not 1024: 512, and it fits.
+    const int64_t available = session_at(512) + kMiB;
+    ASSERT_LT(available, session_at(1024));
+    chunk = choose_prefill_chunk(config, automatic, available, true);
+    ASSERT_TRUE(chunk.ok()) << chunk.status().message();
+    EXPECT_EQ(*chunk, 512);
+    // An explicit -b is the user's: refused, with the chunk that would fit.
+    MemoryPlanOptions explicit_chunk = automatic;
+    explicit_chunk.prefill_chunk = 2048;
+    const Result<int64_t> refused = choose_prefill_chunk(config, explicit_chunk, available, true);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), StatusCode::kOutOfMemory);
+    EXPECT_NE(refused.status().message().find("-b 512 at this context"), std::string::npos)
+        << refused.status().message();
+    // Not even the smallest chunk: refused.
+    const Result<int64_t> none =
+        choose_prefill_chunk(config, automatic, session_at(256) - kMiB, true);
+    ASSERT_FALSE(none.ok());
+    EXPECT_EQ(none.status().code(), StatusCode::kOutOfMemory);
+    EXPECT_EQ(none.status().message().find("-b "), std::string::npos) << none.status().message();
+}
+
+// The prefill GEMM's scratch is planned: the chunk's widest dense input (Gemma 4 31B: the FFN's
+// 21504) in bf16 and one bf16 weight slice (the CUDA backend dequantises W4 in slices, so a
+// perplexity run's 262144 x 5376 lm_head takes 512 MiB, not 2.8 GB); a model whose largest matrix
+// is smaller than a slice needs only that matrix.
+TEST(MemoryPlanTq4, WorkspaceHoldsThePrefillGemmScratch) {
+    const ModelConfig config = config_from_json(gemma4_31b_config_json());
+    const MemoryPlan plan = plan_session_memory(config, {.context = 4096, .prefill_chunk = 2048});
+    const int64_t activations = int64_t{2048} * (3 * 5376 + 2 * (2 * 21504)) * 4 + 262144 * 4;
+    EXPECT_EQ(plan.workspace_bytes - activations,
+              int64_t{2048} * 21504 * 2 + kPrefillWeightSliceBytes);
+    EXPECT_LT(kPrefillWeightSliceBytes, int64_t{262144} * 5376 * 2);
+    EXPECT_GE(kPrefillWeightSliceBytes, int64_t{43008} * 5376 * 2) << "gate | up stays whole";
+
+    ModelConfig small = config;
+    small.vocab_size = 1024;
+    small.ffn_size = 1024;
+    small.hidden_size = 512;
+    for (LayerConfig& layer : small.layers) layer.head_dim = layer.v_head_dim = 16;
+    const MemoryPlan small_plan =
+        plan_session_memory(small, {.context = 4096, .prefill_chunk = 256});
+    EXPECT_LT(small_plan.workspace_bytes, kPrefillWeightSliceBytes);
 }
 
 }  // namespace

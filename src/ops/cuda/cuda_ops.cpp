@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -109,6 +111,7 @@ Result<std::unique_ptr<CudaOps>> CudaOps::create() {
     KESTREL_CUDA_CHECK(cudaSetDevice(0));
     KESTREL_CUDA_CHECK(cudaStreamCreateWithFlags(&ops->stream_, cudaStreamNonBlocking));
     KESTREL_ASSIGN_OR_RETURN(ops->gemm_, GemmContext::create());
+    ops->gemm_->set_weight_slice_bytes(static_cast<size_t>(kPrefillWeightSliceBytes));
     cudaDeviceProp properties{};
     KESTREL_CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
     log_info("CUDA backend on {} (sm_{}{}, {:.1f} GiB)", properties.name, properties.major, properties.minor,
@@ -142,6 +145,7 @@ Result<void*> CudaOps::ensure(Scratch& scratch, size_t bytes) {
                                   bytes));
     }
     KESTREL_ASSIGN_OR_RETURN(Buffer grown, allocate(bytes));
+    log_debug("CUDA scratch: a buffer grows from {} to {} bytes", scratch.buffer.bytes(), bytes);
     // A graph captured earlier may still point at the old buffer: keep it.
     if (!scratch.buffer.empty()) retired_.push_back(std::move(scratch.buffer));
     scratch.buffer = std::move(grown);
@@ -334,7 +338,7 @@ void CudaOps::linear(const float* x, int64_t rows, const Weight& w, float* y) {
         }
         return gemv(q8, rows, w, y);
     }
-    Result<void*> scratch = ensure(gemm_scratch_, gemm_scratch_bytes(rows, w.out, w.in));
+    Result<void*> scratch = ensure(gemm_scratch_, gemm_scratch_bytes(*gemm_, rows, w.out, w.in));
     if (!scratch.ok()) return note(scratch.status());
     const ProfileScope scope(*this, w.format == WeightFormat::kW4   ? "gemm_w4"
                                     : w.format == WeightFormat::kW8 ? "gemm_w8"
@@ -690,6 +694,49 @@ void CudaOps::gated_delta_rule(const float* qkv, const float* a, const float* b,
     note(cuda::gated_delta_rule(qkv, a, b, a_neg, dt_bias, rows, params, state.state, out, stream_,
                                 *scratch, scratch_bytes));
 }
+
+namespace {
+
+// The Gated DeltaNet's conv as the in-projection GEMV's epilogue (gemv_w4a8_conv1d) is opt-in:
+// KESTREL_GDN_FUSION=1. Measured on the H100 (Qwen3.5-35B-A3B, decode at depth 512, graph replay
+// with PDL, same machine, alternating): 422.7 and 422.6 tok/s fused against 432.4 and 434.1 with
+// the conv as a kernel of its own (bench/results/2026-11-23-qwen35-gdn-fusion-h100.md). With PDL
+// the conv kernel's launch is hidden and the fused GEMV is the slower one; without PDL (older GPUs)
+// the launch it saves may matter.
+bool gdn_fusion_enabled() {
+    static const bool enabled = [] {
+        const char* value = std::getenv("KESTREL_GDN_FUSION");
+        return value != nullptr && std::string_view(value) == "1";
+    }();
+    return enabled;
+}
+
+}  // namespace
+
+void CudaOps::rms_norm_linear_conv1d(const float* x, const float* norm_weight, int64_t rows,
+                                     int64_t dim, float eps, float* normed, bool keep_normed,
+                                     const Weight& w, std::span<const int64_t> widths, float* out,
+                                     const float* conv_weight, const RecurrentLayerView& state,
+                                     bool silu, float* conv_out) {
+    if (rows == 1 && !keep_normed && w.format == WeightFormat::kW4 && !widths.empty() &&
+        widths[0] == state.conv_channels && gdn_fusion_enabled()) {
+        // Decode: the norm's Q8 blocks, then one GEMV whose epilogue runs the conv on the rows of
+        // its first block.
+        Result<Q8Block*> blocks = q8_blocks(w);
+        if (!blocks.ok()) return note(blocks.status());
+        {
+            const ProfileScope scope(*this, "rms_norm_quantize_q8");
+            note(rms_norm_quantize_q8(x, norm_weight, rows, dim, eps, *blocks, stream_));
+        }
+        const ProfileScope scope(*this, "gemv_w4a8_conv1d");
+        const GemvConv1d conv{conv_weight,         state.conv, state.conv_kernel,
+                              state.conv_channels, silu,       conv_out};
+        return note(gemv_w4a8_conv1d(w4_view(w), *blocks, out, conv, stream_));
+    }
+    Ops::rms_norm_linear_conv1d(x, norm_weight, rows, dim, eps, normed, keep_normed, w, widths, out,
+                                conv_weight, state, silu, conv_out);
+}
+
 void CudaOps::moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
                         const float* shared_gate, int32_t* ids, float* weights) {
     const ProfileScope scope(*this, "moe_route");

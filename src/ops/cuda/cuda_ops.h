@@ -90,6 +90,11 @@ public:
     void rms_norm_gated_linear(const float* x, const float* z, const float* weight, int64_t rows,
                                int64_t heads, int64_t head_dim, float eps, float* gated,
                                bool keep_gated, const Weight& w, float* out) override;
+    void rms_norm_linear_conv1d(const float* x, const float* norm_weight, int64_t rows, int64_t dim,
+                                float eps, float* normed, bool keep_normed, const Weight& w,
+                                std::span<const int64_t> widths, float* out,
+                                const float* conv_weight, const RecurrentLayerView& state,
+                                bool silu, float* conv_out) override;
     void rope_proportional(float* x, std::span<const int64_t> positions, int64_t n_heads, int64_t head_dim,
                            int64_t rotary_pairs, double theta) override;
     void silu_and_mul(const float* gate, const float* up, int64_t n, float* out) override;

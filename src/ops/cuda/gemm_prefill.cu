@@ -171,6 +171,10 @@ size_t gemm_scratch_bytes(int64_t m_max, int64_t n, int64_t k) {
     return static_cast<size_t>(x_scratch_bytes(m_max, k) + n * k * 2);
 }
 
+size_t gemm_scratch_bytes(const GemmContext& context, int64_t m_max, int64_t n, int64_t k) {
+    return static_cast<size_t>(x_scratch_bytes(m_max, k) + slice_rows(context, n, k) * k * 2);
+}
+
 Status matmul_bf16(GemmContext& context, const uint16_t* x, int64_t m, const uint16_t* w, int64_t n, int64_t k,
                    float* y, int64_t ldy, cudaStream_t stream) {
     if (m <= 0 || n <= 0 || k <= 0 || ldy < n) {

@@ -70,6 +70,8 @@ private:
 // Scratch (16-byte aligned) that gemm_w4 / gemm_w8 / gemm_bf16 need for any m <= m_max: x as
 // bf16, [m, k] rounded up to 256 bytes, then the bf16 weight [n, k] (unused by gemm_bf16).
 size_t gemm_scratch_bytes(int64_t m_max, int64_t n, int64_t k);
+// The same under `context`'s weight slices: x, then one slice of the bf16 weight.
+size_t gemm_scratch_bytes(const GemmContext& context, int64_t m_max, int64_t n, int64_t k);
 
 // y [m, n] fp32 = x [m, k] fp32 · W^T. x, y and scratch 16-byte aligned, x rows contiguous
 // (row stride k), y rows of stride n; k % 32 == 0 for W4 / W8. Never synchronises or allocates:

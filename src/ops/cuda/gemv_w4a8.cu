@@ -9,6 +9,8 @@
 //   S (warps per row group, split-K inside the block) = gemv_warps_per_row (gemv_w4a8.h): the
 //   notes measured 70-80% of copy bandwidth where N = 5376 gave 672 blocks and 89-92% from
 //   2048 blocks up, so S grows the grid of the small-N shapes to >= 8 blocks per SM.
+// gemv_w4a8_conv1d is the M = 1 kernel with the conv1d epilogue (gemv_w4a8.cuh), under the same
+// split rule, so its y is gemv_w4a8's bit for bit.
 // Every kernel here is launched with launch_overlapped (PDL, launch.cuh): its prologue (the
 // GEMV's first weight lines towards L2) overlaps the previous kernel's tail.
 #include "ops/cuda/gemv_w4a8.h"
@@ -19,6 +21,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/gated_delta.h"  // kMaxConvKernel
 #include "ops/cuda/gemv_w4a8.cuh"
 #include "ops/cuda/launch.cuh"
 
@@ -60,28 +63,83 @@ Status quantize_q8_impl(const T* x, int64_t m, int64_t k, int64_t ldx, Q8Block* 
     return ok_status();
 }
 
-template <int M, int R, int U, int S>
-Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
+template <int M, int R, int U, int S, class Epilogue>
+Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, const Epilogue& epilogue,
+                    cudaStream_t stream) {
     const int64_t rows_per_block = GemvWarpPlace<R, S>::kRowsPerBlock;
     const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
     KESTREL_CUDA_CHECK(launch_overlapped(
-        gemv_w4a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)), dim3(kGemvWarps * 32), 0,
-        stream, reinterpret_cast<const uint4*>(w.qs), w.group_scales, w.super_scales,
-        reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n), static_cast<int>(w.k / 32),
-        gemv_prefetch_steps()));
+        gemv_w4a8_kernel<M, R, U, S, Epilogue>, dim3(static_cast<unsigned>(grid)),
+        dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs), w.group_scales,
+        w.super_scales, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
+        static_cast<int>(w.k / 32), gemv_prefetch_steps(), epilogue));
     return ok_status();
 }
 
-template <int M, int R, int U>
-Status launch(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream) {
+template <int M, int R, int U, class Epilogue = GemvNoEpilogue>
+Status launch(const W4DeviceView& w, const Q8Block* a, float* y, cudaStream_t stream,
+              const Epilogue& epilogue = {}) {
     static_assert(R == gemv_rows_per_warp(M), "gemv_warps_per_row must see the R the kernel runs with");
     KESTREL_ASSIGN_OR_RETURN(const int sm_count, gemv_sm_count());
     switch (gemv_w4a8_warps_per_row(w.n, w.k, M, sm_count)) {
-        case 1: return launch_split<M, R, U, 1>(w, a, y, stream);
-        case 2: return launch_split<M, R, U, 2>(w, a, y, stream);
-        case 4: return launch_split<M, R, U, 4>(w, a, y, stream);
-        default: return launch_split<M, R, U, 8>(w, a, y, stream);
+        case 1:
+            return launch_split<M, R, U, 1>(w, a, y, epilogue, stream);
+        case 2:
+            return launch_split<M, R, U, 2>(w, a, y, epilogue, stream);
+        case 4:
+            return launch_split<M, R, U, 4>(w, a, y, epilogue, stream);
+        default:
+            return launch_split<M, R, U, 8>(w, a, y, epilogue, stream);
     }
+}
+
+// gemv_w4a8's checks of the weights, activations and output, naming `op`.
+Status check_gemv_w4a8(const char* op, const W4DeviceView& w, const Q8Block* a, int64_t m,
+                       const float* y) {
+    const std::string name(op);
+    if (w.n <= 0 || w.k <= 0 || w.k % 32 != 0 || w.n > (int64_t{1} << 30) ||
+        w.k / 32 > (int64_t{1} << 26)) {
+        return Status(StatusCode::kInvalidArgument,
+                      name + ": weight shape [" + std::to_string(w.n) + ", " + std::to_string(w.k) +
+                          "] needs k % 32 == 0");
+    }
+    if (m < 1 || m > kGemvMaxRows) {
+        return Status(StatusCode::kInvalidArgument,
+                      name + ": " + std::to_string(m) + " activation rows, the GEMV takes 1 to 8");
+    }
+    if (w.qs == nullptr || w.group_scales == nullptr || w.super_scales == nullptr || a == nullptr ||
+        y == nullptr) {
+        return Status(StatusCode::kInvalidArgument,
+                      name + ": null qs, group_scales, super_scales, activations or output");
+    }
+    if (!aligned(w.qs, 16) || !aligned(w.group_scales, 2) || !aligned(w.super_scales, 4) ||
+        !aligned(a, 16) || !aligned(y, 4)) {
+        return Status(StatusCode::kInvalidArgument,
+                      name + ": misaligned pointer (qs and activations need 16 bytes, " +
+                          "group_scales 2, super_scales and output 4)");
+    }
+    return ok_status();
+}
+
+// Whether the float ranges [a, a + a_count) and [b, b + b_count) share an element.
+bool overlaps(const float* a, int64_t a_count, const float* b, int64_t b_count) {
+    const auto a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
+    return a0 < b0 + static_cast<uintptr_t>(b_count) * sizeof(float) &&
+           b0 < a0 + static_cast<uintptr_t>(a_count) * sizeof(float);
+}
+
+// gemv_w4a8_conv1d after its checks: M = 1, so R = 1 and U = 4 as gemv_w4a8 at m = 1. Kernels up
+// to 4 (Qwen3.5's) take the 4-slot epilogue, whose registers fit the M = 1 cap of 64.
+template <int kMaxKernel>
+Status launch_conv1d(const W4DeviceView& w, const Q8Block* a, float* y, const GemvConv1d& conv,
+                     cudaStream_t stream) {
+    const GemvConv1dEpilogue<kMaxKernel> epilogue{conv.weight,
+                                                  conv.state,
+                                                  conv.out,
+                                                  static_cast<int>(conv.kernel),
+                                                  static_cast<int>(conv.channels),
+                                                  conv.silu};
+    return launch<1, 1, 4>(w, a, y, stream, epilogue);
 }
 
 }  // namespace
@@ -127,25 +185,7 @@ Status quantize_q8_bf16(const uint16_t* x, int64_t m, int64_t k, int64_t ldx, Q8
 }
 
 Status gemv_w4a8(const W4DeviceView& w, const Q8Block* a, int64_t m, float* y, cudaStream_t stream) {
-    if (w.n <= 0 || w.k <= 0 || w.k % 32 != 0 || w.n > (int64_t{1} << 30) || w.k / 32 > (int64_t{1} << 26)) {
-        return Status(StatusCode::kInvalidArgument, "gemv_w4a8: weight shape [" + std::to_string(w.n) + ", " +
-                                                        std::to_string(w.k) + "] needs k % 32 == 0");
-    }
-    if (m < 1 || m > kGemvMaxRows) {
-        return Status(StatusCode::kInvalidArgument,
-                      "gemv_w4a8: " + std::to_string(m) + " activation rows, the GEMV takes 1 to 8");
-    }
-    if (w.qs == nullptr || w.group_scales == nullptr || w.super_scales == nullptr || a == nullptr ||
-        y == nullptr) {
-        return Status(StatusCode::kInvalidArgument,
-                      "gemv_w4a8: null qs, group_scales, super_scales, activations or output");
-    }
-    if (!aligned(w.qs, 16) || !aligned(w.group_scales, 2) || !aligned(w.super_scales, 4) ||
-        !aligned(a, 16) || !aligned(y, 4)) {
-        return Status(StatusCode::kInvalidArgument,
-                      "gemv_w4a8: misaligned pointer (qs and activations need 16 bytes, "
-                      "group_scales 2, super_scales and output 4)");
-    }
+    KESTREL_RETURN_IF_ERROR(check_gemv_w4a8("gemv_w4a8", w, a, m, y));
     switch (m) {
         case 1: return launch<1, 1, 4>(w, a, y, stream);
         case 2: return launch<2, 1, 4>(w, a, y, stream);
@@ -156,6 +196,35 @@ Status gemv_w4a8(const W4DeviceView& w, const Q8Block* a, int64_t m, float* y, c
         case 7: return launch<7, 2, 2>(w, a, y, stream);
         default: return launch<8, 2, 2>(w, a, y, stream);
     }
+}
+
+Status gemv_w4a8_conv1d(const W4DeviceView& w, const Q8Block* a, float* y, const GemvConv1d& conv,
+                        cudaStream_t stream) {
+    constexpr const char* kOp = "gemv_w4a8_conv1d";
+    KESTREL_RETURN_IF_ERROR(check_gemv_w4a8(kOp, w, a, 1, y));
+    const auto invalid = [&](const std::string& what) {
+        return Status(StatusCode::kInvalidArgument, std::string(kOp) + ": " + what);
+    };
+    if (conv.kernel < 1 || conv.kernel > kMaxConvKernel) {
+        return invalid("conv kernel " + std::to_string(conv.kernel) + " outside [1, " +
+                       std::to_string(kMaxConvKernel) + "]");
+    }
+    if (conv.channels < 1 || conv.channels > w.n) {
+        return invalid("conv channels " + std::to_string(conv.channels) + " outside [1, " +
+                       std::to_string(w.n) + "] (the GEMV's rows)");
+    }
+    if (conv.weight == nullptr || conv.out == nullptr) return invalid("null conv weight or out");
+    if (conv.kernel > 1 && conv.state == nullptr) return invalid("null conv state with kernel > 1");
+    if (!aligned(conv.weight, 4) || !aligned(conv.out, 4) || !aligned(conv.state, 4)) {
+        return invalid("conv weight, state and out need 4-byte alignment");
+    }
+    const int64_t state_count = (conv.kernel - 1) * conv.channels;
+    if (overlaps(conv.out, conv.channels, y, w.n) || overlaps(conv.state, state_count, y, w.n) ||
+        overlaps(conv.state, state_count, conv.out, conv.channels)) {
+        return invalid("conv out, conv state and y overlap");
+    }
+    if (conv.kernel <= 4) return launch_conv1d<4>(w, a, y, conv, stream);
+    return launch_conv1d<static_cast<int>(kMaxConvKernel)>(w, a, y, conv, stream);
 }
 
 }  // namespace kestrel::cuda

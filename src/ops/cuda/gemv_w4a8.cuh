@@ -3,20 +3,19 @@
 //
 // quantize_q8_kernel: one warp per 32-element block; lane i owns element i. Same float ops as
 //   quantize_q8_row (IEEE division, round-to-nearest-even), so the blocks match bit for bit.
-// gemv_w4a8_kernel<M, R, U, S>: 8 warps per block form 8 / S row groups of R consecutive output
-//   rows; the S warps of a group split each row's K (split-K inside the block), because at
-//   N = 5376 a warp per row leaves too few blocks to balance over the SMs (gemv_warps_per_row,
-//   gemv_w4a8.h). Warp s of a group, lane l, handles groups g = 32 s + l + 32 S j: the split is
-//   interleaved by 32 groups, so each warp load of a row is still 512 contiguous bytes of
-//   nibbles, 64 of group_scales and 16 of super_scales, and the S warps stream neighbouring
-//   stretches of the row together.
-//   Per group and row: one 16-byte nibble load, one 2-byte group_scales load (sc | m << 8) and
-//   one 4-byte super_scales load, the (d, dmin) of super-group g / 8, which 8 neighbouring lanes
-//   share (g / 8 = first group / 8 + j / 8 for j a multiple of 32, so each row keeps one pointer
-//   per array and every step adds constants). All U x R x 3 loads of a step (groups g, g + 32 S,
-//   ...) are issued before any math. Then scale = d * sc and min = dmin * m in fp32 (exact:
-//   11 x 8 bits). Per activation row m the Q8 block is three 16-byte loads (reused across the
-//   R weight rows), then 8 dp4a per weight row:
+// gemv_w4a8_kernel<M, R, U, S, Epilogue>: 8 warps per block form 8 / S row groups of R
+//   consecutive output rows; the S warps of a group split each row's K (split-K inside the block),
+//   because at N = 5376 a warp per row leaves too few blocks to balance over the SMs
+//   (gemv_warps_per_row, gemv_w4a8.h). Warp s of a group, lane l, handles groups g = 32 s + l + 32
+//   S j: the split is interleaved by 32 groups, so each warp load of a row is still 512 contiguous
+//   bytes of nibbles, 64 of group_scales and 16 of super_scales, and the S warps stream
+//   neighbouring stretches of the row together. Per group and row: one 16-byte nibble load, one
+//   2-byte group_scales load (sc | m << 8) and one 4-byte super_scales load, the (d, dmin) of
+//   super-group g / 8, which 8 neighbouring lanes share (g / 8 = first group / 8 + j / 8 for j a
+//   multiple of 32, so each row keeps one pointer per array and every step adds constants). All
+//   U x R x 3 loads of a step (groups g, g + 32 S, ...) are issued before any math. Then
+//   scale = d * sc and min = dmin * m in fp32 (exact: 11 x 8 bits). Per activation row m the Q8
+//   block is three 16-byte loads (reused across the R weight rows), then 8 dp4a per weight row:
 //     lo = p & 0x0F0F0F0F  (weights b..b+3 of the group)    x activation bytes 0..15
 //     hi = (p >> 4) & 0x0F0F0F0F (weights b+16..b+19)       x activation bytes 16..31
 //   acc += d_a * (scale * dot - min * sum_a). Lanes are reduced with xor shuffles; with S > 1
@@ -25,6 +24,11 @@
 //   same bits on every run on a given GPU model, S depending on its SM count). Warps past n
 //   still reach that barrier (no early return).
 //   Weights and scales stream (ld.global.cs): each is read once; activations stay in L1.
+//   Epilogue: the thread that stores a row's final value may do more with it, so an operation on
+//   each output that follows the GEMV needs no launch of its own.
+//   gemv_w4a8 has none (GemvNoEpilogue: the same machine code as before epilogues existed);
+//   gemv_w4a8_conv1d runs Qwen3.5's causal conv1d on the in-projection's conv channels
+//   (GemvConv1dEpilogue), its inputs fetched while the row's weights stream.
 // Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
 //   for the previous kernel, a GEMV warp only asks L2 for the lines of weights and scales (W4:
 //   nibbles, group_scales and super_scales) of its first gemv_prefetch_steps() steps
@@ -129,20 +133,131 @@ __device__ __forceinline__ void sum_across_lanes(float (&acc)[M][R]) {
         }
 }
 
-// y[m, row] for the block's rows from the warps' lane-reduced sums. S == 1: the warp owns its
-// rows and stores them itself, no barrier. S > 1: partials go through shared memory and are added
-// in slice order s = 0..S-1 by one thread per (m, row), consecutive threads on consecutive rows
-// (coalesced stores). Every thread of the block must call this (it holds __syncthreads).
-template <int M, int R, int S>
-__device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place, const float (&acc)[M][R],
-                                           float* __restrict__ y, int n) {
+// ---- epilogues: what the thread that stores an output row does with the row's value besides ----
+// An epilogue type E is the kernel's argument; E::Tail is the storing thread's registers: built
+// before the PDL wait (constants only), load() right after it (inputs an earlier kernel wrote,
+// fetched while the row's dot product runs), finish(e, y) after y[row] is stored.
+
+// gemv_w4a8's: none, so its kernels compile to what they were without epilogues.
+struct GemvNoEpilogue {
+    static constexpr bool kOneRow = false;  // any M and R
+    struct Tail {
+        __device__ __forceinline__ Tail(const GemvNoEpilogue&, int) {}
+        __device__ __forceinline__ void load(const GemvNoEpilogue&) {}
+        __device__ __forceinline__ void finish(const GemvNoEpilogue&, float) {}
+    };
+};
+
+// ops/cpu/qwen35_elementwise.cpp's silu with gated_delta.cu's fp32 operations.
+__device__ __forceinline__ float gemv_conv_silu(float x) {
+    return __fdiv_rn(x, __fadd_rn(1.0f, expf(-x)));
+}
+
+// gemv_w4a8_conv1d's: conv1d_causal_kernel (gated_delta.cu) at rows = 1 on rows < channels, with
+// its fp32 operations in its order (taps summed in j order from 0.0f, _rn intrinsics, no FMA), so
+// out and state match gemv_w4a8 + conv1d_causal bit for bit. Taps and window right-aligned in
+// kMaxKernel slots as there (slot first + j holds tap j), so every register index is a constant.
+// The state taps come first in that sum and y last, so the sum splits into the state's part and
+// one last tap. kMaxKernel = 4 (Qwen3.5) holds the state in registers through the row's loads and
+// does everything at the end (64 registers, the cap, no spills). kMaxKernel = 8 would hold 16 and
+// spilled, so it sums the state's part and shifts the state right after the wait: one round trip
+// before the row's loads instead, for kernels 5 to 8, which no model here uses.
+template <int kMaxKernel>
+struct GemvConv1dEpilogue {
+    static constexpr bool kOneRow = true;  // M = R = 1: the storing thread owns one row
+    static constexpr bool kEarlyState = kMaxKernel > 4;
+    const float* weight;  // [channels, kernel]
+    float* state;         // [kernel - 1, channels], oldest first
+    float* out;           // [channels]
+    int kernel;
+    int channels;
+    bool silu;
+
+    struct Tail {
+        int row;  // the convolved row, -1 where the thread stores none below channels
+        float w[kMaxKernel];
+        float window[kMaxKernel - 1];  // the row's state; y is the last slot's input
+        float state_part = 0.0f;       // the sum's first kernel - 1 taps
+
+        __device__ __forceinline__ Tail(const GemvConv1dEpilogue& e, int stored_row)
+            : row(stored_row >= 0 && stored_row < e.channels ? stored_row : -1) {
+            const int first = kMaxKernel - e.kernel;
+#pragma unroll
+            for (int s = 0; s < kMaxKernel; ++s) {
+                w[s] = row >= 0 && s >= first
+                           ? e.weight[static_cast<int64_t>(row) * e.kernel + (s - first)]
+                           : 0.0f;
+            }
+        }
+        __device__ __forceinline__ void load(const GemvConv1dEpilogue& e) {
+            const int first = kMaxKernel - e.kernel;
+#pragma unroll
+            for (int s = 0; s < kMaxKernel - 1; ++s) {
+                window[s] = row >= 0 && s >= first
+                                ? e.state[static_cast<int64_t>(s - first) * e.channels + row]
+                                : 0.0f;
+            }
+            if constexpr (kEarlyState) {
+                if (row >= 0) use_state(e);
+            }
+        }
+        __device__ __forceinline__ void finish(const GemvConv1dEpilogue& e, float y) {
+            if (row < 0) return;
+            if constexpr (!kEarlyState) use_state(e);
+            const float acc = __fadd_rn(state_part, __fmul_rn(w[kMaxKernel - 1], y));
+            e.out[row] = e.silu ? gemv_conv_silu(acc) : acc;
+            if (e.kernel > 1) e.state[static_cast<int64_t>(e.kernel - 2) * e.channels + row] = y;
+        }
+        // The state's taps, and the state rows but the last moved up by one (the last becomes y).
+        __device__ __forceinline__ void use_state(const GemvConv1dEpilogue& e) {
+            const int first = kMaxKernel - e.kernel;
+#pragma unroll
+            for (int s = 0; s < kMaxKernel - 1; ++s) {
+                if (s >= first) state_part = __fadd_rn(state_part, __fmul_rn(w[s], window[s]));
+            }
+#pragma unroll
+            for (int s = 0; s < kMaxKernel - 2; ++s) {
+                if (s >= first) {
+                    e.state[static_cast<int64_t>(s - first) * e.channels + row] = window[s + 1];
+                }
+            }
+        }
+    };
+};
+
+// The row store_rows stores from this thread at M = R = 1, -1 where it stores none (it may be
+// >= n; store_rows checks that).
+template <int S>
+__device__ __forceinline__ int gemv_stored_row(const GemvWarpPlace<1, S>& place) {
+    if constexpr (S == 1) {
+        return place.lane == 0 ? place.row0 : -1;
+    } else {
+        constexpr int kRowsPerBlock = GemvWarpPlace<1, S>::kRowsPerBlock;
+        const int t = static_cast<int>(threadIdx.x);
+        return t < kRowsPerBlock ? static_cast<int>(blockIdx.x) * kRowsPerBlock + t : -1;
+    }
+}
+
+// y[m, row] for the block's rows from the warps' lane-reduced sums, and the epilogue's finish on
+// each. S == 1: the warp owns its rows and stores them itself, no barrier. S > 1: partials go
+// through shared memory and are added in slice order s = 0..S-1 by one thread per (m, row),
+// consecutive threads on consecutive rows (coalesced stores). Every thread of the block must call
+// this (it holds __syncthreads).
+template <int M, int R, int S, class Epilogue>
+__device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place,
+                                           const float (&acc)[M][R], float* __restrict__ y, int n,
+                                           const Epilogue& epilogue,
+                                           typename Epilogue::Tail& tail) {
     if constexpr (S == 1) {
         if (place.lane == 0) {
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 if (place.row0 + r < n) {
 #pragma unroll
-                    for (int m = 0; m < M; ++m) y[static_cast<int64_t>(m) * n + place.row0 + r] = acc[m][r];
+                    for (int m = 0; m < M; ++m) {
+                        y[static_cast<int64_t>(m) * n + place.row0 + r] = acc[m][r];
+                        tail.finish(epilogue, acc[m][r]);
+                    }
                 }
             }
         }
@@ -169,9 +284,18 @@ __device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place, con
 #pragma unroll
                 for (int s = 1; s < S; ++s) sum += partial[first_warp + s][m][r];
                 y[static_cast<int64_t>(m) * n + row] = sum;
+                tail.finish(epilogue, sum);
             }
         }
     }
+}
+
+template <int M, int R, int S>
+__device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place,
+                                           const float (&acc)[M][R], float* __restrict__ y, int n) {
+    const GemvNoEpilogue none;
+    GemvNoEpilogue::Tail tail(none, -1);
+    store_rows(place, acc, y, n, none, tail);
 }
 
 // Blocks per SM that gemv_w4a8_kernel<M, ...> is compiled to fit (__launch_bounds__' second
@@ -186,11 +310,13 @@ constexpr int gemv_w4a8_min_blocks(int m) {
 
 // qs: [n, groups] 16-byte groups; gs: [n, groups] uint16 sc | m << 8; ss: [n, ceil(groups / 8)]
 // (d, dmin) half2 words; act: [M, groups] Q8 blocks as 3 uint4 each; y: [M, n].
-template <int M, int R, int U, int S>
+template <int M, int R, int U, int S, class Epilogue>
 __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
     gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint16_t* __restrict__ gs,
                      const uint32_t* __restrict__ ss, const uint4* __restrict__ act,
-                     float* __restrict__ y, int n, int groups, int prefetch_steps) {
+                     float* __restrict__ y, int n, int groups, int prefetch_steps,
+                     const Epilogue epilogue) {
+    static_assert(!Epilogue::kOneRow || (M == 1 && R == 1), "the epilogue handles one row");
     using Place = GemvWarpPlace<R, S>;
     constexpr int kStride = Place::kSliceStride;
     static_assert(kW4GroupsPerSuper == 8 && kStride % 8 == 0, "steps move by whole super-groups");
@@ -225,8 +351,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
             }
         }
     }
+    int stored_row = -1;
+    if constexpr (Epilogue::kOneRow) stored_row = gemv_stored_row(place);
+    typename Epilogue::Tail tail(epilogue, stored_row);  // constants: before the wait
     wait_for_upstream();  // act is the previous kernel's output; y may still be read by it
     allow_downstream();
+    tail.load(epilogue);  // in flight during the row's loads, used only at its end
 
     float acc[M][R];
 #pragma unroll
@@ -282,7 +412,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
         }
     }
     sum_across_lanes(acc);
-    store_rows(place, acc, y, n);
+    store_rows(place, acc, y, n, epilogue, tail);
 }
 
 }  // namespace kestrel::cuda

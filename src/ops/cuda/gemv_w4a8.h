@@ -1,7 +1,8 @@
 // Host API of the W4A8 decode GEMV (gemv_w4a8.cu): quantise activations to Q8 blocks, then
 // y = W x for M <= 8 rows of x with W in the engine's W4 format (ops/weight_format.h, which
-// also holds the CPU twins that define these functions' results). Plain C++: includable from
-// .cpp files that have the CUDA runtime headers.
+// also holds the CPU twins that define these functions' results), optionally followed in the
+// same kernel by a causal conv1d on the first outputs (gemv_w4a8_conv1d). Plain C++: includable
+// from .cpp files that have the CUDA runtime headers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -73,5 +74,28 @@ Status quantize_q8_bf16(const uint16_t* x, int64_t m, int64_t k, int64_t ldx, Q8
 // y [m, n] fp32 = W x, a = Q8 blocks of x [m, k/32], 1 <= m <= kGemvMaxRows. Matches
 // matvec_w4a8 up to fp32 accumulation order.
 Status gemv_w4a8(const W4DeviceView& w, const Q8Block* a, int64_t m, float* y, cudaStream_t stream);
+
+// The causal conv1d (gated_delta.h conv1d_causal, rows = 1) that gemv_w4a8_conv1d applies to
+// outputs [0, channels): weight [channels, kernel], state [kernel - 1, channels] oldest first
+// (updated in place), out [channels].
+struct GemvConv1d {
+    const float* weight = nullptr;
+    float* state = nullptr;  // may be null when kernel == 1
+    int64_t kernel = 0;      // 1 .. 8 (gated_delta.h kMaxConvKernel)
+    int64_t channels = 0;    // 1 .. w.n
+    bool silu = false;
+    float* out = nullptr;  // must not overlap y
+};
+
+// y [w.n] = W a for one activation row, bit for bit gemv_w4a8(w, a, 1, y); then, for c < channels,
+// conv.out[c] and the updated conv.state bit for bit what conv1d_causal(y, 1, conv.weight,
+// conv.state, conv.kernel, conv.channels, conv.silu, conv.out) gives, in one launch (at decode
+// Qwen3.5's Gated DeltaNet in-projection, qkv | z | b | a, the first 8192 rows the conv's
+// channels, is followed by the conv). The engine takes it only with KESTREL_GDN_FUSION=1: on the
+// H100 with PDL it measured 2.5% slower per decode step than the conv's own kernel
+// (bench/results/2026-11-23-qwen35-gdn-fusion-h100.md).
+// conv.state must not overlap y or conv.out either (4-byte aligned, like weight and out).
+Status gemv_w4a8_conv1d(const W4DeviceView& w, const Q8Block* a, float* y, const GemvConv1d& conv,
+                        cudaStream_t stream);
 
 }  // namespace kestrel::cuda
