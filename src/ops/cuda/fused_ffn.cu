@@ -93,9 +93,10 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     float* residual_row = residual + row * dim;
     const int chunks = (dim + 3) / 4;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 v[kNormChunks], r[kNormChunks], w[kNormChunks], next_w[kNormChunks];
+    float4 v[kRowChunks<kThreads>], r[kRowChunks<kThreads>], w[kRowChunks<kThreads>],
+        next_w[kRowChunks<kThreads>];
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         const bool in_row = c < chunks;
         v[k] = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     }
     const float inv_rms = row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals[0]);
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         if (c >= chunks) break;
         const float4 y = normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr);
@@ -125,7 +126,7 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
         Q8Block* out_row = next_q8 + row * (dim / 32);
         const int warp_first_chunk = thread_in_row & ~31;
 #pragma unroll
-        for (int k = 0; k < kNormChunks; ++k) {
+        for (int k = 0; k < kRowChunks<kThreads>; ++k) {
             // Whole warps skip together, so the shuffles inside always see all 32 lanes.
             if (warp_first_chunk + k * kThreads >= chunks) break;
             const int c = thread_in_row + k * kThreads;
@@ -157,9 +158,9 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     float* residual_row = residual + row * dim;
     const int chunks = dim / 4;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 v[kNormChunks], w[kNormChunks];
+    float4 v[kRowChunks<kThreads>], w[kRowChunks<kThreads>];
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         const bool in_row = c < chunks;
         const float4 a = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
@@ -169,7 +170,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
                            __fadd_rn(r.w, a.w));
     }
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         if (c >= chunks) break;
         store_chunk(residual_row, c, dim, vec4, v[k]);
@@ -179,7 +180,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     float* normed_row = normed != nullptr ? normed + row * dim : nullptr;
     const int warp_first_chunk = thread_in_row & ~31;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         // Whole warps skip together, so the shuffles inside always see all 32 lanes.
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;

@@ -1,9 +1,9 @@
 // RMSNorm kernels (host API: small_ops.h; CPU twin: ops/cpu/norm.cpp and CpuOps' compositions).
 //
 // rms_norm_kernel<kThreads, kOutput>: kThreads threads per row (small_ops.cuh picks 32 / 256 /
-//   1024 from dim); the row is read once into registers (up to 8 float4 chunks per thread), its
-//   sum of squares reduced in the shared fixed order, then each chunk normalised and stored (or
-//   added to the residual). Memory bound: one read of x (and the residual), one write.
+//   512 / 1024 from dim); the row is read once into registers (up to kRowChunks float4 chunks per
+//   thread), its sum of squares reduced in the shared fixed order, then each chunk normalised and
+//   stored (or added to the residual). Memory bound: one read of x (and the residual), one write.
 // rms_norm_q8_kernel<kThreads>: the same normalisation, then the Q8 blocks of the row: chunk c sits
 //   in thread c % kThreads, so the 8 chunks of a 32-element block are 8 consecutive lanes, which
 //   quantise together with 8-lane shuffles exactly as quantize_q8_kernel (gemv_w4a8.cuh) does.
@@ -35,11 +35,11 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
     const float* x_row = x + row * dim;
     float* out_row = out + row * dim;
-    float4 v[kNormChunks];
+    float4 v[kRowChunks<kThreads>];
     const float inv_rms = load_row_inv_rms<kThreads>(x_row, dim, eps, vec4, thread_in_row, v, warp_totals);
     const int chunks = (dim + 3) / 4;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         if (c >= chunks) break;
         float4 y = normalise_chunk(v[k], inv_rms, weight, c, dim, vec4);
@@ -60,13 +60,13 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
     const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
     if (row >= rows) return;  // whole warps leave: a warp never straddles two rows
-    float4 v[kNormChunks];
+    float4 v[kRowChunks<kThreads>];
     const float inv_rms = load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
     const int chunks = dim / 4;  // dim % 32 == 0
     Q8Block* out_row = out + row * (dim / 32);
     const int warp_first_chunk = thread_in_row & ~31;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         // Whole warps skip together, so the shuffles inside always see all 32 lanes.
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;

@@ -133,13 +133,13 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
     if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves
     const float* z_row = z + row * dim;
-    float4 v[kNormChunks];
+    float4 v[kRowChunks<kThreads>];
     const float inv_rms =
         load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
     const int chunks = (dim + 3) / 4;
     const int warp_first_chunk = thread_in_row & ~31;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         // Whole warps skip together, so the Q8 shuffles always see all 32 lanes.
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;

@@ -64,28 +64,34 @@ __device__ __forceinline__ float4 chunk_times(float4 v, float4 w) {
     return make_float4(__fmul_rn(v.x, w.x), __fmul_rn(v.y, w.y), __fmul_rn(v.z, w.z), __fmul_rn(v.w, w.w));
 }
 
-// Row launch shapes: kThreads threads per row, each holding up to kChunks chunks in registers.
-// 32 threads (one warp, 8 rows per 256-thread block) up to dim 1024 (per-head norms); one block
-// of 256 up to 8192 (d_model); 1024 up to kMaxNormDim.
+// Row launch shapes: kThreads threads per row, each holding up to kRowChunks<kThreads> chunks in
+// registers. 32 threads (one warp, 8 rows per 256-thread block) up to dim 1024 (per-head norms);
+// one block of 256 up to 2048; 512 (4 chunks) up to 8192 (d_model); 1024 up to kMaxNormDim. Why
+// 512 for 2049..8192: a one-row norm is one block whose time is each thread's serial chain over
+// its chunks (loads, sums, quantising), which sat between two GEMVs of every decode step at
+// Gemma 4's 5376 with 6 chunks a thread (bench/results/2026-11-23-decode-profile-h100.md).
 template <int kThreads>
 constexpr int kRowsPerBlock = kThreads == 32 ? 8 : 1;
 constexpr int kNormChunks = 8;
+template <int kThreads>
+constexpr int kRowChunks = kThreads == 512 ? 4 : kNormChunks;
 
 // Launches a row kernel with the shape above for its dim: launch(threads, grid, block) with
-// threads a std::integral_constant<int, 32 | 256 | 1024> that picks the kernel's template. Every
-// norm kernel is launched through here, so each sums a row's squares in the one order that dim
-// decides (and fused variants stay bit for bit the plain ones).
+// threads a std::integral_constant<int, 32 | 256 | 512 | 1024> that picks the kernel's template.
+// Every norm kernel is launched through here, so each sums a row's squares in the one order that
+// dim decides (and fused variants stay bit for bit the plain ones).
 template <class Launch>
 cudaError_t launch_row_kernel(int64_t rows, int64_t dim, Launch launch) {
     const auto grid = [rows](int rows_per_block) {
         return dim3(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block));
     };
-    if (dim <= 32 * kNormChunks * 4) {
+    if (dim <= 32 * kRowChunks<32> * 4) {
         return launch(std::integral_constant<int, 32>{}, grid(kRowsPerBlock<32>),
                       dim3(32 * kRowsPerBlock<32>));
     }
-    if (dim <= 256 * kNormChunks * 4) {
-        return launch(std::integral_constant<int, 256>{}, grid(1), dim3(256));
+    if (dim <= 2048) return launch(std::integral_constant<int, 256>{}, grid(1), dim3(256));
+    if (dim <= 512 * kRowChunks<512> * 4) {
+        return launch(std::integral_constant<int, 512>{}, grid(1), dim3(512));
     }
     return launch(std::integral_constant<int, 1024>{}, grid(1), dim3(1024));
 }
@@ -96,11 +102,11 @@ cudaError_t launch_row_kernel(int64_t rows, int64_t dim, Launch launch) {
 // one-warp rows), not reused by the caller before a barrier. For kThreads > 32 every thread of
 // the block must call this (it synchronises the block).
 template <int kThreads>
-__device__ __forceinline__ float row_inv_rms(const float4 (&v)[kNormChunks], int dim, float eps,
-                                             int thread_in_row, float* warp_totals) {
+__device__ __forceinline__ float row_inv_rms(const float4 (&v)[kRowChunks<kThreads>], int dim,
+                                             float eps, int thread_in_row, float* warp_totals) {
     float sum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         sum = __fadd_rn(sum, __fmul_rn(v[k].x, v[k].x));
         sum = __fadd_rn(sum, __fmul_rn(v[k].y, v[k].y));
         sum = __fadd_rn(sum, __fmul_rn(v[k].z, v[k].z));
@@ -123,11 +129,12 @@ __device__ __forceinline__ float row_inv_rms(const float4 (&v)[kNormChunks], int
 // row_inv_rms.
 template <int kThreads>
 __device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, float eps, bool vec4,
-                                                  int thread_in_row, float4 (&v)[kNormChunks],
+                                                  int thread_in_row,
+                                                  float4 (&v)[kRowChunks<kThreads>],
                                                   float* warp_totals) {
     const int chunks = (dim + 3) / 4;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         v[k] = c < chunks ? load_chunk(row, c, dim, vec4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
