@@ -1,7 +1,7 @@
 // RMSNorm kernels (host API: small_ops.h; CPU twin: ops/cpu/norm.cpp and CpuOps' compositions).
 //
-// rms_norm_kernel<kThreads, kOutput>: kThreads threads per row (small_ops.cuh picks 32 / 256 /
-//   512 / 1024 from dim); the row is read once into registers (up to kRowChunks float4 chunks per
+// rms_norm_kernel<kThreads, kOutput>: kThreads threads per row (small_ops.cuh picks 32 / 512 /
+//   1024 from dim); the row is read once into registers (up to kRowChunks float4 chunks per
 //   thread), its sum of squares reduced in the shared fixed order, then each chunk normalised and
 //   stored (or added to the residual). Memory bound: one read of x (and the residual), one write.
 // rms_norm_q8_kernel<kThreads>: the same normalisation, then the Q8 blocks of the row: chunk c sits

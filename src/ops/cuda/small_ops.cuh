@@ -66,10 +66,10 @@ __device__ __forceinline__ float4 chunk_times(float4 v, float4 w) {
 
 // Row launch shapes: kThreads threads per row, each holding up to kRowChunks<kThreads> chunks in
 // registers. 32 threads (one warp, 8 rows per 256-thread block) up to dim 1024 (per-head norms);
-// one block of 256 up to 2048; 512 (4 chunks) up to 8192 (d_model); 1024 up to kMaxNormDim. Why
-// 512 for 2049..8192: a one-row norm is one block whose time is each thread's serial chain over
-// its chunks (loads, sums, quantising), which sat between two GEMVs of every decode step at
-// Gemma 4's 5376 with 6 chunks a thread (bench/results/2026-11-23-decode-profile-h100.md).
+// one block of 512 (4 chunks) up to 8192 (d_model); 1024 up to kMaxNormDim. Why 512 for d_model:
+// a one-row norm is one block whose time is each thread's serial chain over its chunks (loads,
+// sums, quantising), and it sits between two GEMVs of every decode step: with 256 threads
+// Gemma 4's 5376 took 6 chunks a thread (bench/results/2026-11-23-decode-profile-h100.md).
 template <int kThreads>
 constexpr int kRowsPerBlock = kThreads == 32 ? 8 : 1;
 constexpr int kNormChunks = 8;
@@ -77,7 +77,7 @@ template <int kThreads>
 constexpr int kRowChunks = kThreads == 512 ? 4 : kNormChunks;
 
 // Launches a row kernel with the shape above for its dim: launch(threads, grid, block) with
-// threads a std::integral_constant<int, 32 | 256 | 512 | 1024> that picks the kernel's template.
+// threads a std::integral_constant<int, 32 | 512 | 1024> that picks the kernel's template.
 // Every norm kernel is launched through here, so each sums a row's squares in the one order that
 // dim decides (and fused variants stay bit for bit the plain ones).
 template <class Launch>
@@ -89,7 +89,6 @@ cudaError_t launch_row_kernel(int64_t rows, int64_t dim, Launch launch) {
         return launch(std::integral_constant<int, 32>{}, grid(kRowsPerBlock<32>),
                       dim3(32 * kRowsPerBlock<32>));
     }
-    if (dim <= 2048) return launch(std::integral_constant<int, 256>{}, grid(1), dim3(256));
     if (dim <= 512 * kRowChunks<512> * 4) {
         return launch(std::integral_constant<int, 512>{}, grid(1), dim3(512));
     }
