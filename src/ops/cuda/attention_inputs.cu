@@ -72,7 +72,7 @@ __device__ __forceinline__ void store_output_chunk(float* row, uint16_t* cache_r
 // shared memory, rotate pairs (j, j + pair_distance) for j < rotary_pairs (the others stay as
 // normalised), then store the row (and its cache row). Every lane of the warp calls this.
 __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], float inv_rms,
-                                              const float* weight, bool weight_vec4,
+                                              const float4 (&weight)[kNormChunks], bool has_weight,
                                               int64_t position, const KernelArgs& a,
                                               const RopeTable& table, float* staged, int lane,
                                               float* row, uint16_t* cache_row) {
@@ -81,8 +81,10 @@ __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], 
     for (int k = 0; k < kNormChunks; ++k) {
         const int c = lane + k * 32;
         if (c >= chunks) break;
-        reinterpret_cast<float4*>(staged)[c] =
-            normalise_chunk(raw[k], inv_rms, weight, c, a.head_dim, weight_vec4);
+        // normalise_chunk's products, without taking the weight's address (which would put the
+        // array in local memory).
+        const float4 y = chunk_times(raw[k], inv_rms);
+        reinterpret_cast<float4*>(staged)[c] = has_weight ? chunk_times(y, weight[k]) : y;
     }
     __syncwarp();
     for (int j = lane; j < a.rotary_pairs; j += 32) {
@@ -102,8 +104,6 @@ __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], 
 
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     attention_inputs_kernel(KernelArgs a, RopeTable table) {
-    wait_for_upstream();
-    allow_downstream();
     __shared__ __align__(16) float stage[kWarpsPerBlock][kMaxHeadDim];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) & 31;
@@ -111,6 +111,20 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     if (item >= a.items) return;  // whole warps leave: the shuffles below always see 32 lanes
     const int token = item / a.heads_per_token;
     const int head = item % a.heads_per_token;
+    // The row's norm weight (q_norm or k_norm, constants) before the wait: only the rows' round
+    // trip is left after the GEMV that writes them.
+    const float* norm_weight = head < a.n_heads ? a.q_norm : a.k_norm;
+    const bool norm_weight_vec4 = head < a.n_heads ? a.q_norm_vec4 : a.k_norm_vec4;
+    float4 weight[kNormChunks];
+#pragma unroll
+    for (int k = 0; k < kNormChunks; ++k) {
+        const int c = lane + k * 32;
+        weight[k] = norm_weight != nullptr && c < a.head_dim / 4
+                        ? load_chunk(norm_weight, c, a.head_dim, norm_weight_vec4)
+                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    wait_for_upstream();
+    allow_downstream();
     const int64_t position = a.positions[token];
     float* staged = stage[warp];
     float4 raw[kNormChunks];
@@ -119,8 +133,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
         float* q_row = a.q + (static_cast<int64_t>(token) * a.n_heads + head) * a.head_dim;
         const float inv_rms =
             load_row_inv_rms<32>(q_row, a.head_dim, a.eps, true, lane, raw, nullptr);
-        norm_rope_row(raw, inv_rms, a.q_norm, a.q_norm_vec4, position, a, table, staged, lane,
-                      q_row, nullptr);
+        norm_rope_row(raw, inv_rms, weight, norm_weight != nullptr, position, a, table, staged,
+                      lane, q_row, nullptr);
         return;
     }
 
@@ -169,8 +183,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
             }
         }
     }
-    norm_rope_row(raw, k_inv_rms, a.k_norm, a.k_norm_vec4, position, a, table, staged, lane, k_row,
-                  k_cache_row);
+    norm_rope_row(raw, k_inv_rms, weight, norm_weight != nullptr, position, a, table, staged, lane,
+                  k_row, k_cache_row);
 }
 
 bool aligned16(const void* p) {

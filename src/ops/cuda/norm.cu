@@ -52,17 +52,29 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
 }
 
 template <int kThreads>
-__global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
-    rms_norm_q8_kernel(const float* x, const float* weight, int rows, int dim, float eps, Q8Block* out, bool vec4) {
-    wait_for_upstream();
-    allow_downstream();
+__global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
+    rms_norm_q8_kernel(const float* x, const float* weight, int rows, int dim, float eps,
+                       Q8Block* out, bool vec4) {
     __shared__ float warp_totals[kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
     const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
+    const int chunks = dim / 4;  // dim % 32 == 0
+    // The weight is a constant: its chunks are read before the wait, so that only x's round trip
+    // is left between the previous kernel's end and the norm (this kernel sits between two GEMVs
+    // of every decode step).
+    float4 w[kRowChunks<kThreads>];
+#pragma unroll
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        w[k] = c < chunks && weight != nullptr && row < rows ? load_chunk(weight, c, dim, vec4)
+                                                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    wait_for_upstream();
+    allow_downstream();
     if (row >= rows) return;  // whole warps leave: a warp never straddles two rows
     float4 v[kRowChunks<kThreads>];
-    const float inv_rms = load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
-    const int chunks = dim / 4;  // dim % 32 == 0
+    const float inv_rms =
+        load_row_inv_rms<kThreads>(x + row * dim, dim, eps, vec4, thread_in_row, v, warp_totals);
     Q8Block* out_row = out + row * (dim / 32);
     const int warp_first_chunk = thread_in_row & ~31;
 #pragma unroll
@@ -71,7 +83,7 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;
         const bool mine = c < chunks;
-        const float4 y = mine ? normalise_chunk(v[k], inv_rms, weight, c, dim, vec4)
+        const float4 y = mine ? normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr)
                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         quantize_q8_lanes(y, mine, out_row + c / 8);
     }
