@@ -78,41 +78,49 @@ __global__ void __launch_bounds__(kGeluThreads)
 // residual may alias any later load as far as the compiler knows, so loads left inside the loops
 // would each wait for the one before (a dozen L2/DRAM round trips for one row instead of one).
 template <int kThreads, bool kNextNormQ8>
-__global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
+__global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     rms_norm_add_scale_kernel(const float* x, const float* weight, int rows, int dim, float eps,
                               float scale, float* residual, const float* next_weight,
                               Q8Block* next_q8, bool vec4) {
-    wait_for_upstream();
-    allow_downstream();
     // Two arrays: the second reduction must not overwrite totals another warp may still be reading.
     __shared__ float warp_totals[2][kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
-    const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
-    if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
-    const float* x_row = x + row * dim;
-    float* residual_row = residual + row * dim;
+    const int64_t row =
+        static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
     const int chunks = (dim + 3) / 4;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[kRowChunks<kThreads>], r[kRowChunks<kThreads>], w[kRowChunks<kThreads>],
         next_w[kRowChunks<kThreads>];
+    // The weights are constants: read before the wait
+    // (bench/results/2026-11-23-decode-profile-h100.md).
 #pragma unroll
     for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
-        const bool in_row = c < chunks;
-        v[k] = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
-        r[k] = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
+        const bool in_row = c < chunks && row < rows;
         w[k] = in_row && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
         if constexpr (kNextNormQ8) {
             next_w[k] =
                 in_row && next_weight != nullptr ? load_chunk(next_weight, c, dim, vec4) : zero;
         }
     }
+    wait_for_upstream();
+    allow_downstream();
+    if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
+    const float* x_row = x + row * dim;
+    float* residual_row = residual + row * dim;
+#pragma unroll
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        const bool in_row = c < chunks;
+        v[k] = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
+        r[k] = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
+    }
     const float inv_rms = row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals[0]);
 #pragma unroll
     for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         if (c >= chunks) break;
-        const float4 y = normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr);
+        const float4 y = normalise_chunk(v[k], inv_rms, w[k], weight != nullptr);
         // rms_norm_add's r + y, then scale's (r + y) * s: two roundings, as the two launches do.
         const float4 sum = make_float4(__fadd_rn(r[k].x, y.x), __fadd_rn(r[k].y, y.y),
                                        __fadd_rn(r[k].z, y.z), __fadd_rn(r[k].w, y.w));
@@ -131,9 +139,9 @@ __global__ void __launch_bounds__(kThreads * kRowsPerBlock<kThreads>)
             if (warp_first_chunk + k * kThreads >= chunks) break;
             const int c = thread_in_row + k * kThreads;
             const bool mine = c < chunks;
-            const float4 y = mine ? normalise_chunk(v[k], next_inv_rms,
-                                                    next_weight != nullptr ? &next_w[k] : nullptr)
-                                  : zero;
+            const float4 y =
+                mine ? normalise_chunk(v[k], next_inv_rms, next_w[k], next_weight != nullptr)
+                     : zero;
             quantize_q8_lanes(y, mine, out_row + c / 8);
         }
     }
@@ -147,25 +155,31 @@ template <int kThreads>
 __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     add_rms_norm_q8_kernel(const float* x, float* residual, const float* weight, int rows, int dim,
                            float eps, float* normed, Q8Block* out, bool vec4) {
-    wait_for_upstream();
-    allow_downstream();
     __shared__ float warp_totals[kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
     const int64_t row =
         static_cast<int64_t>(blockIdx.x) * kRowsPerBlock<kThreads> + threadIdx.x / kThreads;
-    if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves
-    const float* x_row = x + row * dim;
-    float* residual_row = residual + row * dim;
     const int chunks = dim / 4;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[kRowChunks<kThreads>], w[kRowChunks<kThreads>];
+    // The weight is a constant: read before the wait.
+#pragma unroll
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        w[k] =
+            c < chunks && row < rows && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
+    }
+    wait_for_upstream();
+    allow_downstream();
+    if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves
+    const float* x_row = x + row * dim;
+    float* residual_row = residual + row * dim;
 #pragma unroll
     for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         const bool in_row = c < chunks;
         const float4 a = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
         const float4 r = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
-        w[k] = in_row && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
         v[k] = make_float4(__fadd_rn(r.x, a.x), __fadd_rn(r.y, a.y), __fadd_rn(r.z, a.z),
                            __fadd_rn(r.w, a.w));
     }
@@ -185,8 +199,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;
         const bool mine = c < chunks;
-        const float4 y =
-            mine ? normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr) : zero;
+        const float4 y = mine ? normalise_chunk(v[k], inv_rms, w[k], weight != nullptr) : zero;
         if (mine && normed_row != nullptr) store_chunk(normed_row, c, dim, vec4, y);
         quantize_q8_lanes(y, mine, out_row + c / 8);
     }

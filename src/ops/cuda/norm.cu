@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         if (warp_first_chunk + k * kThreads >= chunks) break;
         const int c = thread_in_row + k * kThreads;
         const bool mine = c < chunks;
-        const float4 y = mine ? normalise_chunk(v[k], inv_rms, weight != nullptr ? &w[k] : nullptr)
+        const float4 y = mine ? normalise_chunk(v[k], inv_rms, w[k], weight != nullptr)
                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         quantize_q8_lanes(y, mine, out_row + c / 8);
     }

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         const bool mine = c < chunks;
         float4 gated = zero;
         if (mine) {
-            const float4 y = normalise_chunk(v[k], inv_rms, &w[k]);
+            const float4 y = normalise_chunk(v[k], inv_rms, w[k], true);
             gated = make_float4(__fmul_rn(y.x, silu_z[k].x), __fmul_rn(y.y, silu_z[k].y),
                                 __fmul_rn(y.z, silu_z[k].z), __fmul_rn(y.w, silu_z[k].w));
         }

@@ -140,10 +140,12 @@ __device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, flo
     return row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals);
 }
 
-// The normalised chunk with its weight chunk already loaded (null: no weight).
-__device__ __forceinline__ float4 normalise_chunk(float4 x, float inv_rms, const float4* weight) {
+// The normalised chunk with its weight chunk already loaded (has_weight false: no weight). By
+// value: taking the address of a register array's element would put the array in local memory.
+__device__ __forceinline__ float4 normalise_chunk(float4 x, float inv_rms, float4 weight,
+                                                  bool has_weight) {
     const float4 y = chunk_times(x, inv_rms);
-    return weight != nullptr ? chunk_times(y, *weight) : y;
+    return has_weight ? chunk_times(y, weight) : y;
 }
 
 // The normalised chunk: (x * inv_rms) * weight, or x * inv_rms without a weight.
