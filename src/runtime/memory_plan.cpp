@@ -19,8 +19,11 @@ constexpr int64_t kGroup = 32;
 // The CUDA context, cuBLAS / cuBLASLt (their kernels and workspace), graphs and allocation
 // granularity: what a run holds beyond the plan's other parts. Measured on the H100: Gemma 4 31B at
 // 131072 tokens with TQ4 (prefill chunk 2048, 32 MiB weight slices) peaked at 23.98 GiB
-// device-wide where the other parts came to 22.45 GiB: about 1.5 GiB.
+// device-wide where the other parts came to 22.45 GiB: about 1.5 GiB, of which about 0.5 (the
+// context) exists before a session is made and the rest, kLateRuntimeBytes, comes with its first
+// forward steps.
 constexpr int64_t kRuntimeReserve = int64_t{1536} << 20;
+static_assert(kLateRuntimeBytes < kRuntimeReserve);
 
 bool is_float_type(DType type) {
     return type == DType::kF32 || type == DType::kF16 || type == DType::kBF16 || type == DType::kF64;
@@ -219,10 +222,11 @@ std::string gib(int64_t bytes) {
     return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1 << 30));
 }
 
-// What a session adds on top of the loaded weights (the runtime reserve is the CUDA context,
-// already made by then).
+// What a session adds on top of the loaded weights: its own parts, and the runtime's that arrive
+// with its first forward steps (the CUDA context is made by then).
 int64_t session_bytes(const MemoryPlan& plan) {
-    return plan.kv_cache_bytes + plan.recurrent_state_bytes + plan.workspace_bytes;
+    return plan.kv_cache_bytes + plan.recurrent_state_bytes + plan.workspace_bytes +
+           kLateRuntimeBytes;
 }
 
 // The longest context up to `limit` whose session fits in `available`, rounded down to a multiple
@@ -400,7 +404,8 @@ Status check_session_fits(const ModelConfig& config, const MemoryPlanOptions& op
                                     kv_cache_format_name(options.kv_cache));
     if (plan.recurrent_state_bytes > 0)
         parts += fmt::format(", recurrent state {}", gib(plan.recurrent_state_bytes));
-    parts += fmt::format(", workspace {}", gib(plan.workspace_bytes));
+    parts += fmt::format(", workspace {}, runtime {}", gib(plan.workspace_bytes),
+                         gib(kLateRuntimeBytes));
     return Status(
         StatusCode::kOutOfMemory,
         fmt::format("context {} needs {} of GPU memory beyond the weights ({}) but {} is free; {}",

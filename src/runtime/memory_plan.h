@@ -81,10 +81,15 @@ MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOption
 int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_element = 2,
                            KvCacheFormat kv_cache = KvCacheFormat::kNative);
 
+// GPU memory the runtime takes once a session runs, beyond the CUDA context that exists before
+// it (cuBLAS / cuBLASLt kernels and workspace, graphs, allocation granularity; memory_plan.cpp
+// kRuntimeReserve says how it was measured): a session must leave room for it.
+constexpr int64_t kLateRuntimeBytes = int64_t{1} << 30;
+
 // The up-front refusal (issue 8): ok when a session planned by `options` (its KV cache, state
-// and workspace; the weights already loaded) fits in `available_bytes`; else kOutOfMemory naming
-// what it needs, what is free, and the longest -c that fits (a multiple of 256), and, when the
-// session is native and tq4_available, the longest -c with --kv-cache tq4.
+// and workspace, and kLateRuntimeBytes; the weights already loaded) fits in `available_bytes`; else
+// kOutOfMemory naming what it needs, what is free, and the longest -c that fits (a multiple of
+// 256), and, when the session is native and tq4_available, the longest -c with --kv-cache tq4.
 Status check_session_fits(const ModelConfig& config, const MemoryPlanOptions& options,
                           int64_t available_bytes, bool tq4_available);
 
