@@ -93,15 +93,10 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         next_w[kRowChunks<kThreads>];
     // The weights are constants: read before the wait
     // (bench/results/2026-11-23-decode-profile-h100.md).
-#pragma unroll
-    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        const bool in_row = c < chunks && row < rows;
-        w[k] = in_row && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
-        if constexpr (kNextNormQ8) {
-            next_w[k] =
-                in_row && next_weight != nullptr ? load_chunk(next_weight, c, dim, vec4) : zero;
-        }
+    load_row_chunks<kThreads>(row < rows ? weight : nullptr, dim, vec4, thread_in_row, w);
+    if constexpr (kNextNormQ8) {
+        load_row_chunks<kThreads>(row < rows ? next_weight : nullptr, dim, vec4, thread_in_row,
+                                  next_w);
     }
     wait_for_upstream();
     allow_downstream();
@@ -163,12 +158,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[kRowChunks<kThreads>], w[kRowChunks<kThreads>];
     // The weight is a constant: read before the wait.
-#pragma unroll
-    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        w[k] =
-            c < chunks && row < rows && weight != nullptr ? load_chunk(weight, c, dim, vec4) : zero;
-    }
+    load_row_chunks<kThreads>(row < rows ? weight : nullptr, dim, vec4, thread_in_row, w);
     wait_for_upstream();
     allow_downstream();
     if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves

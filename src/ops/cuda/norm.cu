@@ -63,12 +63,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     // is left between the previous kernel's end and the norm (this kernel sits between two GEMVs
     // of every decode step).
     float4 w[kRowChunks<kThreads>];
-#pragma unroll
-    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        w[k] = c < chunks && weight != nullptr && row < rows ? load_chunk(weight, c, dim, vec4)
-                                                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
+    load_row_chunks<kThreads>(row < rows ? weight : nullptr, dim, vec4, thread_in_row, w);
     wait_for_upstream();
     allow_downstream();
     if (row >= rows) return;  // whole warps leave: a warp never straddles two rows

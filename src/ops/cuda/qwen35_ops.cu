@@ -137,11 +137,7 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     // added 4.1 us to each Gated DeltaNet layer of a decode step,
     // bench/results/2026-11-23-decode-profile-h100.md).
     float4 v[kChunks], w[kChunks], silu_z[kChunks];
-#pragma unroll
-    for (int k = 0; k < kChunks; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        w[k] = c < chunks && row < rows ? load_chunk(weight, c, dim, vec4) : zero;
-    }
+    load_row_chunks<kThreads>(row < rows ? weight : nullptr, dim, vec4, thread_in_row, w);
     wait_for_upstream();
     allow_downstream();
     if (row >= rows) return;  // a whole warp (32 threads per row) or the whole block leaves

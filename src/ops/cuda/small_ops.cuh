@@ -124,6 +124,21 @@ __device__ __forceinline__ float row_inv_rms(const float4 (&v)[kRowChunks<kThrea
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean_square, eps)));
 }
 
+// This thread's chunks of a row (chunk k = chunk thread_in_row + k * kThreads), zero past the
+// row, and all zero where row is null (no weight, or a thread past the last row).
+template <int kThreads>
+__device__ __forceinline__ void load_row_chunks(const float* row, int dim, bool vec4,
+                                                int thread_in_row,
+                                                float4 (&out)[kRowChunks<kThreads>]) {
+    const int chunks = (dim + 3) / 4;
+#pragma unroll
+    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+        const int c = thread_in_row + k * kThreads;
+        out[k] = row != nullptr && c < chunks ? load_chunk(row, c, dim, vec4)
+                                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+}
+
 // Loads the row into v (chunk k of this thread = chunk t + k * kThreads) and returns its
 // row_inv_rms.
 template <int kThreads>
@@ -131,12 +146,7 @@ __device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, flo
                                                   int thread_in_row,
                                                   float4 (&v)[kRowChunks<kThreads>],
                                                   float* warp_totals) {
-    const int chunks = (dim + 3) / 4;
-#pragma unroll
-    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
-        const int c = thread_in_row + k * kThreads;
-        v[k] = c < chunks ? load_chunk(row, c, dim, vec4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
+    load_row_chunks<kThreads>(row, dim, vec4, thread_in_row, v);
     return row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals);
 }
 
