@@ -9,7 +9,8 @@
 //   prefill T = 2048 (positions 0..2047) at head 256 (sliding, ring 1024 + 2048 - 1) and 512
 //     (full); TFLOP/s counts only the visible (query, key) pairs: 2 (d + dv) flops each.
 // Median of the repeats, timed with events after warm-up. Random bf16 data, never zeros.
-// Usage: attention_bench [repeats=30]
+// Usage: attention_bench [repeats=30 [depth]]: with a depth, only the full layer's decode at that
+// depth (one shape for a profiler such as ncu).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -100,6 +101,7 @@ void free_cache(Cache& c) {
 
 int main(int argc, char** argv) {
     const int repeats = argc > 1 ? std::atoi(argv[1]) : 30;
+    const int64_t only_depth = argc > 2 ? std::atoll(argv[2]) : 0;
     cudaDeviceProp prop{};
     CHECK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t stream;
@@ -119,9 +121,11 @@ int main(int argc, char** argv) {
 
     std::printf("\ndecode, T = 1, graph replay\n%-22s %7s %6s %9s %9s\n", "layer", "depth", "keys", "us", "GB/s");
     for (const Layer& layer : {sliding, full}) {
+        if (only_depth > 0 && layer.window > 0) continue;
         // Short depths: around the single-pass crossover (KESTREL_DECODE_SINGLE_PASS_KEYS).
         for (const int64_t depth : {int64_t{16}, int64_t{32}, int64_t{64}, int64_t{128},
                                     int64_t{256}, int64_t{512}, int64_t{4096}, int64_t{32768}}) {
+            if (only_depth > 0 && depth != only_depth) continue;
             const int64_t capacity = layer.window > 0 ? layer.window + 512 - 1 : depth;
             const int64_t keys = layer.window > 0 ? std::min(depth, layer.window) : depth;
             const int64_t live_bytes = keys * layer.n_kv_heads * layer.head_dim * 2 * 2;
@@ -155,6 +159,7 @@ int main(int argc, char** argv) {
         }
     }
 
+    if (only_depth > 0) return 0;
     std::printf("\nprefill, T = 2048 at positions 0..2047\n%-22s %9s %9s\n", "layer", "us", "TFLOP/s");
     const int64_t n_tokens = 2048;
     std::vector<int64_t> host_positions(n_tokens);

@@ -1,12 +1,11 @@
 // Microbenchmark of the W4A8 and W8A8 decode GEMVs (src/ops/cuda/gemv_w4a8.cu, gemv_w8a8.cu) on
-// the Gemma 4 31B shapes: GB/s of the GEMV alone (weights + scales + Q8 activations + fp32 output,
-// each counted once; W4's scales are group_scales (2 bytes per 32 weights) + super_scales (4 bytes
-// per 256), W8's one (scale, min) word per 32) against a device-to-device copy measured in the
-// same run (bytes read + written).
-// Each shape holds enough weight copies to exceed 4x the L2 (rotated, so every launch reads
-// DRAM); the launches are captured in a CUDA graph (as decode runs), timed with events after
-// warm-up, median of the repeats. Random data, never zeros.
-// Usage: gemv_w4a8_bench [repeats=30]
+// the Gemma 4 31B and Qwen3.5-35B-A3B shapes: GB/s of the GEMV alone (weights + scales + Q8
+// activations + fp32 output, each counted once; W4's scales are group_scales (2 bytes per 32
+// weights) + super_scales (4 bytes per 256), W8's one (scale, min) word per 32) against a
+// device-to-device copy measured in the same run (bytes read + written). Each shape holds enough
+// weight copies to exceed 4x the L2 (rotated, so every launch reads DRAM); the launches are
+// captured in a CUDA graph (as decode runs), timed with events after warm-up, median of the
+// repeats. Random data, never zeros. Usage: gemv_w4a8_bench [repeats=30]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -157,10 +156,13 @@ int main(int argc, char** argv) {
         int64_t k, n;
         bool run_by_engine;
     };
+    // Last, Qwen3.5-35B-A3B's short rows: the Gated DeltaNet in-projection, the attention's
+    // q | gate | k | v, the output projections and the output head.
     const Shape shapes[] = {{5376, 16384, true},  {5376, 18432, true}, {5376, 43008, true},
                             {8192, 5376, true},   {16384, 5376, true}, {21504, 5376, true},
                             {5376, 262144, true}, {5376, 8192, false}, {5376, 4096, false},
-                            {5376, 21504, false}};
+                            {5376, 21504, false}, {2048, 12352, true}, {2048, 9216, true},
+                            {4096, 2048, true},   {2048, 248320, true}};
     const int ms[] = {1, 2, 4, 8};
     std::printf("%-3s %-16s %2s %10s %10s %8s\n", "fmt", "K -> N", "M", "us", "GB/s", "of copy");
     std::vector<double> m1_fraction[2][2];  // [W4, W8][standalone, run by the engine]

@@ -3,6 +3,7 @@
 // conv with state, routing, the experts, the gated norm, partial RoPE and the sigmoid gates.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -121,6 +122,46 @@ TEST(Conv1dCausal, CarriesStateAcrossCalls) {
     EXPECT_FLOAT_EQ(out2[0], silu(c0));
     EXPECT_FLOAT_EQ(out2[1], silu(c1));
     EXPECT_EQ(conv_state, (std::vector<float>{3, 4, 5, 6}));
+}
+
+// router_softmax's sum is the one the CUDA router's warps form (xor shuffles: after the step of
+// offset o every lane holds its value plus lane l ^ o's), chunk by chunk of 32 experts, the chunk
+// sums added in order. The logits span ~40 in log space, so a sum in expert order rounds
+// differently; the test checks that it does.
+TEST(MoeRoute, RouterSoftmaxSumsLikeTheGpuWarps) {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> spread(-20.0f, 20.0f);
+    const int64_t n = 72;  // two whole warps and a part (padded with zeros)
+    std::vector<float> logits(n);
+    for (float& x : logits) x = spread(rng);
+    float max_value = logits[0];
+    for (const float x : logits) max_value = std::max(max_value, x);
+    std::vector<float> e(n);
+    for (int64_t i = 0; i < n; ++i)
+        e[static_cast<size_t>(i)] = std::exp(logits[static_cast<size_t>(i)] - max_value);
+    float warp_sums = 0.0f, in_order = 0.0f;
+    for (int64_t first = 0; first < n; first += 32) {
+        float lane[32];
+        for (int l = 0; l < 32; ++l)
+            lane[l] = first + l < n ? e[static_cast<size_t>(first + l)] : 0.0f;
+        for (int offset = 16; offset > 0; offset /= 2) {
+            float next[32];
+            for (int l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ offset];
+            std::copy(next, next + 32, lane);
+        }
+        for (int l = 1; l < 32; ++l)
+            ASSERT_EQ(lane[l], lane[0]) << "every lane ends with the same sum";
+        warp_sums += lane[0];
+    }
+    for (const float v : e) in_order += v;
+    ASSERT_NE(warp_sums, in_order) << "the data must tell the two orders apart";
+    std::vector<float> probs = logits;
+    router_softmax(probs.data(), n);
+    const float inv_sum = 1.0f / warp_sums;
+    for (int64_t i = 0; i < n; ++i) {
+        EXPECT_EQ(probs[static_cast<size_t>(i)], e[static_cast<size_t>(i)] * inv_sum)
+            << "expert " << i;
+    }
 }
 
 // softmax over all 4 experts, top 2, renormalised: the weights are softmax over the two chosen logits.

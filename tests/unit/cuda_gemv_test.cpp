@@ -170,6 +170,10 @@ void check_gemv(const W4Weights& w, const DeviceW4& dw, int64_t m, uint64_t seed
 // gate|up (5376 -> 43008), down (21504 -> 5376), o (8192 or 16384 -> 5376).
 constexpr int64_t kGemma4Shapes[][2] = {{5376, 8192},  {5376, 16384}, {5376, 4096}, {5376, 21504},
                                         {5376, 43008}, {21504, 5376}, {8192, 5376}, {16384, 5376}};
+// Qwen3.5-35B-A3B's projections, whose rows are short (K <= 4096: gemv_w4a8_short_rows at M = 1,
+// R = 2 with S = 1 and S = 2): the Gated DeltaNet in-projection, the gated attention's q | gate | k
+// | v, and the output projections.
+constexpr int64_t kQwen35Shapes[][2] = {{2048, 12352}, {2048, 9216}, {4096, 2048}};
 // Odd shapes: a last block partly past n, rows shorter than a warp's 32 lanes or not a multiple
 // of them. The last three split K on any GPU (few rows; S capped by the row length): {2080, 45}
 // 65 groups, S = 2; {4128, 1001} 129 groups, S = 4; {8224, 37} 257 groups, S = 8, each with one
@@ -195,6 +199,20 @@ TEST(CudaGemvSplitRule, H100Shapes) {
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(4096, 5376, 3, kH100Sms), 4);   // 168 groups: at most 4
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(37, 8224, 1, kH100Sms), 8);
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(250, 1056, 1, kH100Sms), 1);    // 33 groups: one slice
+}
+
+// Short rows at M = 1 (gemv_w4a8.h): at most 2 groups per lane, whatever N; M > 1 and longer rows
+// keep the split rule above.
+TEST(CudaGemvSplitRule, ShortRowsAtOneActivationRow) {
+    constexpr int kH100Sms = 132;
+    EXPECT_TRUE(cuda::gemv_w4a8_short_rows(2048, 1));
+    EXPECT_TRUE(cuda::gemv_w4a8_short_rows(4096, 1));
+    EXPECT_FALSE(cuda::gemv_w4a8_short_rows(4128, 1));
+    EXPECT_FALSE(cuda::gemv_w4a8_short_rows(2048, 2));
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(12352, 2048, 1, kH100Sms), 1);  // was 2: 1 group a lane
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(2048, 4096, 1, kH100Sms), 2);   // was 4
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(45, 2080, 1, kH100Sms), 2);     // 65 groups
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(2048, 4096, 3, kH100Sms), 4);   // M = 3: the rule
 }
 
 TEST_F(CudaGemv, EveryWarpSplitIsTested) {
@@ -272,6 +290,30 @@ TEST_F(CudaGemv, Gemma4ShapesAllRowCounts) {
     }
     std::printf("Gemma 4 shapes: max |gpu - twin| / tolerance = %.3e, max |gpu - ref32| / int8 budget = %.3f\n",
                 worst.twin, worst.int8);
+}
+
+TEST_F(CudaGemv, Qwen35ShapesAllRowCounts) {
+    Worst worst;
+    uint64_t seed = 300;
+    for (const auto& shape : kQwen35Shapes) {
+        const int64_t k = shape[0], n = shape[1];
+        const W4Weights w = random_w4(n, k, ++seed);
+        DeviceW4 dw;
+        upload_w4(w, dw);
+        if (HasFatalFailure()) return;
+        std::vector<int64_t> rows;
+        for (int64_t r = 0; r < n; ++r) {
+            if (r < 64 || r >= n - 64 || r % 97 == 0) rows.push_back(r);
+        }
+        for (int64_t m = 1; m <= 8; ++m) {
+            check_gemv(w, dw, m, ++seed, rows, worst);
+            if (HasFatalFailure()) return;
+        }
+    }
+    std::printf(
+        "Qwen3.5 shapes: max |gpu - twin| / tolerance = %.3e, max |gpu - ref32| / int8 budget = "
+        "%.3f\n",
+        worst.twin, worst.int8);
 }
 
 TEST_F(CudaGemv, OddShapesAllRowCounts) {

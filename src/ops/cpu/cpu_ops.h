@@ -111,6 +111,7 @@ void gated_delta_rule(const float* qkv, const float* a, const float* b, const fl
                       int threads);
 
 // moe.cpp
+void router_softmax(float* x, int64_t n);  // the router's summation order (moe.cpp)
 void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
                const float* shared_gate, int32_t* ids, float* weights);
 void moe_experts(const float* x, int64_t rows, const int32_t* ids, const float* weights, int64_t k,

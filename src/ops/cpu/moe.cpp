@@ -1,11 +1,34 @@
 // Mixture of experts (Qwen3.5-MoE): softmax top-k routing and the routed SwiGLU experts.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
 #include "ops/cpu/cpu_ops.h"
 
 namespace kestrel::cpu {
+
+// softmax(x) over n router logits in our own summation order, which the CUDA router
+// (cuda/qwen35_ops.cu) computes bit for bit with a warp's xor shuffles: max; e_i = exp(x_i - max);
+// the sum of each 32 consecutive e (zeros past n) as a butterfly, 16 pairs 16 apart, then 8 pairs
+// 8 apart, ... 1; those sums added in order; p_i = e_i * (1 / sum). (A sum in expert order was one
+// GPU thread's chain of 256 dependent adds, ~0.6 us of each MoE layer's decode step.)
+void router_softmax(float* x, int64_t n) {
+    float max_value = x[0];
+    for (int64_t i = 1; i < n; ++i) max_value = std::max(max_value, x[i]);
+    for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i] - max_value);
+    float sum = 0.0f;
+    for (int64_t first = 0; first < n; first += 32) {
+        float lanes[32];
+        for (int64_t l = 0; l < 32; ++l) lanes[l] = first + l < n ? x[first + l] : 0.0f;
+        for (int offset = 16; offset > 0; offset /= 2) {
+            for (int l = 0; l < offset; ++l) lanes[l] = lanes[l] + lanes[l + offset];
+        }
+        sum += lanes[0];
+    }
+    const float inv_sum = 1.0f / sum;
+    for (int64_t i = 0; i < n; ++i) x[i] *= inv_sum;
+}
 
 // HF Qwen3_5MoeTopKRouter: probs = softmax(logits) over every expert (fp32), top-k of probs,
 // divided by their sum. (transformers 5 renormalises unconditionally; Qwen3.5 configs set
@@ -19,7 +42,7 @@ void moe_route(const float* logits, int64_t rows, int64_t n_experts, int64_t k,
     const int64_t slots = shared_gate != nullptr ? k + 1 : k;
     for (int64_t t = 0; t < rows; ++t) {
         std::copy(logits + t * n_experts, logits + (t + 1) * n_experts, probs.begin());
-        softmax(probs.data(), n_experts);
+        router_softmax(probs.data(), n_experts);
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return probs[a] > probs[b]; });
         float sum = 0.0f;

@@ -49,10 +49,21 @@ constexpr int gemv_rows_per_warp(int64_t m) { return m <= 2 ? 1 : 2; }
 // variants their shapes reach.
 int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count);
 
-// gemv_warps_per_row for a W4 matrix [n, k]: a lane's work unit is one 32-weight group.
-inline int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count) {
-    return gemv_warps_per_row(n, m, k / 32 / 32, sm_count);
-}
+// Short rows at m = 1: rows of at most kGemvShortRowGroups groups (K <= 4096: Qwen3.5's
+// in-projections and output projections) run kGemvShortRowsPerWarp weight rows per warp and S
+// warps per row such that each lane has at most 2 groups of a row (S = 1 up to 64 groups, 2 up
+// to 128), so every lane issues all its loads in one step (4 of 16 bytes at R = 2). Why: under
+// gemv_warps_per_row such a shape gets one group per lane (the Gated DeltaNet in-projection,
+// 12352 x 2048, S = 2: 3088 blocks of 8 rows), so an SM holds ~22 KiB of loads in flight and
+// the GEMV ran at ~1.5 TB/s in the Qwen3.5 decode step. KESTREL_GEMV_SHORT_ROWS=0 in the
+// environment turns it off (to measure).
+constexpr int64_t kGemvShortRowGroups = 128;
+constexpr int kGemvShortRowsPerWarp = 2;
+bool gemv_w4a8_short_rows(int64_t k, int64_t m);
+
+// The warps per row group (S) gemv_w4a8 runs W [n, k] with at m activation rows: the short-row
+// S above, or gemv_warps_per_row (a lane's work unit is one 32-weight group).
+int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count);
 
 // Multiprocessor count of the current device, queried on the first call and then cached (the
 // launchers run per token; the engine drives one device per process).

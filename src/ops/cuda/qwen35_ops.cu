@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -183,27 +184,42 @@ constexpr int kMaxTopK = static_cast<int>(kMaxRouteTopK);
 
 // One block of round_up(n_experts, 32) threads per row; thread i owns expert i.
 //
-// ops/cpu/moe.cpp: probs = softmax(logits) (attention.cpp's softmax: max, e_i = exp(x_i - max),
-// sum += e_i in order, p_i = e_i * (1 / sum)); order = stable_sort of the ids by p descending;
-// weights = p / (the fp32 sum of the k chosen p in that order).
+// ops/cpu/moe.cpp: probs = router_softmax(logits) (max, e_i = exp(x_i - max), the sum of each 32
+// consecutive e as a butterfly, those sums added in order, p_i = e_i * (1 / sum)); order =
+// stable_sort of the ids by p descending; weights = p / (the fp32 sum of the k chosen p in that
+// order). The butterfly is a warp's xor-shuffle sum: lanes l and l ^ o add the same two values
+// (a + b == b + a), so every lane ends with the CPU's sum of its 32.
 //
 // The max is exact in any order. fmaxf skips a NaN where std::max keeps a leading one, but a NaN
 // logit makes its exp, the sum and so every p NaN either way.
 //
-// Expert i's place in the stable sort: the experts ahead of it are those with p_j > p_i, plus
-// those with a lower id that compare neither greater nor smaller (equal, or all NaN: a NaN row
-// keeps the ids' order, as the CPU's stable sort does when no two compare).
+// Expert j is ahead of expert i in the stable sort when p_j > p_i, or j < i and neither compares
+// greater than the other (equal, or both NaN: a NaN row keeps the ids' order, as the CPU's stable
+// sort does when no two compare). That is a strict total order on a row (its p are all finite or
+// all NaN), so an expert among the first k of the row is among the first k of its own warp, and
+// everything ahead of it is too: its place in the row is the number of the warps' first k
+// (the candidates) ahead of it. Each warp ranks its 32 by shuffles, then the candidates are
+// compared with each other only: at 256 experts, top 8, 64 candidates, 4 threads each, 16
+// comparisons a thread (the rank over all experts was 256 comparisons a thread, ~1 us).
+__device__ __forceinline__ bool route_ahead(float p_j, int j, float p_i, int i) {
+    return p_j > p_i || (j < i && !(p_i > p_j));
+}
+
 __global__ void __launch_bounds__(kMaxExperts)
     moe_route_kernel(const float* logits, int n_experts, int k, const float* shared_gate,
                      int32_t* ids, float* weights) {
     wait_for_upstream();
     allow_downstream();
-    __shared__ __align__(16) float probs[kMaxExperts];
-    __shared__ float warp_max[kMaxExperts / 32];
+    constexpr int kMaxWarps = kMaxExperts / 32;
+    __shared__ float warp_max[kMaxWarps];
+    __shared__ float warp_sum[kMaxWarps];
+    __shared__ float candidate_p[kMaxWarps * kMaxTopK];
+    __shared__ int candidate_id[kMaxWarps * kMaxTopK];
     __shared__ float chosen[kMaxTopK];
-    __shared__ float total;
     const int i = static_cast<int>(threadIdx.x);
     const int width = static_cast<int>(blockDim.x);  // a multiple of 32
+    const int warps = width / 32;
+    const int warp = i / 32;
     const int lane = i & 31;
     const int64_t row = blockIdx.x;
     const int slots = shared_gate != nullptr ? k + 1 : k;  // ids and weights per row
@@ -215,50 +231,63 @@ __global__ void __launch_bounds__(kMaxExperts)
     for (int off = 16; off > 0; off >>= 1) {
         row_max = fmaxf(row_max, __shfl_xor_sync(kFullMask, row_max, off));
     }
-    if (lane == 0) warp_max[i / 32] = row_max;
+    if (lane == 0) warp_max[warp] = row_max;
     __syncthreads();
     row_max = warp_max[0];
-    for (int w = 1; w < width / 32; ++w) row_max = fmaxf(row_max, warp_max[w]);
+    for (int w = 1; w < warps; ++w) row_max = fmaxf(row_max, warp_max[w]);
 
+    // Padding experts' zeros leave the sums' bits as they are (the CPU pads with zeros too).
     const float e = expert ? exp_rounded(__fsub_rn(logit, row_max)) : 0.0f;
-    probs[i] = e;
-    __syncthreads();
-    if (i == 0) {
-        // In expert order; the padding experts' zeros leave the sum's bits as they are. Four
-        // values per shared-memory read and four reads in flight: the chain of adds, not the
-        // loads, sets the pace.
-        const float4* probs4 = reinterpret_cast<const float4*>(probs);
-        float sum = 0.0f;
-#pragma unroll 4
-        for (int j4 = 0; j4 < width / 4; ++j4) {
-            const float4 q = probs4[j4];
-            sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(sum, q.x), q.y), q.z), q.w);
-        }
-        total = sum;
-    }
-    __syncthreads();  // total is written and probs[] is read: probs may now hold the probabilities
-    const float p = __fmul_rn(e, __fdiv_rn(1.0f, total));
-    // Padding experts hold NaN, which never counts as ahead: not greater, and no lower id.
-    probs[i] = expert ? p : __int_as_float(0x7fc00000);
-    __syncthreads();
-
-    if (expert) {
-        int place = 0;
-        const float4* probs4 = reinterpret_cast<const float4*>(probs);
-#pragma unroll 4
-        for (int j4 = 0; j4 < width / 4; ++j4) {
-            const float4 q = probs4[j4];
-            const float values[4] = {q.x, q.y, q.z, q.w};
+    float sum = e;
 #pragma unroll
-            for (int l = 0; l < 4; ++l) {
-                const int j = 4 * j4 + l;
-                place += (values[l] > p || (j < i && !(p > values[l]))) ? 1 : 0;
-            }
+    for (int off = 16; off > 0; off >>= 1)
+        sum = __fadd_rn(sum, __shfl_xor_sync(kFullMask, sum, off));
+    if (lane == 0) warp_sum[warp] = sum;
+    // The candidate slots a warp leaves empty (fewer than k experts) are never ahead. (The
+    // barrier below orders these stores before the candidates'.)
+    for (int c = i; c < warps * k; c += width) {
+        candidate_p[c] = __int_as_float(0x7fc00000);
+        candidate_id[c] = INT_MAX;
+    }
+    __syncthreads();
+    float total = warp_sum[0];
+    for (int w = 1; w < warps; ++w) total = __fadd_rn(total, warp_sum[w]);
+    const float p = __fmul_rn(e, __fdiv_rn(1.0f, total));
+
+    // Place within the warp; padding experts (not ranked) hold NaN with higher ids, never ahead.
+    const float mine = expert ? p : __int_as_float(0x7fc00000);
+    int warp_place = 0;
+#pragma unroll 8
+    for (int l = 0; l < 32; ++l) {
+        const float other = __shfl_sync(kFullMask, mine, l);
+        warp_place += route_ahead(other, warp * 32 + l, mine, i) ? 1 : 0;
+    }
+    if (expert && warp_place < k) {
+        candidate_p[warp * k + warp_place] = p;
+        candidate_id[warp * k + warp_place] = i;
+    }
+    __syncthreads();
+    // Candidate c is counted by the `lanes` threads c lanes .. c lanes + lanes - 1 of one warp
+    // (lanes: the largest power of two <= 32 / k, so warps k lanes <= the block), each comparing
+    // every lanes-th slot; their counts are summed by xor shuffles, which every thread joins.
+    const int n_slots = warps * k;
+    const int lanes = 1 << (31 - __clz(32 / k));
+    const int c = i / lanes;
+    const int sub = i % lanes;
+    const bool counts = c < n_slots && candidate_id[c] != INT_MAX;
+    const int id = counts ? candidate_id[c] : INT_MAX;
+    const float candidate = counts ? candidate_p[c] : 0.0f;
+    int place = 0;
+    if (counts) {
+#pragma unroll 4
+        for (int d = sub; d < n_slots; d += lanes) {
+            place += route_ahead(candidate_p[d], candidate_id[d], candidate, id) ? 1 : 0;
         }
-        if (place < k) {
-            ids[row * slots + place] = i;
-            chosen[place] = p;
-        }
+    }
+    for (int off = lanes / 2; off > 0; off >>= 1) place += __shfl_xor_sync(kFullMask, place, off);
+    if (counts && sub == 0 && place < k) {
+        ids[row * slots + place] = id;
+        chosen[place] = candidate;
     }
     __syncthreads();
 

@@ -50,7 +50,8 @@ Status rms_norm_gated_quantize_q8(const float* x, const float* z, const float* w
                                   int64_t dim, float eps, Q8Block* out, cudaStream_t stream);
 
 // The router (HF Qwen3_5MoeTopKRouter): probabilities = softmax over all n_experts of logits[t, :]
-// (ops/cpu's softmax: max-subtracted, the fp32 sum of the exps in expert order, times 1 / sum),
+// (ops/cpu's router_softmax: max-subtracted, the fp32 sum of the exps in its fixed tree order,
+// times 1 / sum),
 // then the k largest, in descending order with ties to the lower expert id (the CPU's stable
 // sort), and their weights = probability / (their fp32 sum in that order).   logits
 // [rows, n_experts], ids (int32) and weights [rows, k]. A row whose logits hold a NaN or +inf,
