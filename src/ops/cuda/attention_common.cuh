@@ -6,14 +6,16 @@
 // the block's K/V tiles, read once). It walks one key range [key_begin, key_end) in tiles of
 // kKeys keys (FA2, Dao 2023, online softmax in base 2):
 //   S = scale * Q K^T (softcap)   mma.sync m16n8k16 bf16 -> fp32; q rounded to bf16 on load
-//   m' = max(m, rowmax S); P = 2^(S log2e - m'); l = l 2^(m - m') + rowsum P; O = O 2^(m - m') + P V
+//   m' = max(m, rowmax S); P = 2^(S log2e - m'); l = l 2^(m - m') + rowsum P;
+//   O = O 2^(m - m') + P V
 // Warp layout: kRowGroups x kColSplit warps. The kColSplit warps of a row group each compute S
 // for kKeys / kColSplit of the tile's keys and O for head_dim / kColSplit of the output
 // columns, exchanging row maxima and P (bf16) through shared memory, so O stays in registers at
 // head dim 512 (16 x 256 fp32 per warp with kColSplit = 2) and no product is computed twice.
-// K/V tiles are double buffered with cp.async (zero-filled past the range and past the head
-// dim, so padding contributes exact zeros); ring slots are key % capacity per key.
-// Shared-memory rows are padded by 16 bytes so ldmatrix's eight row addresses hit distinct banks.
+// K/V tiles are double (prefill) or triple (decode) buffered with cp.async (zero-filled past the
+// range and past the head dim, so padding contributes exact zeros); a key's ring slot is
+// key % capacity. Shared-memory rows are padded by 16 bytes so ldmatrix's eight row addresses hit
+// distinct banks.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -31,10 +33,10 @@ namespace kestrel::cuda {
 
 // Split-K decode: at least this many keys per split (one K/V tile of the head-512 kernel), at
 // most kDecodeMaxSplits splits, and no more blocks than kDecodeTargetBlocks (one block per SM:
-// its shared memory is ~150 KiB). Short contexts are latency-bound, so they spread over as many
-// blocks as they can: on the H100, Gemma 4's full layers (4 kv heads) at depth 512 took 21 us
-// with 128 keys per split (16 blocks); a sliding layer's window over 16 kv heads uses 8 splits
-// x 16 = 128 blocks, one wave on a 132-SM H100/H200.
+// its shared memory is ~210 KiB with three stages). Short contexts are latency-bound, so they
+// spread over as many blocks as they can: on the H100, Gemma 4's full layers (4 kv heads) at depth
+// 512 took 21 us with 128 keys per split (16 blocks); a sliding layer's window over 16 kv heads
+// uses 8 splits x 16 = 128 blocks, one wave on a 132-SM H100/H200.
 constexpr int kDecodeMinKeysPerSplit = 32;
 constexpr int kDecodeMaxSplits = 128;
 constexpr int kDecodeTargetBlocks = 132;
@@ -245,19 +247,31 @@ __device__ __forceinline__ void cp_async_16_bytes(unsigned char* shared, const u
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits until at most kPending of the thread's newest commit groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait_pending() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 // Barrier for the `threads` threads of one row group (barrier 0 is __syncthreads).
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <int kHeadDimPad, int kRowGroups, int kColSplit>
+// kBf16Stages: K/V tile stages over a bf16 cache (kBf16Stages - 1 tiles in flight while one is
+// computed). Decode uses 3 (it has the shared memory: one block per SM). Measured on the H100
+// (bench/attention_bench.cu, head dim 512, 4 kv heads, depth 32768): with 2 stages and a modulo
+// per key 137.1 us; 3 stages alone did not move the decode step (Gemma 4 at that depth 106.55 ->
+// 106.66 tok/s); 3 stages with the per-tile slot stepping of load_tile 122.9 us.
+template <int kHeadDimPad, int kRowGroups, int kColSplit, int kBf16Stages = 2>
 struct FlashConfig {
     static constexpr int kHeadDim = kHeadDimPad;
     static constexpr int kGroups = kRowGroups;
     static constexpr int kSplit = kColSplit;
+    static constexpr int kStages = kBf16Stages;
     static constexpr int kRows = 16 * kRowGroups;             // packed query rows per block
-    static constexpr int kKeys = kHeadDimPad >= 512 ? 32 : 64;  // keys per K/V tile (2 x 2 tiles ~ 130 KiB)
+    static constexpr int kKeys =
+        kHeadDimPad >= 512 ? 32 : 64;  // keys per K/V tile (a K + V stage ~ 66 KiB)
     static constexpr int kWarps = kRowGroups * kColSplit;
     static constexpr int kThreads = 32 * kWarps;
     static constexpr int kStride = kHeadDimPad + 8;            // bf16 per Q/K/V shared row
@@ -274,7 +288,8 @@ struct FlashConfig {
     static constexpr int kTileBytes = kKeys * kStride * 2;
     static constexpr int kPBytes = kRows * kPStride * 2;
     static constexpr int kReduceBytes = kRowGroups * kColSplit * 16 * 4;
-    static constexpr int kSharedBytes = kQBytes + 4 * kTileBytes + kPBytes + 2 * kReduceBytes;
+    static constexpr int kSharedBytes =
+        kQBytes + 2 * kStages * kTileBytes + kPBytes + 2 * kReduceBytes;
     // A TQ4 cache: one stage of bf16 K/V tiles, then the next tile before dequantisation (K and
     // V index bytes [kKeys][kHeadDimPad / 2] each), which is the double buffer, then two tiles'
     // K and V norms (fp32 [2][2][kKeys]). Decode at head dim 512 then fits two blocks per SM (~100
@@ -286,7 +301,7 @@ struct FlashConfig {
 
     static_assert(kKeysPerWarp % 8 == 0 && kColsPerWarp % 16 == 0 && kKeys % 16 == 0);
     static_assert(kThreads % kChunks == 0, "each thread loads one fixed 16-byte column of the K/V rows");
-    static_assert(kSharedBytes <= 227 * 1024);
+    static_assert(kStages >= 2 && kSharedBytes <= 227 * 1024);
     static_assert(kTq4SharedBytes <= 227 * 1024);
     static_assert(kTq4RawRowBytes % 16 == 0, "a raw row is whole 16-byte cp.async chunks");
 };
@@ -328,28 +343,45 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const auto v_s = [&](int stage) {
         return reinterpret_cast<uint16_t*>(shared + C::kQBytes + (2 * stage + 1) * C::kTileBytes);
     };
-    // Two stages of K/V tiles on a bf16 cache; one on a TQ4 cache (its raw tile is the other).
-    constexpr int kStageTiles = kTq4 ? 2 : 4;
+    // C::kStages stages of K/V tiles on a bf16 cache; one on a TQ4 cache (its raw tile is the
+    // other).
+    constexpr int kStageTiles = kTq4 ? 2 : 2 * C::kStages;
     uint16_t* p_s = reinterpret_cast<uint16_t*>(shared + C::kQBytes + kStageTiles * C::kTileBytes);
     float* red_max =
         reinterpret_cast<float*>(shared + C::kQBytes + kStageTiles * C::kTileBytes + C::kPBytes);
     float* red_sum = red_max + C::kGroups * C::kSplit * 16;
 
     // K/V tile of keys [k0, k0 + kKeys): thread tid always loads 16-byte column tid % kChunks.
+    // Its keys are j = tid / kChunks + kKeyStep * step; their ring slots step from one modulo per
+    // tile (a modulo per key was much of the decode kernel's instruction count, which, with one
+    // block of 4 warps per SM, is what bounds it: ncu at depth 32768, head dim 512).
     const int chunk = tid % C::kChunks;
     const bool k_column = chunk * 8 < a.head_dim;
     const bool v_column = chunk * 8 < a.v_head_dim;
+    constexpr int kKeyStep = C::kThreads / C::kChunks;
+    constexpr int kLoadSteps = (C::kKeys + kKeyStep - 1) / kKeyStep;
+    const int first_key = tid / C::kChunks;
+    const uint16_t* k_column_base =
+        a.k_cache + static_cast<int64_t>(kv_head) * a.head_dim + chunk * 8;
+    const uint16_t* v_column_base =
+        a.v_cache + static_cast<int64_t>(kv_head) * a.v_head_dim + chunk * 8;
+    const int64_t k_slot_stride = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
+    const int64_t v_slot_stride = static_cast<int64_t>(a.n_kv_heads) * a.v_head_dim;
     const auto load_tile = [&](int stage, int k0) {
-        for (int j = tid / C::kChunks; j < C::kKeys; j += C::kThreads / C::kChunks) {
-            const int key = k0 + j;
-            const bool in_range = key < key_end;
-            const int64_t row = static_cast<int64_t>(in_range ? key % a.capacity : 0) * a.n_kv_heads + kv_head;
+        int slot = (k0 + first_key) % a.capacity;
+#pragma unroll
+        for (int step = 0; step < kLoadSteps; ++step) {
+            const int j = first_key + step * kKeyStep;
+            if (j >= C::kKeys) break;
+            const bool in_range = k0 + j < key_end;
             const bool k_ok = in_range && k_column;
             const bool v_ok = in_range && v_column;
             cp_async_16(k_s(stage) + j * C::kStride + chunk * 8,
-                        k_ok ? a.k_cache + row * a.head_dim + chunk * 8 : a.k_cache, k_ok);
+                        k_ok ? k_column_base + slot * k_slot_stride : a.k_cache, k_ok);
             cp_async_16(v_s(stage) + j * C::kStride + chunk * 8,
-                        v_ok ? a.v_cache + row * a.v_head_dim + chunk * 8 : a.v_cache, v_ok);
+                        v_ok ? v_column_base + slot * v_slot_stride : a.v_cache, v_ok);
+            slot += kKeyStep;
+            while (slot >= a.capacity) slot -= a.capacity;
         }
     };
 
@@ -368,18 +400,31 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     // next one's are stored.
     float* tile_norms = reinterpret_cast<float*>(raw_v + C::kKeys * C::kTq4RawRowBytes);
     float norm_carry = 0.0f;
+    // As load_tile: the thread's 16-byte part is fixed, its keys step by kRawKeyStep from one
+    // modulo per tile.
+    constexpr int kRawChunks = C::kTq4RawRowBytes / 16;
+    static_assert(C::kThreads % kRawChunks == 0, "each thread copies one fixed part of raw rows");
+    constexpr int kRawKeyStep = C::kThreads / kRawChunks;
+    constexpr int kRawSteps = (C::kKeys + kRawKeyStep - 1) / kRawKeyStep;
+    const int raw_part = tid % kRawChunks;
+    const int raw_first_key = tid / kRawChunks;
+    const bool raw_column = raw_part * 32 < a.head_dim;
+    const int64_t raw_slot_stride = static_cast<int64_t>(a.n_kv_heads) * (a.head_dim / 2);
+    const int64_t raw_column_offset =
+        static_cast<int64_t>(kv_head) * (a.head_dim / 2) + raw_part * 16;
     const auto issue_tq4 = [&](int k0) {
-        constexpr int kRowChunks = C::kTq4RawRowBytes / 16;
-        for (int i = tid; i < C::kKeys * kRowChunks; i += C::kThreads) {
-            const int j = i / kRowChunks;
-            const int part = i % kRowChunks;
-            const int key = k0 + j;
-            const bool valid = key < key_end && part * 32 < a.head_dim;
-            const int64_t row =
-                static_cast<int64_t>(valid ? key % a.capacity : 0) * a.n_kv_heads + kv_head;
-            const int64_t offset = valid ? row * (a.head_dim / 2) + part * 16 : 0;
-            cp_async_16_bytes(raw_k + j * C::kTq4RawRowBytes + part * 16, a.k_tq4 + offset, valid);
-            cp_async_16_bytes(raw_v + j * C::kTq4RawRowBytes + part * 16, a.v_tq4 + offset, valid);
+        int slot = (k0 + raw_first_key) % a.capacity;
+#pragma unroll
+        for (int step = 0; step < kRawSteps; ++step) {
+            const int j = raw_first_key + step * kRawKeyStep;
+            if (j >= C::kKeys) break;
+            const bool valid = k0 + j < key_end && raw_column;
+            const int64_t offset = valid ? raw_column_offset + slot * raw_slot_stride : 0;
+            unsigned char* raw = raw_k + j * C::kTq4RawRowBytes + raw_part * 16;
+            cp_async_16_bytes(raw, a.k_tq4 + offset, valid);
+            cp_async_16_bytes(raw + C::kKeys * C::kTq4RawRowBytes, a.v_tq4 + offset, valid);
+            slot += kRawKeyStep;
+            while (slot >= a.capacity) slot -= a.capacity;
         }
         norm_carry = 0.0f;
         if (tid < 2 * C::kKeys) {
@@ -395,24 +440,33 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         cp_async_wait_all();
         if (tid < 2 * C::kKeys) tile_norms[(tile & 1) * 2 * C::kKeys + tid] = norm_carry;
         __syncthreads();  // the raw tile and its norms visible; every warp done with the stage
+        // Thread tid's 8-element chunk of each row is fixed (kThreads is a multiple of the row's
+        // chunks); its rows step by kRowStep, K's then V's, in a loop the compiler unrolls, so
+        // every address is a constant offset from two bases.
         constexpr int kRowChunks = C::kHeadDim / 8;
+        constexpr int kRowStep = C::kThreads / kRowChunks;
+        static_assert(C::kKeys % kRowStep == 0, "whole steps of rows per tile");
+        constexpr int kSteps = C::kKeys / kRowStep;
         const uint32_t* table = pair_table + (lane & (kTq4TableCopies - 1));
-        for (int i = tid; i < 2 * C::kKeys * kRowChunks; i += C::kThreads) {
-            const bool is_v = i >= C::kKeys * kRowChunks;
-            const int c = is_v ? i - C::kKeys * kRowChunks : i;
-            const int j = c / kRowChunks;
-            const int part = c % kRowChunks;
+        const int part = tid % kRowChunks;
+        const int first_row = tid / kRowChunks;
+        const bool live = part * 8 < a.head_dim;
+        const unsigned char* raw_chunk = raw_k + first_row * C::kTq4RawRowBytes + part * 4;
+        uint16_t* stage_chunk = k_s(0) + first_row * C::kStride + part * 8;
+#pragma unroll
+        for (int step = 0; step < 2 * kSteps; ++step) {
+            // raw_v follows raw_k and v_s(0) follows k_s(0) by kKeys rows: V's steps go on.
+            static_assert(C::kTileBytes == C::kKeys * C::kStride * 2, "V's tile right after K's");
             uint4 packed = make_uint4(0, 0, 0, 0);
-            if (part * 8 < a.head_dim) {
+            if (live) {
                 const uint32_t bytes = *reinterpret_cast<const uint32_t*>(
-                    (is_v ? raw_v : raw_k) + j * C::kTq4RawRowBytes + part * 4);
+                    raw_chunk + step * kRowStep * C::kTq4RawRowBytes);
                 packed = make_uint4(table[(bytes & 0xffu) * kTq4TableCopies],
                                     table[((bytes >> 8) & 0xffu) * kTq4TableCopies],
                                     table[((bytes >> 16) & 0xffu) * kTq4TableCopies],
                                     table[(bytes >> 24) * kTq4TableCopies]);
             }
-            *reinterpret_cast<uint4*>((is_v ? v_s(0) : k_s(0)) + j * C::kStride + part * 8) =
-                packed;
+            *reinterpret_cast<uint4*>(stage_chunk + step * kRowStep * C::kStride) = packed;
         }
     };
 
@@ -435,8 +489,12 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             dequantise_tq4(0);  // its barrier also publishes the table
         }
     } else {
-        if (n_tiles > 0) load_tile(0, key_begin);
-        cp_async_commit();
+        // One commit group per tile, empty past the last: the loop's wait counts on it.
+#pragma unroll
+        for (int t = 0; t < C::kStages - 1; ++t) {
+            if (t < n_tiles) load_tile(t, key_begin + t * C::kKeys);
+            cp_async_commit();
+        }
     }
 
     // Q tile -> bf16 in shared memory; rows past the call and columns past head_dim are zeros.
@@ -493,7 +551,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const int barrier_id = 1 + row_group;
 
     for (int tile = 0; tile < n_tiles; ++tile) {
-        const int stage = kTq4 ? 0 : tile & 1;
+        const int stage = kTq4 ? 0 : tile % C::kStages;
         const int k0 = key_begin + tile * C::kKeys;
         if constexpr (kTq4) {
             __syncthreads();  // tile visible to all; every warp is done with the other stage, P,
@@ -501,10 +559,13 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             if (tile + 1 < n_tiles) issue_tq4(k0 + C::kKeys);
             cp_async_commit();
         } else {
-            cp_async_wait_all();
-            __syncthreads();  // tile visible to all; every warp is done with the other stage, P and
-                              // red_max
-            if (tile + 1 < n_tiles) load_tile(stage ^ 1, k0 + C::kKeys);
+            cp_async_wait_pending<C::kStages - 2>();  // this tile's group done
+            __syncthreads();  // tile visible to all; every warp is done with the previous tile's
+                              // stage, P and red_max
+            constexpr int kAhead = C::kStages - 1;
+            if (tile + kAhead < n_tiles) {
+                load_tile((tile + kAhead) % C::kStages, k0 + kAhead * C::kKeys);
+            }
             cp_async_commit();
         }
 

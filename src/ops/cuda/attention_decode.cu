@@ -31,7 +31,7 @@ namespace kestrel::cuda {
 namespace {
 
 template <int kHeadDimPad>
-using DecodeConfig = FlashConfig<kHeadDimPad, 1, 4>;
+using DecodeConfig = FlashConfig<kHeadDimPad, 1, 4, 3>;
 
 constexpr int kReduceThreads = 128;
 constexpr int kWriteThreads = 256;
