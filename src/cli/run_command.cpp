@@ -74,9 +74,10 @@ int run(const RunOptions& options) {
     if (!session.ok()) return fail(session.status().message());
 
     Sampler sampler(*sampling);
-    Result<GenerateResult> result = generate(**session, tokenizer, sampler, tokens,
-                                             {.max_tokens = options.max_tokens, .stop_strings = options.stop},
-                                             print_to_stdout);
+    Result<GenerateResult> result = generate(
+        **session, tokenizer, sampler, tokens,
+        {.max_tokens = options.max_tokens, .stop_strings = options.stop, .session_ends = true},
+        print_to_stdout);
     if (!result.ok()) return fail(result.status().message());
     std::fputc('\n', stdout);
     std::fprintf(stderr, "prompt: %lld tokens, %.1f tok/s; generation: %lld tokens, %.1f tok/s (%s)\n",

@@ -260,6 +260,9 @@ struct AttentionInputsParams {
     int64_t partial_rotary_dim = 0;
 };
 
+// The largest copy Ops::copy_to_host_async takes.
+constexpr size_t kAsyncHostCopyBytes = 64;
+
 class Ops {
 public:
     virtual ~Ops() = default;
@@ -274,6 +277,18 @@ public:
     virtual Status fill_zero(void* dst, size_t bytes) = 0;
     // Backend to backend (dst and src do not overlap).
     virtual Status copy_within(void* dst, const void* src, size_t bytes) = 0;
+    // A small backend -> host copy (at most kAsyncHostCopyBytes) in order with the ops that does
+    // not wait for them: the bytes are at dst once wait_host_copy(ticket) has returned, and dst
+    // must stay valid until then. It lets the host queue the next decode step before it reads the
+    // last token (Session::take_sampled). The default copies at once (copy_to_host).
+    virtual Result<int64_t> copy_to_host_async(void* dst, const void* src, size_t bytes) {
+        KESTREL_RETURN_IF_ERROR(copy_to_host(dst, src, bytes));
+        return int64_t{-1};
+    }
+    virtual Status wait_host_copy(int64_t ticket) {
+        (void)ticket;
+        return ok_status();
+    }
     // The first error any op hit since the last call (ops return void so that a forward reads
     // like the paper; a backend that can fail records its first error and the forward returns it).
     virtual Status take_error() { return ok_status(); }

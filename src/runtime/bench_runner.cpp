@@ -162,21 +162,27 @@ Result<BenchResult> decode_test(Session& session, int64_t depth, RandomTokens& r
                                      session.prefill(std::span(prefix).first(static_cast<size_t>(depth))));
             token = greedy_token(logits);
         }
-        // Greedy on the backend where it samples (only the id comes back, as in `kestrel run`),
-        // else on the host's copy of the logits.
+        // Greedy on the backend where it samples (only the id comes back), pipelined as `kestrel
+        // run` decodes: step i + 1 is queued before token i is read. Else greedy on the host's
+        // copy of the logits.
         SamplerSettings greedy;
         greedy.temperature = 0.0f;
         KESTREL_ASSIGN_OR_RETURN(std::unique_ptr<DeviceSampler> device,
                                  session.engine().ops().make_sampler(session.engine().config().vocab_size, greedy));
         const Clock::time_point start = Clock::now();
-        for (int64_t i = 0; i < options.decode_tokens; ++i) {
-            if (device != nullptr) {
-                KESTREL_RETURN_IF_ERROR(session.decode_on_device(token));
-                KESTREL_ASSIGN_OR_RETURN(token, session.sample(*device));
-            } else {
-                KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits, session.decode(token));
-                token = greedy_token(logits);
+        if (device != nullptr && options.decode_tokens > 0) {
+            KESTREL_RETURN_IF_ERROR(session.decode_on_device(token));
+            KESTREL_RETURN_IF_ERROR(session.sample_on_device(*device));
+            for (int64_t i = 1; i < options.decode_tokens; ++i) {
+                KESTREL_RETURN_IF_ERROR(session.decode_sampled_on_device());
+                KESTREL_RETURN_IF_ERROR(session.sample_on_device(*device));
+                KESTREL_ASSIGN_OR_RETURN(token, session.take_sampled());  // while step i runs
             }
+            KESTREL_ASSIGN_OR_RETURN(token, session.take_sampled());
+        }
+        for (int64_t i = 0; device == nullptr && i < options.decode_tokens; ++i) {
+            KESTREL_ASSIGN_OR_RETURN(std::span<const float> logits, session.decode(token));
+            token = greedy_token(logits);
         }
         result.seconds.push_back(seconds_between(start, Clock::now()));
         memory.sample();

@@ -25,6 +25,11 @@ struct GenerateOptions {
     // Sample on the backend where it can (GPU sampling: only the token id comes back) when the
     // sampler is fresh; the tokens are the same either way.
     bool device_sampling = true;
+    // The session is not used after this call (kestrel run). With backend sampling, decoding is
+    // pipelined (the step for token i is queued before token i is read); a step queued for a
+    // token that ends the generation is dropped afterwards (Session::rewind), which a model with
+    // recurrent state cannot do: it pipelines only when the session ends here.
+    bool session_ends = false;
 };
 
 struct GenerateResult {

@@ -331,9 +331,11 @@ MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOption
     widest_projection = std::max({widest_projection, 2 * config.ffn_size,
                                   2 * config.expert_ffn_size * std::max<int64_t>(config.n_experts_used, 1)});
     // One chunk's residual stream, normed input, widest projection output and its activation,
-    // in fp32, plus one row of logits.
+    // in fp32, plus one row of logits, plus the session's sequence of positions (8 bytes a
+    // context token, runtime/session.h) that pipelined decoding stages from.
     const int64_t chunk = std::min(plan.context, prefill_chunk);
-    plan.workspace_bytes = chunk * (3 * config.hidden_size + 2 * widest_projection) * 4 + config.vocab_size * 4;
+    plan.workspace_bytes = chunk * (3 * config.hidden_size + 2 * widest_projection) * 4 +
+                           config.vocab_size * 4 + plan.context * 8;
     // The prefill GEMM's scratch (ops/cuda/gemm_prefill.h): the chunk's input in bf16 at the
     // widest input of a dense projection, and the bf16 copy of the largest weight it multiplies
     // (the lm_head where every row's logits are asked for), or of one slice of it

@@ -17,12 +17,33 @@ Session::Session(const Engine& engine, KvCache cache, int64_t context, int64_t p
       prefill_chunk_(prefill_chunk),
       logits_(static_cast<size_t>(engine.config().vocab_size)) {}
 
+Session::~Session() {
+    (void)drop_pending();
+}
+
+Status Session::drop_pending() {
+    Status first = ok_status();
+    while (!pending_.empty()) {
+        const Status waited = engine_.ops().wait_host_copy(pending_.front().ticket);
+        if (first.ok()) first = waited;
+        pending_.pop_front();
+    }
+    return first;
+}
+
 Status Session::allocate_staging() {
     Ops& ops = engine_.ops();
     KESTREL_ASSIGN_OR_RETURN(tokens_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int32_t)));
     KESTREL_ASSIGN_OR_RETURN(positions_backend_, ops.allocate(static_cast<size_t>(prefill_chunk_) * sizeof(int64_t)));
     KESTREL_ASSIGN_OR_RETURN(logits_backend_, ops.allocate(logits_.size() * sizeof(float)));
     KESTREL_ASSIGN_OR_RETURN(sampled_, ops.allocate(sizeof(int32_t)));
+    KESTREL_ASSIGN_OR_RETURN(position_sequence_,
+                             ops.allocate(static_cast<size_t>(context_) * sizeof(int64_t)));
+    std::vector<int64_t> sequence(static_cast<size_t>(context_));
+    for (size_t i = 0; i < sequence.size(); ++i) sequence[i] = static_cast<int64_t>(i);
+    KESTREL_RETURN_IF_ERROR(ops.copy_to_backend(position_sequence_.data(), sequence.data(),
+                                                sequence.size() * sizeof(int64_t)));
+    KESTREL_RETURN_IF_ERROR(ops.synchronize());  // `sequence` is freed on return
     KESTREL_ASSIGN_OR_RETURN(recurrent_,
                              RecurrentState::create(ops, engine_.model().recurrent_layout()));
     return ok_status();
@@ -107,9 +128,28 @@ Result<std::span<const float>> Session::decode(int32_t token) {
 Status Session::decode_on_device(int32_t token) {
     const int32_t one[1] = {token};
     KESTREL_RETURN_IF_ERROR(check(one));
+    KESTREL_RETURN_IF_ERROR(stage(one));
+    return run_decode_step();
+}
+
+Status Session::decode_sampled_on_device() {
+    if (position_ + 1 > context_) {
+        return Status(StatusCode::kInvalidArgument,
+                      fmt::format("1 more token after {} exceeds the context of {} tokens",
+                                  position_, context_));
+    }
+    Ops& ops = engine_.ops();
+    KESTREL_RETURN_IF_ERROR(ops.copy_within(tokens_.data(), sampled_.data(), sizeof(int32_t)));
+    KESTREL_RETURN_IF_ERROR(ops.copy_within(
+        positions_backend_.data(),
+        static_cast<const int64_t*>(position_sequence_.data()) + position_, sizeof(int64_t)));
+    positions_.assign(1, position_);
+    return run_decode_step();
+}
+
+Status Session::run_decode_step() {
     Ops& ops = engine_.ops();
     std::span<float> backend_logits(logits_backend_.floats(), logits_.size());
-    KESTREL_RETURN_IF_ERROR(stage(one));
     if (decode_graph_ != nullptr && debug_ == nullptr) {
         // The graph reads the token and position just staged; attention bounds come from the
         // position in device memory, so the same graph is right at every position.
@@ -147,6 +187,44 @@ Result<int32_t> Session::sample(DeviceSampler& sampler) {
     KESTREL_RETURN_IF_ERROR(ops.copy_to_host(&host, token, sizeof(host)));
     KESTREL_RETURN_IF_ERROR(ops.synchronize());
     return host;
+}
+
+Status Session::sample_on_device(DeviceSampler& sampler) {
+    Ops& ops = engine_.ops();
+    auto* token = static_cast<int32_t*>(sampled_.data());
+    KESTREL_RETURN_IF_ERROR(sampler.sample(logits_backend_.floats(), token));
+    KESTREL_RETURN_IF_ERROR(sampler.accept(token, 1));
+    PendingToken& pending = pending_.emplace_back();
+    Result<int64_t> ticket = ops.copy_to_host_async(&pending.id, token, sizeof(int32_t));
+    if (!ticket.ok()) {
+        pending_.pop_back();
+        return ticket.status();
+    }
+    pending.ticket = *ticket;
+    return ok_status();
+}
+
+Result<int32_t> Session::take_sampled() {
+    if (pending_.empty())
+        return Status(StatusCode::kInternal, "take_sampled: no token was sampled");
+    KESTREL_RETURN_IF_ERROR(engine_.ops().wait_host_copy(pending_.front().ticket));
+    const int32_t id = pending_.front().id;
+    pending_.pop_front();
+    KESTREL_RETURN_IF_ERROR(engine_.ops().take_error());
+    return id;
+}
+
+Status Session::rewind(int64_t n) {
+    if (!can_rewind()) {
+        return Status(StatusCode::kUnsupported,
+                      "a session with recurrent state cannot drop decoded tokens");
+    }
+    if (n < 0 || n > position_) {
+        return Status(StatusCode::kInvalidArgument,
+                      fmt::format("cannot drop {} of {} tokens", n, position_));
+    }
+    position_ -= n;
+    return ok_status();
 }
 
 Status Session::accept(DeviceSampler& sampler, std::span<const int32_t> tokens) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <span>
 #include <vector>
@@ -20,6 +21,10 @@ class Session {
 public:
     // Use Engine::new_session.
     Session(const Engine& engine, KvCache cache, int64_t context, int64_t prefill_chunk);
+    // Waits for any id sample_on_device() is still copying into the session.
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
 
     // Appends the tokens at the current position, prefill_chunk tokens per forward step (a prompt
     // of more than 8 chunks prints a progress line every few seconds), and
@@ -41,6 +46,21 @@ public:
     // decode() without copying the logits to the host (for sample()).
     Status decode_on_device(int32_t token);
 
+    // Pipelined decoding with backend sampling, so that the backend never waits for the host:
+    // sample_on_device() draws the next token as sample() does but only starts copying its id
+    // to the host; decode_sampled_on_device() appends the last token drawn, copied within the
+    // backend (the host need not know it yet); take_sampled() waits for the oldest id not yet
+    // taken. A loop queues step i + 1 and its draw before it takes token i.
+    Status sample_on_device(DeviceSampler& sampler);
+    Status decode_sampled_on_device();
+    Result<int32_t> take_sampled();
+    // Whether rewind() can drop decoded tokens: not with recurrent state (Gated DeltaNet), which
+    // a step changes in place.
+    bool can_rewind() const { return recurrent_.views().empty(); }
+    // Forgets the last n decoded tokens (a pipelined step queued past the end of a generation):
+    // their cache entries are simply never attended to again.
+    Status rewind(int64_t n);
+
     // Appends the tokens like prefill, and writes every token's logits: logits [T, vocab].
     // For perplexity and tests.
     Status forward_all_logits(std::span<const int32_t> tokens, std::vector<float>& logits);
@@ -58,6 +78,7 @@ public:
     // Forgets every token (and zeroes the Gated DeltaNet state); the next call starts at position 0.
     Status reset() {
         position_ = 0;
+        KESTREL_RETURN_IF_ERROR(drop_pending());
         return recurrent_.reset();
     }
 
@@ -76,6 +97,10 @@ private:
     Status stage(std::span<const int32_t> tokens);
     // Runs the staged tokens as one forward step at the current position, logits into backend memory.
     Status step(int64_t n_tokens, LogitRows rows, std::span<float> backend_logits);
+    // The staged token's decode step: eager, captured, or replayed (decode_on_device's tail).
+    Status run_decode_step();
+    // Waits for the ids sample_on_device() started and forgets them.
+    Status drop_pending();
     // The staging buffers and the recurrent state, in backend memory.
     Status allocate_staging();
     // A long prefill's progress line after done_tokens (runtime/prefill_progress.h).
@@ -96,6 +121,15 @@ private:
     Buffer logits_backend_;
     Buffer all_logits_backend_;
     Buffer sampled_;  // [1] int32: sample()'s token
+    // [context] int64 0, 1, ...: decode_sampled_on_device stages a position from here by a copy
+    // within the backend (a host copy could wait for the queued steps).
+    Buffer position_sequence_;
+    // Ids sample_on_device() started copying to the host, oldest first (stable addresses).
+    struct PendingToken {
+        int32_t id = -1;
+        int64_t ticket = -1;
+    };
+    std::deque<PendingToken> pending_;
     std::unique_ptr<CapturedStep> decode_graph_;
     int64_t eager_decodes_ = 0;
     bool graphs_enabled_ = true;

@@ -373,6 +373,71 @@ TEST_F(CudaEngine, GenerateSamplesTheSameTokensOnTheDeviceAsOnTheHost) {
     }
 }
 
+// Pipelined decoding (generate with device sampling queues the step for token i before it reads
+// token i): a generation its text sink cancels drops the step it had queued, so the session goes
+// on as one that never queued it: the same position, and in a second turn the same tokens, as
+// with host sampling (which never queues ahead).
+TEST_F(CudaEngine, PipelinedGenerateDropsTheStepQueuedPastAStop) {
+    auto gpu = load(kTinyGemma4, Device::kCuda, WeightFormat::kBF16);
+    ASSERT_TRUE(gpu);
+    SamplingParams greedy;
+    greedy.temperature = 0.0f;
+    int64_t positions[2] = {0, 0};
+    std::vector<int32_t> second_turn[2];
+    for (int device = 0; device < 2; ++device) {
+        auto session = gpu->new_session(256, 16);
+        ASSERT_TRUE(session.ok());
+        ASSERT_TRUE((*session)->can_rewind());
+        GenerateOptions options;
+        options.max_tokens = 40;
+        options.device_sampling = device == 1;
+        int texts = 0;
+        Sampler first(greedy);
+        Result<GenerateResult> result =
+            generate(**session, gpu->tokenizer(), first, std::vector<int32_t>{2, 40, 41, 42, 43},
+                     options, [&](std::string_view) { return ++texts < 4; });
+        ASSERT_TRUE(result.ok()) << result.status().message();
+        ASSERT_EQ(result->stop_reason, StopReason::kCancelled) << "the sink must stop it";
+        positions[device] = (*session)->position();
+        Sampler second(greedy);
+        options.max_tokens = 16;
+        result = generate(**session, gpu->tokenizer(), second, std::vector<int32_t>{50, 51, 52},
+                          options, nullptr);
+        ASSERT_TRUE(result.ok()) << result.status().message();
+        second_turn[device] = result->tokens;
+    }
+    EXPECT_EQ(positions[0], positions[1]);
+    EXPECT_EQ(second_turn[0], second_turn[1]);
+}
+
+// A model with recurrent state (Gated DeltaNet) cannot drop a step, so it pipelines only where
+// the session ends with the generation (kestrel run); its tokens are host sampling's either way.
+TEST_F(CudaEngine, TinyQwen35PipelinedGenerateMatchesHostSampling) {
+    auto gpu = load(kTinyQwen35Gguf, Device::kCuda, WeightFormat::kW8);
+    ASSERT_TRUE(gpu);
+    SamplingParams greedy;
+    greedy.temperature = 0.0f;
+    std::vector<int32_t> tokens[3];
+    for (int run = 0; run < 3; ++run) {  // host; device, session goes on; device, session ends
+        auto session = gpu->new_session(256, 16);
+        ASSERT_TRUE(session.ok());
+        ASSERT_FALSE((*session)->can_rewind());
+        GenerateOptions options;
+        options.max_tokens = 32;
+        options.device_sampling = run > 0;
+        options.session_ends = run == 2;
+        Sampler sampler(greedy);
+        Result<GenerateResult> result =
+            generate(**session, gpu->tokenizer(), sampler, std::vector<int32_t>{2, 50, 60, 70, 80},
+                     options, nullptr);
+        ASSERT_TRUE(result.ok()) << result.status().message();
+        tokens[run] = result->tokens;
+    }
+    EXPECT_GE(tokens[0].size(), 1u);
+    EXPECT_EQ(tokens[0], tokens[1]);
+    EXPECT_EQ(tokens[0], tokens[2]);
+}
+
 TEST_F(CudaEngine, DefaultGemma3MatchesTheCpuReference) {
     Result<std::filesystem::path> path = default_model_path();
     if (!path.ok()) GTEST_SKIP() << path.status().message();

@@ -180,9 +180,26 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int splits = decode_splits_used(hi - lo, a.max_splits, a.single_pass_keys);
     if (splits == 1) return;  // the decode kernel wrote the row
 
-    // Each split's (m, l) read once into shared memory by parallel loads; then every thread forms
-    // the maximum and the denominator from there in split order. Splits where the row saw no key
+    // The first kReduceBatch splits' partials of the thread's columns do not depend on (m, l), so
+    // their loads are issued first and their round trip overlaps that of (m, l). Each split's
+    // (m, l) is read once into shared memory by parallel loads; then every thread forms the
+    // maximum and the denominator from there in split order. Splits where the row saw no key
     // (l = 0) are skipped: their O was never written.
+    constexpr int kReduceBatch = 16;
+    constexpr int kMaxColumns = 512 / kReduceThreads;  // v_head_dim <= 512
+    float first[kMaxColumns][kReduceBatch];
+#pragma unroll
+    for (int c = 0; c < kMaxColumns; ++c) {
+        const int col = static_cast<int>(threadIdx.x) + c * kReduceThreads;
+#pragma unroll
+        for (int u = 0; u < kReduceBatch; ++u) {
+            first[c][u] =
+                u < splits && col < a.v_head_dim
+                    ? a.partial_acc[(static_cast<int64_t>(u) * partial_rows + prow) * a.v_head_dim +
+                                    col]
+                    : 0.0f;
+        }
+    }
     __shared__ float m_s[kDecodeMaxSplits];
     __shared__ float l_s[kDecodeMaxSplits];
     for (int s = threadIdx.x; s < splits; s += blockDim.x) {
@@ -209,15 +226,21 @@ __global__ void __launch_bounds__(kReduceThreads)
     // warp are one Q8 block of the row, quantised together. The partials of kReduceBatch splits
     // are loaded before any is added (independent loads in flight, not one round trip per split);
     // the sum still runs in split order.
-    constexpr int kReduceBatch = 16;
-    for (int col = threadIdx.x; col < a.v_head_dim; col += blockDim.x) {
+#pragma unroll
+    for (int c = 0; c < kMaxColumns; ++c) {
+        const int col = static_cast<int>(threadIdx.x) + c * kReduceThreads;
+        if (c * kReduceThreads >= a.v_head_dim) break;  // whole block: the Q8 warps stay whole
         float sum = 0.0f;
-        for (int s0 = 0; s0 < splits; s0 += kReduceBatch) {
+#pragma unroll
+        for (int u = 0; u < kReduceBatch; ++u) {
+            if (u < splits && weight[u] != 0.0f) sum += weight[u] * first[c][u];
+        }
+        for (int s0 = kReduceBatch; s0 < splits; s0 += kReduceBatch) {
             float values[kReduceBatch];
 #pragma unroll
             for (int u = 0; u < kReduceBatch; ++u) {
                 const int s = s0 + u;
-                values[u] = s < splits
+                values[u] = s < splits && col < a.v_head_dim
                                 ? a.partial_acc[(static_cast<int64_t>(s) * partial_rows + prow) *
                                                     a.v_head_dim +
                                                 col]
@@ -229,7 +252,7 @@ __global__ void __launch_bounds__(kReduceThreads)
                 if (s < splits && weight[s] != 0.0f) sum += weight[s] * values[u];
             }
         }
-        emit_value(a, prow, col, sum * inv_denominator);
+        if (col < a.v_head_dim) emit_value(a, prow, col, sum * inv_denominator);
     }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -124,6 +125,10 @@ CudaOps::~CudaOps() {
         (void)cudaStreamSynchronize(stream_);
         (void)cudaStreamDestroy(stream_);
     }
+    for (HostCopy& copy : host_copies_) {
+        if (copy.done != nullptr) (void)cudaEventDestroy(copy.done);
+    }
+    if (host_copy_pinned_ != nullptr) (void)cudaFreeHost(host_copy_pinned_);
 }
 
 void CudaOps::note(const Status& status) {
@@ -225,6 +230,52 @@ Status CudaOps::fill_zero(void* dst, size_t bytes) {
 
 Status CudaOps::copy_within(void* dst, const void* src, size_t bytes) {
     KESTREL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    return ok_status();
+}
+
+Result<int64_t> CudaOps::copy_to_host_async(void* dst, const void* src, size_t bytes) {
+    if (bytes > kAsyncHostCopyBytes || capturing_) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            fmt::format("copy_to_host_async: {} bytes{} (at most {}, outside capture)", bytes,
+                        capturing_ ? " while capturing" : "", kAsyncHostCopyBytes));
+    }
+    if (host_copy_pinned_ == nullptr) {
+        // Pinned, so that the copy is truly asynchronous (into pageable memory it would wait).
+        KESTREL_CUDA_CHECK(
+            cudaMallocHost(&host_copy_pinned_, kHostCopySlots * kAsyncHostCopyBytes));
+        for (HostCopy& copy : host_copies_) {
+            KESTREL_CUDA_CHECK(cudaEventCreateWithFlags(&copy.done, cudaEventDisableTiming));
+        }
+    }
+    const int slot = static_cast<int>(next_host_copy_ % kHostCopySlots);
+    KESTREL_RETURN_IF_ERROR(finish_host_copy(slot));  // the slot's previous copy, if never waited
+    HostCopy& copy = host_copies_[slot];
+    void* pinned = static_cast<unsigned char*>(host_copy_pinned_) + slot * kAsyncHostCopyBytes;
+    KESTREL_CUDA_CHECK(cudaMemcpyAsync(pinned, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    KESTREL_CUDA_CHECK(cudaEventRecord(copy.done, stream_));
+    copy.dst = dst;
+    copy.bytes = bytes;
+    copy.ticket = next_host_copy_;
+    return next_host_copy_++;
+}
+
+Status CudaOps::finish_host_copy(int slot) {
+    HostCopy& copy = host_copies_[slot];
+    if (copy.ticket < 0) return ok_status();
+    KESTREL_CUDA_CHECK(cudaEventSynchronize(copy.done));
+    std::memcpy(copy.dst,
+                static_cast<unsigned char*>(host_copy_pinned_) + slot * kAsyncHostCopyBytes,
+                copy.bytes);
+    copy.ticket = -1;
+    return ok_status();
+}
+
+Status CudaOps::wait_host_copy(int64_t ticket) {
+    if (ticket < 0) return ok_status();
+    const int slot = static_cast<int>(ticket % kHostCopySlots);
+    // A later copy that reused the slot has already landed this one.
+    if (host_copies_[slot].ticket == ticket) return finish_host_copy(slot);
     return ok_status();
 }
 

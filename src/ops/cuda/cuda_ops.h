@@ -29,6 +29,8 @@ public:
     Status copy_to_host(void* dst, const void* src, size_t bytes) override;
     Status fill_zero(void* dst, size_t bytes) override;
     Status copy_within(void* dst, const void* src, size_t bytes) override;
+    Result<int64_t> copy_to_host_async(void* dst, const void* src, size_t bytes) override;
+    Status wait_host_copy(int64_t ticket) override;
     Status take_error() override;
     Status synchronize() override;
     KvDtype kv_dtype() const override { return KvDtype::kBF16; }
@@ -122,6 +124,18 @@ private:
         cudaEvent_t stop;
     };
 
+    // One copy_to_host_async in flight: its slot of pinned memory, the event after its copy, and
+    // where its bytes go.
+    struct HostCopy {
+        cudaEvent_t done = nullptr;
+        void* dst = nullptr;
+        size_t bytes = 0;
+        int64_t ticket = -1;  // -1: none in flight
+    };
+    static constexpr int kHostCopySlots = 4;
+    // Lands copy `slot`'s bytes at its dst once its event has passed.
+    Status finish_host_copy(int slot);
+
     // A device scratch buffer that only grows, outside capture; replaced buffers are retired.
     struct Scratch {
         Buffer buffer;
@@ -160,6 +174,9 @@ private:
     Scratch
         tq4_rows_;  // TQ4 attention's rotated q, then in place its rotated output [T, n_heads, d]
     std::vector<Buffer> retired_;
+    void* host_copy_pinned_ = nullptr;  // kHostCopySlots x kAsyncHostCopyBytes, cudaMallocHost
+    HostCopy host_copies_[kHostCopySlots];
+    int64_t next_host_copy_ = 0;
     bool profiling_ = false;
     std::vector<TimedLaunch> timed_;
 };
