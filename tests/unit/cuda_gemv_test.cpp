@@ -193,7 +193,8 @@ TEST(CudaGemvSplitRule, H100Shapes) {
     constexpr int kH100Sms = 132;
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 1, kH100Sms), 4);  // 672 -> 2688 blocks
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 8192, 3, kH100Sms), 8);   // R = 2: 336 -> 2688
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 1, kH100Sms), 2);  // 2048 -> 4096
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 1, kH100Sms),
+              4);  // short rows: 168 groups
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 8, kH100Sms), 4);  // 1024 -> 4096, 5 slices
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(43008, 5376, 8, kH100Sms), 1);  // 2688 blocks already
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(4096, 5376, 3, kH100Sms), 4);   // 168 groups: at most 4
@@ -206,12 +207,14 @@ TEST(CudaGemvSplitRule, H100Shapes) {
 TEST(CudaGemvSplitRule, ShortRowsAtOneActivationRow) {
     constexpr int kH100Sms = 132;
     EXPECT_TRUE(cuda::gemv_w4a8_short_rows(2048, 1));
-    EXPECT_TRUE(cuda::gemv_w4a8_short_rows(4096, 1));
-    EXPECT_FALSE(cuda::gemv_w4a8_short_rows(4128, 1));
+    EXPECT_TRUE(cuda::gemv_w4a8_short_rows(8192, 1));
+    EXPECT_FALSE(cuda::gemv_w4a8_short_rows(8224, 1));
     EXPECT_FALSE(cuda::gemv_w4a8_short_rows(2048, 2));
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(12352, 2048, 1, kH100Sms), 1);  // was 2: 1 group a lane
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(2048, 4096, 1, kH100Sms), 2);   // was 4
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(45, 2080, 1, kH100Sms), 2);     // 65 groups
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 8192, 1, kH100Sms), 4);   // was 4 too, R = 1
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(1001, 4128, 1, kH100Sms), 4);   // 129 groups
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(2048, 4096, 3, kH100Sms), 4);   // M = 3: the rule
 }
 

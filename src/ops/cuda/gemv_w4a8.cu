@@ -9,7 +9,7 @@
 //   S (warps per row group, split-K inside the block) = gemv_warps_per_row (gemv_w4a8.h): the
 //   notes measured 70-80% of copy bandwidth where N = 5376 gave 672 blocks and 89-92% from
 //   2048 blocks up, so S grows the grid of the small-N shapes to >= 8 blocks per SM.
-//   Short rows at M = 1 (K <= 4096, gemv_w4a8_short_rows) instead take R = 2, U = 2 and the S
+//   Short rows at M = 1 (K <= 8192, gemv_w4a8_short_rows) instead take R = 2, U = 2 and the S
 //   that gives each lane at most 2 groups: in the Qwen3.5 decode step (H100, kernel_trace) the
 //   Gated DeltaNet in-projection went from 8.90 to 6.38 us, the output projections from 3.72 to
 //   2.78, the attention in-projection from 6.88 to 4.92 and the step from 2098 to 1977 us.
@@ -152,15 +152,19 @@ Status launch_conv1d(const W4DeviceView& w, const Q8Block* a, float* y, const Ge
 }  // namespace
 
 bool gemv_w4a8_short_rows(int64_t k, int64_t m) {
-    static const bool enabled = [] {
+    static const int64_t most_groups = [] {
         const char* value = std::getenv("KESTREL_GEMV_SHORT_ROWS");
-        return value == nullptr || std::atoi(value) != 0;
+        return value == nullptr ? kGemvShortRowGroups
+                                : std::clamp<int64_t>(std::atoll(value), 0, kGemvShortRowGroupsMax);
     }();
-    return enabled && m == 1 && k / 32 <= kGemvShortRowGroups;
+    return m == 1 && k / 32 <= most_groups;
 }
 
 int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count) {
-    if (gemv_w4a8_short_rows(k, m)) return k / 32 <= 64 ? 1 : 2;  // at most 2 groups per lane
+    if (gemv_w4a8_short_rows(k, m)) {  // at most 2 groups per lane
+        const int64_t groups = k / 32;
+        return groups <= 64 ? 1 : groups <= 128 ? 2 : 4;
+    }
     return gemv_warps_per_row(n, m, k / 32 / 32, sm_count);
 }
 
@@ -209,10 +213,17 @@ Status gemv_w4a8(const W4DeviceView& w, const Q8Block* a, int64_t m, float* y, c
     switch (m) {
         case 1:
             if (!gemv_w4a8_short_rows(w.k, 1)) return launch<1, 1, 4>(w, a, y, stream);
-            return w.k / 32 <= 64 ? launch_split<1, kGemvShortRowsPerWarp, 2, 1>(
-                                        w, a, y, GemvNoEpilogue{}, stream)
-                                  : launch_split<1, kGemvShortRowsPerWarp, 2, 2>(
-                                        w, a, y, GemvNoEpilogue{}, stream);
+            switch (gemv_w4a8_warps_per_row(w.n, w.k, 1, 0)) {
+                case 1:
+                    return launch_split<1, kGemvShortRowsPerWarp, 2, 1>(w, a, y, GemvNoEpilogue{},
+                                                                        stream);
+                case 2:
+                    return launch_split<1, kGemvShortRowsPerWarp, 2, 2>(w, a, y, GemvNoEpilogue{},
+                                                                        stream);
+                default:
+                    return launch_split<1, kGemvShortRowsPerWarp, 2, 4>(w, a, y, GemvNoEpilogue{},
+                                                                        stream);
+            }
         case 2: return launch<2, 1, 4>(w, a, y, stream);
         case 3: return launch<3, 2, 2>(w, a, y, stream);
         case 4: return launch<4, 2, 2>(w, a, y, stream);

@@ -49,15 +49,19 @@ constexpr int gemv_rows_per_warp(int64_t m) { return m <= 2 ? 1 : 2; }
 // variants their shapes reach.
 int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count);
 
-// Short rows at m = 1: rows of at most kGemvShortRowGroups groups (K <= 4096: Qwen3.5's
-// in-projections and output projections) run kGemvShortRowsPerWarp weight rows per warp and S
-// warps per row such that each lane has at most 2 groups of a row (S = 1 up to 64 groups, 2 up
-// to 128), so every lane issues all its loads in one step (4 of 16 bytes at R = 2). Why: under
-// gemv_warps_per_row such a shape gets one group per lane (the Gated DeltaNet in-projection,
-// 12352 x 2048, S = 2: 3088 blocks of 8 rows), so an SM holds ~22 KiB of loads in flight and
-// the GEMV ran at ~1.5 TB/s in the Qwen3.5 decode step. KESTREL_GEMV_SHORT_ROWS=0 in the
-// environment turns it off (to measure).
-constexpr int64_t kGemvShortRowGroups = 128;
+// Short rows at m = 1: rows of at most kGemvShortRowGroups groups (K <= 8192: Qwen3.5's
+// projections, Gemma 4's K = 5376 ones and its sliding o-projection) run kGemvShortRowsPerWarp
+// weight rows per warp and S warps per row such that each lane has at most 2 groups of a row
+// (S = 1 up to 64 groups, 2 up to 128, 4 up to 256), so every lane issues all its loads in one
+// step (4 of 16 bytes at R = 2). Why: under gemv_warps_per_row such a shape gets one or two
+// groups per lane (the Gated DeltaNet in-projection, 12352 x 2048, S = 2: 3088 blocks of 8 rows),
+// so an SM holds ~22 KiB of loads in flight and that GEMV ran at ~1.5 TB/s in the Qwen3.5 decode
+// step. Measured on the H100 (kestrel bench tg128 @ d512): Qwen3.5 449.8 -> 469.5 tok/s with rows
+// up to 128 groups; Gemma 4 123.90 -> 125.64 with rows up to 256. KESTREL_GEMV_SHORT_ROWS=N in
+// the environment takes rows of up to N groups instead (0: none, at most
+// kGemvShortRowGroupsMax), to measure.
+constexpr int64_t kGemvShortRowGroups = 256;
+constexpr int64_t kGemvShortRowGroupsMax = 256;
 constexpr int kGemvShortRowsPerWarp = 2;
 bool gemv_w4a8_short_rows(int64_t k, int64_t m);
 
