@@ -27,6 +27,7 @@
 
 #include "kestrel/status.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/launch.cuh"  // wait_for_upstream
 #include "ops/kv_tq4.h"
 
 namespace kestrel::cuda {
@@ -324,10 +325,16 @@ struct FlashState {
 // chunks (consecutive threads, consecutive 16-byte stores: no bank conflicts) into the single
 // stage as the bare levels bf16(level); a key's norm scales its score, a value's norm the
 // probability that multiplies it (bf16(p * norm_v) in P V; l sums the plain p).
+//
+// early_keys_end < 0: the caller has waited for the previous kernel (launch.cuh). Otherwise it
+// has not, and keys below early_keys_end are older than this step (no kernel of the step writes
+// them, and no later one can have started: launch.cuh): if the first tiles hold only such keys
+// they are issued before wait_for_upstream(), so their DRAM latency overlaps the previous
+// kernel's tail (which then is the only one still running).
 template <class C, bool kTq4 = false>
 __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int kv_head, int row0,
                                              int key_begin, int key_end, unsigned char* shared,
-                                             FlashState<C>& st) {
+                                             FlashState<C>& st, int early_keys_end = -1) {
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -471,6 +478,12 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     };
 
     const int n_tiles = key_end > key_begin ? (key_end - key_begin + C::kKeys - 1) / C::kKeys : 0;
+    bool waited = early_keys_end < 0;
+    const int prologue_end = key_begin + (kTq4 ? 1 : C::kStages - 1) * C::kKeys;
+    if (!waited && min(prologue_end, key_end) > early_keys_end) {
+        wait_for_upstream();
+        waited = true;
+    }
     if constexpr (kTq4) {
         // Byte b holds elements 2i (low nibble) and 2i + 1: the bf16 pair (low half first) of
         // their levels, as pack_bf16x2 rounds them.
@@ -496,6 +509,8 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             cp_async_commit();
         }
     }
+
+    if (!waited) wait_for_upstream();  // q is the previous kernel's output
 
     // Q tile -> bf16 in shared memory; rows past the call and columns past head_dim are zeros.
     constexpr int kQuads = C::kHeadDim / 4;

@@ -71,9 +71,9 @@ __device__ __forceinline__ void emit_value(const AttentionKernelArgs& a, int64_t
 // The block attends to all keys [lo, hi) and writes its rows normalised: O * (1 / l).
 template <class C, bool kTq4>
 __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0, int lo, int hi,
-                            unsigned char* shared) {
+                            unsigned char* shared, int early_keys_end) {
     FlashState<C> st;
-    flash_attend<C, kTq4>(a, kv_head, row0, lo, hi, shared, st);
+    flash_attend<C, kTq4>(a, kv_head, row0, lo, hi, shared, st, early_keys_end);
     // Through shared memory, which the K/V tiles no longer need, to a column-per-thread layout.
     static_assert(C::kSharedBytes >= C::kRows * C::kHeadDim * 4, "a tile of output rows fits");
     float* rows = reinterpret_cast<float*>(shared);
@@ -105,7 +105,9 @@ __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0,
 template <int kHeadDimPad, bool kTq4>
 __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     attention_decode_kernel(AttentionKernelArgs a) {
-    wait_for_upstream();
+    // Waits inside flash_attend, or before its first global write: the key span comes from the
+    // positions, staged before the step's first kernel, and the first K/V tiles of keys older
+    // than the step may be read before the wait (flash_attend's early_keys_end).
     allow_downstream();
     using C = DecodeConfig<kHeadDimPad>;
     extern __shared__ __align__(16) unsigned char shared[];
@@ -124,12 +126,14 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     const int key_begin = lo + split * chunk;
     const int key_end = min(hi, key_begin + chunk);
 
+    const int first_new_key = static_cast<int>(a.positions[0]);  // this step's keys start here
     if (splits == 1) {
-        if (split == 0) single_pass<C, kTq4>(a, kv_head, row0, lo, hi, shared);
+        if (split == 0) single_pass<C, kTq4>(a, kv_head, row0, lo, hi, shared, first_new_key);
         return;
     }
 
     if (split >= splits || key_begin >= key_end) {
+        wait_for_upstream();  // the previous kernels are done with the partials
         for (int r = threadIdx.x; r < C::kRows; r += blockDim.x) {
             const int packed = row0 + r;
             if (packed >= rows_total) break;
@@ -142,7 +146,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     }
 
     FlashState<C> st;
-    flash_attend<C, kTq4>(a, kv_head, row0, key_begin, key_end, shared, st);
+    flash_attend<C, kTq4>(a, kv_head, row0, key_begin, key_end, shared, st, first_new_key);
 
     const int lane = threadIdx.x & 31;
     const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part

@@ -10,7 +10,9 @@
 //
 // The contract, for every kernel launched with launch_overlapped():
 //   - call wait_for_upstream() before the first access to memory that an earlier kernel of the
-//     stream writes or reads (activations, caches, logits, anything but constant weights);
+//     stream writes or reads (activations, caches, logits, anything but constant weights). One
+//     exception, decode attention: the K/V of keys older than the step's first position, which
+//     no kernel of the step writes, may be read before (flash_attend's early_keys_end);
 //   - call allow_downstream() (anywhere; at entry is fine) so the next kernel may launch before
 //     this one ends. Without it the next kernel launches at this one's end, as without PDL.
 // Since each kernel waits for the full completion of its predecessor, which itself waited for its

@@ -225,6 +225,11 @@ __global__ void __launch_bounds__(kMaxExperts)
     const int slots = shared_gate != nullptr ? k + 1 : k;  // ids and weights per row
     const bool expert = i < n_experts;
     const float logit = expert ? logits[row * n_experts + i] : -INFINITY;
+    // The shared expert's slot is thread gate_thread's: warp 1's where there is one, which is
+    // otherwise idle at the end while warp 0 normalises the chosen weights. Its gate is read with
+    // the logits, not at the end, where a second round trip was on the kernel's critical path.
+    const int gate_thread = width > 32 ? 32 : 0;
+    const float gate_logit = shared_gate != nullptr && i == gate_thread ? shared_gate[row] : 0.0f;
 
     float row_max = logit;
 #pragma unroll
@@ -298,10 +303,10 @@ __global__ void __launch_bounds__(kMaxExperts)
         }
         chosen_sum = __shfl_sync(kFullMask, chosen_sum, 0);
         if (lane < k) weights[row * slots + lane] = __fdiv_rn(chosen[lane], chosen_sum);
-        if (lane == 0 && shared_gate != nullptr) {
-            ids[row * slots + k] = n_experts;
-            weights[row * slots + k] = sigmoid(shared_gate[row]);
-        }
+    }
+    if (i == gate_thread && shared_gate != nullptr) {
+        ids[row * slots + k] = n_experts;
+        weights[row * slots + k] = sigmoid(gate_logit);
     }
 }
 
