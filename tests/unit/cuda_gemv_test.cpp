@@ -271,52 +271,36 @@ TEST_F(CudaGemv, QuantizeMatchesTwinBitForBit) {
     }
 }
 
-// Every output is checked for being written; a sample of rows (first 64, last 64, every 97th)
-// against the twins, to keep the CPU side short.
-TEST_F(CudaGemv, Gemma4ShapesAllRowCounts) {
+// Full-size shapes {k, n} at M = 1..8: every output is checked for being written; a sample of
+// rows (first 64, last 64, every 97th) against the twins, to keep the CPU side short.
+template <size_t kShapes>
+void check_sampled_rows(const int64_t (&shapes)[kShapes][2], uint64_t seed, const char* what) {
     Worst worst;
-    uint64_t seed = 100;
-    for (const auto& shape : kGemma4Shapes) {
+    for (const auto& shape : shapes) {
         const int64_t k = shape[0], n = shape[1];
         const W4Weights w = random_w4(n, k, ++seed);
         DeviceW4 dw;
         upload_w4(w, dw);
-        if (HasFatalFailure()) return;
+        if (::testing::Test::HasFatalFailure()) return;
         std::vector<int64_t> rows;
         for (int64_t r = 0; r < n; ++r) {
             if (r < 64 || r >= n - 64 || r % 97 == 0) rows.push_back(r);
         }
         for (int64_t m = 1; m <= 8; ++m) {
             check_gemv(w, dw, m, ++seed, rows, worst);
-            if (HasFatalFailure()) return;
+            if (::testing::Test::HasFatalFailure()) return;
         }
     }
-    std::printf("Gemma 4 shapes: max |gpu - twin| / tolerance = %.3e, max |gpu - ref32| / int8 budget = %.3f\n",
-                worst.twin, worst.int8);
+    std::printf("%s: max |gpu - twin| / tolerance = %.3e, max |gpu - ref32| / int8 budget = %.3f\n",
+                what, worst.twin, worst.int8);
+}
+
+TEST_F(CudaGemv, Gemma4ShapesAllRowCounts) {
+    check_sampled_rows(kGemma4Shapes, 100, "Gemma 4 shapes");
 }
 
 TEST_F(CudaGemv, Qwen35ShapesAllRowCounts) {
-    Worst worst;
-    uint64_t seed = 300;
-    for (const auto& shape : kQwen35Shapes) {
-        const int64_t k = shape[0], n = shape[1];
-        const W4Weights w = random_w4(n, k, ++seed);
-        DeviceW4 dw;
-        upload_w4(w, dw);
-        if (HasFatalFailure()) return;
-        std::vector<int64_t> rows;
-        for (int64_t r = 0; r < n; ++r) {
-            if (r < 64 || r >= n - 64 || r % 97 == 0) rows.push_back(r);
-        }
-        for (int64_t m = 1; m <= 8; ++m) {
-            check_gemv(w, dw, m, ++seed, rows, worst);
-            if (HasFatalFailure()) return;
-        }
-    }
-    std::printf(
-        "Qwen3.5 shapes: max |gpu - twin| / tolerance = %.3e, max |gpu - ref32| / int8 budget = "
-        "%.3f\n",
-        worst.twin, worst.int8);
+    check_sampled_rows(kQwen35Shapes, 300, "Qwen3.5 shapes");
 }
 
 TEST_F(CudaGemv, OddShapesAllRowCounts) {
