@@ -49,16 +49,19 @@ Status Session::allocate_staging() {
     return ok_status();
 }
 
+Status Session::check_room(int64_t n) const {
+    if (position_ + n <= context_) return ok_status();
+    return Status(StatusCode::kInvalidArgument,
+                  position_ == 0
+                      ? fmt::format("the prompt is {} tokens, longer than the context of {} tokens",
+                                    n, context_)
+                      : fmt::format("{} more tokens after {} exceed the context of {} tokens", n,
+                                    position_, context_));
+}
+
 Status Session::check(std::span<const int32_t> tokens) const {
     if (tokens.empty()) return Status(StatusCode::kInvalidArgument, "no tokens to run (an empty prompt)");
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    if (position_ + n > context_) {
-        return Status(StatusCode::kInvalidArgument,
-                      position_ == 0
-                          ? fmt::format("the prompt is {} tokens, longer than the context of {} tokens", n, context_)
-                          : fmt::format("{} more tokens after {} exceed the context of {} tokens", n, position_,
-                                        context_));
-    }
+    KESTREL_RETURN_IF_ERROR(check_room(static_cast<int64_t>(tokens.size())));
     const int64_t vocab = engine_.config().vocab_size;
     for (size_t i = 0; i < tokens.size(); ++i) {
         if (tokens[i] < 0 || tokens[i] >= vocab) {
@@ -133,11 +136,7 @@ Status Session::decode_on_device(int32_t token) {
 }
 
 Status Session::decode_sampled_on_device() {
-    if (position_ + 1 > context_) {
-        return Status(StatusCode::kInvalidArgument,
-                      fmt::format("1 more token after {} exceeds the context of {} tokens",
-                                  position_, context_));
-    }
+    KESTREL_RETURN_IF_ERROR(check_room(1));
     Ops& ops = engine_.ops();
     KESTREL_RETURN_IF_ERROR(ops.copy_within(tokens_.data(), sampled_.data(), sizeof(int32_t)));
     KESTREL_RETURN_IF_ERROR(ops.copy_within(

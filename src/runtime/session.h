@@ -93,6 +93,8 @@ private:
     friend class Engine;  // new_session allocates the staging buffers
 
     Status check(std::span<const int32_t> tokens) const;
+    // Whether n more tokens fit the context (check's first half; the error names both lengths).
+    Status check_room(int64_t n) const;
     // Stages the tokens and their positions in backend memory.
     Status stage(std::span<const int32_t> tokens);
     // Runs the staged tokens as one forward step at the current position, logits into backend memory.
