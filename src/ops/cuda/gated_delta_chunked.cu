@@ -30,29 +30,34 @@
 //   Shared memory: 2 x 64 x ldk + 64 x 68 + 4 x 64 floats (84 KiB at dk = 128: two blocks per SM).
 //
 // gdn_chunk_scan_kernel<kMaxDk>, grid (n_v_heads, ceil(dv / 16)): the serial part. A block owns
-//   16 columns of one head's state, S^T in shared memory (row j = column j of S, stride kMaxDk + 4
-//   so float4s of 8 consecutive rows are conflict-free), read from `state` once and written back
-//   once; it walks the chunks in order. Thread t owns token rows g, g + 32 and columns c, c + 8
-//   (g = t / 8, c = t % 8) in steps 1-3: every product is a 2 x 2 register tile fed by float4s.
-//   Per chunk it loads the normalised q and k (kMaxDk floats per row, zero past dk and past the
-//   chunk's last token), its own v, gates and G_L into registers, and (issued before step 1,
-//   stored after it into Q's buffer) its warp's 8 rows of T and QK, then
+//   16 columns of one head's state, S^T in shared memory (row j = column j of S, stride kMaxDk +
+//   4), read from `state` once and written back once; it walks the chunks in order. Per chunk it
+//   loads the normalised q and k (kMaxDk floats per row, zero past dk and past the chunk's last
+//   token), and the gates, v, T and QK (issued before step 1, stored after it into Q's buffer),
+//   then
 //     1. X = K S and Y = Q S, so R (to R^T in shared memory) and exp(G) Y (the output's
 //        inter-chunk part) in registers;
-//     2. V' = T R (T's rows of the warp only: a __syncwarp, not a block barrier, after storing
-//        them), to V'^T and W^T = (exp(G_L - G) V')^T;
-//     3. o += QK V', written to out;   4. S = exp(G_L) S + K^T W (thread t updates state rows
-//        4 (t / 8) .. + 3 of columns c, c + 8: a 4 x 2 tile).
-//   Four block barriers per chunk. Shared memory: (16 + 64) (kMaxDk + 4) + max(64 (kMaxDk + 4),
+//     2. V' = T R, to V'^T and W^T = (exp(G_L - G) V')^T;
+//     3. o += QK V', written to out;   4. S = exp(G_L) S + K^T W (beside step 3).
+//   Every product runs on the tensor cores as 3xTF32 (see mma_3xtf32), warp by warp in m16n8k8
+//   tiles: warp w takes token rows 16 (w % 4) .. + 15 in steps 1-3 (of K or Q in step 1 by w / 4,
+//   the state's column tile w / 4 in step 2, warps 4-7 alone in step 3) and the state's dk tiles
+//   w, w + 8, ... in step 4. It ran on the CUDA cores in fp32 before, bound by shared-memory reads
+//   (87% of L1 throughput): ncu, Qwen3.5 at 8192 tokens, 1.96 -> 1.59 ms a layer. Five block
+//   barriers per chunk. Shared memory: (16 + 64) (kMaxDk + 4) + max(64 (kMaxDk + 4),
 //   2 x 64 x 68) + 3 x 16 x 68 floats (88 KiB at kMaxDk = 128: two blocks per H100 SM, so 256
 //   blocks at Qwen3.5's 32 heads x 128 columns, and one block's loads overlap the other's math).
-//   kMaxDk = 32, 64, 128 (kGdnChunkedMaxKeyDim).
+//   The strides (4 more than a multiple of 32 floats) make every fragment load conflict-free but
+//   step 4's reads of K by column (2-way). kMaxDk = 32, 64, 128 (kGdnChunkedMaxKeyDim).
 //
-// Rounding: fp32 throughout (CUDA cores; FMA contraction allowed), so the results differ from
-// the CPU's chunked form by fp32 rounding in another order (the dot products' order, T applied as
-// a matrix where the CPU substitutes into U and W), not bit for bit; l2norm, beta and g are
-// computed as in gated_delta.cu. A call of n tokens is ceil(n / 64) chunks from its first token,
-// so splitting a prompt over calls moves the chunk boundaries: the same function, other rounding.
+// Rounding: fp32 throughout (the prepare kernel on CUDA cores, FMA contraction allowed; the scan's
+// products as 3xTF32 on the tensor cores, whose errors against the double reference measure 0.9 to
+// 1.1 times the CPU chunked form's in the tests, 2.3 times in one case of 10^-7), so the
+// results differ from the CPU's chunked form by rounding in another order (the dot products'
+// order, T applied as a matrix where the CPU substitutes into U and W), not bit for bit; l2norm,
+// beta and g are computed as in gated_delta.cu. A call of n tokens is ceil(n / 64) chunks from its
+// first token, so splitting a prompt over calls moves the chunk boundaries: the same function,
+// other rounding.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -98,14 +103,11 @@ size_t prepare_shared_bytes(int dk) {
     return sizeof(float) * static_cast<size_t>(2 * kChunk * ldk + kChunk * kLdT + 4 * kChunk);
 }
 
-// The scan: 16 state columns per block. Thread tid owns, in steps 1-3, token rows g and g + 32
-// and columns c and c + 8 (g = tid / 8, c = tid % 8), and in step 4 state rows 4 (tid / 8) .. + 3
-// of the same two columns.
+// The scan: 16 state columns per block (one m16 tile in step 4, two n8 tiles in steps 1-3).
 constexpr int kScanColumns = 16;
-constexpr int kHalfColumns = kScanColumns / 2;
-static_assert(kThreads / kHalfColumns == kChunk / 2, "steps 1-3: two token rows per thread");
 
-// S^T's, K's and Q's row stride in the scan (conflict-free float4s of 8 consecutive rows).
+// S^T's, K's and Q's row stride in the scan (4 more than a multiple of 32: the fragment loads,
+// rows g and columns t, hit 32 different banks).
 template <int kMaxDk>
 __host__ __device__ constexpr int scan_row_stride() {
     return kMaxDk + 4;
@@ -384,11 +386,70 @@ __global__ void __launch_bounds__(kThreads) gdn_chunk_prepare_kernel(GdnArgs p, 
 
 // ---- kernel B: per (value head, 16 state columns), serial over the chunks -----------------------
 
+// The scan's products on the tensor cores, to near fp32 accuracy: mma.sync m16n8k8 takes tf32
+// operands (the top 19 bits of an fp32: 11 significant bits), so each fp32 operand x is split as
+// big = x with its 13 low bits cleared plus small = x - big (exact), and a b is summed as
+// a_big b_big + a_small b_big + a_big b_small (3xTF32). The hardware reads small's top 11 bits
+// too, so an operand keeps ~21 of its 24 bits (error <= 2^-20 |x|) and the dropped a_small b_small
+// is ~2^-20 of the product: well under the CPU chunked form's own error against the double
+// reference (tests/unit/cuda_gated_delta_test.cpp). Subnormal operands and results are lost
+// (flushed or truncated away), an absolute error near 2^-126 per term. Fragments (lane l, g = l /
+// 4, t = l % 4): a0 (row g, k t), a1 (row g + 8, k t), a2 (row g, k t + 4), a3 (row g + 8, k t +
+// 4); b0 (k t, n g), b1 (k t + 4, n g); c0, c1 (row g, n 2t, 2t + 1), c2, c3 (row g + 8).
+struct Tf32Split {
+    uint32_t big, small;
+};
+
+__device__ __forceinline__ Tf32Split split_tf32(float x) {
+    const uint32_t big = __float_as_uint(x) & 0xffffe000u;
+    return {big, __float_as_uint(x - __uint_as_float(big))};
+}
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// d += a b over one k step of 8. The tensor cores truncate their fp32 sums, so a long chain of
+// mma.sync into one accumulator drifts one way and waits on each mma's latency: each k step sums
+// into fresh registers and d takes them by one rounded fp32 add.
+__device__ __forceinline__ void mma_3xtf32(float (&d)[4], const Tf32Split (&a)[4],
+                                           const Tf32Split (&b)[2]) {
+    float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_tf32(step, a[0].small, a[1].small, a[2].small, a[3].small, b[0].big, b[1].big);
+    mma_tf32(step, a[0].big, a[1].big, a[2].big, a[3].big, b[0].small, b[1].small);
+    mma_tf32(step, a[0].big, a[1].big, a[2].big, a[3].big, b[0].big, b[1].big);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[i] = __fadd_rn(d[i], step[i]);
+}
+
+// The A fragment of rows `rows` (row g; row g + 8 is 8 strides on) at k0, split.
+__device__ __forceinline__ void load_a_split(const float* rows, int ld, int k0, int t,
+                                             Tf32Split (&a)[4]) {
+    a[0] = split_tf32(rows[k0 + t]);
+    a[1] = split_tf32(rows[8 * ld + k0 + t]);
+    a[2] = split_tf32(rows[k0 + t + 4]);
+    a[3] = split_tf32(rows[8 * ld + k0 + t + 4]);
+}
+
+// The B fragment from a row of B^T (`column`: B's column g, k contiguous) at k0, split.
+__device__ __forceinline__ void load_b_split(const float* column, int k0, int t,
+                                             Tf32Split (&b)[2]) {
+    b[0] = split_tf32(column[k0 + t]);
+    b[1] = split_tf32(column[k0 + t + 4]);
+}
+
 template <int kMaxDk>
 __global__ void __launch_bounds__(kThreads, 2)
     gdn_chunk_scan_kernel(GdnArgs p, const float* scratch, int n_chunks) {
     constexpr int kLd = scan_row_stride<kMaxDk>();
-    static_assert(2 * kMaxDk <= kThreads, "step 4: one 4 x 2 tile of S per thread at most");
+    constexpr int kDkTiles = kMaxDk / 8;  // k steps of step 1, n tiles of step 4
+    constexpr int kStateTilesPerWarp = (kDkTiles + kWarps - 1) / kWarps;
+    static_assert(kMaxDk % 8 == 0 && kScanColumns == 16, "m16n8k8 tiles");
     extern __shared__ __align__(16) float shared[];
     float* st_s = shared;                    // [16][kLd] S^T: st_s[j][i] = S[i][col0 + j]
     float* k_s = st_s + kScanColumns * kLd;  // [64][kLd] normalised k
@@ -402,12 +463,17 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int tid = static_cast<int>(threadIdx.x);
     const int lane = tid % 32;
     const int warp = tid / 32;
-    const int g = tid / kHalfColumns;  // token rows g and g + 32 (steps 1-3)
-    const int c = tid % kHalfColumns;  // columns c and c + 8 (all steps)
+    const int g = lane / 4;  // fragment row (and B column)
+    const int t = lane % 4;  // fragment k (and C column pair)
+    // Warp w works on the chunk's token rows 16 (w % 4) .. + 15 in steps 1-3: in step 1 those
+    // rows of K (warps 0-3) or of Q (warps 4-7), in step 2 of T for the state columns of n tile
+    // w / 4, in step 3 (warps 4-7) of QK. A thread's rows are row_lo and row_lo + 8.
+    const int row_tile = warp % 4;
+    const bool q_warp = warp >= 4;
+    const int row_lo = 16 * row_tile + g;
     const int h = static_cast<int>(blockIdx.x);
     const int col0 = static_cast<int>(blockIdx.y) * kScanColumns;
     const int dk = p.dk;
-    const int dk4 = (dk + 3) / 4 * 4;
     const int key_head = gdn_key_head(p, h);
     const int64_t key_dim = static_cast<int64_t>(p.n_k_heads) * dk;
     const int64_t row_stride = 2 * key_dim + static_cast<int64_t>(p.n_v_heads) * p.dv;
@@ -436,17 +502,23 @@ __global__ void __launch_bounds__(kThreads, 2)
         const float* token_in =
             scratch + matrix_floats(p.n_v_heads, n_chunks) + block * kChunk * kTokenFields;
 
-        // v and the gates of this thread's rows, and G_L, for after the loads of q and k.
-        float gate[2], beta[2], v[2][2];
+        // The gates of this thread's two rows and (K warps) its v, in the C fragments' layout:
+        // v[m][j][c] at row row_lo + 8 m, column 8 j + 2 t + c.
+        float gate[2], beta[2], v[2][2][2];
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
-            const int r = g + 32 * m;
+            const int r = row_lo + 8 * m;
             gate[m] = token_in[r * kTokenFields];
             beta[m] = token_in[r * kTokenFields + 1];
 #pragma unroll
-            for (int n = 0; n < 2; ++n) {
-                const int j = c + kHalfColumns * n;
-                v[m][n] = r < len && col0 + j < p.dv ? v_in[(t0 + r) * row_stride + j] : 0.0f;
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const int col = 8 * j + 2 * t + c;
+                    v[m][j][c] = !q_warp && r < len && col0 + col < p.dv
+                                     ? v_in[(t0 + r) * row_stride + col]
+                                     : 0.0f;
+                }
             }
         }
         const float g_last = token_in[(len - 1) * kTokenFields];
@@ -455,172 +527,166 @@ __global__ void __launch_bounds__(kThreads, 2)
         // q and k normalised exactly as the prepare kernel did (the same two or one products).
         load_qk_rows(q_in + t0 * row_stride, key_dim, row_stride, len, dk, vec, kMaxDk, q_s, k_s,
                      kLd, token_in + 2, p.q_scale);
-        // Issued before step 1, used after it (their latency hides behind it): this warp's 8
-        // rows of T and QK (4 warp + 0..3 and + 32, the rows its threads use in steps 2 and 3).
+        // T and QK, issued before step 1 and stored after it (their latency hides behind it).
         float4 t_pre[4], qk_pre[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            const int e = lane + 32 * u;  // float4 e of the warp's 8 x 16
-            const int row = 4 * warp + (e / 16) % 4 + e / 64 * 32;
-            t_pre[u] = load4(t_in + row * kChunk + e % 16 * 4);
-            qk_pre[u] = load4(qk_in + row * kChunk + e % 16 * 4);
+            const int e = tid + kThreads * u;  // float4 e of 64 x 16
+            t_pre[u] = load4(t_in + e * 4);
+            qk_pre[u] = load4(qk_in + e * 4);
         }
         __syncthreads();
 
-        // 1. X = K S and Y = Q S for rows g, g + 32 and columns c, c + 8 (a 2 x 2 tile of each;
-        //    per float4 of dk, 6 float4 reads for 32 FMAs); then R_r = beta_r (v_r - exp(G_r) X_r)
-        //    into R^T and exp(G_r) Y_r, the output's read of the chunk-start state, kept in o.
-        float o[2][2];
+        // 1. X = K S (warps 0-3) or Y = Q S (warps 4-7) for the warp's 16 rows and the 16
+        //    columns (two n tiles). Then, in the C layout, R_r = beta_r (v_r - exp(G_r) X_r)
+        //    into R^T, or exp(G_r) Y_r, the output's read of the chunk-start state, kept in o.
+        float o[2][4];  // warps 4-7: [n tile][C register]
         {
-            float x[2][2] = {}, y[2][2] = {};
-            const float* s_column0 = st_s + c * kLd;
-            const float* s_column1 = st_s + (c + kHalfColumns) * kLd;
+            float acc[2][4] = {};
+            const float* a_rows = (q_warp ? q_s : k_s) + row_lo * kLd;
 #pragma unroll 2
-            for (int i = 0; i < dk4; i += 4) {
-                const float4 s0 = load4(s_column0 + i);
-                const float4 s1 = load4(s_column1 + i);
+            for (int ks = 0; ks < kDkTiles; ++ks) {
+                Tf32Split a[4];
+                load_a_split(a_rows, kLd, 8 * ks, t, a);
 #pragma unroll
-                for (int m = 0; m < 2; ++m) {
-                    const float4 k4 = load4(k_s + (g + 32 * m) * kLd + i);
-                    const float4 q4 = load4(q_s + (g + 32 * m) * kLd + i);
-                    x[m][0] = dot4(k4, s0, x[m][0]);
-                    x[m][1] = dot4(k4, s1, x[m][1]);
-                    y[m][0] = dot4(q4, s0, y[m][0]);
-                    y[m][1] = dot4(q4, s1, y[m][1]);
+                for (int j = 0; j < 2; ++j) {
+                    Tf32Split b[2];
+                    load_b_split(st_s + (8 * j + g) * kLd, 8 * ks, t, b);
+                    mma_3xtf32(acc[j], a, b);
                 }
             }
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
-                const int r = g + 32 * m;
+                const int r = row_lo + 8 * m;
                 const float decay = expf(gate[m]);
 #pragma unroll
-                for (int n = 0; n < 2; ++n) {
-                    float residual = 0.0f;
-                    o[m][n] = 0.0f;
-                    if (r < len) {
-                        residual = beta[m] * (v[m][n] - decay * x[m][n]);
-                        o[m][n] = decay * y[m][n];
+                for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const float x = acc[j][2 * m + c];
+                        if (q_warp) {
+                            o[j][2 * m + c] = r < len ? decay * x : 0.0f;
+                        } else {
+                            rt_s[(8 * j + 2 * t + c) * kLdT + r] =
+                                r < len ? beta[m] * (v[m][j][c] - decay * x) : 0.0f;
+                        }
                     }
-                    rt_s[(c + kHalfColumns * n) * kLdT + r] = residual;
                 }
             }
         }
         __syncthreads();  // R^T is complete; Q is read (its buffer takes T and QK)
-
-        // Each warp stores its own rows of T and QK: only its threads read them.
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            const int e = lane + 32 * u;
-            const int row = 4 * warp + (e / 16) % 4 + e / 64 * 32;
-            store4(t_s + row * kLdT + e % 16 * 4, t_pre[u]);
-            store4(qk_s + row * kLdT + e % 16 * 4, qk_pre[u]);
+            const int e = tid + kThreads * u;
+            store4(t_s + e / 16 * kLdT + e % 16 * 4, t_pre[u]);
+            store4(qk_s + e / 16 * kLdT + e % 16 * 4, qk_pre[u]);
         }
-        __syncwarp();
+        __syncthreads();  // T and QK are stored
 
         // Steps 2 and 3 sum over s <= r: T and QK are lower triangular (zero above the diagonal
-        // and past the last token, as are R's rows), so row g stops at s_mid = round_up(g + 1, 4)
-        // (the same for the warp's four g) and row g + 32 at s_mid + 32. Extra zero terms are
-        // exact.
-        const int s_mid = (g + 4) / 4 * 4;
+        // and past the last token, as are R's rows), so the warp's rows stop at k step
+        // 2 row_tile + 1. Extra zero terms are exact.
+        const int triangle_steps = 2 * row_tile + 2;
 
-        // 2. V' = T R, a 2 x 2 tile; then V'^T and W^T = (exp(G_L - G_r) V'_r)^T.
+        // 2. V' = T R for the warp's rows and n tile j = warp / 4; then V'^T and
+        //    W^T = (exp(G_L - G_r) V'_r)^T.
         {
-            float vp[2][2] = {};
-            for (int s = 0; s < s_mid; s += 4) {
-                const float4 a0 = load4(t_s + g * kLdT + s);
-                const float4 a1 = load4(t_s + (g + 32) * kLdT + s);
-                const float4 b0 = load4(rt_s + c * kLdT + s);
-                const float4 b1 = load4(rt_s + (c + kHalfColumns) * kLdT + s);
-                vp[0][0] = dot4(a0, b0, vp[0][0]);
-                vp[0][1] = dot4(a0, b1, vp[0][1]);
-                vp[1][0] = dot4(a1, b0, vp[1][0]);
-                vp[1][1] = dot4(a1, b1, vp[1][1]);
-            }
-            for (int s = s_mid; s < s_mid + 32; s += 4) {
-                const float4 a1 = load4(t_s + (g + 32) * kLdT + s);
-                vp[1][0] = dot4(a1, load4(rt_s + c * kLdT + s), vp[1][0]);
-                vp[1][1] = dot4(a1, load4(rt_s + (c + kHalfColumns) * kLdT + s), vp[1][1]);
+            const int j = warp / 4;
+            float vp[4] = {};
+            for (int ks = 0; ks < triangle_steps; ++ks) {
+                Tf32Split a[4], b[2];
+                load_a_split(t_s + row_lo * kLdT, kLdT, 8 * ks, t, a);
+                load_b_split(rt_s + (8 * j + g) * kLdT, 8 * ks, t, b);
+                mma_3xtf32(vp, a, b);
             }
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
-                const int r = g + 32 * m;
+                const int r = row_lo + 8 * m;
                 const float decay_end = r < len ? expf(g_last - gate[m]) : 0.0f;
 #pragma unroll
-                for (int n = 0; n < 2; ++n) {
-                    vt_s[(c + kHalfColumns * n) * kLdT + r] = vp[m][n];
-                    wt_s[(c + kHalfColumns * n) * kLdT + r] = vp[m][n] * decay_end;
+                for (int c = 0; c < 2; ++c) {
+                    const int col = 8 * j + 2 * t + c;
+                    vt_s[col * kLdT + r] = vp[2 * m + c];
+                    wt_s[col * kLdT + r] = vp[2 * m + c] * decay_end;
                 }
             }
         }
         __syncthreads();  // V'^T and W^T are complete
 
-        // 3. o_r += sum_{s <= r} QK[r, s] V'_s, then out.
-        for (int s = 0; s < s_mid; s += 4) {
-            const float4 a0 = load4(qk_s + g * kLdT + s);
-            const float4 a1 = load4(qk_s + (g + 32) * kLdT + s);
-            const float4 b0 = load4(vt_s + c * kLdT + s);
-            const float4 b1 = load4(vt_s + (c + kHalfColumns) * kLdT + s);
-            o[0][0] = dot4(a0, b0, o[0][0]);
-            o[0][1] = dot4(a0, b1, o[0][1]);
-            o[1][0] = dot4(a1, b0, o[1][0]);
-            o[1][1] = dot4(a1, b1, o[1][1]);
-        }
-        for (int s = s_mid; s < s_mid + 32; s += 4) {
-            const float4 a1 = load4(qk_s + (g + 32) * kLdT + s);
-            o[1][0] = dot4(a1, load4(vt_s + c * kLdT + s), o[1][0]);
-            o[1][1] = dot4(a1, load4(vt_s + (c + kHalfColumns) * kLdT + s), o[1][1]);
-        }
+        // 3. (warps 4-7) o_r += sum_{s <= r} QK[r, s] V'_s, then out.
+        if (q_warp) {
+            for (int ks = 0; ks < triangle_steps; ++ks) {
+                Tf32Split a[4];
+                load_a_split(qk_s + row_lo * kLdT, kLdT, 8 * ks, t, a);
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            const int r = g + 32 * m;
+                for (int j = 0; j < 2; ++j) {
+                    Tf32Split b[2];
+                    load_b_split(vt_s + (8 * j + g) * kLdT, 8 * ks, t, b);
+                    mma_3xtf32(o[j], a, b);
+                }
+            }
 #pragma unroll
-            for (int n = 0; n < 2; ++n) {
-                const int col = col0 + c + kHalfColumns * n;
-                if (r < len && col < p.dv) {
-                    p.out[((t0 + r) * p.n_v_heads + h) * p.dv + col] = o[m][n];
+            for (int m = 0; m < 2; ++m) {
+                const int r = row_lo + 8 * m;
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int col = col0 + 8 * j + 2 * t + c;
+                        if (r < len && col < p.dv) {
+                            p.out[((t0 + r) * p.n_v_heads + h) * p.dv + col] = o[j][2 * m + c];
+                        }
+                    }
                 }
             }
         }
 
-        // 4. S = exp(G_L) S + sum_r k_r W_r^T for state rows i0 .. i0 + 3 (i0 = 4 (tid / 8)) of
-        //    columns c and c + 8: per 4 tokens, 4 float4s of K and 2 of W^T for 32 FMAs (past dk:
-        //    k and S are zero there and stay zero; past the last token W is zero). Step 1 read S
-        //    before the barriers above; no other thread touches these elements.
-        if (tid < 2 * kMaxDk) {
-            const int i0 = tid / kHalfColumns * 4;
-            float* s_column0 = st_s + c * kLd + i0;
-            float* s_column1 = st_s + (c + kHalfColumns) * kLd + i0;
+        // 4. (all warps, beside step 3) S^T = exp(G_L) S^T + W^T K: M = the 16 columns, N = dk
+        //    (n tiles warp, warp + 8, ...), K = the chunk's tokens up to len (past it W and k
+        //    are zero; past dk k and S are zero and stay zero). Step 1 read S before the
+        //    barriers above; step 3 does not touch it.
+        {
             const float end_decay = expf(g_last);
-            float4 acc0 = load4(s_column0), acc1 = load4(s_column1);
-            acc0 = make_float4(acc0.x * end_decay, acc0.y * end_decay, acc0.z * end_decay,
-                               acc0.w * end_decay);
-            acc1 = make_float4(acc1.x * end_decay, acc1.y * end_decay, acc1.z * end_decay,
-                               acc1.w * end_decay);
-            const int r_end = (len + 3) / 4 * 4;
-            for (int r = 0; r < r_end; r += 4) {
-                const float4 w0 = load4(wt_s + c * kLdT + r);
-                const float4 w1 = load4(wt_s + (c + kHalfColumns) * kLdT + r);
-                const float w0s[4] = {w0.x, w0.y, w0.z, w0.w};
-                const float w1s[4] = {w1.x, w1.y, w1.z, w1.w};
+            float acc[kStateTilesPerWarp][4];
 #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    const float4 k4 = load4(k_s + (r + u) * kLd + i0);
-                    acc0.x = fmaf(k4.x, w0s[u], acc0.x);
-                    acc0.y = fmaf(k4.y, w0s[u], acc0.y);
-                    acc0.z = fmaf(k4.z, w0s[u], acc0.z);
-                    acc0.w = fmaf(k4.w, w0s[u], acc0.w);
-                    acc1.x = fmaf(k4.x, w1s[u], acc1.x);
-                    acc1.y = fmaf(k4.y, w1s[u], acc1.y);
-                    acc1.z = fmaf(k4.z, w1s[u], acc1.z);
-                    acc1.w = fmaf(k4.w, w1s[u], acc1.w);
+            for (int u = 0; u < kStateTilesPerWarp; ++u) {
+                const int nt = warp + kWarps * u;
+                if (nt >= kDkTiles) break;
+                const float2 lo = *reinterpret_cast<const float2*>(st_s + g * kLd + 8 * nt + 2 * t);
+                const float2 hi =
+                    *reinterpret_cast<const float2*>(st_s + (g + 8) * kLd + 8 * nt + 2 * t);
+                acc[u][0] = lo.x * end_decay;
+                acc[u][1] = lo.y * end_decay;
+                acc[u][2] = hi.x * end_decay;
+                acc[u][3] = hi.y * end_decay;
+            }
+            const int token_steps = (len + 7) / 8;
+            for (int ks = 0; ks < token_steps; ++ks) {
+                Tf32Split a[4];
+                load_a_split(wt_s + g * kLdT, kLdT, 8 * ks, t, a);
+#pragma unroll
+                for (int u = 0; u < kStateTilesPerWarp; ++u) {
+                    const int nt = warp + kWarps * u;
+                    if (nt >= kDkTiles) break;
+                    Tf32Split b[2];
+                    b[0] = split_tf32(k_s[(8 * ks + t) * kLd + 8 * nt + g]);
+                    b[1] = split_tf32(k_s[(8 * ks + t + 4) * kLd + 8 * nt + g]);
+                    mma_3xtf32(acc[u], a, b);
                 }
             }
-            store4(s_column0, acc0);
-            store4(s_column1, acc1);
+#pragma unroll
+            for (int u = 0; u < kStateTilesPerWarp; ++u) {
+                const int nt = warp + kWarps * u;
+                if (nt >= kDkTiles) break;
+                *reinterpret_cast<float2*>(st_s + g * kLd + 8 * nt + 2 * t) =
+                    make_float2(acc[u][0], acc[u][1]);
+                *reinterpret_cast<float2*>(st_s + (g + 8) * kLd + 8 * nt + 2 * t) =
+                    make_float2(acc[u][2], acc[u][3]);
+            }
         }
     }
 
-    __syncthreads();  // every thread's last state rows are in S^T
+    __syncthreads();  // every warp's last state tiles are in S^T
     for (int idx = tid; idx < dk * kScanColumns; idx += kThreads) {
         const int i = idx / kScanColumns;
         const int j = idx % kScanColumns;
