@@ -15,6 +15,9 @@
 //     no kernel of the step writes, may be read before (flash_attend's early_keys_end);
 //   - call allow_downstream() (anywhere; at entry is fine) so the next kernel may launch before
 //     this one ends. Without it the next kernel launches at this one's end, as without PDL.
+//     Where this kernel's grid holds one block per SM and the next is a small grid, late is
+//     better: resident early, the small grid's blocks can only take the few SMs left idle
+//     (attention_decode_kernel's reduce: 9.9 -> 4.4 us a layer).
 // Since each kernel waits for the full completion of its predecessor, which itself waited for its
 // own, the ordering of the whole stream is preserved transitively.
 #pragma once
