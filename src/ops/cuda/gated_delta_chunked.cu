@@ -22,12 +22,14 @@
 //   state, for all chunks at once. Loads the chunk's q and k of its key head into shared memory
 //   (rows padded to ldk = round_up(dk, 32) + 4 floats: a lane's float4 of its own row is then
 //   conflict-free), L2-normalises them (a warp per row, xor-shuffle sums), computes beta, g and
-//   the cumulative G (one thread, in order, in registers), then A and QK (thread (s, r0) owns
-//   column s and rows r0 + 4m, 16 x 2 dot products over dk), and T by forward substitution
-//   (thread c owns column c, in 64 registers, column-oriented: once T[s, c] is final it is added
-//   into every later row's sum, so the sums are independent FMAs in the row-oriented order).
-//   Writes T, QK and per token G, beta and the norms' inverses to scratch.
-//   Shared memory: 2 x 64 x ldk + 64 x 68 + 4 x 64 floats (84 KiB at dk = 128: two blocks per SM).
+//   the cumulative G (one thread, in order, in registers), then A and QK on the tensor cores
+//   (3xTF32, below: warp w takes 16 rows of K K^T or Q K^T, w / 4, and the key tiles at or below
+//   the diagonal, four at a time; on the CUDA cores the kernel took 751 us a Qwen3.5 layer at 8192
+//   tokens, 666 now, ncu), and T by forward substitution (thread c owns column c, in 64
+//   registers, column-oriented: once T[s, c] is final it is added into every later row's sum, so
+//   the sums are independent FMAs in the row-oriented order). Writes T, QK and per token G, beta
+//   and the norms' inverses to scratch. Shared memory: 2 x 64 x ldk + 64 x 68 + 4 x 64 floats (84
+//   KiB at dk = 128: two blocks per SM).
 //
 // gdn_chunk_scan_kernel<kMaxDk>, grid (n_v_heads, ceil(dv / 16)): the serial part. A block owns
 //   16 columns of one head's state, S^T in shared memory (row j = column j of S, stride kMaxDk +
@@ -50,14 +52,14 @@
 //   The strides (4 more than a multiple of 32 floats) make every fragment load conflict-free but
 //   step 4's reads of K by column (2-way). kMaxDk = 32, 64, 128 (kGdnChunkedMaxKeyDim).
 //
-// Rounding: fp32 throughout (the prepare kernel on CUDA cores, FMA contraction allowed; the scan's
-// products as 3xTF32 on the tensor cores, whose errors against the double reference measure 0.9 to
-// 1.1 times the CPU chunked form's in the tests, 2.3 times in one case of 10^-7), so the
-// results differ from the CPU's chunked form by rounding in another order (the dot products'
-// order, T applied as a matrix where the CPU substitutes into U and W), not bit for bit; l2norm,
-// beta and g are computed as in gated_delta.cu. A call of n tokens is ceil(n / 64) chunks from its
-// first token, so splitting a prompt over calls moves the chunk boundaries: the same function,
-// other rounding.
+// Rounding: fp32 throughout (the substitution and the elementwise steps on CUDA cores, FMA
+// contraction allowed; every matrix product as 3xTF32 on the tensor cores, whose errors against the
+// double reference measure 0.9 to 1.1 times the CPU chunked form's in the tests, 2.3 times in one
+// case of 10^-7), so the results differ from the CPU's chunked form by rounding in another order
+// (the dot products' order, T applied as a matrix where the CPU substitutes into U and W), not bit
+// for bit; l2norm, beta and g are computed as in gated_delta.cu. A call of n tokens is ceil(n / 64)
+// chunks from its first token, so splitting a prompt over calls moves the chunk boundaries: the
+// same function, other rounding.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -139,13 +141,6 @@ __device__ __forceinline__ void store4(float* p, float4 v) {
     *reinterpret_cast<float4*>(p) = v;
 }
 
-__device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
-    acc = fmaf(a.x, b.x, acc);
-    acc = fmaf(a.y, b.y, acc);
-    acc = fmaf(a.z, b.z, acc);
-    return fmaf(a.w, b.w, acc);
-}
-
 // Whether q and k rows can be read as float4s: dk, the row stride and the base all allow it.
 __device__ __forceinline__ bool qk_float4_rows(const GdnArgs& p, int64_t row_stride) {
     return p.dk % 4 == 0 && row_stride % 4 == 0 && reinterpret_cast<uintptr_t>(p.qkv) % 16 == 0;
@@ -223,9 +218,69 @@ __device__ __forceinline__ void load_qk_rows(const float* q_src, int64_t key_dim
     }
 }
 
+// ---- 3xTF32 on the tensor cores ---------------------------------------------------------------
+
+// The products on the tensor cores (the prepare kernel's A and QK, the scan's four), to near fp32
+// accuracy: mma.sync m16n8k8 takes tf32
+// operands (the top 19 bits of an fp32: 11 significant bits), so each fp32 operand x is split as
+// big = x with its 13 low bits cleared plus small = x - big (exact), and a b is summed as
+// a_big b_big + a_small b_big + a_big b_small (3xTF32). The hardware reads small's top 11 bits
+// too, so an operand keeps ~21 of its 24 bits (error <= 2^-20 |x|) and the dropped a_small b_small
+// is ~2^-20 of the product: well under the CPU chunked form's own error against the double
+// reference (tests/unit/cuda_gated_delta_test.cpp). Subnormal operands and results are lost
+// (flushed or truncated away), an absolute error near 2^-126 per term. Fragments (lane l, g = l /
+// 4, t = l % 4): a0 (row g, k t), a1 (row g + 8, k t), a2 (row g, k t + 4), a3 (row g + 8, k t +
+// 4); b0 (k t, n g), b1 (k t + 4, n g); c0, c1 (row g, n 2t, 2t + 1), c2, c3 (row g + 8).
+struct Tf32Split {
+    uint32_t big, small;
+};
+
+__device__ __forceinline__ Tf32Split split_tf32(float x) {
+    const uint32_t big = __float_as_uint(x) & 0xffffe000u;
+    return {big, __float_as_uint(x - __uint_as_float(big))};
+}
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// d += a b over one k step of 8. The tensor cores truncate their fp32 sums, so a long chain of
+// mma.sync into one accumulator drifts one way and waits on each mma's latency: each k step sums
+// into fresh registers and d takes them by one rounded fp32 add.
+__device__ __forceinline__ void mma_3xtf32(float (&d)[4], const Tf32Split (&a)[4],
+                                           const Tf32Split (&b)[2]) {
+    float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_tf32(step, a[0].small, a[1].small, a[2].small, a[3].small, b[0].big, b[1].big);
+    mma_tf32(step, a[0].big, a[1].big, a[2].big, a[3].big, b[0].small, b[1].small);
+    mma_tf32(step, a[0].big, a[1].big, a[2].big, a[3].big, b[0].big, b[1].big);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[i] = __fadd_rn(d[i], step[i]);
+}
+
+// The A fragment of rows `rows` (row g; row g + 8 is 8 strides on) at k0, split.
+__device__ __forceinline__ void load_a_split(const float* rows, int ld, int k0, int t,
+                                             Tf32Split (&a)[4]) {
+    a[0] = split_tf32(rows[k0 + t]);
+    a[1] = split_tf32(rows[8 * ld + k0 + t]);
+    a[2] = split_tf32(rows[k0 + t + 4]);
+    a[3] = split_tf32(rows[8 * ld + k0 + t + 4]);
+}
+
+// The B fragment from a row of B^T (`column`: B's column g, k contiguous) at k0, split.
+__device__ __forceinline__ void load_b_split(const float* column, int k0, int t,
+                                             Tf32Split (&b)[2]) {
+    b[0] = split_tf32(column[k0 + t]);
+    b[1] = split_tf32(column[k0 + t + 4]);
+}
+
 // ---- kernel A: per (chunk, value head), the state-free part -------------------------------------
 
-__global__ void __launch_bounds__(kThreads) gdn_chunk_prepare_kernel(GdnArgs p, float* scratch) {
+__global__ void __launch_bounds__(kThreads, 2) gdn_chunk_prepare_kernel(GdnArgs p, float* scratch) {
     extern __shared__ __align__(16) float shared[];
     const int dk = p.dk;
     const int ldk = prepare_row_stride(dk);
@@ -312,40 +367,57 @@ __global__ void __launch_bounds__(kThreads) gdn_chunk_prepare_kernel(GdnArgs p, 
         token[3] = inv_s[kChunk + tid];
     }
 
-    // 3. A and QK. Thread (s, r0) owns column s and rows r0 + 4m: per 4 elements of dk, its own
-    //    k_s (a float4; the stride makes the warp's reads conflict-free) against 16 rows of k and
-    //    q (float4 broadcasts: one row per warp). A goes to shared memory transposed (A^T's rows
-    //    are the substitution's float4 reads).
+    // 3. A and QK on the tensor cores (3xTF32): warp w computes rows 16 (w % 4) .. + 15 of K K^T
+    //    (w < 4) or Q K^T (w >= 4) against the key columns s of its n tiles at or below the
+    //    diagonal (2 (w % 4) + 2 of the 8; the rest of the row is zero: s > r). Then the decays
+    //    and masks in the C fragments' layout: A goes to shared memory transposed (A^T's rows are
+    //    the substitution's float4 reads), QK to scratch.
     {
-        constexpr int kRowGroups = kThreads / kChunk;  // 4
-        constexpr int kRows = kChunk / kRowGroups;     // 16
-        const int s = tid % kChunk;
-        const int r0 = tid / kChunk;
-        float kk[kRows], qk[kRows];
+        constexpr int kTiles = kChunk / 8;  // n tiles of a row
+        constexpr int kTilesAtOnce = 4;     // accumulators for half a row (registers)
+        const int g = lane / 4;
+        const int t = lane % 4;
+        const int row_tile = warp % 4;
+        const bool is_qk = warp >= 4;
+        const int n_tiles = 2 * row_tile + 2;
+        const int k_steps = (dk + 7) / 8;  // zeros between dk and the row's padding
+        const float* a_rows = (is_qk ? q_s : k_s) + (16 * row_tile + g) * ldk;
+        for (int nt0 = 0; nt0 < kTiles; nt0 += kTilesAtOnce) {
+            float acc[kTilesAtOnce][4] = {};
+            for (int ks = 0; nt0 < n_tiles && ks < k_steps; ++ks) {
+                Tf32Split a[4];
+                load_a_split(a_rows, ldk, 8 * ks, t, a);
 #pragma unroll
-        for (int m = 0; m < kRows; ++m) kk[m] = qk[m] = 0.0f;
-        const int dk4 = (dk + 3) / 4 * 4;  // zeros between dk and dk4
-        for (int i = 0; i < dk4; i += 4) {
-            const float4 ks = load4(k_s + s * ldk + i);
-#pragma unroll
-            for (int m = 0; m < kRows; ++m) {
-                const int r = r0 + kRowGroups * m;
-                kk[m] = dot4(load4(k_s + r * ldk + i), ks, kk[m]);
-                qk[m] = dot4(load4(q_s + r * ldk + i), ks, qk[m]);
+                for (int u = 0; u < kTilesAtOnce; ++u) {
+                    if (nt0 + u >= n_tiles) break;  // warp-uniform
+                    Tf32Split b[2];
+                    load_b_split(k_s + (8 * (nt0 + u) + g) * ldk, 8 * ks, t, b);
+                    mma_3xtf32(acc[u], a, b);
+                }
             }
-        }
 #pragma unroll
-        for (int m = 0; m < kRows; ++m) {
-            const int r = r0 + kRowGroups * m;
-            float a = 0.0f, q = 0.0f;
-            // Only s <= r: exp(G_r - G_s) may overflow above the diagonal (G falls).
-            if (r < len && s <= r) {
-                const float decay = expf(g_s[r] - g_s[s]);
-                if (s < r) a = beta_s[r] * kk[m] * decay;
-                q = qk[m] * decay;
+            for (int u = 0; u < kTilesAtOnce; ++u) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = 16 * row_tile + g + 8 * (e >> 1);
+                    const int s = 8 * (nt0 + u) + 2 * t + (e & 1);
+                    float value = 0.0f;
+                    // Only s <= r: exp(G_r - G_s) may overflow above the diagonal (G falls).
+                    if (nt0 + u < n_tiles && r < len && s <= r) {
+                        const float decay = expf(g_s[r] - g_s[s]);
+                        if (is_qk) {
+                            value = acc[u][e] * decay;
+                        } else if (s < r) {
+                            value = beta_s[r] * acc[u][e] * decay;
+                        }
+                    }
+                    if (is_qk) {
+                        qk_out[r * kChunk + s] = value;
+                    } else {
+                        at_s[s * kLdT + r] = value;
+                    }
+                }
             }
-            at_s[s * kLdT + r] = a;
-            qk_out[r * kChunk + s] = q;
         }
     }
     __syncthreads();
@@ -385,63 +457,6 @@ __global__ void __launch_bounds__(kThreads) gdn_chunk_prepare_kernel(GdnArgs p, 
 }
 
 // ---- kernel B: per (value head, 16 state columns), serial over the chunks -----------------------
-
-// The scan's products on the tensor cores, to near fp32 accuracy: mma.sync m16n8k8 takes tf32
-// operands (the top 19 bits of an fp32: 11 significant bits), so each fp32 operand x is split as
-// big = x with its 13 low bits cleared plus small = x - big (exact), and a b is summed as
-// a_big b_big + a_small b_big + a_big b_small (3xTF32). The hardware reads small's top 11 bits
-// too, so an operand keeps ~21 of its 24 bits (error <= 2^-20 |x|) and the dropped a_small b_small
-// is ~2^-20 of the product: well under the CPU chunked form's own error against the double
-// reference (tests/unit/cuda_gated_delta_test.cpp). Subnormal operands and results are lost
-// (flushed or truncated away), an absolute error near 2^-126 per term. Fragments (lane l, g = l /
-// 4, t = l % 4): a0 (row g, k t), a1 (row g + 8, k t), a2 (row g, k t + 4), a3 (row g + 8, k t +
-// 4); b0 (k t, n g), b1 (k t + 4, n g); c0, c1 (row g, n 2t, 2t + 1), c2, c3 (row g + 8).
-struct Tf32Split {
-    uint32_t big, small;
-};
-
-__device__ __forceinline__ Tf32Split split_tf32(float x) {
-    const uint32_t big = __float_as_uint(x) & 0xffffe000u;
-    return {big, __float_as_uint(x - __uint_as_float(big))};
-}
-
-__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// d += a b over one k step of 8. The tensor cores truncate their fp32 sums, so a long chain of
-// mma.sync into one accumulator drifts one way and waits on each mma's latency: each k step sums
-// into fresh registers and d takes them by one rounded fp32 add.
-__device__ __forceinline__ void mma_3xtf32(float (&d)[4], const Tf32Split (&a)[4],
-                                           const Tf32Split (&b)[2]) {
-    float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    mma_tf32(step, a[0].small, a[1].small, a[2].small, a[3].small, b[0].big, b[1].big);
-    mma_tf32(step, a[0].big, a[1].big, a[2].big, a[3].big, b[0].small, b[1].small);
-    mma_tf32(step, a[0].big, a[1].big, a[2].big, a[3].big, b[0].big, b[1].big);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) d[i] = __fadd_rn(d[i], step[i]);
-}
-
-// The A fragment of rows `rows` (row g; row g + 8 is 8 strides on) at k0, split.
-__device__ __forceinline__ void load_a_split(const float* rows, int ld, int k0, int t,
-                                             Tf32Split (&a)[4]) {
-    a[0] = split_tf32(rows[k0 + t]);
-    a[1] = split_tf32(rows[8 * ld + k0 + t]);
-    a[2] = split_tf32(rows[k0 + t + 4]);
-    a[3] = split_tf32(rows[8 * ld + k0 + t + 4]);
-}
-
-// The B fragment from a row of B^T (`column`: B's column g, k contiguous) at k0, split.
-__device__ __forceinline__ void load_b_split(const float* column, int k0, int t,
-                                             Tf32Split (&b)[2]) {
-    b[0] = split_tf32(column[k0 + t]);
-    b[1] = split_tf32(column[k0 + t + 4]);
-}
 
 template <int kMaxDk>
 __global__ void __launch_bounds__(kThreads, 2)
