@@ -44,8 +44,10 @@
 //   Longer calls take the one-warp kernel (with it the CPU's order) or the chunked form.
 //
 // The state stays fp32, as on the CPU: it accumulates the whole context (every token decays and
-// rank-1 updates it), so bf16's 8-bit mantissa would lose each update's low bits and the state
-// would drift from the model's with the context length; 64 KiB per head is cheap at decode.
+// rank-1 updates it), so bf16's 8-bit mantissa loses each update's low bits; 64 KiB per head is
+// cheap at decode. Measured (tests/unit/gated_delta_state_precision_test.cpp, Qwen3.5's heads,
+// 256 to 4096 tokens decoded one by one): relative output error against double 2.5e-7 with an
+// fp32 state, 2e-3 to 5e-3 with the state rounded to bf16 after every token.
 #include "ops/cuda/gated_delta.h"
 
 #include <cuda_runtime.h>
