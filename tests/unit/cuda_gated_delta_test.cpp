@@ -492,15 +492,15 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleTwoCallsOfTTokensEqualOneCallOf2T) {
 // outliers); T = (I + A)^-1 may have entries above 1, which amplify the rounding of R and of the
 // dk-long dot products (sqrt(dk) u |terms| each, random in sign). Both the CPU and the GPU pay
 // all of these, in other summation orders (the GPU applies T as a matrix where the CPU
-// substitutes into U and W, and the scan's products as 3xTF32 on the tensor cores, whose operands
-// keep ~21 of fp32's 24 bits), so their errors have the same sources and size; 4 covers the spread
-// between two maxima over 10^3 to 10^6 elements of errors of one distribution whose constants
-// differ by the algorithms' details. The floor, 256u (1.5e-5), is for short calls where the
-// CPU's error can be 0 by chance: it is about sqrt(2 dk) u M of the dot products at dk = 128
+// substitutes into U and W, and every matrix product as 3xTF32 on the tensor cores, whose
+// operands keep ~21 of fp32's 24 bits), so their errors have the same sources and size; 4 covers
+// the spread between two maxima over 10^3 to 10^6 elements of errors of one distribution whose
+// constants differ by the algorithms' details. The floor, 256u (1.5e-5), is for short calls where
+// the CPU's error can be 0 by chance: it is about sqrt(2 dk) u M of the dot products at dk = 128
 // times a few for the gates' expf / log1pf ulps. An indexing, masking or synchronisation error
 // gives errors of order M, 10^4 times more. NaN never passes; outputs and scratch are poisoned
-// with 0xff (NaN) first. The per-case errors are printed (H100, tensor-core scan: e(gpu) / e(cpu)
-// 0.9 to 1.1, one case 2.3 at 2e-7).
+// with 0xff (NaN) first. The per-case errors are printed (H100, the tensor-core kernels: e(gpu) /
+// e(cpu) 0.9 to 1.1, but 3.6 in one case where both are near 1e-7, far under the floor).
 // Below a magnitude of 2^-102 (2e-31, nothing a model's activations hold) an element is held to an
 // absolute error instead, e normalised by 2^-102: the tensor cores lose subnormal operands and
 // products, up to ~2^-126 a term over a few hundred terms, which 256u of 2^-102 (2^-118) covers.

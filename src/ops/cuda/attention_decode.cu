@@ -109,10 +109,10 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     // positions, staged before the step's first kernel, and the first K/V tiles of keys older
     // than the step may be read before the wait (flash_attend's early_keys_end). It lets the
     // reduce launch only at its end (below; an exit counts too). Launched at entry, the reduce
-    // took 4 us in some layers and 10-12 in others, 9.9 on average (Gemma 4 at depth 512, H100,
+    // took 4 us in some layers and 10-12 in others, 9.4 on average (Gemma 4 at depth 512, H100,
     // traced), most likely because its blocks, resident early, crowd onto the few SMs this
-    // kernel's one-block-per-SM grid leaves idle; with the late trigger 4.4 us, and tg128
-    // 124.7 -> 130.8 tok/s.
+    // kernel's one-block-per-SM grid leaves idle; with the late trigger 4.9 (median 4.3), and
+    // tg128 124.7 -> 130.1 tok/s (bench/results/2026-11-24-h100-a2611a0.md).
     using C = DecodeConfig<kHeadDimPad>;
     extern __shared__ __align__(16) unsigned char shared[];
     const int split = static_cast<int>(blockIdx.x);
