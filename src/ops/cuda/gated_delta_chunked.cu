@@ -221,16 +221,17 @@ __device__ __forceinline__ void load_qk_rows(const float* q_src, int64_t key_dim
 // ---- 3xTF32 on the tensor cores ---------------------------------------------------------------
 
 // The products on the tensor cores (the prepare kernel's A and QK, the scan's four), to near fp32
-// accuracy: mma.sync m16n8k8 takes tf32
-// operands (the top 19 bits of an fp32: 11 significant bits), so each fp32 operand x is split as
-// big = x with its 13 low bits cleared plus small = x - big (exact), and a b is summed as
-// a_big b_big + a_small b_big + a_big b_small (3xTF32). The hardware reads small's top 11 bits
-// too, so an operand keeps ~21 of its 24 bits (error <= 2^-20 |x|) and the dropped a_small b_small
-// is ~2^-20 of the product: well under the CPU chunked form's own error against the double
-// reference (tests/unit/cuda_gated_delta_test.cpp). Subnormal operands and results are lost
-// (flushed or truncated away), an absolute error near 2^-126 per term. Fragments (lane l, g = l /
-// 4, t = l % 4): a0 (row g, k t), a1 (row g + 8, k t), a2 (row g, k t + 4), a3 (row g + 8, k t +
-// 4); b0 (k t, n g), b1 (k t + 4, n g); c0, c1 (row g, n 2t, 2t + 1), c2, c3 (row g + 8).
+// accuracy: mma.sync m16n8k8 takes tf32 operands (the top 19 bits of an fp32: 11 significant
+// bits), so each fp32 operand x is split as big = x with its 13 low bits cleared plus small =
+// x - big (exact), and a b is summed as a_big b_big + a_small b_big + a_big b_small (3xTF32). The
+// hardware reads small's top 11 bits too, so an operand keeps ~21 of its 24 bits (error <= 2^-20
+// |x|) and the dropped a_small b_small is ~2^-20 of the product: well under the CPU chunked
+// form's own error against the double reference (tests/unit/cuda_gated_delta_test.cpp).
+// Subnormal operands and results are lost (flushed or truncated away), an absolute error near
+// 2^-126 per term.
+// Fragments (lane l, g = l / 4, t = l % 4): a0 (row g, k t), a1 (row g + 8, k t), a2 (row g,
+// k t + 4), a3 (row g + 8, k t + 4); b0 (k t, n g), b1 (k t + 4, n g); c0, c1 (row g, n 2t,
+// 2t + 1), c2, c3 (row g + 8).
 struct Tf32Split {
     uint32_t big, small;
 };
