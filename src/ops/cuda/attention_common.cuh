@@ -243,6 +243,16 @@ __device__ __forceinline__ void cp_async_16_bytes(unsigned char* shared, const u
                  "l"(global), "r"(valid ? 16 : 0)
                  : "memory");
 }
+// Entry `byte` of one lane's copy of the TQ4 byte -> bf16 pair table (flash_attend): lane_table
+// is the shared-space address of the copy's first entry, its entries lie kCopies words apart. One
+// address instruction (the byte shifted onto the base) before the load, not an index multiply
+// and a separate conversion to bytes.
+template <int kCopies>
+__device__ __forceinline__ uint32_t tq4_pair(uint32_t lane_table, uint32_t byte) {
+    uint32_t pair;
+    asm("ld.shared.b32 %0, [%1];\n" : "=r"(pair) : "r"(lane_table + byte * (4 * kCopies)));
+    return pair;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 // Waits until at most kPending of the thread's newest commit groups are still in flight.
@@ -443,27 +453,29 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const int64_t raw_slot_stride = static_cast<int64_t>(a.n_kv_heads) * (a.head_dim / 2);
     const int64_t raw_column_offset =
         static_cast<int64_t>(kv_head) * (a.head_dim / 2) + raw_part * 16;
+    // A TQ4 cache is a full layer's: a key's slot is the key itself unless the cache is a ring
+    // that has wrapped, so the modulo is a branch seldom taken (the step-and-subtract of load_tile
+    // cost a loop per key here: ~200 of the decode kernel's ~1150 instructions a tile).
+    const auto slot_of = [&](int key) { return key < a.capacity ? key : key % a.capacity; };
     const auto issue_tq4 = [&](int k0, int parity) {
-        int slot = (k0 + raw_first_key) % a.capacity;
         unsigned char* raw_k_tile = raw_k(parity);
 #pragma unroll
         for (int step = 0; step < kRawSteps; ++step) {
-            const int j = raw_first_key + step * kRawKeyStep;
-            if (j >= C::kKeys) break;
+            const int j = raw_first_key + step * kRawKeyStep;  // raw_first_key < kRawKeyStep
+            if (C::kKeys % kRawKeyStep != 0 && j >= C::kKeys) break;
             const bool valid = k0 + j < key_end && raw_column;
-            const int64_t offset = valid ? raw_column_offset + slot * raw_slot_stride : 0;
+            const int64_t offset =
+                valid ? raw_column_offset + slot_of(k0 + j) * raw_slot_stride : 0;
             cp_async_16_bytes(raw_k_tile + j * C::kTq4RawKStride + raw_part * 16, a.k_tq4 + offset,
                               valid);
             cp_async_16_bytes(raw_v + j * C::kTq4RawRowBytes + raw_part * 16, a.v_tq4 + offset,
                               valid);
-            slot += kRawKeyStep;
-            while (slot >= a.capacity) slot -= a.capacity;
         }
         norm_carry = 0.0f;
         if (tid < 2 * C::kKeys) {
             const int key = k0 + tid % C::kKeys;
             if (key < key_end) {
-                const int64_t row = static_cast<int64_t>(key % a.capacity) * a.n_kv_heads + kv_head;
+                const int64_t row = static_cast<int64_t>(slot_of(key)) * a.n_kv_heads + kv_head;
                 const uint16_t bits = __ldg((tid < C::kKeys ? a.k_norm : a.v_norm) + row);
                 norm_carry = __uint_as_float(static_cast<uint32_t>(bits) << 16);
             }
@@ -480,22 +492,22 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         constexpr int kRowStep = C::kThreads / kRowChunks;
         static_assert(C::kKeys % kRowStep == 0, "whole steps of rows per tile");
         constexpr int kSteps = C::kKeys / kRowStep;
-        const uint32_t* table = pair_table + (lane & (kCopies - 1));
+        const uint32_t table = shared_address(pair_table + lane);
         const int part = tid % kRowChunks;
         const int first_row = tid / kRowChunks;
-        const bool live = part * 8 < a.head_dim;
+        // Columns past the head dim hold index bytes 0 (zero-filled copies), so level 0 there:
+        // finite, multiplied by Q's zero columns in Q K^T, and in P V landing in output columns
+        // that are never stored. No branch per chunk.
         const auto dequantise_rows = [&](const unsigned char* raw_chunk, int raw_stride,
                                          uint16_t* stage_chunk, int first_step, int end_step) {
 #pragma unroll
             for (int step = first_step; step < end_step; ++step) {
-                uint4 packed = make_uint4(0, 0, 0, 0);
-                if (live) {
-                    const uint32_t bytes = *reinterpret_cast<const uint32_t*>(
-                        raw_chunk + step * kRowStep * raw_stride);
-                    packed = make_uint4(
-                        table[(bytes & 0xffu) * kCopies], table[((bytes >> 8) & 0xffu) * kCopies],
-                        table[((bytes >> 16) & 0xffu) * kCopies], table[(bytes >> 24) * kCopies]);
-                }
+                const uint32_t bytes =
+                    *reinterpret_cast<const uint32_t*>(raw_chunk + step * kRowStep * raw_stride);
+                const uint4 packed = make_uint4(tq4_pair<kCopies>(table, bytes & 0xffu),
+                                                tq4_pair<kCopies>(table, (bytes >> 8) & 0xffu),
+                                                tq4_pair<kCopies>(table, (bytes >> 16) & 0xffu),
+                                                tq4_pair<kCopies>(table, bytes >> 24));
                 *reinterpret_cast<uint4*>(stage_chunk + step * kRowStep * C::kStride) = packed;
             }
         };
@@ -638,22 +650,29 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             // dims 2c, 2c + 1 = index byte 8 kk + c, b1 = byte 8 kk + 4 + c, each a bf16 pair from
             // the table. One 16-byte load (the same for a lane quad) holds two kk steps' bytes.
             static_assert(kQInRegisters, "Q in registers");
-            const uint32_t* table = pair_table + lane;
+            const uint32_t table = shared_address(pair_table + lane);
             const uint32_t byte_select =
                 0x4440u | static_cast<uint32_t>(c);  // byte c, zero-extended
             const auto lookup = [&](uint32_t word) {
-                return table[__byte_perm(word, 0u, byte_select) * kCopies];
+                return tq4_pair<kCopies>(table, __byte_perm(word, 0u, byte_select));
             };
+            // The odd kk steps sum into a second accumulator: one chain of kHeadDim / 16
+            // dependent mma a key tile would make the warp wait out each one's latency.
+            float s_odd[C::kKeyTiles][4];
 #pragma unroll
             for (int j = 0; j < C::kKeyTiles; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s_odd[j][e] = 0.0f;
                 const unsigned char* k_row =
                     raw_k(tile & 1) + (key_off + 8 * j + g) * C::kTq4RawKStride;
 #pragma unroll
                 for (int kk2 = 0; kk2 < C::kHeadDim / 32; ++kk2) {
                     const uint4 w = *reinterpret_cast<const uint4*>(k_row + 16 * kk2);
                     mma_bf16_16x8x16(s[j], q_frag[2 * kk2], lookup(w.x), lookup(w.y));
-                    mma_bf16_16x8x16(s[j], q_frag[2 * kk2 + 1], lookup(w.z), lookup(w.w));
+                    mma_bf16_16x8x16(s_odd[j], q_frag[2 * kk2 + 1], lookup(w.z), lookup(w.w));
                 }
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] += s_odd[j][e];
             }
         } else
 #pragma unroll  // fully: q_frag[kk] must stay in registers
@@ -755,12 +774,17 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i) st.l[i] = st.l[i] * alpha[i] + row_sum[i];
+        // Once the first tiles have set the rows' maxima they seldom move, and alpha is then
+        // exactly 1 (2^0): the warp skips the rescale unless one of its rows moved (a vote, not
+        // kColTiles * 4 multiplies).
+        if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-        for (int t = 0; t < C::kColTiles; ++t) {
-            st.o[t][0] *= alpha[0];
-            st.o[t][1] *= alpha[0];
-            st.o[t][2] *= alpha[1];
-            st.o[t][3] *= alpha[1];
+            for (int t = 0; t < C::kColTiles; ++t) {
+                st.o[t][0] *= alpha[0];
+                st.o[t][1] *= alpha[0];
+                st.o[t][2] *= alpha[1];
+                st.o[t][3] *= alpha[1];
+            }
         }
         if constexpr (C::kSplit > 1) {
             named_barrier(barrier_id, C::kSplit * 32);  // the row group's P complete
