@@ -94,9 +94,11 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
 
 // attention_prefill / attention_decode over a TQ4 cache, in the rotated space (techniques.md §4):
 // q_rotated = R q per head (tq4_rotate_rows, kv_cache_tq4.h), and out_rotated = sum_j p_j
-// norm_vj c_vj / sum_j p_j, which R^T turns back into the attention output. Each K / V tile is
-// dequantised into shared memory as bf16(norm * level), then the flash core runs as on a bf16
-// cache. Decode's workspace: attention_decode_tq4_workspace_bytes.
+// norm_vj c_vj / sum_j p_j, which R^T turns back into the attention output. The flash core runs
+// on the bare levels bf16(level): a key's norm scales its score, a value's norm its probability
+// in P V. Prefill dequantises each K / V tile into shared memory; decode only V, its warps turning
+// K's index bytes straight into the Q K^T operands. Decode's workspace:
+// attention_decode_tq4_workspace_bytes.
 Status attention_prefill_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
                              const KvCacheTq4View& cache, const AttentionShape& shape,
                              float* out_rotated, cudaStream_t stream);
