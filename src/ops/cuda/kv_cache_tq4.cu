@@ -184,21 +184,27 @@ __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArg
 
 // ---- few rows (decode): one warp per output column ---------------------------------------------
 //
-// rotate_few_rows_kernel<kEncode>: block = 8 warps = outputs n0 .. n0 + 7 of every row; warp n
+// rotate_few_rows_kernel<kEncode>: block = 8 warps = outputs n0 .. n0 + 7 of half the rows (rows
+//   [16 y, 16 y + 16) of each pass of 32, blockIdx.y = y; one half for up to 16 rows); warp n
 //   holds its coefficients m_k = M[n][k] in registers (lane l: k = l + 32 j), loaded before the
-//   PDL wait since R never changes. Rows go through shared memory 32 at a time (rows padded to
-//   d + 1 floats: lanes reading one column of 32 rows hit 32 banks); lane l sums its k of every
-//   row, then one transposing butterfly (31 shuffles, not 32 x 5) leaves row l's dot in lane l.
+//   PDL wait since R never changes. Rows go through shared memory 16 at a time (rows padded to
+//   d + 1 floats: lanes reading one column of 16 rows hit distinct banks); lane l sums its k of
+//   every live row, then one transposing butterfly over 32 sums (31 shuffles, not 32 x 5; the
+//   other 16 are zeros) leaves row l's dot in lane l.
 //   With kEncode (the cache write, M = R): the rows are k then v, and instead of y the kernel
 //   stores row l's index for output n: the bucket of y / norm, norm = ||x|| (fp64 sum of squares,
-//   one warp per 4 rows), packed two per byte through shared memory; block 0 writes the norms.
+//   one warp per 2 rows), packed two per byte through shared memory; the blocks with blockIdx.x
+//   = 0 write the norms.
 constexpr int kFewWarps = 8;
 constexpr int kFewRows = 32;  // rows per pass
 // 16-byte loads of a pass's rows per thread, at most: all issued before any is stored to shared
 // memory. A loop storing each load before issuing the next made a pass 16 round trips to L2 in a
 // row: 10.9 us a launch on the critical path of a decode step (H100, Gemma 4 over a TQ4 cache,
 // traced), three launches a full layer.
-constexpr int kFewLoads = kFewRows * kMaxHeadDim / 4 / (kFewWarps * 32);
+constexpr int kFewLoads = kFewRows / 2 * kMaxHeadDim / 4 / (kFewWarps * 32);
+// A pass's rows are split between blockIdx.y = 0 and 1 (kPartRows each), so that 32 query heads
+// at head dim 512 take 128 blocks, not 64 on a 132-SM GPU.
+constexpr int kPartRows = kFewRows / 2;
 
 struct FewRowsArgs {
     const float* x;    // rows [0, first_v_row) from here
@@ -246,7 +252,7 @@ __device__ __forceinline__ float transpose_reduce(float (&v)[kFewRows], int lane
 
 template <bool kEncode>
 __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRowsArgs a) {
-    extern __shared__ float rows_s[];  // [kFewRows][d + 1]
+    extern __shared__ float rows_s[];  // [kPartRows][d + 1]
     __shared__ float norm_s[kFewRows];
     __shared__ uint8_t index_s[kFewRows][kFewWarps];
     const int lane = static_cast<int>(threadIdx.x % 32u);
@@ -267,8 +273,10 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
     }
     wait_for_upstream();
     allow_downstream();
-    for (int row0 = 0; row0 < a.rows; row0 += kFewRows) {
-        const int count = min(kFewRows, a.rows - row0);
+    for (int pass0 = 0; pass0 < a.rows; pass0 += kFewRows) {
+        const int row0 = pass0 + static_cast<int>(blockIdx.y) * kPartRows;
+        const int count = min(kPartRows, a.rows - row0);
+        if (count <= 0) break;  // block-uniform; later passes have fewer rows still
         // Load u of the thread is 16-byte chunk i = tid + u * kThreads of the pass, row i / chunks,
         // column 4 (i % chunks); both step by a constant (with a carry) from load to load.
         constexpr int kThreads = kFewWarps * 32;
@@ -303,7 +311,7 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
             int c = static_cast<int>(threadIdx.x) % chunks;
 #pragma unroll
             for (int u = 0; u < kFewLoads; ++u) {
-                if (r < kFewRows) {  // rows past count are stored as zeros
+                if (r < kPartRows) {  // rows past count are stored as zeros
                     float* dst = rows_s + r * stride + 4 * c;
                     dst[0] = loaded[u].x;
                     dst[1] = loaded[u].y;
@@ -321,7 +329,7 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
         __syncthreads();
         if constexpr (kEncode) {
             // ||x|| of rows warp, warp + 8, ...: fp64 squares, summed per lane then across lanes.
-            for (int r = warp; r < kFewRows; r += kFewWarps) {
+            for (int r = warp; r < kPartRows; r += kFewWarps) {
                 double sum = 0.0;
                 bool finite = true;
                 for (int k = lane; k < a.d; k += 32) {
@@ -341,6 +349,12 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
 #pragma unroll
         for (int r = 0; r < kFewRows; ++r) {
             float sum = 0.0f;
+            // The butterfly takes 32 rows; the block has kPartRows, `count` of them live (a
+            // decode cache write has 8).
+            if (r >= kPartRows || r >= count) {
+                partial[r] = 0.0f;
+                continue;
+            }
 #pragma unroll
             for (int j = 0; j < kMaxHeadDim / 32; ++j) {
                 if (j < per_lane) sum = fmaf(m[j], rows_s[r * stride + lane + 32 * j], sum);
@@ -352,7 +366,9 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
             if (lane < count && n < a.d) a.y[static_cast<int64_t>(row0 + lane) * a.d + n] = dot;
         } else {
             __syncthreads();  // norm_s complete
-            index_s[lane][warp] = static_cast<uint8_t>(tq4_bucket(dot, norm_s[lane], a.boundaries));
+            if (lane < kPartRows)  // lanes past the block's rows hold zero sums
+                index_s[lane][warp] =
+                    static_cast<uint8_t>(tq4_bucket(dot, norm_s[lane], a.boundaries));
             __syncthreads();
             // One thread per row: the 8 indices n0 .. n0 + 7 as 4 bytes, element 2b low.
             if (threadIdx.x < static_cast<unsigned>(count)) {
@@ -382,13 +398,14 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
 
 template <bool kEncode>
 Status launch_few_rows(const FewRowsArgs& args, cudaStream_t stream) {
-    const size_t shared = static_cast<size_t>(kFewRows * (args.d + 1)) * sizeof(float);
+    const size_t shared = static_cast<size_t>(kPartRows * (args.d + 1)) * sizeof(float);
     KESTREL_CUDA_CHECK(cudaFuncSetAttribute(rotate_few_rows_kernel<kEncode>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(shared)));
     KESTREL_CUDA_CHECK(
         launch_overlapped(rotate_few_rows_kernel<kEncode>,
-                          dim3(static_cast<unsigned>((args.d + kFewWarps - 1) / kFewWarps)),
+                          dim3(static_cast<unsigned>((args.d + kFewWarps - 1) / kFewWarps),
+                               args.rows > kPartRows ? 2u : 1u),
                           dim3(kFewWarps * 32), shared, stream, args));
     return ok_status();
 }
