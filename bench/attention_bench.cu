@@ -32,16 +32,16 @@ namespace {
 // bf16 in +-[0.5, 1) * 2^-2..2^0 with random signs: finite, never zero.
 __global__ void fill_bf16(uint16_t* p, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+        uint32_t x = bench_hash(i, seed);
+        x *= 0x846ca68bu;
+        x ^= x >> 16;
         p[i] = static_cast<uint16_t>((x & 0x8000u) | ((124u + (x >> 20) % 3u) << 7) | (x & 0x7fu));
     }
 }
 
 __global__ void fill_float(float* p, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-        x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15;
+        const uint32_t x = bench_hash(i, seed);
         p[i] = (static_cast<float>(x & 0xffffff) / 16777216.0f - 0.5f) * 2.0f;
     }
 }
@@ -106,10 +106,7 @@ void free_cache(Cache& c) {
 __global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
          i += int64_t{gridDim.x} * blockDim.x) {
-        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-        x ^= x >> 16;
-        x *= 0x7feb352du;
-        x ^= x >> 15;
+        const uint32_t x = bench_hash(i, seed);
         p[i] = static_cast<uint8_t>(x >> 8);
     }
 }
@@ -117,10 +114,7 @@ __global__ void fill_bytes(uint8_t* p, int64_t n, uint32_t seed) {
 __global__ void fill_norms(uint16_t* p, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
          i += int64_t{gridDim.x} * blockDim.x) {
-        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-        x ^= x >> 16;
-        x *= 0x7feb352du;
-        x ^= x >> 15;
+        const uint32_t x = bench_hash(i, seed);
         p[i] = static_cast<uint16_t>(((126u + (x >> 20) % 2u) << 7) | (x & 0x7fu));
     }
 }

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -26,3 +27,14 @@
             std::exit(1);                                                                            \
         }                                                                                            \
     } while (0)
+
+#ifdef __CUDACC__
+// The benches' random fill: element i's 32 hashed bits under `seed` (multiply-xorshift rounds).
+__device__ __forceinline__ uint32_t bench_hash(int64_t i, uint32_t seed) {
+    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    return x;
+}
+#endif

@@ -24,10 +24,7 @@ namespace {
 __global__ void fill_small(float* p, int64_t n, uint32_t seed) {
     for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
          i += int64_t{gridDim.x} * blockDim.x) {
-        uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-        x ^= x >> 16;
-        x *= 0x7feb352du;
-        x ^= x >> 15;
+        const uint32_t x = bench_hash(i, seed);
         p[i] = (static_cast<float>(x & 0xffffff) / 16777216.0f - 0.5f) * 0.5f;
     }
 }
