@@ -1,5 +1,6 @@
 // The kernel benches' error handling: a failed CUDA call or Kestrel launcher prints where and why
-// and ends the bench (a bench that goes on after an error times nothing real).
+// and ends the bench (a bench that goes on after an error times nothing real). And the hash their
+// random fills share.
 #pragma once
 
 #include <cuda_runtime.h>
