@@ -350,8 +350,9 @@ struct FlashState {
 // bytes are copied with cp.async into a raw area (C::kTq4RawOffset) and its norms loaded into
 // registers while the current tile is computed; after it, every thread dequantises 8-element
 // chunks (consecutive threads, consecutive 16-byte stores: no bank conflicts) into the single
-// stage as the bare levels bf16(level); a key's norm scales its score, a value's norm the
-// probability that multiplies it (bf16(p * norm_v) in P V; l sums the plain p).
+// stage as the bare levels bf16(level) (with one row group only V: K's bytes go straight into
+// the Q K^T fragments, FlashConfig::kTq4DirectK); a key's norm scales its score, a value's norm
+// the probability that multiplies it (bf16(p * norm_v) in P V; l sums the plain p).
 //
 // early_keys_end < 0: the caller has waited for the previous kernel (launch.cuh). Otherwise it
 // has not, and keys below early_keys_end are older than this step (no kernel of the step writes
@@ -425,11 +426,11 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
 
     // TQ4: issue_tq4 starts the copy of tile [k0, k0 + kKeys)'s index bytes (zeros past the range
     // and past the head dim) and loads the norm of thread tid's key (K for tid < kKeys, V for the
-    // next kKeys; 0 past the range); dequantise_tq4 turns the raw tile into the stage as the bare
-    // codebook levels, bf16(level), two per index byte from a table of every byte's pair (8
-    // copies, one per lane % 8, so a warp's random bytes seldom share a bank). The norms stay
-    // out of the tiles: they scale each key's score and each value's probability (below), which
-    // saves a multiply and a conversion per element.
+    // next kKeys; 0 past the range); dequantise_tq4 turns the raw tile (V only with kDirectK)
+    // into the stage as the bare codebook levels, bf16(level), two per index byte from a table of
+    // every byte's pair (a copy per lane: FlashConfig::kTq4TableCopies). The norms stay out of the
+    // tiles: they scale each key's score and each value's probability (below), which saves a
+    // multiply and a conversion per element.
     constexpr int kCopies = C::kTq4TableCopies;
     __shared__ uint32_t pair_table[kTq4 ? 256 * kCopies : 1];
     // Raw K rows of tile parity p (kDirectK: two buffers of padded rows; else one).
