@@ -197,10 +197,10 @@ __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArg
 //   = 0 write the norms.
 constexpr int kFewWarps = 8;
 constexpr int kFewRows = 32;  // rows per pass
-// 16-byte loads of a pass's rows per thread, at most: all issued before any is stored to shared
-// memory. A loop storing each load before issuing the next made a pass 16 round trips to L2 in a
-// row: 10.9 us a launch on the critical path of a decode step (H100, Gemma 4 over a TQ4 cache,
-// traced), three launches a full layer.
+// 16-byte loads of a block's rows of a pass per thread, at most: all issued before any is stored
+// to shared memory. A loop storing each load before issuing the next (32 rows a block then) made a
+// pass 16 round trips to L2 in a row: 10.9 us a launch on the critical path of a decode step
+// (H100, Gemma 4 over a TQ4 cache, traced), three launches a full layer.
 constexpr int kFewLoads = kFewRows / 2 * kMaxHeadDim / 4 / (kFewWarps * 32);
 // A pass's rows are split between blockIdx.y = 0 and 1 (kPartRows each), so that 32 query heads
 // at head dim 512 take 128 blocks, not 64 on a 132-SM GPU.
