@@ -94,10 +94,11 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
 
 // attention_prefill / attention_decode over a TQ4 cache, in the rotated space (techniques.md §4):
 // q_rotated = R q per head (tq4_rotate_rows, kv_cache_tq4.h), and out_rotated = sum_j p_j
-// norm_vj c_vj / sum_j p_j, which R^T turns back into the attention output. The flash core runs
-// on the bare levels bf16(level): a key's norm scales its score, a value's norm its probability
-// in P V. Prefill dequantises each K / V tile into shared memory; decode only V, its warps turning
-// K's index bytes straight into the Q K^T operands. Decode's workspace:
+// norm_vj c_vj / sum_j p_j, which R^T turns back into the attention output. Both run on the bare
+// levels bf16(level): a key's norm scales its score, a value's norm its probability in P V.
+// Prefill dequantises each K / V tile into shared memory for the flash core; decode
+// (attention_decode_tq4.cu) builds its mma operands in registers from the index bytes, with the
+// 8 query heads of a kv head as the mma's n. Decode's workspace:
 // attention_decode_tq4_workspace_bytes.
 Status attention_prefill_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
                              const KvCacheTq4View& cache, const AttentionShape& shape,
@@ -106,7 +107,8 @@ Status attention_decode_tq4(const float* q_rotated, const int64_t* positions, in
                             const KvCacheTq4View& cache, const AttentionShape& shape,
                             void* workspace, float* out_rotated, cudaStream_t stream);
 
-// Bytes of device workspace attention_decode_tq4 needs (its split plan allows two blocks per SM).
+// Bytes of device workspace attention_decode_tq4 needs (its split plan fills
+// kTq4DecodeBlocksPerSm blocks per SM).
 size_t attention_decode_tq4_workspace_bytes(int64_t n_tokens, const KvCacheTq4View& cache,
                                             const AttentionShape& shape);
 

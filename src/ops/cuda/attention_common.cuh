@@ -291,13 +291,6 @@ struct FlashConfig {
     static constexpr int kChunks = kHeadDimPad / 8;            // 16-byte chunks per K/V row
     // Q fragments in registers (64 at head dim 256) unless that would spill next to O.
     static constexpr bool kQInRegisters = kHeadDimPad <= 256;
-    // A TQ4 cache with one row group (decode): each warp computes S for keys no other warp
-    // reads, so it turns K's index bytes straight into its Q K^T B fragments (two table lookups
-    // a fragment) instead of dequantising K into a bf16 tile and reading that back with
-    // ldmatrix. Only V is dequantised into shared memory, and Q stays in registers at head dim
-    // 512 too (128 registers next to a quarter of O's columns, 64; the bf16 decode kernel, with
-    // its K fragments from ldmatrix, would spill).
-    static constexpr bool kTq4DirectK = kRowGroups == 1;
 
     static constexpr int kQBytes = kRows * kStride * 2;
     static constexpr int kTileBytes = kKeys * kStride * 2;
@@ -305,20 +298,13 @@ struct FlashConfig {
     static constexpr int kReduceBytes = kRowGroups * kColSplit * 16 * 4;
     static constexpr int kSharedBytes =
         kQBytes + 2 * kStages * kTileBytes + kPBytes + 2 * kReduceBytes;
-    // A TQ4 cache: one stage of bf16 K/V tiles (only V with kTq4DirectK), then the next tile
-    // before dequantisation (K and V index bytes [kKeys][kHeadDimPad / 2] each), which is the
-    // double buffer, then two tiles' K and V norms (fp32 [2][2][kKeys]). With kTq4DirectK the K
-    // index bytes are double buffered themselves (the current tile's are read by Q K^T while the
-    // next one's arrive) and their rows padded by 16 bytes, so the eight rows one load
-    // instruction of a warp reads start on distinct banks. Decode at head dim 512 then fits two
-    // blocks per SM (~110 KiB each, the byte table included).
+    // A TQ4 cache (prefill; decode has its own kernel, attention_decode_tq4.cu): one stage of
+    // bf16 K/V tiles, then the next tile before dequantisation (K and V index bytes [kKeys]
+    // [kHeadDimPad / 2] each), which is the double buffer, then two tiles' K and V norms (fp32
+    // [2][2][kKeys]).
     static constexpr int kTq4RawRowBytes = kHeadDimPad / 2;
-    static constexpr int kTq4RawKStride = kTq4DirectK ? kTq4RawRowBytes + 16 : kTq4RawRowBytes;
-    static constexpr int kTq4RawKBytes = (kTq4DirectK ? 2 : 1) * kKeys * kTq4RawKStride;
-    static constexpr int kTq4RawBytes = kTq4RawKBytes + kKeys * kTq4RawRowBytes + 2 * 2 * kKeys * 4;
-    static constexpr int kTq4StageTiles = kTq4DirectK ? 1 : 2;
-    static constexpr int kTq4RawOffset =
-        kQBytes + kTq4StageTiles * kTileBytes + kPBytes + 2 * kReduceBytes;
+    static constexpr int kTq4RawBytes = 2 * kKeys * kTq4RawRowBytes + 2 * 2 * kKeys * 4;
+    static constexpr int kTq4RawOffset = kQBytes + 2 * kTileBytes + kPBytes + 2 * kReduceBytes;
     static constexpr int kTq4SharedBytes = kTq4RawOffset + kTq4RawBytes;
     // Copies of the TQ4 byte -> bf16 pair table (flash_attend), one per lane: a warp's 32 lookups
     // of random bytes then never share a bank. With 8 copies (four lanes a copy) most lookups
@@ -350,9 +336,9 @@ struct FlashState {
 // bytes are copied with cp.async into a raw area (C::kTq4RawOffset) and its norms loaded into
 // registers while the current tile is computed; after it, every thread dequantises 8-element
 // chunks (consecutive threads, consecutive 16-byte stores: no bank conflicts) into the single
-// stage as the bare levels bf16(level) (with one row group only V: K's bytes go straight into
-// the Q K^T fragments, FlashConfig::kTq4DirectK); a key's norm scales its score, a value's norm
-// the probability that multiplies it (bf16(p * norm_v) in P V; l sums the plain p).
+// stage as the bare levels bf16(level); a key's norm scales its score, a value's norm the
+// probability that multiplies it (bf16(p * norm_v) in P V; l sums the plain p). Decode over a TQ4
+// cache has its own kernel (attention_decode_tq4.cu).
 //
 // early_keys_end < 0: the caller has waited for the previous kernel (launch.cuh). Otherwise it
 // has not, and keys below early_keys_end are older than this step (no kernel of the step writes
@@ -373,18 +359,14 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const int rows_total = a.n_tokens * a.group;
 
     uint16_t* q_s = reinterpret_cast<uint16_t*>(shared);
-    // K's index bytes go straight into the B fragments (FlashConfig::kTq4DirectK).
-    constexpr bool kDirectK = kTq4 && C::kTq4DirectK;
-    // Stage s: K tile at kQBytes + 2 s kTileBytes, V tile right after it (with kDirectK only the V
-    // tile, at kQBytes).
+    // Stage s: K tile at kQBytes + 2 s kTileBytes, V tile right after it.
     const auto k_s = [&](int stage) { return reinterpret_cast<uint16_t*>(shared + C::kQBytes + 2 * stage * C::kTileBytes); };
     const auto v_s = [&](int stage) {
-        return reinterpret_cast<uint16_t*>(shared + C::kQBytes +
-                                           (kDirectK ? 0 : (2 * stage + 1) * C::kTileBytes));
+        return reinterpret_cast<uint16_t*>(shared + C::kQBytes + (2 * stage + 1) * C::kTileBytes);
     };
     // C::kStages stages of K/V tiles on a bf16 cache; one on a TQ4 cache (its raw tile is the
     // other).
-    constexpr int kStageTiles = kTq4 ? C::kTq4StageTiles : 2 * C::kStages;
+    constexpr int kStageTiles = 2 * (kTq4 ? 1 : C::kStages);
     uint16_t* p_s = reinterpret_cast<uint16_t*>(shared + C::kQBytes + kStageTiles * C::kTileBytes);
     float* red_max =
         reinterpret_cast<float*>(shared + C::kQBytes + kStageTiles * C::kTileBytes + C::kPBytes);
@@ -426,18 +408,15 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
 
     // TQ4: issue_tq4 starts the copy of tile [k0, k0 + kKeys)'s index bytes (zeros past the range
     // and past the head dim) and loads the norm of thread tid's key (K for tid < kKeys, V for the
-    // next kKeys; 0 past the range); dequantise_tq4 turns the raw tile (V only with kDirectK)
-    // into the stage as the bare codebook levels, bf16(level), two per index byte from a table of
-    // every byte's pair (a copy per lane: FlashConfig::kTq4TableCopies). The norms stay out of the
-    // tiles: they scale each key's score and each value's probability (below), which saves a
-    // multiply and a conversion per element.
+    // next kKeys; 0 past the range); dequantise_tq4 turns the raw tile into the stage as the bare
+    // codebook levels, bf16(level), two per index byte from a table of every byte's pair (a copy
+    // per lane: FlashConfig::kTq4TableCopies). The norms stay out of the tiles: they scale each
+    // key's score and each value's probability (below), which saves a multiply and a conversion per
+    // element.
     constexpr int kCopies = C::kTq4TableCopies;
     __shared__ uint32_t pair_table[kTq4 ? 256 * kCopies : 1];
-    // Raw K rows of tile parity p (kDirectK: two buffers of padded rows; else one).
-    const auto raw_k = [&](int parity) {
-        return shared + C::kTq4RawOffset + (kDirectK ? parity * C::kKeys * C::kTq4RawKStride : 0);
-    };
-    unsigned char* raw_v = shared + C::kTq4RawOffset + C::kTq4RawKBytes;
+    unsigned char* raw_k = shared + C::kTq4RawOffset;
+    unsigned char* raw_v = raw_k + C::kKeys * C::kTq4RawRowBytes;
     // [tile parity][K norms [kKeys], V norms [kKeys]]: the current tile's stay readable while the
     // next one's are stored.
     float* tile_norms = reinterpret_cast<float*>(raw_v + C::kKeys * C::kTq4RawRowBytes);
@@ -458,8 +437,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     // that has wrapped, so the modulo is a branch seldom taken (the step-and-subtract of load_tile
     // cost a loop per key here: ~200 of the decode kernel's ~1150 instructions a tile).
     const auto slot_of = [&](int key) { return key < a.capacity ? key : key % a.capacity; };
-    const auto issue_tq4 = [&](int k0, int parity) {
-        unsigned char* raw_k_tile = raw_k(parity);
+    const auto issue_tq4 = [&](int k0) {
 #pragma unroll
         for (int step = 0; step < kRawSteps; ++step) {
             const int j = raw_first_key + step * kRawKeyStep;  // raw_first_key < kRawKeyStep
@@ -467,7 +445,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             const bool valid = k0 + j < key_end && raw_column;
             const int64_t offset =
                 valid ? raw_column_offset + slot_of(k0 + j) * raw_slot_stride : 0;
-            cp_async_16_bytes(raw_k_tile + j * C::kTq4RawKStride + raw_part * 16, a.k_tq4 + offset,
+            cp_async_16_bytes(raw_k + j * C::kTq4RawRowBytes + raw_part * 16, a.k_tq4 + offset,
                               valid);
             cp_async_16_bytes(raw_v + j * C::kTq4RawRowBytes + raw_part * 16, a.v_tq4 + offset,
                               valid);
@@ -498,32 +476,21 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         const int first_row = tid / kRowChunks;
         // Columns past the head dim hold index bytes 0 (zero-filled copies), so level 0 there:
         // finite, multiplied by Q's zero columns in Q K^T, and in P V landing in output columns
-        // that are never stored. No branch per chunk.
-        const auto dequantise_rows = [&](const unsigned char* raw_chunk, int raw_stride,
-                                         uint16_t* stage_chunk, int first_step, int end_step) {
+        // that are never stored. No branch per chunk. raw_v follows raw_k and v_s(0) follows
+        // k_s(0) by kKeys rows: V's steps go on from K's.
+        static_assert(!kTq4 || C::kTileBytes == C::kKeys * C::kStride * 2,
+                      "V's tile right after K's");
+        const unsigned char* raw_chunk = raw_k + first_row * C::kTq4RawRowBytes + part * 4;
+        uint16_t* stage_chunk = k_s(0) + first_row * C::kStride + part * 8;
 #pragma unroll
-            for (int step = first_step; step < end_step; ++step) {
-                const uint32_t bytes =
-                    *reinterpret_cast<const uint32_t*>(raw_chunk + step * kRowStep * raw_stride);
-                const uint4 packed = make_uint4(tq4_pair<kCopies>(table, bytes & 0xffu),
-                                                tq4_pair<kCopies>(table, (bytes >> 8) & 0xffu),
-                                                tq4_pair<kCopies>(table, (bytes >> 16) & 0xffu),
-                                                tq4_pair<kCopies>(table, bytes >> 24));
-                *reinterpret_cast<uint4*>(stage_chunk + step * kRowStep * C::kStride) = packed;
-            }
-        };
-        const int v_offset = first_row * C::kTq4RawRowBytes + part * 4;
-        if constexpr (kDirectK) {
-            dequantise_rows(raw_v + v_offset, C::kTq4RawRowBytes,
-                            v_s(0) + first_row * C::kStride + part * 8, 0, kSteps);
-        } else {
-            // raw_v follows raw_k and v_s(0) follows k_s(0) by kKeys rows: V's steps go on.
-            static_assert(!kTq4 || C::kTileBytes == C::kKeys * C::kStride * 2,
-                          "V's tile right after K's");
-            static_assert(!kTq4 || C::kTq4RawKStride == C::kTq4RawRowBytes,
-                          "V's raw rows right after K's");
-            dequantise_rows(raw_k(0) + v_offset, C::kTq4RawRowBytes,
-                            k_s(0) + first_row * C::kStride + part * 8, 0, 2 * kSteps);
+        for (int step = 0; step < 2 * kSteps; ++step) {
+            const uint32_t bytes = *reinterpret_cast<const uint32_t*>(
+                raw_chunk + step * kRowStep * C::kTq4RawRowBytes);
+            const uint4 packed = make_uint4(tq4_pair<kCopies>(table, bytes & 0xffu),
+                                            tq4_pair<kCopies>(table, (bytes >> 8) & 0xffu),
+                                            tq4_pair<kCopies>(table, (bytes >> 16) & 0xffu),
+                                            tq4_pair<kCopies>(table, bytes >> 24));
+            *reinterpret_cast<uint4*>(stage_chunk + step * kRowStep * C::kStride) = packed;
         }
     };
 
@@ -549,7 +516,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             reinterpret_cast<uint4*>(pair_table)[i] = make_uint4(pair, pair, pair, pair);
         }
         if (n_tiles > 0) {
-            issue_tq4(key_begin, 0);
+            issue_tq4(key_begin);
             cp_async_commit();
             dequantise_tq4(0);  // its barrier also publishes the table
         }
@@ -602,7 +569,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     const int a_row = (lane & 7) + 8 * ((lane >> 3) & 1);
     const int a_col = 8 * (lane >> 4);
     const uint16_t* q_warp = q_s + (row_group * 16 + a_row) * C::kStride + a_col;
-    constexpr bool kQInRegisters = C::kQInRegisters || kDirectK;
+    constexpr bool kQInRegisters = C::kQInRegisters;
     uint32_t q_frag[kQInRegisters ? C::kHeadDim / 16 : 1][4];
     if constexpr (kQInRegisters) {
 #pragma unroll
@@ -624,7 +591,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         if constexpr (kTq4) {
             __syncthreads();  // tile visible to all; every warp is done with the other stage, P,
                               // red_max, raw
-            if (tile + 1 < n_tiles) issue_tq4(k0 + C::kKeys, (tile + 1) & 1);
+            if (tile + 1 < n_tiles) issue_tq4(k0 + C::kKeys);
             cp_async_commit();
         } else {
             cp_async_wait_pending<C::kStages - 2>();  // this tile's group done
@@ -646,36 +613,6 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
 #pragma unroll
             for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
         }
-        if constexpr (kDirectK) {
-            // B fragment of key tile j (lane g's key: key_off + 8 j + g) and dims 16 kk..+15: b0 =
-            // dims 2c, 2c + 1 = index byte 8 kk + c, b1 = byte 8 kk + 4 + c, each a bf16 pair from
-            // the table. One 16-byte load (the same for a lane quad) holds two kk steps' bytes.
-            static_assert(kQInRegisters, "Q in registers");
-            const uint32_t table = shared_address(pair_table + lane);
-            const uint32_t byte_select =
-                0x4440u | static_cast<uint32_t>(c);  // byte c, zero-extended
-            const auto lookup = [&](uint32_t word) {
-                return tq4_pair<kCopies>(table, __byte_perm(word, 0u, byte_select));
-            };
-            // The odd kk steps sum into a second accumulator: one chain of kHeadDim / 16
-            // dependent mma a key tile would make the warp wait out each one's latency.
-            float s_odd[C::kKeyTiles][4];
-#pragma unroll
-            for (int j = 0; j < C::kKeyTiles; ++j) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s_odd[j][e] = 0.0f;
-                const unsigned char* k_row =
-                    raw_k(tile & 1) + (key_off + 8 * j + g) * C::kTq4RawKStride;
-#pragma unroll
-                for (int kk2 = 0; kk2 < C::kHeadDim / 32; ++kk2) {
-                    const uint4 w = *reinterpret_cast<const uint4*>(k_row + 16 * kk2);
-                    mma_bf16_16x8x16(s[j], q_frag[2 * kk2], lookup(w.x), lookup(w.y));
-                    mma_bf16_16x8x16(s_odd[j], q_frag[2 * kk2 + 1], lookup(w.z), lookup(w.w));
-                }
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[j][e] += s_odd[j][e];
-            }
-        } else
 #pragma unroll  // fully: q_frag[kk] must stay in registers
         for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
             uint32_t qa[4];

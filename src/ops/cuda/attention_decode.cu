@@ -11,6 +11,8 @@
 //   to every key and writes the normalised rows itself, O * (1 / l), which is what the reduce
 //   computes for one split, bit for bit (via shared memory, so that whole warps own 32
 //   consecutive columns for the Q8 blocks); the other splits exit at once.
+// Over a TQ4 cache the splits' kernel is attention_decode_tq4.cu's (same split plan and partials,
+//   row tiles of kTq4DecodeRows); the reduce below serves both.
 // attention_decode_reduce_kernel: one block per (token, query head) rescales the used splits'
 //   partials to their common max and divides by the summed l (the same split plan, recomputed);
 //   for the o-projection's GEMV it can also write the row's Q8 blocks, saving a quantise launch.
@@ -22,6 +24,7 @@
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_decode_tq4.h"
 #include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/launch.cuh"
@@ -69,11 +72,11 @@ __device__ __forceinline__ void emit_value(const AttentionKernelArgs& a, int64_t
 }
 
 // The block attends to all keys [lo, hi) and writes its rows normalised: O * (1 / l).
-template <class C, bool kTq4>
+template <class C>
 __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0, int lo, int hi,
                             unsigned char* shared, int early_keys_end) {
     FlashState<C> st;
-    flash_attend<C, kTq4>(a, kv_head, row0, lo, hi, shared, st, early_keys_end);
+    flash_attend<C>(a, kv_head, row0, lo, hi, shared, st, early_keys_end);
     // Through shared memory, which the K/V tiles no longer need, to a column-per-thread layout.
     static_assert(C::kSharedBytes >= C::kRows * C::kHeadDim * 4, "a tile of output rows fits");
     float* rows = reinterpret_cast<float*>(shared);
@@ -102,7 +105,7 @@ __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0,
     }
 }
 
-template <int kHeadDimPad, bool kTq4>
+template <int kHeadDimPad>
 __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     attention_decode_kernel(AttentionKernelArgs a) {
     // Waits inside flash_attend, or before its first global write: the key span comes from the
@@ -132,7 +135,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
 
     const int first_new_key = static_cast<int>(a.positions[0]);  // this step's keys start here
     if (splits == 1) {
-        if (split == 0) single_pass<C, kTq4>(a, kv_head, row0, lo, hi, shared, first_new_key);
+        if (split == 0) single_pass<C>(a, kv_head, row0, lo, hi, shared, first_new_key);
         return;
     }
 
@@ -150,7 +153,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     }
 
     FlashState<C> st;
-    flash_attend<C, kTq4>(a, kv_head, row0, key_begin, key_end, shared, st, first_new_key);
+    flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st, first_new_key);
 
     const int lane = threadIdx.x & 31;
     const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part
@@ -279,15 +282,18 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 // The most splits this shape can use: enough for its most keys at kDecodeMinKeysPerSplit each,
-// no more blocks than kDecodeTargetBlocks (twice that over a TQ4 cache, whose decode blocks fit
-// two per SM), at most kDecodeMaxSplits.
+// no more blocks than kDecodeTargetBlocks a wave (over a TQ4 cache the splits' kernel of
+// attention_decode_tq4.cu: kTq4DecodeBlocksPerSm a SM, row tiles of kTq4DecodeRows), at most
+// kDecodeMaxSplits.
 int64_t decode_max_splits(int64_t n_tokens, const KvCacheBf16View& cache,
                           const AttentionShape& shape, bool tq4) {
     const int64_t group = shape.n_heads / cache.n_kv_heads;
-    const int64_t row_tiles = (n_tokens * group + 15) / 16;
+    const int64_t rows_per_tile = tq4 ? kTq4DecodeRows : DecodeConfig<64>::kRows;
+    const int64_t row_tiles = (n_tokens * group + rows_per_tile - 1) / rows_per_tile;
     const int64_t max_keys = shape.window > 0 ? std::min(cache.capacity, shape.window + n_tokens - 1) : cache.capacity;
     const int64_t by_keys = (max_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit;
-    const int64_t target_blocks = tq4 ? 2 * kDecodeTargetBlocks : kDecodeTargetBlocks;
+    const int64_t target_blocks =
+        tq4 ? kTq4DecodeBlocksPerSm * kDecodeTargetBlocks : kDecodeTargetBlocks;
     const int64_t by_blocks = target_blocks / (cache.n_kv_heads * row_tiles);
     return std::clamp<int64_t>(std::min(by_keys, by_blocks), 1, kDecodeMaxSplits);
 }
@@ -296,29 +302,32 @@ size_t partial_acc_bytes(int64_t splits, int64_t n_tokens, const KvCacheBf16View
     return static_cast<size_t>(splits * n_tokens * shape.n_heads * cache.v_head_dim) * sizeof(float);
 }
 
-template <int kHeadDimPad, bool kTq4>
-Status launch_decode(const AttentionKernelArgs& args, int64_t row_tiles, cudaStream_t stream) {
-    using C = DecodeConfig<kHeadDimPad>;
-    static_assert(C::kRows == 16, "decode_max_splits counts row tiles of 16");
-    if constexpr (kTq4) {  // two blocks per SM need the largest shared-memory carveout
-        KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, kTq4>,
-                                                cudaFuncAttributePreferredSharedMemoryCarveout,
-                                                100));
-    }
-    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, kTq4>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            kTq4 ? C::kTq4SharedBytes : C::kSharedBytes));
-    KESTREL_CUDA_CHECK(launch_overlapped(
-        attention_decode_kernel<kHeadDimPad, kTq4>,
-        dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
-             static_cast<unsigned>(row_tiles)),
-        dim3(C::kThreads), kTq4 ? C::kTq4SharedBytes : C::kSharedBytes, stream, args));
-    KESTREL_CUDA_CHECK(cudaGetLastError());
+Status launch_reduce(const AttentionKernelArgs& args, cudaStream_t stream) {
     KESTREL_CUDA_CHECK(launch_overlapped(attention_decode_reduce_kernel,
                                          dim3(static_cast<unsigned>(args.n_tokens * args.n_heads)),
                                          dim3(kReduceThreads), 0, stream, args));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
+}
+
+template <int kHeadDimPad>
+Status launch_decode(const AttentionKernelArgs& args, cudaStream_t stream) {
+    using C = DecodeConfig<kHeadDimPad>;
+    const int64_t row_tiles =
+        (static_cast<int64_t>(args.n_tokens) * args.group + C::kRows - 1) / C::kRows;
+    if (row_tiles > 65535) {
+        return Status(StatusCode::kInvalidArgument, "attention_decode: too many tokens for decode");
+    }
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            C::kSharedBytes));
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        attention_decode_kernel<kHeadDimPad>,
+        dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
+             static_cast<unsigned>(row_tiles)),
+        dim3(C::kThreads), C::kSharedBytes, stream, args));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return launch_reduce(args, stream);
 }
 
 }  // namespace
@@ -415,23 +424,20 @@ Status launch_attention_decode(const char* what, const float* q, const int64_t* 
     args.partial_acc = static_cast<float*>(workspace);
     args.partial_ml = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
                                                partial_acc_bytes(splits, n_tokens, cache, shape));
-    if (tq4 != nullptr) set_tq4_arguments(*tq4, args);
-    const int64_t row_tiles = (n_tokens * args.group + 15) / 16;
-    if (row_tiles > 65535) return Status(StatusCode::kInvalidArgument, "attention_decode: too many tokens for decode");
-    const bool t = tq4 != nullptr;
+    if (tq4 != nullptr) {  // out_q8 is null here: the TQ4 splits' kernel writes only out
+        set_tq4_arguments(*tq4, args);
+        KESTREL_RETURN_IF_ERROR(launch_attention_decode_tq4_splits(args, stream));
+        return launch_reduce(args, stream);
+    }
     switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
         case 64:
-            return t ? launch_decode<64, true>(args, row_tiles, stream)
-                     : launch_decode<64, false>(args, row_tiles, stream);
+            return launch_decode<64>(args, stream);
         case 128:
-            return t ? launch_decode<128, true>(args, row_tiles, stream)
-                     : launch_decode<128, false>(args, row_tiles, stream);
+            return launch_decode<128>(args, stream);
         case 256:
-            return t ? launch_decode<256, true>(args, row_tiles, stream)
-                     : launch_decode<256, false>(args, row_tiles, stream);
+            return launch_decode<256>(args, stream);
         default:
-            return t ? launch_decode<512, true>(args, row_tiles, stream)
-                     : launch_decode<512, false>(args, row_tiles, stream);
+            return launch_decode<512>(args, stream);
     }
 }
 
