@@ -283,6 +283,14 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
         const int chunks = a.d / 4;
         const int row_step = kThreads / chunks;
         const int column_step = kThreads % chunks;
+        const auto next_chunk = [&](int& r, int& c) {
+            r += row_step;
+            c += column_step;
+            if (c >= chunks) {
+                c -= chunks;
+                ++r;
+            }
+        };
         float4 loaded[kFewLoads];
         {
             int r = static_cast<int>(threadIdx.x) / chunks;
@@ -297,12 +305,7 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
                                            : a.x_v + static_cast<int64_t>(g - a.first_v_row) * a.d;
                     loaded[u] = *reinterpret_cast<const float4*>(src + 4 * c);
                 }
-                r += row_step;
-                c += column_step;
-                if (c >= chunks) {
-                    c -= chunks;
-                    ++r;
-                }
+                next_chunk(r, c);
             }
         }
         __syncthreads();  // the previous pass is done with rows_s
@@ -318,12 +321,7 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
                     dst[2] = loaded[u].z;
                     dst[3] = loaded[u].w;
                 }
-                r += row_step;
-                c += column_step;
-                if (c >= chunks) {
-                    c -= chunks;
-                    ++r;
-                }
+                next_chunk(r, c);
             }
         }
         __syncthreads();
