@@ -313,7 +313,8 @@ void fill_cache(const AttentionCase& s, std::mt19937_64& rng, Tq4Cache& cache) {
 }
 
 // The GPU attention of `tokens` queries ending at position `last` (< capacity: the keys after it
-// are causally invisible), against the twin and, on every 13th row, tq4_attend.
+// are causally invisible; or, with a window, past it: the ring has wrapped, slot = position %
+// capacity), against the twin and, on every 13th row, tq4_attend.
 void check_attention(Ops& gpu, const AttentionCase& s, const Tq4Cache& cache, int64_t last,
                      int64_t tokens, std::mt19937_64& rng, Worst& worst) {
     const int64_t d = s.head_dim;
@@ -425,7 +426,8 @@ void run_attention_cases(Ops& gpu, const AttentionCase& s,
                 s.name, worst.twin, worst.reference);
 }
 
-// (last position, tokens): decode single pass (short) and split-K (long), T = 4, chunked prefill.
+// (last position, tokens): decode single pass (short) and split-K (long), T = 4, chunked prefill;
+// with the window, decode on a ring that has wrapped (a key tile that crosses slot 0).
 TEST_F(CudaKvTq4, AttentionGemma4FullLayer) {
     run_attention_cases(gpu(), {"gemma4 full 32/4 x 512", 32, 4, 512, 1200, 0, 1.0f, 0.0f},
                         {{20, 1}, {1199, 1}, {1000, 4}, {500, 100}, {1150, 70}});
@@ -439,7 +441,7 @@ TEST_F(CudaKvTq4, AttentionQwen35FullLayer) {
 TEST_F(CudaKvTq4, AttentionWindowSoftcapAndSmallHeads) {
     run_attention_cases(gpu(),
                         {"window 40, softcap 30, 8/2 x 64", 8, 2, 64, 300, 40, 0.125f, 30.0f},
-                        {{10, 1}, {250, 1}, {290, 70}});
+                        {{10, 1}, {250, 1}, {290, 70}, {330, 1}, {320, 4}});
     run_attention_cases(gpu(), {"tiny 4/2 x 32", 4, 2, 32, 200, 0, 0.17677669f, 0.0f},
                         {{0, 1}, {150, 1}, {120, 121}});
 }

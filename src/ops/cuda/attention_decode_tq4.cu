@@ -65,7 +65,12 @@ struct Tq4DecodeConfig {
     static constexpr int kValueWords = (kColBlocks + 3) / 4;
     static constexpr int kWarpValueBytes = kHeadDim / 2 / kWarps;
     static constexpr int kPStride = kKeys + 8;  // bf16 per P^T row ([query][key])
-    static constexpr int kTableCopies = 32;
+    // The byte -> bf16 pair table (dynamic shared memory): entry b at byte offset 256 b, lane l's
+    // copy at 4 l (the upper 128 bytes of each entry unused), so that one byte permute of the
+    // index word and the lane's offset forms a lookup's whole address, which the load adds to
+    // the table's base: two instructions a lookup, not three (extract, multiply-add, load).
+    static constexpr int kTableEntryBytes = 256;
+    static constexpr int kTableBytes = 256 * kTableEntryBytes;
 
     static_assert(kHeadDim >= 64 && kHeadDim <= 512 && kHeadDim % 64 == 0);
     static_assert(kChunkBytes >= 8 && kLaneKeyBytes % kChunkBytes == 0);
@@ -146,7 +151,7 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
         return;
     }
 
-    __shared__ uint32_t pair_table[256 * C::kTableCopies];
+    extern __shared__ __align__(16) unsigned char pair_table[];  // C::kTableBytes
     __shared__ __align__(16) uint16_t p_shared[C::kRows * C::kPStride];
     __shared__ float red_max[C::kWarps][C::kRows];
     __shared__ float red_sum[C::kWarps][C::kRows];
@@ -164,10 +169,11 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
                             warp * C::kWarpValueBytes + g * C::kColBlocks;
     const bool v_column = warp * C::kWarpValueBytes + g * C::kColBlocks < row_bytes;
     // A TQ4 cache is a full layer's: a tile's keys are consecutive slots unless the ring wraps
-    // inside it (then each key takes its own modulo). Offsets from the tile's first slot fit int.
+    // inside it. A live key's offset from the tile's first key is below capacity (a call's keys
+    // fit the cache), so one conditional subtraction finds its slot, no modulo per key.
     const auto first_slot = [&](int k0) { return k0 < a.capacity ? k0 : k0 % a.capacity; };
-    const auto slot_offset = [&](int k0, int slot0, int offset) {
-        return slot0 + C::kKeys <= a.capacity ? offset : (k0 + offset) % a.capacity - slot0;
+    const auto slot_offset = [&](int slot0, int offset) {
+        return slot0 + offset >= a.capacity ? offset - a.capacity : offset;
     };
     const auto load_k = [&](int k0) {
         const int slot0 = first_slot(k0);
@@ -178,7 +184,7 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
         for (int r = 0; r < 2; ++r) {
             const int offset = 16 * warp + g + 8 * r;
             const bool live = k0 + offset < key_end;
-            const int slot = live ? slot_offset(k0, slot0, offset) : 0;
+            const int slot = live ? slot_offset(slot0, offset) : 0;
 #pragma unroll
             for (int i = 0; i < C::kChunks; ++i) {
                 const int byte = i * 4 * C::kChunkBytes + c * C::kChunkBytes;
@@ -205,7 +211,7 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
             for (int j = 0; j < 4; ++j) {
                 const int offset = 16 * step + 2 * c + (j & 1) + 8 * (j >> 1);
                 const bool live = k0 + offset < key_end && v_column;
-                const int slot = live ? slot_offset(k0, slot0, offset) : 0;
+                const int slot = live ? slot_offset(slot0, offset) : 0;
                 load_index_bytes<C::kColBlocks>(tile + static_cast<int64_t>(slot) * slot_stride,
                                                 live, v_words[step][j]);
             }
@@ -223,10 +229,12 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
     if (tid < 16) levels[tid] = a.tq4_levels[tid];
     __syncthreads();
     // Byte b -> bf16 pair (level of its low nibble in the low half), 32 copies, four a store.
-    for (int i = tid; i < 256 * C::kTableCopies / 4; i += C::kThreads) {
-        const int byte = i / (C::kTableCopies / 4);
+    constexpr int kStoresPerEntry = 32 * 4 / 16;
+    for (int i = tid; i < 256 * kStoresPerEntry; i += C::kThreads) {
+        const int byte = i / kStoresPerEntry;
         const uint32_t pair = pack_bf16x2(levels[byte & 0x0f], levels[byte >> 4]);
-        reinterpret_cast<uint4*>(pair_table)[i] = make_uint4(pair, pair, pair, pair);
+        reinterpret_cast<uint4*>(pair_table + byte * C::kTableEntryBytes)[i % kStoresPerEntry] =
+            make_uint4(pair, pair, pair, pair);
     }
     wait_for_upstream();  // q is the previous kernel's output
     if (!early) {
@@ -275,9 +283,12 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
     }
     __syncthreads();  // the table
 
-    const uint32_t table = shared_address(pair_table + lane);
+    static_assert(C::kTableEntryBytes == 256, "the entry's byte offset is the index byte itself");
+    const uint32_t lane_offset = 4u * static_cast<uint32_t>(lane);  // < 256: one byte
     const auto lookup = [&](uint32_t word, uint32_t byte_in_word) {
-        return tq4_pair<C::kTableCopies>(table, __byte_perm(word, 0u, 0x4440u | byte_in_word));
+        // Offset bytes: lane_offset, the index byte, zero, zero (lane_offset's byte 1).
+        const uint32_t offset = __byte_perm(word, lane_offset, 0x5504u | (byte_in_word << 4));
+        return *reinterpret_cast<const uint32_t*>(pair_table + offset);
     };
     constexpr float kLog2e = 1.4426950408889634f;
 
@@ -443,11 +454,17 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
 template <int kHeadDimPad>
 Status launch(const AttentionKernelArgs& args, int64_t row_tiles, cudaStream_t stream) {
     using C = Tq4DecodeConfig<kHeadDimPad>;
+    // kTq4DecodeBlocksPerSm blocks of ~75 KiB need the largest shared-memory carveout.
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_tq4_kernel<kHeadDimPad>,
+                                            cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_tq4_kernel<kHeadDimPad>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            C::kTableBytes));
     KESTREL_CUDA_CHECK(launch_overlapped(
         attention_decode_tq4_kernel<kHeadDimPad>,
         dim3(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
              static_cast<unsigned>(row_tiles)),
-        dim3(C::kThreads), 0, stream, args));
+        dim3(C::kThreads), C::kTableBytes, stream, args));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }
