@@ -44,11 +44,11 @@ namespace {
 template <int kHeadDimPad>
 struct Tq4DecodeConfig {
     static constexpr int kHeadDim = kHeadDimPad;  // 64..512; smaller head dims are zero-padded
-    // 8 warps: the byte table's 32 KiB of shared memory and its fill serve twice the warps of
-    // 4 (at head dim 64 a warp's 16 output columns need 4). Measured on the H100 at head dim 512
-    // (attention_bench 20 tq4, us at depth 32768 / 130000): 4 warps, 3 blocks an SM (168
-    // registers) 72.6 / 159.2; 4 warps, 4 blocks (128 registers, spills) 77.5 / 168.6; 8 warps,
-    // 2 blocks (128 registers) 61.5 / 157.5.
+    // 8 warps: the byte table and its fill serve twice the warps of 4 (at head dim 64 a warp's
+    // 16 output columns need 4). Measured on the H100 at head dim 512 with the table's earlier
+    // 32 KiB layout (attention_bench 20 tq4, us at depth 32768 / 130000): 4 warps, 3 blocks an
+    // SM (168 registers) 72.6 / 159.2; 4 warps, 4 blocks (128 registers, spills) 77.5 / 168.6;
+    // 8 warps, 2 blocks (128 registers) 61.5 / 157.5.
     static constexpr int kWarps = kHeadDimPad >= 128 ? 8 : 4;
     static constexpr int kThreads = 32 * kWarps;
     static constexpr int kRows = kTq4DecodeRows;  // the mma's n: packed query rows a block
@@ -244,7 +244,10 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
 
     // Q^T's B fragments, rounded to bf16: step s, b0 = dimensions 2b, 2b + 1 and b1 = 2b + 2,
     // 2b + 3 of query g, b the byte of slot pair 2c of step s (below); zeros past the rows and the
-    // head dim. In registers, or (kQShared) in shared memory in fragment order.
+    // head dim. In shared memory in fragment order (step s, lane l at s * 32 + l: one 8-byte
+    // load a step, no bank conflicts), which leaves the registers to the next tile's bytes (Q^T
+    // in registers took 255 and allowed two blocks of 4 warps an SM: 176 against 159 us at
+    // depth 130000 with 4 warps in shared memory, three blocks).
     __shared__ uint2 q_shared[C::kSteps * 32];
     for (int i = tid; i < C::kSteps * 32; i += C::kThreads) {
         const int step = i / 32, for_lane = i % 32;
