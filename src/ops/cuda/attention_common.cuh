@@ -27,6 +27,7 @@
 
 #include "kestrel/status.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/launch.cuh"  // wait_for_upstream
 #include "ops/kv_tq4.h"
 
@@ -435,7 +436,8 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         static_cast<int64_t>(kv_head) * (a.head_dim / 2) + raw_part * 16;
     // A TQ4 cache is a full layer's: a key's slot is the key itself unless the cache is a ring
     // that has wrapped, so the modulo is a branch seldom taken (the step-and-subtract of load_tile
-    // cost a loop per key here: ~200 of the decode kernel's ~1150 instructions a tile).
+    // cost a loop per key here: ~200 of ~1150 instructions a tile when this core also ran TQ4
+    // decode).
     const auto slot_of = [&](int key) { return key < a.capacity ? key : key % a.capacity; };
     const auto issue_tq4 = [&](int k0) {
 #pragma unroll
@@ -456,7 +458,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             if (key < key_end) {
                 const int64_t row = static_cast<int64_t>(slot_of(key)) * a.n_kv_heads + kv_head;
                 const uint16_t bits = __ldg((tid < C::kKeys ? a.k_norm : a.v_norm) + row);
-                norm_carry = __uint_as_float(static_cast<uint32_t>(bits) << 16);
+                norm_carry = bf16_bits_to_float(bits);
             }
         }
     };

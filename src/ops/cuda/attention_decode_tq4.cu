@@ -35,6 +35,7 @@
 #include "ops/cuda/attention_decode_tq4.h"
 
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/launch.cuh"
 
@@ -98,10 +99,6 @@ __device__ __forceinline__ void load_index_bytes(const uint8_t* p, bool valid, u
         static_assert(kBytes == 1);
         words[0] = valid ? __ldg(reinterpret_cast<const unsigned char*>(p)) : 0u;
     }
-}
-
-__device__ __forceinline__ float bf16_bits_to_float(uint16_t bits) {
-    return __uint_as_float(static_cast<uint32_t>(bits) << 16);
 }
 
 template <int kHeadDimPad>

@@ -40,6 +40,7 @@
 
 #include <cstdint>
 
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/launch.cuh"
 #include "ops/weight_format.h"
@@ -48,7 +49,7 @@ namespace kestrel::cuda {
 
 __device__ __forceinline__ float load_as_float(const float* p) { return *p; }
 __device__ __forceinline__ float load_as_float(const uint16_t* p) {
-    return __uint_as_float(static_cast<uint32_t>(*p) << 16);  // bf16 bits: exact widening
+    return bf16_bits_to_float(*p);
 }
 
 template <class T>

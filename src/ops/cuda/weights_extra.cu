@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/launch.cuh"
 
@@ -79,10 +80,10 @@ __global__ void embed_bf16_kernel(const int32_t* ids, int64_t vocab, int64_t dim
     float* row_out = out + t * dim;
     for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < dim;
          c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-        row_out[c] = (id < 0 || id >= vocab)
-                         ? __int_as_float(0x7fc00000)
-                         : __fmul_rn(__uint_as_float(static_cast<uint32_t>(table[static_cast<int64_t>(id) * dim + c]) << 16),
-                                     scale);
+        row_out[c] =
+            (id < 0 || id >= vocab)
+                ? __int_as_float(0x7fc00000)
+                : __fmul_rn(bf16_bits_to_float(table[static_cast<int64_t>(id) * dim + c]), scale);
     }
 }
 
