@@ -161,6 +161,9 @@ struct KvLayerView {
     uint16_t* k_norm = nullptr;  // [capacity, n_kv_heads] bf16 bits of ||k||
     uint16_t* v_norm = nullptr;  // [capacity, n_kv_heads] bf16 bits of ||v||
     const float* rotation = nullptr;
+    // [n_kv_heads, head_dim] fp32, or null: the key centre mu (ops/kv_tq4.h, "Key centring"):
+    // keys are stored as k - mu, which moves every score of a query by the same q . mu.
+    float* k_center = nullptr;
 };
 
 struct AttentionParams {

@@ -73,7 +73,7 @@ Result<KvCache> KvCache::create(std::span<const KvLayerSpec> layout, int64_t con
                          spec.v_head_dim,
                          layer_tq4 ? KvDtype::kTq4 : native};
         const auto entries = static_cast<size_t>(capacity * spec.n_kv_heads);
-        Buffer k, v, k_norm, v_norm;
+        Buffer k, v, k_norm, v_norm, k_center;
         if (layer_tq4) {
             // One rotation turns both K and V (gemma4-and-gemma3.md §4.1), so their dims must
             // agree.
@@ -94,6 +94,12 @@ Result<KvCache> KvCache::create(std::span<const KvLayerSpec> layout, int64_t con
             KESTREL_ASSIGN_OR_RETURN(view.rotation, cache.rotation(spec.head_dim, ops));
             view.k_norm = static_cast<uint16_t*>(k_norm.data());
             view.v_norm = static_cast<uint16_t*>(v_norm.data());
+            // The key centre (ops/kv_tq4.h, "Key centring"): zero until a first long write.
+            const size_t center_bytes =
+                static_cast<size_t>(spec.n_kv_heads * spec.head_dim) * sizeof(float);
+            KESTREL_ASSIGN_OR_RETURN(k_center, ops.allocate(center_bytes));
+            KESTREL_RETURN_IF_ERROR(ops.fill_zero(k_center.data(), center_bytes));
+            view.k_center = static_cast<float*>(k_center.data());
         } else if (entries > 0 && spec.head_dim > 0) {
             // Layers without attention (Gated DeltaNet) get empty views.
             KESTREL_ASSIGN_OR_RETURN(k, ops.allocate(entries * static_cast<size_t>(spec.head_dim) *
@@ -109,6 +115,7 @@ Result<KvCache> KvCache::create(std::span<const KvLayerSpec> layout, int64_t con
         cache.v_.push_back(std::move(v));
         cache.k_norm_.push_back(std::move(k_norm));
         cache.v_norm_.push_back(std::move(v_norm));
+        cache.k_center_.push_back(std::move(k_center));
     }
     if (tq4) {
         log_once(LogLevel::kInfo, "kv-cache-tq4",
@@ -125,7 +132,7 @@ int64_t KvCache::bytes() const {
     int64_t total = 0;
     for (size_t i = 0; i < k_.size(); ++i) {
         total += static_cast<int64_t>(k_[i].bytes() + v_[i].bytes() + k_norm_[i].bytes() +
-                                      v_norm_[i].bytes());
+                                      v_norm_[i].bytes() + k_center_[i].bytes());
     }
     for (const Rotation& r : rotations_) total += static_cast<int64_t>(r.matrix.bytes());
     return total;

@@ -48,6 +48,7 @@ private:
         v_;  // per layer: [capacity, n_kv_heads, head_dim] (TQ4: head_dim / 2 bytes)
     std::vector<Buffer> k_norm_,
         v_norm_;  // per TQ4 layer: [capacity, n_kv_heads] bf16; empty elsewhere
+    std::vector<Buffer> k_center_;  // per TQ4 layer: [n_kv_heads, head_dim] fp32; empty elsewhere
     std::vector<Rotation> rotations_;  // one per distinct TQ4 head_dim
     std::vector<KvLayerView> views_;
 };

@@ -218,6 +218,15 @@ int64_t tq4_rotation_bytes(const ModelConfig& config) {
     return bytes;
 }
 
+// The key centres of the TQ4 layers (ops/kv_tq4.h, "Key centring"): fp32 [n_kv_heads, D] each.
+int64_t tq4_center_bytes(const ModelConfig& config) {
+    int64_t bytes = 0;
+    for (const LayerConfig& layer : config.layers) {
+        if (layer.kind == LayerKind::kFull) bytes += layer.n_kv_heads * layer.head_dim * 4;
+    }
+    return bytes;
+}
+
 std::string gib(int64_t bytes) {
     return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1 << 30));
 }
@@ -364,14 +373,15 @@ MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOption
         plan.workspace_bytes += config.linear_v_heads * chunks * (2 * 64 * 64 + 4 * 64) * 4;
     }
     if (options.kv_cache == KvCacheFormat::kTq4) {
-        plan.kv_cache_bytes += tq4_rotation_bytes(config);
+        plan.kv_cache_bytes += tq4_rotation_bytes(config) + tq4_center_bytes(config);
         // The CUDA TQ4 layers' scratch (CudaOps::attention_tq4, kv_write): a chunk's rotated
-        // queries [T, n_heads, D] and its rotated K and V rows [2, T, n_kv_heads, D], fp32.
+        // queries [T, n_heads, D], its centred keys and its rotated K and V rows
+        // [3, T, n_kv_heads, D], fp32.
         int64_t tq4_scratch = 0;
         for (const LayerConfig& layer : config.layers) {
             if (layer.kind != LayerKind::kFull) continue;
             tq4_scratch = std::max(
-                tq4_scratch, chunk * (config.n_heads + 2 * layer.n_kv_heads) * layer.head_dim * 4);
+                tq4_scratch, chunk * (config.n_heads + 3 * layer.n_kv_heads) * layer.head_dim * 4);
         }
         plan.workspace_bytes += tq4_scratch;
     }

@@ -32,16 +32,17 @@ TEST(CliKvCache, InfoPlansTq4ForGemma4At128K) {
     EXPECT_EQ(tq4["memory"]["kv_cache_format"], "tq4");
     // 10 global layers x 4 kv heads x (512 / 2 + 2) bytes x K and V.
     EXPECT_EQ(tq4["memory"]["kv_bytes_per_token"], 10 * 4 * 258 * 2);
-    // Plus the 50 bf16 sliding rings (3071 entries x 16 KiB) and one 512 x 512 fp32 rotation.
+    // Plus the 50 bf16 sliding rings (3071 entries x 16 KiB), one 512 x 512 fp32 rotation and the
+    // global layers' fp32 key centres (4 kv heads x 512 each).
     const int64_t rings = int64_t{3071} * 16 * 1024 * 50;
     EXPECT_EQ(tq4["memory"]["kv_cache"],
-              int64_t{131072} * 10 * 4 * 258 * 2 + rings + 512 * 512 * 4);
+              int64_t{131072} * 10 * 4 * 258 * 2 + rings + 512 * 512 * 4 + 10 * 4 * 512 * 4);
     EXPECT_EQ(tq4["memory"]["weights"], bf16["memory"]["weights"]);
     // The totals differ by the KV caches less the TQ4 layers' scratch (a 2048-token chunk's
-    // rotated q, K and V: 2048 x (32 + 2 x 4) x 512 fp32).
+    // rotated q, centred K and rotated K and V: 2048 x (32 + 3 x 4) x 512 fp32).
     EXPECT_EQ(bf16["memory"]["total"].get<int64_t>() - tq4["memory"]["total"].get<int64_t>(),
               bf16["memory"]["kv_cache"].get<int64_t>() - tq4["memory"]["kv_cache"].get<int64_t>() -
-                  int64_t{2048} * (32 + 2 * 4) * 512 * 4);
+                  int64_t{2048} * (32 + 3 * 4) * 512 * 4);
 
     const CommandResult text = run_kestrel("info --dummy gemma4-31b -c 131072 --kv-cache tq4");
     EXPECT_EQ(text.exit_code, 0) << text.err;

@@ -8,7 +8,10 @@
 //   every index tq4_encode's, except that an element whose rotated value lies within fp32
 //   rounding of a bucket boundary may take the neighbouring bucket (the GPU's R x is summed in
 //   another order): at most 1 in 2000 elements, never more than one level away. Ring wrap, a
-//   zero vector and a vector with a NaN are included.
+//   zero vector and a vector with a NaN are included. With a key centre (ops/kv_tq4.h, "Key
+//   centring"), a session's writes (a long first one on each write path, decode steps, a short
+//   first one) leave the centre bit for bit the CPU twin's and the stored vectors as above
+//   against the twin's cache.
 // - Attention (CudaOps::attention on a kTq4 view: q turned by R, flash attention over the tiles
 //   dequantised to the bare levels bf16(level), each score times its key's norm, each
 //   probability times its value's norm before P V, the output turned back by R^T) against two
@@ -30,6 +33,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -158,7 +162,9 @@ struct Tq4Cache {
     std::vector<uint8_t> k, v;             // [capacity, n_kv, d / 2]
     std::vector<uint16_t> k_norm, v_norm;  // [capacity, n_kv]
     std::vector<float> rotation;
-    DeviceBuffer k_dev, v_dev, k_norm_dev, v_norm_dev, rotation_dev;
+    std::vector<float> center;  // [n_kv, d]: the key centre, used when `centred`
+    bool centred = false;
+    DeviceBuffer k_dev, v_dev, k_norm_dev, v_norm_dev, rotation_dev, center_dev;
 
     void allocate(int64_t cap, int64_t kv_heads, int64_t d) {
         capacity = cap;
@@ -170,6 +176,8 @@ struct Tq4Cache {
         k_norm.assign(static_cast<size_t>(cap * kv_heads), 0x7fc1);  // NaN in slots never written
         v_norm.assign(static_cast<size_t>(cap * kv_heads), 0x7fc1);
         rotation = tq4_rotation(d);
+        center.assign(static_cast<size_t>(kv_heads * d), 0.0f);
+        upload(center_dev, center);
         upload(k_dev, k);
         upload(v_dev, v);
         upload(k_norm_dev, k_norm);
@@ -189,6 +197,7 @@ struct Tq4Cache {
         v = download(v_dev.as<uint8_t>(), v.size());
         k_norm = download(k_norm_dev.as<uint16_t>(), k_norm.size());
         v_norm = download(v_norm_dev.as<uint16_t>(), v_norm.size());
+        center = download(center_dev.as<float>(), center.size());
     }
     KvLayerView device_view() const {
         KvLayerView view;
@@ -202,6 +211,7 @@ struct Tq4Cache {
         view.k_norm = k_norm_dev.as<uint16_t>();
         view.v_norm = v_norm_dev.as<uint16_t>();
         view.rotation = rotation_dev.as<float>();
+        if (centred) view.k_center = center_dev.as<float>();
         return view;
     }
     // The stored vector of (slot, head) as tq4_attend takes it.
@@ -281,6 +291,102 @@ TEST_F(CudaKvTq4, CacheWriteIsTq4Encode) {
         std::printf("TQ4 write d %lld: %lld of %lld indices in a neighbouring bucket\n",
                     static_cast<long long>(c.d), static_cast<long long>(neighbours),
                     static_cast<long long>(elements));
+    }
+}
+
+// A session's writes into a centred cache on the GPU and into the CPU twin's (host memory): a
+// first write of kTq4CenterMinTokens or more tokens sets the centre, through the prefill kernels
+// (4 kv heads x 40 tokens: 320 rows) or the few-rows one (1 kv head x 20: 40 rows); decode steps
+// and a later chunk keep it; a short first write (4 tokens at position 0) does not set it.
+TEST_F(CudaKvTq4, CacheWriteCentresKeysAsTheCpuTwin) {
+    struct Write {
+        int64_t first_position, tokens;
+    };
+    struct Case {
+        int64_t n_kv, d, capacity;
+        std::vector<Write> writes;
+    };
+    const std::vector<Case> cases = {
+        {4, 512, 128, {{0, 40}, {40, 1}, {41, 3}, {44, 40}}},
+        {1, 256, 64, {{0, 20}, {20, 1}, {21, 10}}},
+        {2, 64, 48, {{0, 4}, {4, 20}, {24, 1}}},
+    };
+    std::mt19937_64 rng(23);
+    for (const Case& c : cases) {
+        Tq4Cache cache;
+        cache.allocate(c.capacity, c.n_kv, c.d);
+        cache.centred = true;
+        // The twin: the same layout in host memory.
+        std::vector<uint8_t> k_twin(cache.k.size(), 0xAB), v_twin(cache.v.size(), 0xAB);
+        std::vector<uint16_t> k_norm_twin(cache.k_norm.size(), 0x7fc1),
+            v_norm_twin(cache.v_norm.size(), 0x7fc1);
+        std::vector<float> center_twin(cache.center.size(), 0.0f);
+        KvLayerView twin{k_twin.data(), v_twin.data(), c.capacity, c.n_kv, c.d, c.d, KvDtype::kTq4};
+        twin.k_norm = k_norm_twin.data();
+        twin.v_norm = v_norm_twin.data();
+        twin.rotation = cache.rotation.data();
+        twin.k_center = center_twin.data();
+
+        const size_t row = static_cast<size_t>(c.n_kv * c.d);
+        const std::vector<float> shared = normal_vector(row, 2.0f, rng);  // the keys' common part
+        for (const Write& w : c.writes) {
+            std::vector<float> k = normal_vector(static_cast<size_t>(w.tokens) * row, 0.7f, rng);
+            for (size_t i = 0; i < k.size(); ++i) k[i] += shared[i % row];
+            const std::vector<float> v = normal_vector(k.size(), 1.0f, rng);
+            std::vector<int64_t> positions(static_cast<size_t>(w.tokens));
+            for (int64_t t = 0; t < w.tokens; ++t)
+                positions[static_cast<size_t>(t)] = w.first_position + t;
+            DeviceBuffer k_dev, v_dev, positions_dev;
+            upload(k_dev, k);
+            upload(v_dev, v);
+            upload(positions_dev, positions);
+            gpu().kv_write(cache.device_view(),
+                           std::span<const int64_t>(positions_dev.as<int64_t>(), positions.size()),
+                           k_dev.as<float>(), v_dev.as<float>());
+            cpu_ops().kv_write(twin, positions, k.data(), v.data());
+        }
+        STATUS_OK(gpu().synchronize());
+        cache.download_contents();
+        const std::string name = "n_kv " + std::to_string(c.n_kv) + " d " + std::to_string(c.d);
+        const bool sets_centre = c.writes[0].tokens >= kTq4CenterMinTokens;
+        double centre_norm = 0.0;
+        for (size_t i = 0; i < cache.center.size(); ++i) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(cache.center[i]),
+                      std::bit_cast<uint32_t>(center_twin[i]))
+                << name << " centre element " << i;
+            centre_norm += static_cast<double>(center_twin[i]) * center_twin[i];
+        }
+        if (sets_centre) {
+            EXPECT_GT(centre_norm, static_cast<double>(row))
+                << name << ": the shared part is the centre";
+        } else {
+            EXPECT_EQ(centre_norm, 0.0) << name << ": a short first write sets no centre";
+        }
+        int64_t neighbours = 0, elements = 0;
+        for (size_t entry = 0; entry < cache.k_norm.size(); ++entry) {
+            for (const bool is_v : {false, true}) {
+                const uint16_t norm = (is_v ? cache.v_norm : cache.k_norm)[entry];
+                ASSERT_EQ(norm, (is_v ? v_norm_twin : k_norm_twin)[entry])
+                    << name << " entry " << entry << (is_v ? " v" : " k");
+                if (norm == 0x7fc1) continue;  // never written (both still poisoned)
+                const std::vector<uint8_t>& got = is_v ? cache.v : cache.k;
+                const std::vector<uint8_t>& want = is_v ? v_twin : k_twin;
+                const size_t begin = entry * static_cast<size_t>(c.d / 2);
+                const std::vector<uint8_t> a(got.begin() + begin, got.begin() + begin + c.d / 2);
+                const std::vector<uint8_t> b(want.begin() + begin, want.begin() + begin + c.d / 2);
+                for (size_t i = 0; i < static_cast<size_t>(c.d); ++i) {
+                    const int x = nibble(a, i), y = nibble(b, i);
+                    ASSERT_LE(std::abs(x - y), 1) << name << " entry " << entry << " element " << i;
+                    neighbours += x != y;
+                    ++elements;
+                }
+            }
+        }
+        EXPECT_LE(neighbours * 2000, elements) << name << ": " << neighbours << " of " << elements;
+        std::printf(
+            "TQ4 centred write %s: centre %s, %lld of %lld indices in a neighbouring bucket\n",
+            name.c_str(), sets_centre ? "set" : "zero", static_cast<long long>(neighbours),
+            static_cast<long long>(elements));
     }
 }
 

@@ -68,10 +68,14 @@ TEST(KvCache, Tq4PutsFullAttentionLayersInTq4AndKeepsTheRings) {
     }
     EXPECT_NE(views[1].rotation, views[3].rotation);  // one per head dim
     // Ring in fp32; per full layer and entry, K and V: D / 2 index bytes + a 2-byte norm; the
-    // rotations.
+    // rotations; per full layer and kv head, the fp32 key centre (ops/kv_tq4.h).
     const int64_t ring = 11 * 2 * 32 * 4;
     const int64_t full = 100 * 1 * 2 * (16 + 2) + 100 * 2 * 2 * (32 + 2);
-    EXPECT_EQ(cache->bytes(), ring + full + (32 * 32 + 64 * 64) * 4);
+    const int64_t centres = (1 * 32 + 2 * 64) * 4;
+    EXPECT_EQ(cache->bytes(), ring + full + (32 * 32 + 64 * 64) * 4 + centres);
+    ASSERT_NE(views[1].k_center, nullptr);
+    for (int64_t i = 0; i < 32; ++i) EXPECT_EQ(views[1].k_center[i], 0.0f) << i;  // zeroed
+    EXPECT_EQ(views[0].k_center, nullptr);  // the ring holds keys as they are
 }
 
 TEST(KvCache, Tq4LayersOfOneHeadDimShareOneRotation) {
@@ -80,7 +84,7 @@ TEST(KvCache, Tq4LayersOfOneHeadDimShareOneRotation) {
     Result<KvCache> cache = KvCache::create(layout, 16, 4, *ops, KvCacheFormat::kTq4);
     ASSERT_TRUE(cache.ok()) << cache.status().message();
     EXPECT_EQ(cache->views()[0].rotation, cache->views()[1].rotation);
-    EXPECT_EQ(cache->bytes(), 16 * 3 * 2 * (16 + 2) + 32 * 32 * 4);
+    EXPECT_EQ(cache->bytes(), 16 * 3 * 2 * (16 + 2) + 32 * 32 * 4 + (1 + 2) * 32 * 4);
 }
 
 TEST(KvCache, Tq4WithoutFullAttentionLayersChangesNothing) {

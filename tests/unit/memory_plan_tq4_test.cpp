@@ -29,6 +29,7 @@ constexpr int64_t kGemma4Tq4PerToken = 10 * 4 * (256 + 2) * 2;
 // 50 sliding layers keep bf16 rings of window 1024 + chunk 2048 - 1 entries, 16 KiB each.
 constexpr int64_t kGemma4Rings = int64_t{3071} * 16 * kKiB * 50;
 constexpr int64_t kGemma4Rotation = 512 * 512 * 4;  // one head dim among the global layers
+constexpr int64_t kGemma4Centers = 10 * 4 * 512 * 4;  // a key centre per global layer and kv head
 
 TEST(MemoryPlanTq4, Gemma4At128K) {
     const ModelConfig config = config_from_json(gemma4_31b_config_json());
@@ -41,15 +42,16 @@ TEST(MemoryPlanTq4, Gemma4At128K) {
     const MemoryPlan bf16 = plan_memory(config, weights, {.context = 131072});
     const MemoryPlan tq4 =
         plan_memory(config, weights, {.context = 131072, .kv_cache = KvCacheFormat::kTq4});
-    EXPECT_EQ(tq4.kv_cache_bytes,
-              int64_t{131072} * kGemma4Tq4PerToken + kGemma4Rings + kGemma4Rotation);
+    EXPECT_EQ(tq4.kv_cache_bytes, int64_t{131072} * kGemma4Tq4PerToken + kGemma4Rings +
+                                      kGemma4Rotation + kGemma4Centers);
     EXPECT_EQ(tq4.sliding_ring_entries, bf16.sliding_ring_entries);
     EXPECT_EQ(tq4.weight_bytes, bf16.weight_bytes);
-    // Plus the CUDA TQ4 scratch of a 2048-token chunk: rotated q (32 heads) and K, V (4 kv heads
-    // each) of head dim 512 in fp32.
-    EXPECT_EQ(tq4.workspace_bytes - bf16.workspace_bytes, int64_t{2048} * (32 + 2 * 4) * 512 * 4);
-    EXPECT_EQ(bf16.kv_cache_bytes - tq4.kv_cache_bytes,
-              int64_t{131072} * (80 * kKiB - kGemma4Tq4PerToken) - kGemma4Rotation);
+    // Plus the CUDA TQ4 scratch of a 2048-token chunk: rotated q (32 heads), centred K and
+    // rotated K, V (4 kv heads each) of head dim 512 in fp32.
+    EXPECT_EQ(tq4.workspace_bytes - bf16.workspace_bytes, int64_t{2048} * (32 + 3 * 4) * 512 * 4);
+    EXPECT_EQ(
+        bf16.kv_cache_bytes - tq4.kv_cache_bytes,
+        int64_t{131072} * (80 * kKiB - kGemma4Tq4PerToken) - kGemma4Rotation - kGemma4Centers);
     std::printf(
         "Gemma 4 31B at 131072, W4: KV cache %.2f GiB with tq4 (%.2f GiB bf16), total %.2f GiB "
         "(%.2f GiB)\n",
@@ -61,11 +63,13 @@ TEST(MemoryPlanTq4, Gemma4At128K) {
 
 TEST(MemoryPlanTq4, Qwen35FullLayersOnly) {
     const ModelConfig config = config_from_json(qwen35_config_json());
-    // 10 full layers x 2 kv heads x (256 / 2 + 2) x 2; no sliding layers, one 256 x 256 rotation.
+    // 10 full layers x 2 kv heads x (256 / 2 + 2) x 2; no sliding layers, one 256 x 256 rotation,
+    // a key centre per full layer and kv head.
     EXPECT_EQ(kv_bytes_per_token(config, 2, KvCacheFormat::kTq4), 10 * 2 * 130 * 2);
     const MemoryPlan plan =
         plan_session_memory(config, {.context = 262144, .kv_cache = KvCacheFormat::kTq4});
-    EXPECT_EQ(plan.kv_cache_bytes, int64_t{262144} * 10 * 2 * 130 * 2 + 256 * 256 * 4);
+    EXPECT_EQ(plan.kv_cache_bytes,
+              int64_t{262144} * 10 * 2 * 130 * 2 + 256 * 256 * 4 + 10 * 2 * 256 * 4);
     EXPECT_EQ(plan.weight_bytes, 0);  // a session's part only
 }
 

@@ -1,6 +1,7 @@
 // The KV cache in TQ4 (ops/kv_tq4.h; techniques.md §4, gemma4-and-gemma3.md §4): writes encode
-// each K and V vector with tq4_encode_into (the same bits as tq4_encode), and attention runs in
-// the rotated space without decoding a vector, as tq4_attend defines it:
+// each K and V vector with tq4_encode_into (the same bits as tq4_encode; a key less the cache's
+// centre when it has one: kv_tq4.h, "Key centring"), and attention runs in the rotated space
+// without decoding a vector, as tq4_attend defines it:
 //   q' = R q;  s_j = scale * norm_kj * (q' . c_kj), softcap;  p = softmax(s);
 //   out = R^T (sum_j p_j norm_vj c_vj)
 // in fp32 with the CPU backend's fixed summation order (dot()), so a row's result does not depend
@@ -111,15 +112,31 @@ void kv_write_tq4(const KvLayerView& cache, std::span<const int64_t> positions, 
     const std::span<const float> rotation(cache.rotation, static_cast<size_t>(d * d));
     auto* k_indices = static_cast<uint8_t*>(cache.k);
     auto* v_indices = static_cast<uint8_t*>(cache.v);
-    const auto items = static_cast<int64_t>(positions.size()) * n_kv;
+    const auto tokens = static_cast<int64_t>(positions.size());
+    const auto items = tokens * n_kv;
+    float* center = cache.k_center;
+    if (center != nullptr && tokens >= kTq4CenterMinTokens && positions[0] == 0) {
+        // A sequence's first long write: its keys' mean, fp32 summed in token order (the CUDA
+        // write's order), becomes the centre (ops/kv_tq4.h, "Key centring").
+        for (int64_t i = 0; i < n_kv * d; ++i) {
+            float sum = 0.0f;
+            for (int64_t t = 0; t < tokens; ++t) sum += k[t * n_kv * d + i];
+            center[i] = sum / static_cast<float>(tokens);
+        }
+    }
     // One item: a token's K and V of one head, two rotations of d x d.
     parallel_for(items, threads, 2 * d * d, [&](int64_t begin, int64_t end) {
+        std::vector<float> centered(center != nullptr ? static_cast<size_t>(d) : 0);
         for (int64_t item = begin; item < end; ++item) {
             const int64_t t = item / n_kv;
             const int64_t head = item % n_kv;
             const int64_t entry = (positions[t] % cache.capacity) * n_kv + head;
-            tq4_encode_into(std::span(k + item * d, static_cast<size_t>(d)), rotation,
-                            cache.k_norm + entry, k_indices + entry * (d / 2));
+            std::span<const float> key(k + item * d, static_cast<size_t>(d));
+            if (center != nullptr) {
+                for (int64_t i = 0; i < d; ++i) centered[i] = key[i] - center[head * d + i];
+                key = centered;
+            }
+            tq4_encode_into(key, rotation, cache.k_norm + entry, k_indices + entry * (d / 2));
             tq4_encode_into(std::span(v + item * d, static_cast<size_t>(d)), rotation,
                             cache.v_norm + entry, v_indices + entry * (d / 2));
         }

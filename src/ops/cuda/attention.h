@@ -44,6 +44,9 @@ struct KvCacheTq4View {
     int64_t capacity = 0;
     int64_t n_kv_heads = 0;
     int64_t head_dim = 0;
+    // [n_kv_heads, head_dim] fp32 or null: the key centre (ops/kv_tq4.h, "Key centring"), which
+    // kv_write_tq4 may set and subtracts; attention needs nothing of it.
+    float* k_center = nullptr;
 };
 
 // AttentionParams (ops/ops.h) by another name, so this header needs nothing from ops.h.

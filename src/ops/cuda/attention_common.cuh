@@ -128,7 +128,8 @@ inline Status check_attention_arguments(const char* what, const float* q, const 
 }
 
 // What the TQ4 kernels need beyond check_attention_arguments of the shadow view.
-inline Status check_tq4_cache(const char* what, const KvCacheTq4View& cache) {
+inline Status check_tq4_cache(const char* what, const KvCacheTq4View& cache,
+                              const AttentionShape& shape) {
     if (cache.head_dim < 32 || cache.head_dim > 512 || cache.head_dim % 32 != 0) {
         return Status(StatusCode::kInvalidArgument, std::string(what) + ": TQ4 head dim " +
                                                         std::to_string(cache.head_dim) +
@@ -139,6 +140,11 @@ inline Status check_tq4_cache(const char* what, const KvCacheTq4View& cache) {
         reinterpret_cast<uintptr_t>(cache.v_norm) % 2 != 0) {
         return Status(StatusCode::kInvalidArgument,
                       std::string(what) + ": null or misaligned TQ4 norms");
+    }
+    if (cache.k_center != nullptr && shape.softcap > 0.0f) {
+        // A centred key moves every score by q . mu; a softcap would not move them alike.
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": a centred TQ4 cache under softcapped scores");
     }
     return ok_status();
 }

@@ -464,7 +464,7 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
 Status attention_decode_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
                             const KvCacheTq4View& cache, const AttentionShape& shape,
                             void* workspace, float* out_rotated, cudaStream_t stream) {
-    KESTREL_RETURN_IF_ERROR(check_tq4_cache("attention_decode_tq4", cache));
+    KESTREL_RETURN_IF_ERROR(check_tq4_cache("attention_decode_tq4", cache, shape));
     return launch_attention_decode("attention_decode_tq4", q_rotated, positions, n_tokens,
                                    tq4_shadow_view(cache), shape, workspace, out_rotated, nullptr,
                                    &cache, stream);

@@ -104,7 +104,7 @@ Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tok
 Status attention_prefill_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,
                              const KvCacheTq4View& cache, const AttentionShape& shape,
                              float* out_rotated, cudaStream_t stream) {
-    KESTREL_RETURN_IF_ERROR(check_tq4_cache("attention_prefill_tq4", cache));
+    KESTREL_RETURN_IF_ERROR(check_tq4_cache("attention_prefill_tq4", cache, shape));
     const KvCacheBf16View shadow = tq4_shadow_view(cache);
     KESTREL_RETURN_IF_ERROR(check_attention_arguments("attention_prefill_tq4", q_rotated, positions,
                                                       n_tokens, shadow, shape, out_rotated));

@@ -58,7 +58,8 @@ KvCacheTq4View tq4_cache(const KvLayerView& cache) {
                           cache.rotation,
                           cache.capacity,
                           cache.n_kv_heads,
-                          cache.head_dim};
+                          cache.head_dim,
+                          cache.k_center};
 }
 
 Status unsupported_kv(KvDtype dtype) {

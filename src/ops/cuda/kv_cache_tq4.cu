@@ -7,6 +7,10 @@
 // rotate_few_rows_kernel: decode's rows (a step's 32 query heads, 8 K / V vectors): one warp per
 //   output column (described below), since there the op is latency bound; with kEncode it is the
 //   whole cache write of a decode step in one launch.
+// center_keys_kernel: the key centre of a cache write (ops/kv_tq4.h, "Key centring"): one thread
+//   per (kv head, element): the write's mean of that element (fp32, token order, as the CPU
+//   twin) when the write may set the centre and starts at position 0, else the stored centre;
+//   then the write's keys less it, into scratch, which the encode reads instead of k.
 // tq4_encode_kernel: prefill's cache write after rotate_rows_kernel: one warp per vector: the
 //   norm from the original row (fp64 sum of squares, as tq4_encode), then each element's bucket
 //   of (R x)_i / norm from the rotated row, the indices staged in shared memory and packed two
@@ -182,6 +186,36 @@ __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArg
     if (lane == 0) (is_v ? a.v_norm : a.k_norm)[slot] = static_cast<uint16_t>(bf16_bits(norm));
 }
 
+constexpr int kCenterThreads = 128;
+
+// k [tokens, row] (row = n_kv * d) -> centered [tokens, row] = k - mu; mu = center, or, when
+// may_set and positions[0] == 0 (a sequence's first long write; a device value, so the launch
+// holds in a captured graph), the mean over the tokens, stored to center first.
+__global__ void __launch_bounds__(kCenterThreads)
+    center_keys_kernel(const float* __restrict__ k, const int64_t* __restrict__ positions,
+                       int tokens, int row, bool may_set, float* __restrict__ center,
+                       float* __restrict__ centered) {
+    wait_for_upstream();
+    allow_downstream();
+    const int i = static_cast<int>(blockIdx.x) * kCenterThreads + static_cast<int>(threadIdx.x);
+    if (i >= row) return;
+    float mu;
+    if (may_set && positions[0] == 0) {
+        float sum = 0.0f;  // token order, as kv_write_tq4's CPU twin
+#pragma unroll 8
+        for (int t = 0; t < tokens; ++t) sum = __fadd_rn(sum, k[static_cast<int64_t>(t) * row + i]);
+        mu = __fdiv_rn(sum, static_cast<float>(tokens));
+        center[i] = mu;
+    } else {
+        mu = center[i];
+    }
+#pragma unroll 8
+    for (int t = 0; t < tokens; ++t) {
+        const int64_t at = static_cast<int64_t>(t) * row + i;
+        centered[at] = __fsub_rn(k[at], mu);
+    }
+}
+
 // ---- few rows (decode): one warp per output column ---------------------------------------------
 //
 // rotate_few_rows_kernel<kEncode>: block = 8 warps = outputs n0 .. n0 + 7 of half the rows (rows
@@ -194,7 +228,8 @@ __global__ void __launch_bounds__(kEncodeWarps * 32) tq4_encode_kernel(EncodeArg
 //   With kEncode (the cache write, M = R): the rows are k then v, and instead of y the kernel
 //   stores row l's index for output n: the bucket of y / norm, norm = ||x|| (fp64 sum of squares,
 //   one warp per 2 rows), packed two per byte through shared memory; the blocks with blockIdx.x
-//   = 0 write the norms.
+//   = 0 write the norms. With k_center set, a K row is stored to shared memory less the centre
+//   (decode's keys; the centre's chunks are loaded with the row's).
 constexpr int kFewWarps = 8;
 constexpr int kFewRows = 32;  // rows per pass
 // 16-byte loads of a block's rows of a pass per thread, at most: all issued before any is stored
@@ -223,6 +258,7 @@ struct FewRowsArgs {
     uint8_t* v_cache;
     uint16_t* k_norm;
     uint16_t* v_norm;
+    const float* k_center;  // null, or [n_kv, d]: subtracted from the K rows (the cache write)
     float boundaries[kTq4Levels - 1];
 };
 
@@ -304,6 +340,14 @@ __global__ void __launch_bounds__(kFewWarps * 32) rotate_few_rows_kernel(FewRows
                                            ? a.x + static_cast<int64_t>(g) * a.d
                                            : a.x_v + static_cast<int64_t>(g - a.first_v_row) * a.d;
                     loaded[u] = *reinterpret_cast<const float4*>(src + 4 * c);
+                    if (a.k_center != nullptr &&
+                        g < a.first_v_row) {  // a key less its head's centre
+                        const float4 mu = *reinterpret_cast<const float4*>(
+                            a.k_center + static_cast<int64_t>(g % a.n_kv) * a.d + 4 * c);
+                        loaded[u] =
+                            make_float4(__fsub_rn(loaded[u].x, mu.x), __fsub_rn(loaded[u].y, mu.y),
+                                        __fsub_rn(loaded[u].z, mu.z), __fsub_rn(loaded[u].w, mu.w));
+                    }
                 }
                 next_chunk(r, c);
             }
@@ -453,7 +497,8 @@ Status tq4_rotate_rows(const float* x, int64_t rows, int64_t d, const float* rot
 }
 
 size_t kv_write_tq4_scratch_bytes(int64_t n_tokens, const KvCacheTq4View& cache) {
-    return static_cast<size_t>(2 * n_tokens * cache.n_kv_heads * cache.head_dim) * sizeof(float);
+    // The rotated K and V rows, then the centred K rows.
+    return static_cast<size_t>(3 * n_tokens * cache.n_kv_heads * cache.head_dim) * sizeof(float);
 }
 
 Status kv_write_tq4(const KvCacheTq4View& cache, const int64_t* positions, int64_t n_tokens,
@@ -471,15 +516,33 @@ Status kv_write_tq4(const KvCacheTq4View& cache, const int64_t* positions, int64
     if (positions == nullptr || k == nullptr || v == nullptr || scratch == nullptr ||
         cache.k == nullptr || cache.v == nullptr || cache.k_norm == nullptr ||
         cache.v_norm == nullptr || cache.rotation == nullptr || !aligned16(k) || !aligned16(v) ||
-        !aligned16(scratch) || !aligned16(cache.k) || !aligned16(cache.v)) {
+        !aligned16(scratch) || !aligned16(cache.k) || !aligned16(cache.v) ||
+        (cache.k_center != nullptr && !aligned16(cache.k_center))) {
         return Status(StatusCode::kInvalidArgument,
-                      "kv_write_tq4: null pointer, or k / v / scratch / cache not 16-byte aligned");
+                      "kv_write_tq4: null pointer, or k / v / scratch / cache / centre not "
+                      "16-byte aligned");
     }
     const int64_t rows = n_tokens * cache.n_kv_heads;
     const std::array<float, kTq4Levels - 1> boundaries = tq4_boundaries(d);
-    if (2 * rows <= kFewRowsMax) {  // decode: rotation and encoding in one launch
+    const bool few_rows = 2 * rows <= kFewRowsMax;
+    // Key centring (ops/kv_tq4.h): a write that may set the centre, or too many rows for the
+    // few-rows kernel's own subtraction, goes through center_keys_kernel; a decode step's keys
+    // lose the centre inside rotate_few_rows_kernel.
+    const bool may_set_center = n_tokens >= kTq4CenterMinTokens;
+    const float* keys = k;
+    if (cache.k_center != nullptr && (may_set_center || !few_rows)) {
+        float* centered = static_cast<float*>(scratch) + 2 * rows * d;
+        const int64_t row = cache.n_kv_heads * d;
+        KESTREL_CUDA_CHECK(launch_overlapped(
+            center_keys_kernel,
+            dim3(static_cast<unsigned>((row + kCenterThreads - 1) / kCenterThreads)),
+            dim3(kCenterThreads), 0, stream, k, positions, static_cast<int>(n_tokens),
+            static_cast<int>(row), may_set_center, cache.k_center, centered));
+        keys = centered;
+    }
+    if (few_rows) {  // decode: rotation and encoding in one launch
         FewRowsArgs args{};
-        args.x = k;
+        args.x = keys;
         args.x_v = v;
         args.first_v_row = static_cast<int>(rows);
         args.rows = static_cast<int>(2 * rows);
@@ -492,21 +555,22 @@ Status kv_write_tq4(const KvCacheTq4View& cache, const int64_t* positions, int64
         args.v_cache = cache.v;
         args.k_norm = cache.k_norm;
         args.v_norm = cache.v_norm;
+        args.k_center = keys == k ? cache.k_center : nullptr;
         std::copy(boundaries.begin(), boundaries.end(), args.boundaries);
         return launch_few_rows<true>(args, stream);
     }
     float* rotated = static_cast<float*>(scratch);
-    if (v == k + rows * d) {  // q | k | v of one stacked projection: one launch turns both
+    if (v == keys + rows * d) {  // q | k | v of one stacked projection: one launch turns both
         KESTREL_RETURN_IF_ERROR(
-            tq4_rotate_rows(k, 2 * rows, d, cache.rotation, false, rotated, stream));
+            tq4_rotate_rows(keys, 2 * rows, d, cache.rotation, false, rotated, stream));
     } else {
         KESTREL_RETURN_IF_ERROR(
-            tq4_rotate_rows(k, rows, d, cache.rotation, false, rotated, stream));
+            tq4_rotate_rows(keys, rows, d, cache.rotation, false, rotated, stream));
         KESTREL_RETURN_IF_ERROR(
             tq4_rotate_rows(v, rows, d, cache.rotation, false, rotated + rows * d, stream));
     }
     EncodeArgs args{};
-    args.k = k;
+    args.k = keys;
     args.v = v;
     args.rotated = rotated;
     args.positions = positions;
