@@ -20,9 +20,10 @@
 // does not see, so attention is unchanged in exact arithmetic and needs no correction; only the
 // quantisation error changes, and it is ~10% of the stored vector's norm. Real models' keys share
 // a large component (Gemma 3 270M: half of E||k||^2 in a global layer), so their centred norms,
-// and the error, are much smaller: its perplexity over TQ4 went from +12.9% to +1.4% of the fp32
-// cache's. Values are stored as they are: centring them (and adding mu back after the weighted
-// sum, which is also exact) measured worse on Gemma 3 (+2.2 to +2.5% against +0.8 / -0.1%).
+// and the error, are much smaller: its perplexity over TQ4 against the fp32 cache's went from
+// +12.9% to -0.5% (the test fixture's chunks of 128), +8.0% to +1.0% (-c 256) and +6.4% to
+// -0.1% (-c 512). Values are stored as they are: centring them too (adding mu back after the
+// weighted sum, also exact) measured worse on Gemma 3 (+2.2% at -c 256, +2.5% at -c 512).
 // mu is the mean of the keys of a write of at least kTq4CenterMinTokens tokens that starts at
 // position 0 (a sequence's first prompt chunk), in fp32 summed in token order then divided by the
 // token count; every other write keeps the centre as it is. Softcapped scores (softcap * tanh(s /
