@@ -232,6 +232,24 @@ struct Tq4Cache {
     }
 };
 
+std::vector<int64_t> consecutive_positions(int64_t first, int64_t count) {
+    std::vector<int64_t> positions(static_cast<size_t>(count));
+    for (int64_t t = 0; t < count; ++t) positions[static_cast<size_t>(t)] = first + t;
+    return positions;
+}
+
+// CudaOps::kv_write of k, v [positions, n_kv, d] into `view`, finished before the buffers go.
+void kv_write_on_gpu(Ops& gpu, const KvLayerView& view, const std::vector<int64_t>& positions,
+                     const std::vector<float>& k, const std::vector<float>& v) {
+    DeviceBuffer k_dev, v_dev, positions_dev;
+    upload(k_dev, k);
+    upload(v_dev, v);
+    upload(positions_dev, positions);
+    gpu.kv_write(view, std::span<const int64_t>(positions_dev.as<int64_t>(), positions.size()),
+                 k_dev.as<float>(), v_dev.as<float>());
+    STATUS_OK(gpu.synchronize());
+}
+
 int nibble(const std::vector<uint8_t>& indices, size_t i) {
     return (indices[i / 2] >> (4 * (i % 2))) & 0x0F;
 }
@@ -250,17 +268,8 @@ TEST_F(CudaKvTq4, CacheWriteIsTq4Encode) {
         std::vector<float> v = normal_vector(static_cast<size_t>(c.tokens) * row, 2.0f, rng);
         std::fill(v.begin(), v.begin() + c.d, 0.0f);                             // a zero vector
         if (c.tokens > 1) k[row + 3] = std::numeric_limits<float>::quiet_NaN();  // a non-finite one
-        std::vector<int64_t> positions(static_cast<size_t>(c.tokens));
-        for (int64_t t = 0; t < c.tokens; ++t)
-            positions[static_cast<size_t>(t)] = c.first_position + t;
-        DeviceBuffer k_dev, v_dev, positions_dev;
-        upload(k_dev, k);
-        upload(v_dev, v);
-        upload(positions_dev, positions);
-        gpu().kv_write(cache.device_view(),
-                       std::span<const int64_t>(positions_dev.as<int64_t>(), positions.size()),
-                       k_dev.as<float>(), v_dev.as<float>());
-        STATUS_OK(gpu().synchronize());
+        const std::vector<int64_t> positions = consecutive_positions(c.first_position, c.tokens);
+        kv_write_on_gpu(gpu(), cache.device_view(), positions, k, v);
         cache.download_contents();
 
         int64_t neighbours = 0, elements = 0;
@@ -333,19 +342,11 @@ TEST_F(CudaKvTq4, CacheWriteCentresKeysAsTheCpuTwin) {
             std::vector<float> k = normal_vector(static_cast<size_t>(w.tokens) * row, 0.7f, rng);
             for (size_t i = 0; i < k.size(); ++i) k[i] += shared[i % row];
             const std::vector<float> v = normal_vector(k.size(), 1.0f, rng);
-            std::vector<int64_t> positions(static_cast<size_t>(w.tokens));
-            for (int64_t t = 0; t < w.tokens; ++t)
-                positions[static_cast<size_t>(t)] = w.first_position + t;
-            DeviceBuffer k_dev, v_dev, positions_dev;
-            upload(k_dev, k);
-            upload(v_dev, v);
-            upload(positions_dev, positions);
-            gpu().kv_write(cache.device_view(),
-                           std::span<const int64_t>(positions_dev.as<int64_t>(), positions.size()),
-                           k_dev.as<float>(), v_dev.as<float>());
+            const std::vector<int64_t> positions =
+                consecutive_positions(w.first_position, w.tokens);
+            kv_write_on_gpu(gpu(), cache.device_view(), positions, k, v);
             cpu_ops().kv_write(twin, positions, k.data(), v.data());
         }
-        STATUS_OK(gpu().synchronize());
         cache.download_contents();
         const std::string name = "n_kv " + std::to_string(c.n_kv) + " d " + std::to_string(c.d);
         const bool sets_centre = c.writes[0].tokens >= kTq4CenterMinTokens;
