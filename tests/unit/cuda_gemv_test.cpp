@@ -188,10 +188,12 @@ constexpr int64_t kOddShapes[][2] = {{32, 1},     {64, 7},    {96, 33},     {256
 constexpr int64_t kPartialSuperShapes[][2] = {{384, 40}, {640, 33}, {2336, 70}, {4320, 19}};
 
 // The split-K rule (gemv_w4a8.h) on an H100's 132 SMs: the N = 5376 shapes split enough to give
-// >= 8 blocks per SM, large N stays whole, short rows (< 2 slices of 32 groups) stay whole.
+// >= 24 blocks per SM at M = 1 and 16 above, as far as their rows allow; large N stays whole, short
+// rows (< 2 slices of 32 groups) stay whole.
 TEST(CudaGemvSplitRule, H100Shapes) {
     constexpr int kH100Sms = 132;
-    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 1, kH100Sms), 4);  // 672 -> 2688 blocks
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 1, kH100Sms), 8);  // 672 -> 5376 blocks
+    EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 21504, 2, kH100Sms), 4);  // 16 a SM: 2688
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(5376, 8192, 3, kH100Sms), 8);   // R = 2: 336 -> 2688
     EXPECT_EQ(cuda::gemv_w4a8_warps_per_row(16384, 5376, 1, kH100Sms),
               4);  // short rows: 168 groups

@@ -192,7 +192,8 @@ constexpr int64_t kOddShapes[][2] = {{32, 1},     {64, 7},    {96, 33},     {256
 // H100's 132 SMs: the N = 5376 shapes split to >= 8 blocks per SM, large N stays whole.
 TEST(CudaGemvW8SplitRule, H100Shapes) {
     constexpr int kH100Sms = 132;
-    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(5376, 21504, 1, kH100Sms), 4);  // 672 -> 2688 blocks
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(5376, 21504, 1, kH100Sms), 8);  // 672 -> 5376 blocks
+    EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(5376, 21504, 2, kH100Sms), 4);  // 16 a SM: 2688
     EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(5376, 8192, 3, kH100Sms), 8);   // R = 2: 336 -> 2688
     EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(16384, 5376, 1, kH100Sms), 2);  // 2048 -> 4096
     EXPECT_EQ(cuda::gemv_w8a8_warps_per_row(4096, 5376, 3, kH100Sms), 8);   // 336 chunks: 10 slices

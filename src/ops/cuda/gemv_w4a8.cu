@@ -35,15 +35,21 @@ namespace {
 // Grid size, in blocks per SM, from which the split stops. Measured on the H100 (Gemma 4 31B
 // decode at depth 512, graph replay): 8 -> 111.6 tok/s, 16 -> 112.8, 32 -> 111.9. At 16 the block
 // an SM gets beyond its fair share is at most a sixteenth of its work, and bigger grids only add
-// partial sums. KESTREL_GEMV_BLOCKS_PER_SM=N in the environment overrides it (to measure).
+// partial sums. One activation row takes 24 (2026-11-24, b1c159a, tg128 @ d512 twice each: 16 and
+// 20 129.7, 24 to 48 130.5; @ d32768 113.7 -> 114.3; Qwen3.5 unchanged): the down projection
+// (5376 x 21504) and the full layers' o (5376 x 16384) then split 8 ways, not 4. More rows keep
+// 16: gemv_w4a8_bench at 24 took 5376 -> 43008 from 56.5 to 67.1 us at M = 4 and 81.8 to 89.2 at
+// M = 8. KESTREL_GEMV_BLOCKS_PER_SM=N in the environment sets every M's (to measure).
 constexpr int64_t kGemvBlocksPerSm = 16;
+constexpr int64_t kGemvBlocksPerSmOneRow = 24;
 
-int64_t gemv_blocks_per_sm() {
-    static const int64_t blocks = [] {
+int64_t gemv_blocks_per_sm(int64_t m) {
+    static const int64_t from_environment = [] {
         const char* value = std::getenv("KESTREL_GEMV_BLOCKS_PER_SM");
-        return value != nullptr ? std::clamp<int64_t>(std::atoll(value), 1, 256) : kGemvBlocksPerSm;
+        return value != nullptr ? std::clamp<int64_t>(std::atoll(value), 1, 256) : int64_t{0};
     }();
-    return blocks;
+    if (from_environment > 0) return from_environment;
+    return m == 1 ? kGemvBlocksPerSmOneRow : kGemvBlocksPerSm;
 }
 
 bool aligned(const void* p, uintptr_t to) { return (reinterpret_cast<uintptr_t>(p) % to) == 0; }
@@ -170,7 +176,7 @@ int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count) {
 
 int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count) {
     const int64_t rows_per_warp = gemv_rows_per_warp(m);
-    const int64_t wanted_blocks = gemv_blocks_per_sm() * std::max(sm_count, 1);
+    const int64_t wanted_blocks = gemv_blocks_per_sm(m) * std::max(sm_count, 1);
     int split = 1;
     while (split < kGemvWarps && 2 * split <= row_slices) {
         const int64_t rows_per_block = (kGemvWarps / split) * rows_per_warp;
