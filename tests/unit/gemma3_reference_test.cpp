@@ -273,8 +273,7 @@ TEST_F(Gemma3Reference, PerplexityWithTq4KvCacheStaysClose) {
 // perplexity text: prefilled in chunks of 128 (the keys centred by the first chunk's mean) and of
 // 8 (shorter than kTq4CenterMinTokens: no centre, the format alone). Measured: centred min 0.9814
 // / mean 0.99719, uncentred min 0.8764 / mean 0.98538: the centre cuts 1 - cosine five-fold on
-// average. (techniques.md §4 quotes ~0.9997 for Gemma 4 31B; this model's 1 kv head of 256 gives
-// its scores a wider spread.)
+// average (techniques.md §4 quotes ~0.9997 for Gemma 4 31B).
 TEST_F(Gemma3Reference, Tq4LogitsCosineWithCentredKeys) {
     const nlohmann::json ref = read_json("tests/fixtures/perplexity/pride_and_prejudice_ch1.json");
     ASSERT_TRUE(ref.is_object());

@@ -43,9 +43,9 @@ constexpr int gemv_rows_per_warp(int64_t m) { return m <= 2 ? 1 : 2; }
 // SMs that get a sixth block finish ~18% after the others. Splitting K shrinks the blocks, so the
 // grid grows until the imbalance is a small share of the kernel. Rule: the smallest S whose grid,
 // ceil(n / (8 / S * R)) blocks, reaches 24 blocks per SM at m = 1 and 16 above (gemv_w4a8.cu's
-// kGemvBlocksPerSmOneRow, kGemvBlocksPerSm), capped so that each
-// warp of a row group gets at least one full 32-lane slice of the row (row_slices = the row's
-// work units / 32: W4 k / 1024, W8 k / 512); short rows keep S = 1, where extra warps would idle.
+// kGemvBlocksPerSmOneRow, kGemvBlocksPerSm), capped so that each warp of a row group gets at
+// least one full 32-lane slice of the row (row_slices = the row's work units / 32: W4 k / 1024,
+// W8 k / 512); short rows keep S = 1, where extra warps would idle.
 // Pure function of its arguments: the launchers pass gemv_sm_count(), tests use it to see which
 // variants their shapes reach.
 int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count);
