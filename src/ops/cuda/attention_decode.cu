@@ -282,8 +282,8 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 // The most splits this shape can use: enough for its most keys at kDecodeMinKeysPerSplit each,
-// no more blocks than kDecodeTargetBlocks a wave (over a TQ4 cache the splits' kernel of
-// attention_decode_tq4.cu: kTq4DecodeBlocksPerSm a SM, row tiles of kTq4DecodeRows), at most
+// no more blocks than kDecodeTargetBlocks (over a TQ4 cache kTq4DecodeTargetBlocks, for the
+// splits' kernel of attention_decode_tq4.cu, with row tiles of kTq4DecodeRows), at most
 // kDecodeMaxSplits.
 int64_t decode_max_splits(int64_t n_tokens, const KvCacheBf16View& cache,
                           const AttentionShape& shape, bool tq4) {
@@ -292,8 +292,7 @@ int64_t decode_max_splits(int64_t n_tokens, const KvCacheBf16View& cache,
     const int64_t row_tiles = (n_tokens * group + rows_per_tile - 1) / rows_per_tile;
     const int64_t max_keys = shape.window > 0 ? std::min(cache.capacity, shape.window + n_tokens - 1) : cache.capacity;
     const int64_t by_keys = (max_keys + kDecodeMinKeysPerSplit - 1) / kDecodeMinKeysPerSplit;
-    const int64_t target_blocks =
-        tq4 ? kTq4DecodeBlocksPerSm * kDecodeTargetBlocks : kDecodeTargetBlocks;
+    const int64_t target_blocks = tq4 ? kTq4DecodeTargetBlocks : kDecodeTargetBlocks;
     const int64_t by_blocks = target_blocks / (cache.n_kv_heads * row_tiles);
     return std::clamp<int64_t>(std::min(by_keys, by_blocks), 1, kDecodeMaxSplits);
 }

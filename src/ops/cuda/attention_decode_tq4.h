@@ -12,8 +12,10 @@ namespace kestrel::cuda {
 // Packed query rows a block (the mma's n: the 8 query heads of a Gemma 4 / Qwen3.5 kv head).
 constexpr int kTq4DecodeRows = 8;
 // Blocks of the kernel resident on one SM (128 registers a thread at 256 threads, ~75 KiB of
-// shared memory a block): the split plan fills this many per SM (decode_max_splits).
+// shared memory a block): the split plan fills this many per SM of an H100 (decode_max_splits;
+// the bf16 kernel's three-quarter target, kDecodeTargetBlocks, was not measured here).
 constexpr int kTq4DecodeBlocksPerSm = 2;
+constexpr int kTq4DecodeTargetBlocks = kTq4DecodeBlocksPerSm * 132;
 
 // Launches the splits: grid (args.max_splits, n_kv_heads, row tiles of kTq4DecodeRows). One split
 // (decode_splits_used) writes args.out itself, normalised; more write their partials for the

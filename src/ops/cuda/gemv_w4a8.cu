@@ -82,7 +82,7 @@ Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, const Epi
         gemv_w4a8_kernel<M, R, U, S, Epilogue>, dim3(static_cast<unsigned>(grid)),
         dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs), w.group_scales,
         w.super_scales, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
-        static_cast<int>(w.k / 32), gemv_prefetch_steps(), epilogue));
+        static_cast<int>(w.k / 32), gemv_prefetch_steps(w.n * w.k / 2), epilogue));
     return ok_status();
 }
 
@@ -186,12 +186,13 @@ int gemv_warps_per_row(int64_t n, int64_t m, int64_t row_slices, int sm_count) {
     return split;
 }
 
-int gemv_prefetch_steps() {
-    static const int steps = [] {
+int gemv_prefetch_steps(int64_t weight_bytes) {
+    static const int from_environment = [] {
         const char* value = std::getenv("KESTREL_GEMV_PREFETCH");
-        return value != nullptr ? std::clamp(std::atoi(value), 0, 8) : kGemvPrefetchSteps;
+        return value != nullptr ? std::clamp(std::atoi(value), 0, 8) : -1;
     }();
-    return steps;
+    if (from_environment >= 0) return from_environment;
+    return weight_bytes < kGemvPrefetchMaxBytes ? kGemvPrefetchSteps : 0;
 }
 
 Result<int> gemv_sm_count() {

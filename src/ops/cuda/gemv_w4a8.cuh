@@ -32,7 +32,8 @@
 // Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
 //   for the previous kernel, a GEMV warp only asks L2 for the lines of weights and scales (W4:
 //   nibbles, group_scales and super_scales) of its first gemv_prefetch_steps() steps
-//   (constants, which no kernel writes), so DRAM is already busy when the wait ends.
+//   (constants, which no kernel writes), so DRAM is already busy when the wait ends; a large
+//   matrix prefetches nothing (gemv_w4a8.h).
 #pragma once
 
 #include <cuda_fp16.h>

@@ -74,12 +74,17 @@ int gemv_w4a8_warps_per_row(int64_t n, int64_t k, int64_t m, int sm_count);
 // launchers run per token; the engine drives one device per process).
 Result<int> gemv_sm_count();
 
-// How many of a lane's first load steps a GEMV prefetches into L2 before it waits for the
-// previous kernel (PDL, launch.cuh). More is not better: the prefetches share DRAM with that
-// kernel, and a latency-bound norm or attention kernel then waits behind them. Default
-// kGemvPrefetchSteps; KESTREL_GEMV_PREFETCH=N in the environment overrides it (to measure).
+// How many of a lane's first load steps a GEMV of a matrix of `weight_bytes` prefetches into L2
+// before it waits for the previous kernel (PDL, launch.cuh): kGemvPrefetchSteps below
+// kGemvPrefetchMaxBytes, none from there. More is not better: the prefetches share DRAM with
+// that kernel, and a latency-bound norm or attention kernel then waits behind them. Measured on
+// the H100 (tg128, 2026-11-24): without any prefetch Gemma 4 31B (every matrix >= 25 MB) went
+// from 130.5 / 130.8 to 131.1 / 131.0 tok/s at depth 512 and 114.1 to 114.4 at 32768, while
+// Qwen3.5 (its projections 5-15 MB) fell from 509.8 to 491.2; 2 steps: Gemma 4 129.4.
+// KESTREL_GEMV_PREFETCH=N in the environment sets every GEMV's steps (to measure).
 constexpr int kGemvPrefetchSteps = 1;
-int gemv_prefetch_steps();
+constexpr int64_t kGemvPrefetchMaxBytes = int64_t{16} << 20;
+int gemv_prefetch_steps(int64_t weight_bytes);
 
 // x [m, k] (row stride ldx elements, k % 32 == 0) -> out [m, k/32] Q8 blocks (16-aligned),
 // exactly as quantize_q8_row. fp32 or bf16 (raw bits) input.

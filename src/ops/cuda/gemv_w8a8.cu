@@ -22,8 +22,8 @@
 // weight rows above M = 2); U = 4 chunks in flight per lane for M <= 2, 2 above (registers);
 // S = gemv_w8a8_warps_per_row, the rule of gemv_w4a8.h with a row's chunks as its work units.
 // Launched with launch_overlapped (PDL): the first step's weight lines are prefetched into L2
-// before the kernel waits for its predecessor. H100 numbers: bench/gemv_w4a8_bench.cu (W8 rows),
-// bench/results/2026-11-23-gemma4-31b-h100-decode-seams.md.
+// before the kernel waits for its predecessor (matrices under kGemvPrefetchMaxBytes). H100 numbers:
+// bench/gemv_w4a8_bench.cu (W8 rows), bench/results/2026-11-23-gemma4-31b-h100-decode-seams.md.
 #include "ops/cuda/gemv_w8a8.h"
 
 #include <cuda_fp16.h>
@@ -149,7 +149,7 @@ Status launch_split(const W8DeviceView& w, const Q8Block* a, float* y, cudaStrea
         launch_overlapped(gemv_w8a8_kernel<M, R, U, S>, dim3(static_cast<unsigned>(grid)),
                           dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs),
                           w.scale_min, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
-                          static_cast<int>(w.k / 32), gemv_prefetch_steps()));
+                          static_cast<int>(w.k / 32), gemv_prefetch_steps(w.n * w.k)));
     return ok_status();
 }
 
