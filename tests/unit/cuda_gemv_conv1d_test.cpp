@@ -69,9 +69,9 @@ struct Case {
 // S (gemv_w4a8_warps_per_row at m = 1) on an H100's or H200's 132 SMs in the comments; the test
 // checks on the GPU at hand that the cases reach all four.
 constexpr Case kCases[] = {
-    // 64 groups = 2 slices; 12352 / 8 rows = 1544 blocks < 16 per SM: S = 2.
+    // 64 groups: short rows (gemv_w4a8.h), at most 2 a lane: S = 1.
     {"qwen35 in-projection", 2048, 12352, 8192, 4, true},
-    // 20000 / 8 = 2500 blocks >= 16 per SM: S = 1 on long rows.
+    // 64 groups again, over many more rows: S = 1.
     {"large N", 2048, 20000, 16384, 4, true},
     // 3 groups, less than 2 slices: S = 1 on any GPU.
     {"odd", 96, 37, 20, 3, false},
