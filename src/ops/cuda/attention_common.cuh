@@ -40,10 +40,11 @@ namespace kestrel::cuda {
 // 21 us with 128 keys per split (16 blocks). Not over every SM, though: with 99 (three quarters
 // of an H100's 132) a sliding layer's window over 16 kv heads takes 6 splits and a full layer 24,
 // and Gemma 4 decoded at 115.8 / 115.9 tok/s at depth 32768 against 114.4 with 132 (8 and 33
-// splits), the same at depth 512 (131.0 / 131.1 against 131.1 / 131.0); 66 gave 131.6 at 512 but
-// 108.7 at 32768, 264 and 528 127.9 and 126.7 at 512 (H100, 2026-11-24, tg128). The SMs left
-// free take the reduce's and the o-projection's blocks as they launch early (PDL). The TQ4
-// splits' kernel has its own target (kTq4DecodeTargetBlocks, attention_decode_tq4.h).
+// splits), the same at depth 512 (130.9 / 131.1 against 131.1 / 131.0); 66 gave 131.6 at 512 but
+// 108.7 at 32768, 264 and 528 127.9 and 126.7 at 512 (H100, 2026-11-24, tg128). Likely why (not
+// profiled): the SMs left free take the reduce's and the o-projection's blocks as they launch
+// early (PDL). The TQ4 splits' kernel has its own target (kTq4DecodeTargetBlocks,
+// attention_decode_tq4.h).
 constexpr int kDecodeMinKeysPerSplit = 32;
 constexpr int kDecodeMaxSplits = 128;
 constexpr int kDecodeTargetBlocks = 99;
