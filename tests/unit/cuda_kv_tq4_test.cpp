@@ -537,7 +537,16 @@ void run_attention_cases(Ops& gpu, const AttentionCase& s,
 // with the window, decode on a ring that has wrapped (a key tile that crosses slot 0).
 TEST_F(CudaKvTq4, AttentionGemma4FullLayer) {
     run_attention_cases(gpu(), {"gemma4 full 32/4 x 512", 32, 4, 512, 1200, 0, 1.0f, 0.0f},
-                        {{20, 1}, {1199, 1}, {1000, 4}, {500, 100}, {1150, 70}});
+                        {{20, 1}, {1199, 1}, {1000, 4}, {500, 100}, {1150, 70}, {1199, 300}});
+}
+
+// Head dim 512 with a window and a group (6) that does not divide the prefill kernels' 64-row
+// tiles: a token's heads straddle two tiles, the block's first key is not a tile boundary, and
+// the ring wraps (capacity 400 >= window + chunk - 1).
+TEST_F(CudaKvTq4, AttentionHeadDim512WindowAndOddGroup) {
+    run_attention_cases(gpu(),
+                        {"window 100, 12/2 x 512", 12, 2, 512, 400, 100, 0.0441941738f, 0.0f},
+                        {{399, 150}, {250, 9}, {450, 60}, {460, 1}});
 }
 
 TEST_F(CudaKvTq4, AttentionQwen35FullLayer) {

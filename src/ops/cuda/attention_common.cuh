@@ -186,6 +186,10 @@ inline AttentionKernelArgs make_attention_kernel_args(const float* q, const int6
     return a;
 }
 
+// The TQ4 prefill kernel on Hopper's warpgroup MMA, for head dim 512 (when to use it:
+// attention_prefill_tq4_wgmma.h).
+Status launch_attention_prefill_tq4_wgmma(const AttentionKernelArgs& args, cudaStream_t stream);
+
 // ---- device side ------------------------------------------------------------------------------
 
 // The first key position a query at `position` sees (cpu::first_visible_position).

@@ -9,6 +9,7 @@
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_prefill_tq4_wgmma.h"
 #include "ops/cuda/cuda_check.h"
 
 namespace kestrel::cuda {
@@ -111,6 +112,9 @@ Status attention_prefill_tq4(const float* q_rotated, const int64_t* positions, i
     AttentionKernelArgs args =
         make_attention_kernel_args(q_rotated, positions, n_tokens, shadow, shape, out_rotated);
     set_tq4_arguments(cache, args);
+    if (cache.head_dim == 512 && attention_prefill_tq4_wgmma_available()) {
+        return launch_attention_prefill_tq4_wgmma(args, stream);
+    }
     return launch_attention_prefill(args, attention_padded_head_dim(cache.head_dim, cache.head_dim),
                                     stream);
 }
