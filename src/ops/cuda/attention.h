@@ -99,7 +99,8 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
 // q_rotated = R q per head (tq4_rotate_rows, kv_cache_tq4.h), and out_rotated = sum_j p_j
 // norm_vj c_vj / sum_j p_j, which R^T turns back into the attention output. Both run on the bare
 // levels bf16(level): a key's norm scales its score, a value's norm its probability in P V.
-// Prefill dequantises each K / V tile into shared memory for the flash core; decode
+// Prefill dequantises each K / V tile into shared memory for the flash core (at head dim 512 on
+// sm_90a, for wgmma: attention_prefill_tq4_wgmma.cu); decode
 // (attention_decode_tq4.cu) builds its mma operands in registers from the index bytes, with the
 // 8 query heads of a kv head as the mma's n. Decode's workspace:
 // attention_decode_tq4_workspace_bytes.
