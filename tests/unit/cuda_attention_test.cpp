@@ -163,6 +163,7 @@ void fill_cache(const LayerShape& s, int64_t last, Cache& cache) {
     }
     CUDA_OK(cudaMemcpy(cache.k_dev.as<void>(), cache.k_bits.data(), cache.k_bits.size() * 2, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(cache.v_dev.as<void>(), cache.v_bits.data(), cache.v_bits.size() * 2, cudaMemcpyHostToDevice));
+    kestrel::testing::wait_for_host_copies();
 }
 
 // The worst ratios seen, error / allowed.
@@ -227,6 +228,7 @@ void check_decode_q8_output(const LayerShape& s, Cache& cache, const DeviceBuffe
     CUDA_OK(cudaMemset(out_dev.as<void>(), 0xff, decoded.size() * 4));
     CUDA_OK(cudaMemset(q8_with_out.as<void>(), 0xff, q8_bytes));
     CUDA_OK(cudaMemset(q8_alone.as<void>(), 0xff, q8_bytes));
+    kestrel::testing::wait_for_host_copies();
     Status status = cuda::attention_decode_quantize_q8(
         q_dev.as<float>(), positions_dev.as<int64_t>(), n_tokens, cache.device_view, s.attention(),
         workspace.as<void>(), out_dev.as<float>(), q8_with_out.as<Q8Block>(), nullptr);
@@ -276,6 +278,7 @@ void check_query(const LayerShape& s, Cache& cache, int64_t start, int64_t n_tok
     CUDA_OK(cudaMemcpy(positions_dev.as<void>(), positions.data(), positions.size() * 8, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemset(out_dev.as<void>(), 0xff, out_size * 4));  // NaN poison
     CUDA_OK(cudaMemset(workspace.as<void>(), 0xff, workspace_bytes));
+    kestrel::testing::wait_for_host_copies();
     Status status;
     switch (path) {
         case Path::kAuto:
@@ -398,6 +401,7 @@ TEST_F(CudaAttention, KvWriteBitExactWithRingWrap) {
     CUDA_OK(v_cache.alloc(v_size * 2));
     CUDA_OK(cudaMemcpy(k_cache.as<void>(), k_expect.data(), k_size * 2, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(v_cache.as<void>(), v_expect.data(), v_size * 2, cudaMemcpyHostToDevice));
+    kestrel::testing::wait_for_host_copies();
     const cuda::KvCacheBf16View view{k_cache.as<uint16_t>(), v_cache.as<uint16_t>(), capacity, n_kv, d, dv};
     const uint32_t specials[] = {0x7fc00000u, 0xffc00001u, 0x7f800001u, 0x7fbfffffu, 0x7f800000u, 0xff800000u,
                                  0x80000000u, 0x00000001u, 0x807fffffu, 0x3f808000u, 0x3f818000u, 0x3f80ffffu,
@@ -424,6 +428,7 @@ TEST_F(CudaAttention, KvWriteBitExactWithRingWrap) {
         CUDA_OK(cudaMemcpy(k_dev.as<void>(), k.data(), k.size() * 4, cudaMemcpyHostToDevice));
         CUDA_OK(cudaMemcpy(v_dev.as<void>(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
         CUDA_OK(cudaMemcpy(positions_dev.as<void>(), positions.data(), positions.size() * 8, cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
         const Status status =
             cuda::kv_write_bf16(view, positions_dev.as<int64_t>(), n, k_dev.as<float>(), v_dev.as<float>(), nullptr);
         ASSERT_TRUE(status.ok()) << status.message();
@@ -453,6 +458,7 @@ void check_graph_replay(const LayerShape& s, int64_t last, const std::vector<int
     ASSERT_NO_FATAL_FAILURE(make_cache(s, cache));
     CUDA_OK(cudaMemcpy(cache.k_dev.as<void>(), cache.k_bits.data(), cache.k_bits.size() * 2, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(cache.v_dev.as<void>(), cache.v_bits.data(), cache.v_bits.size() * 2, cudaMemcpyHostToDevice));
+    kestrel::testing::wait_for_host_copies();
     CUDA_OK(cudaDeviceSynchronize());  // the graph's stream does not wait for the legacy stream
     const int64_t k_row = s.n_kv_heads * s.head_dim, v_row = s.n_kv_heads * s.v_head_dim;
     const int64_t q_size = s.n_heads * s.head_dim, out_size = s.n_heads * s.v_head_dim;

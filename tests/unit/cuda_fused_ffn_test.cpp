@@ -153,6 +153,7 @@ TEST_F(CudaFusedFfn, GeluQuantizeIsGeluThenQuantize) {
         CUDA_OK(cudaMemset(dact.as<void>(), 0xff, n * 4));
         CUDA_OK(cudaMemset(dfused.as<void>(), 0xff, block_bytes));
         CUDA_OK(cudaMemset(dsplit.as<void>(), 0xff, block_bytes));
+        kestrel::testing::wait_for_host_copies();
         const float* pgate = dgate.as<float>() + c.offset;
         const float* pup = dup.as<float>() + c.offset;
 

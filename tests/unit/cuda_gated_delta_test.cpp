@@ -193,6 +193,7 @@ TEST_F(CudaGatedDelta, Conv1dMatchesCpu) {
             upload(dstate, state0);
             CUDA_OK(dout.alloc(n * 4));
             CUDA_OK(cudaMemset(dout.as<void>(), 0xff, n * 4));
+            kestrel::testing::wait_for_host_copies();
             STATUS_OK(cuda::conv1d_causal(dx.as<float>(), c.rows, dw.as<float>(),
                                           past > 0 ? dstate.as<float>() : nullptr, c.kernel,
                                           c.channels, silu, dout.as<float>(), nullptr));
@@ -236,6 +237,7 @@ TEST_F(CudaGatedDelta, Conv1dTwoCallsOfOneTokenEqualOneCallOfTwo) {
         CUDA_OK(dout_twice.alloc(n * 4));
         CUDA_OK(cudaMemset(dout_once.as<void>(), 0xff, n * 4));
         CUDA_OK(cudaMemset(dout_twice.as<void>(), 0xff, n * 4));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::conv1d_causal(dx.as<float>(), rows, dw.as<float>(), dstate_once.as<float>(),
                                       kernel, channels, true, dout_once.as<float>(), nullptr));
         for (int64_t t = 0; t < rows; ++t) {
@@ -401,6 +403,7 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleMatchesCpu) {
                 upload(db, in.b);
                 CUDA_OK(dout.alloc(n_out * 4));
                 CUDA_OK(cudaMemset(dout.as<void>(), 0xff, n_out * 4));
+                kestrel::testing::wait_for_host_copies();
                 STATUS_OK(cuda::gated_delta_rule(dqkv.as<float>(), da.as<float>(), db.as<float>(),
                                                  da_neg.as<float>(), ddt_bias.as<float>(), rows, p,
                                                  dstate.as<float>(), dout.as<float>(), nullptr));
@@ -456,6 +459,7 @@ TEST_F(CudaGatedDelta, GatedDeltaRuleTwoCallsOfTTokensEqualOneCallOf2T) {
             CUDA_OK(dout_twice.alloc(n_out * 4));
             CUDA_OK(cudaMemset(dout_once.as<void>(), 0xff, n_out * 4));
             CUDA_OK(cudaMemset(dout_twice.as<void>(), 0xff, n_out * 4));
+            kestrel::testing::wait_for_host_copies();
             STATUS_OK(cuda::gated_delta_rule(dqkv.as<float>(), da.as<float>(), db.as<float>(),
                                              da_neg.as<float>(), ddt_bias.as<float>(), rows, p,
                                              dstate_once.as<float>(), dout_once.as<float>(),
@@ -672,6 +676,7 @@ void run_gdn_calls(Ops& cpu, const GdnSetup& setup, const std::vector<int64_t>& 
     const size_t n_out = static_cast<size_t>(total * nv * dv);
     CUDA_OK(dout.alloc(n_out * 4));
     CUDA_OK(cudaMemset(dout.as<void>(), 0xff, n_out * 4));
+    kestrel::testing::wait_for_host_copies();
 
     std::vector<float> cpu_state = setup.state0;
     std::vector<double> state64(state_size);
@@ -709,6 +714,7 @@ void run_gdn_calls(Ops& cpu, const GdnSetup& setup, const std::vector<int64_t>& 
         DeviceBuffer scratch;
         CUDA_OK(scratch.alloc(scratch_bytes));
         CUDA_OK(cudaMemset(scratch.as<void>(), 0xff, std::max<size_t>(scratch_bytes, 16)));
+        kestrel::testing::wait_for_host_copies();
         const float* dq = dqkv.as<float>() + t0 * width;
         const float* dav = da.as<float>() + t0 * nv;
         const float* dbv = db.as<float>() + t0 * nv;

@@ -295,6 +295,7 @@ void run_and_check(cuda::GemmContext& context, const TestWeight& w, int64_t m, u
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(m, w.n, w.k)));
     CUDA_OK(cudaMemset(dy.as<void>(), 0xff, static_cast<size_t>(m * w.n) * 4));  // NaN poison
     const Status s = w.gemm(context, dx.as<float>(), m, scratch.as<void>(), dy.as<float>(), nullptr);
+    kestrel::testing::wait_for_host_copies();
     ASSERT_TRUE(s.ok()) << label << ": " << s.message();
     CUDA_OK(cudaDeviceSynchronize());
     check_output(w, x, m, download<float>(dy, static_cast<size_t>(m * w.n)), worst, label);
@@ -313,6 +314,7 @@ void check_dequantize_w4(const W4Weights& w, int64_t row_begin, int64_t rows) {
     const std::vector<float> expected = w4_dequantize(w);
     CUDA_OK(out.alloc(static_cast<size_t>((rows + 2) * k) * 2));  // a guard row either side
     CUDA_OK(cudaMemset(out.as<void>(), 0xff, static_cast<size_t>((rows + 2) * k) * 2));
+    kestrel::testing::wait_for_host_copies();
     const Status s =
         cuda::dequantize_w4_to_bf16(d.view, row_begin, rows, out.as<uint16_t>() + k, nullptr);
     ASSERT_TRUE(s.ok()) << s.message();
@@ -384,6 +386,7 @@ TEST_F(CudaGemm, DequantizeW8MatchesTwinBitForBit) {
     const std::vector<float> expected = w8_dequantize_rows(w, wanted_rows);
     CUDA_OK(out.alloc(static_cast<size_t>((rows + 2) * k) * 2));
     CUDA_OK(cudaMemset(out.as<void>(), 0xff, static_cast<size_t>((rows + 2) * k) * 2));
+    kestrel::testing::wait_for_host_copies();
     const Status s = cuda::dequantize_w8_to_bf16(view, row_begin, rows, out.as<uint16_t>() + k, nullptr);
     ASSERT_TRUE(s.ok()) << s.message();
     const std::vector<uint16_t> got = download<uint16_t>(out, static_cast<size_t>((rows + 2) * k));
@@ -412,6 +415,7 @@ TEST_F(CudaGemm, ConvertMatchesTwinBitForBit) {
     for (int offset = 0; offset < 2; ++offset) {
         const int64_t count = static_cast<int64_t>(x.size()) - offset;
         CUDA_OK(cudaMemset(out.as<void>(), 0xff, (x.size() + 8) * 2));
+        kestrel::testing::wait_for_host_copies();
         const Status s = cuda::convert_f32_to_bf16(dx.as<float>() + offset, count, out.as<uint16_t>() + offset, nullptr);
         ASSERT_TRUE(s.ok()) << s.message();
         const std::vector<uint16_t> got = download<uint16_t>(out, x.size() + 8);
@@ -540,6 +544,7 @@ TEST_F(CudaGemm, NaNActivationGivesNaNRow) {
     CUDA_OK(dy.alloc(static_cast<size_t>(m * n) * 4));
     CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(m, n, k)));
     CUDA_OK(cudaMemset(dy.as<void>(), 0, static_cast<size_t>(m * n) * 4));
+    kestrel::testing::wait_for_host_copies();
     ASSERT_TRUE(w->gemm(*context_, dx.as<float>(), m, scratch.as<void>(), dy.as<float>(), nullptr).ok());
     const std::vector<float> y = download<float>(dy, static_cast<size_t>(m * n));
     for (int64_t r = 0; r < m; ++r) {

@@ -195,12 +195,14 @@ void run_case(const Case& c, uint32_t seed) {
         const std::vector<float> x =
             random_normal(static_cast<size_t>(k), seed + 10 + static_cast<uint32_t>(token), 1.0f);
         CUDA_OK(cudaMemcpy(dx.as<void>(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::quantize_q8(dx.as<float>(), 1, k, k, da.as<Q8Block>(), nullptr));
         for (DeviceBuffer* b : {&dy_ref, &dy}) {
             CUDA_OK(cudaMemset(b->as<void>(), 0xff, static_cast<size_t>(n) * 4));  // NaN
         }
         for (DeviceBuffer* b : {&dout_ref, &dout}) {
             CUDA_OK(cudaMemset(b->as<void>(), 0xff, static_cast<size_t>(channels) * 4));
+            kestrel::testing::wait_for_host_copies();
         }
         const std::vector<float> old_state =
             download<float>(dstate_ref, static_cast<size_t>(state_count));
@@ -276,12 +278,14 @@ TEST_F(CudaGemvConv1d, RejectsBadArguments) {
     DeviceBuffer da, dy, dweight, dstate, dout;
     CUDA_OK(da.alloc(static_cast<size_t>(k / 32) * sizeof(Q8Block)));
     CUDA_OK(cudaMemset(da.as<void>(), 0, static_cast<size_t>(k / 32) * sizeof(Q8Block)));
+    kestrel::testing::wait_for_host_copies();
     CUDA_OK(dy.alloc(static_cast<size_t>(n) * 4));
     CUDA_OK(dweight.alloc(static_cast<size_t>(channels * 8) * 4));
     CUDA_OK(dstate.alloc(static_cast<size_t>(channels * 7) * 4));
     CUDA_OK(dout.alloc(static_cast<size_t>(n) * 4));
     CUDA_OK(cudaMemset(dweight.as<void>(), 0, static_cast<size_t>(channels * 8) * 4));
     CUDA_OK(cudaMemset(dstate.as<void>(), 0, static_cast<size_t>(channels * 7) * 4));
+    kestrel::testing::wait_for_host_copies();
     cuda::GemvConv1d good;
     good.weight = dweight.as<float>();
     good.state = dstate.as<float>();

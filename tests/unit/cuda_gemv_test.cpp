@@ -119,6 +119,7 @@ void check_gemv(const W4Weights& w, const DeviceW4& dw, int64_t m, uint64_t seed
     CUDA_OK(cudaMemset(da.as<void>(), 0xff, static_cast<size_t>(m * groups) * sizeof(Q8Block)));
     CUDA_OK(cudaMemset(dy.as<void>(), 0xff, static_cast<size_t>(m * n) * 4));  // NaN poison
     Status s = cuda::quantize_q8(dx.as<float>(), m, k, k, da.as<Q8Block>(), nullptr);
+    kestrel::testing::wait_for_host_copies();
     ASSERT_TRUE(s.ok()) << s.message();
     s = cuda::gemv_w4a8(dw.view, da.as<Q8Block>(), m, dy.as<float>(), nullptr);
     ASSERT_TRUE(s.ok()) << s.message();
@@ -257,8 +258,10 @@ TEST_F(CudaGemv, QuantizeMatchesTwinBitForBit) {
     CUDA_OK(da.alloc(static_cast<size_t>(m * groups) * sizeof(Q8Block)));
     CUDA_OK(cudaMemcpy(dx.as<void>(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(dxb.as<void>(), xb.data(), xb.size() * 2, cudaMemcpyHostToDevice));
+    kestrel::testing::wait_for_host_copies();
     for (int bf16 = 0; bf16 < 2; ++bf16) {
         CUDA_OK(cudaMemset(da.as<void>(), 0xff, static_cast<size_t>(m * groups) * sizeof(Q8Block)));
+        kestrel::testing::wait_for_host_copies();
         const Status s = bf16 ? cuda::quantize_q8_bf16(dxb.as<uint16_t>(), m, k, k, da.as<Q8Block>(), nullptr)
                               : cuda::quantize_q8(dx.as<float>(), m, k, k, da.as<Q8Block>(), nullptr);
         ASSERT_TRUE(s.ok()) << s.message();
@@ -371,6 +374,7 @@ TEST_F(CudaGemv, NaNActivationGivesNaNRows) {
     CUDA_OK(dy.alloc(static_cast<size_t>(m * n) * 4));
     CUDA_OK(cudaMemcpy(dx.as<void>(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemset(dy.as<void>(), 0, static_cast<size_t>(m * n) * 4));
+    kestrel::testing::wait_for_host_copies();
     ASSERT_TRUE(cuda::quantize_q8(dx.as<float>(), m, k, k, da.as<Q8Block>(), nullptr).ok());
     ASSERT_TRUE(cuda::gemv_w4a8(dw.view, da.as<Q8Block>(), m, dy.as<float>(), nullptr).ok());
     std::vector<float> y(static_cast<size_t>(m * n));

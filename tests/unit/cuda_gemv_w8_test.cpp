@@ -88,6 +88,7 @@ void upload(const W8Weights& w, DeviceW8& d) {
     CUDA_OK(cudaMemcpy(d.qs.as<void>(), w.qs.data(), w.qs.size(), cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(d.scale_min.as<void>(), w.scale_min.data(), w.scale_min.size() * 2,
                        cudaMemcpyHostToDevice));
+    kestrel::testing::wait_for_host_copies();
     d.view = {d.qs.as<int8_t>(), d.scale_min.as<uint32_t>(), w.n, w.k};
 }
 
@@ -116,6 +117,7 @@ void check_gemv(const W8Weights& w, const DeviceW8& dw, int64_t m, uint64_t seed
     CUDA_OK(cudaMemset(da.as<void>(), 0xff, static_cast<size_t>(m * groups) * sizeof(Q8Block)));
     CUDA_OK(cudaMemset(dy.as<void>(), 0xff, static_cast<size_t>(m * n) * 4));  // NaN poison
     Status s = cuda::quantize_q8(dx.as<float>(), m, k, k, da.as<Q8Block>(), nullptr);
+    kestrel::testing::wait_for_host_copies();
     ASSERT_TRUE(s.ok()) << s.message();
     s = cuda::gemv_w8a8(dw.view, da.as<Q8Block>(), m, dy.as<float>(), nullptr);
     ASSERT_TRUE(s.ok()) << s.message();
@@ -311,6 +313,7 @@ TEST_F(CudaGemvW8, NaNActivationGivesNaNRows) {
     CUDA_OK(dy.alloc(static_cast<size_t>(m * n) * 4));
     CUDA_OK(cudaMemcpy(dx.as<void>(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemset(dy.as<void>(), 0, static_cast<size_t>(m * n) * 4));
+    kestrel::testing::wait_for_host_copies();
     ASSERT_TRUE(cuda::quantize_q8(dx.as<float>(), m, k, k, da.as<Q8Block>(), nullptr).ok());
     ASSERT_TRUE(cuda::gemv_w8a8(dw.view, da.as<Q8Block>(), m, dy.as<float>(), nullptr).ok());
     std::vector<float> y(static_cast<size_t>(m * n));

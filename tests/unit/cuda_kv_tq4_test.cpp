@@ -191,6 +191,7 @@ struct Tq4Cache {
                            cudaMemcpyHostToDevice));
         CUDA_OK(cudaMemcpy(v_norm_dev.as<void>(), v_norm.data(), v_norm.size() * 2,
                            cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
     }
     void download_contents() {
         k = download(k_dev.as<uint8_t>(), k.size());

@@ -78,6 +78,7 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
     CUDA_OK(dscratch.alloc(scratch_bytes));
     CUDA_OK(cudaMemset(dscratch.as<void>(), 0xff, scratch_bytes));  // NaN scales, -1 codes
     const size_t out_count = static_cast<size_t>(rows * layer.dim);
+    kestrel::testing::wait_for_host_copies();
     CUDA_OK(dout.alloc(out_count * 4));
     if (base != nullptr) {
         ASSERT_EQ(base->size(), out_count);
@@ -89,6 +90,7 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
                                 in.weights.as<float>(), k, layer.gate_up->view, layer.down->view,
                                 layer.n_experts, layer.ffn, layer.dim, dscratch.as<void>(),
                                 /*accumulate=*/base != nullptr, dout.as<float>(), nullptr));
+    kestrel::testing::wait_for_host_copies();
     CUDA_OK(cudaDeviceSynchronize());
     result.out = download<float>(dout, out_count);
     result.act = download<Q8Block>(dscratch, static_cast<size_t>(rows * k * (layer.ffn / 32)));

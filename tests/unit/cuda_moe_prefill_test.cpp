@@ -133,6 +133,7 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
     CUDA_OK(dscratch.alloc(scratch_bytes));
     CUDA_OK(cudaMemset(dscratch.as<void>(), 0xff, scratch_bytes));  // NaN, -1
     const size_t out_count = static_cast<size_t>(rows * layer.dim);
+    kestrel::testing::wait_for_host_copies();
     if (accumulate) {
         result.out_before = random_x(rows, layer.dim, 4242);
         upload(dout, result.out_before);
@@ -140,6 +141,7 @@ void run_gpu(const Layer& layer, const std::vector<float>& x, int64_t rows, cons
         CUDA_OK(dout.alloc(out_count * 4));
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, out_count * 4));  // NaN poison
         result.out_before.assign(out_count, 0.0f);
+        kestrel::testing::wait_for_host_copies();
     }
     STATUS_OK(cuda::moe_experts_prefill(
         in.x.as<float>(), rows, in.ids.as<int32_t>(), in.weights.as<float>(), k,
@@ -634,6 +636,7 @@ TEST_F(CudaMoePrefill, AgreesWithDecodePath) {
             CUDA_OK(dscratch.alloc(cuda::moe_experts_scratch_bytes(rows, k, dim, ffn)));
             CUDA_OK(dout.alloc(static_cast<size_t>(rows * dim) * 4));
             CUDA_OK(cudaMemset(dout.as<void>(), 0xff, static_cast<size_t>(rows * dim) * 4));
+            kestrel::testing::wait_for_host_copies();
             STATUS_OK(cuda::moe_experts(in.x.as<float>(), rows, in.ids.as<int32_t>(),
                                         in.weights.as<float>(), k, layer.gate_up->view,
                                         layer.down->view, layer.n_experts, ffn, dim,

@@ -293,6 +293,7 @@ inline void alloc_zeroed_inputs(int64_t rows, int64_t k, int64_t dim, DeviceInpu
     CUDA_OK(cudaMemset(in.x.as<void>(), 0, x_bytes));
     CUDA_OK(cudaMemset(in.ids.as<void>(), 0, slot_bytes));
     CUDA_OK(cudaMemset(in.weights.as<void>(), 0, slot_bytes));
+    kestrel::testing::wait_for_host_copies();
 }
 
 // The good call runs, and so does it with no rows (which launches nothing).

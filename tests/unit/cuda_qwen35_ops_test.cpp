@@ -212,6 +212,7 @@ TEST_F(CudaQwen35Ops, SiluAndMulMatchesCpu) {
             upload(dup, up);
             CUDA_OK(dout.alloc(total * 4));
             CUDA_OK(cudaMemset(dout.as<void>(), 0xff, total * 4));
+            kestrel::testing::wait_for_host_copies();
             float* g = dgate.as<float>() + c.offset;
             float* out = in_place ? g : dout.as<float>() + c.offset;
             STATUS_OK(cuda::silu_and_mul(g, dup.as<float>() + c.offset, c.n, out, nullptr));
@@ -244,6 +245,7 @@ TEST_F(CudaQwen35Ops, SigmoidMulMatchesCpu) {
             upload(dgate, gate);
             CUDA_OK(dout.alloc(total * 4));
             CUDA_OK(cudaMemset(dout.as<void>(), 0xff, total * 4));
+            kestrel::testing::wait_for_host_copies();
             float* px = dx.as<float>() + c.offset;
             float* out = in_place ? px : dout.as<float>() + c.offset;
             STATUS_OK(cuda::sigmoid_mul(px, dgate.as<float>() + c.offset, c.n, out, nullptr));
@@ -344,6 +346,7 @@ TEST_F(CudaQwen35Ops, RmsNormGatedMatchesCpu) {
         CUDA_OK(dout.alloc(total * 4));
         CUDA_OK(dcomposed.alloc(total * 4));
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, total * 4));
+        kestrel::testing::wait_for_host_copies();
         float* px = dx.as<float>() + c.offset;
         const float* pz = dz.as<float>() + c.offset;
         const float* pw = dw.as<float>() + c.offset;
@@ -417,6 +420,7 @@ void route_on_gpu(const std::vector<float>& logits, int64_t rows, int64_t n, int
     CUDA_OK(dweights.alloc(slots * 4));
     CUDA_OK(cudaMemset(dids.as<void>(), 0xff, slots * 4));
     CUDA_OK(cudaMemset(dweights.as<void>(), 0xff, slots * 4));
+    kestrel::testing::wait_for_host_copies();
     STATUS_OK(cuda::moe_route(dlogits.as<float>(), rows, n, k,
                               shared_gate != nullptr ? dshared.as<float>() : nullptr,
                               dids.as<int32_t>(), dweights.as<float>(), nullptr));
@@ -632,6 +636,7 @@ TEST_F(CudaQwen35Ops, CapturedInAGraphMatchesEagerLaunches) {
         // add_sigmoid_scaled accumulates: each replay starts from the same residual.
         CUDA_OK(cudaMemcpy(graphed.sum.as<void>(), residual.data(), model_n * 4,
                            cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
         CUDA_OK(cudaGraphLaunch(exec, stream));
         CUDA_OK(cudaStreamSynchronize(stream));
         const std::string what = "replay " + std::to_string(replay);

@@ -121,6 +121,7 @@ void check_chain(const ChainCase& c) {
     CUDA_OK(prompt_device.alloc(c.prompt.size() * 4));
     if (!c.prompt.empty()) {
         CUDA_OK(cudaMemcpy(prompt_device.as<void>(), c.prompt.data(), c.prompt.size() * 4, cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
     }
     Noise noise(c.params.seed * 7919 + static_cast<uint64_t>(c.vocab));
     int from_boosted = 0;
@@ -204,8 +205,10 @@ TEST_F(CudaSampling, GreedyIsArgmax) {
         CUDA_OK(logits_device.alloc(c.logits.size() * 4));
         CUDA_OK(token_device.alloc(4));
         CUDA_OK(cudaMemcpy(logits_device.as<void>(), c.logits.data(), c.logits.size() * 4, cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
         for (int repeat = 0; repeat < 2; ++repeat) {  // the second run checks the ticket was re-armed
             CUDA_OK(cudaMemset(token_device.as<void>(), 0xff, 4));
+            kestrel::testing::wait_for_host_copies();
             STATUS_OK(gpu->sample(logits_device.as<float>(), token_device.as<int32_t>(), nullptr));
             int32_t got = -1;
             CUDA_OK(cudaMemcpy(&got, token_device.as<void>(), 4, cudaMemcpyDeviceToHost));
@@ -305,6 +308,7 @@ TEST_F(CudaSampling, CapturedGraphReplaysEqualCpu) {
     CUDA_OK(logits_device.alloc(static_cast<size_t>(vocab) * 4));
     CUDA_OK(token_device.alloc(4));
     CUDA_OK(cudaMemset(logits_device.as<void>(), 0, static_cast<size_t>(vocab) * 4));
+    kestrel::testing::wait_for_host_copies();
 
     cudaGraph_t graph = nullptr;
     CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));

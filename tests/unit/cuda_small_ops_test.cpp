@@ -145,6 +145,7 @@ TEST_F(CudaSmallOps, RmsNormMatchesCpu) {
             upload(dw, w);
             CUDA_OK(dout.alloc(n * 4));
             CUDA_OK(cudaMemset(dout.as<void>(), 0xff, n * 4));
+            kestrel::testing::wait_for_host_copies();
             float* out = in_place ? dx.as<float>() : dout.as<float>();
             STATUS_OK(cuda::rms_norm(dx.as<float>(), c.weighted ? dw.as<float>() : nullptr, c.rows, c.dim, 1e-6f, out,
                                      nullptr));
@@ -216,6 +217,7 @@ TEST_F(CudaSmallOps, RmsNormQuantizeQ8IsRmsNormThenQuantize) {
         CUDA_OK(dsplit.alloc(block_bytes));
         CUDA_OK(cudaMemset(dfused.as<void>(), 0xff, block_bytes));
         CUDA_OK(cudaMemset(dsplit.as<void>(), 0xff, block_bytes));
+        kestrel::testing::wait_for_host_copies();
         const float* weight = c.weighted ? dw.as<float>() : nullptr;
         STATUS_OK(cuda::rms_norm_quantize_q8(dx.as<float>(), weight, c.rows, c.dim, 1e-6f, dfused.as<Q8Block>(),
                                              nullptr));
@@ -414,6 +416,7 @@ TEST_F(CudaSmallOps, ElementwiseMatchCpu) {
         std::vector<float> expected(c.n);
         cpu_->gelu_tanh_and_mul(a.data() + c.offset, b.data() + c.offset, static_cast<int64_t>(c.n), expected.data());
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, total * 4));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::gelu_tanh_and_mul(pa, pb, static_cast<int64_t>(c.n), out, nullptr));
         std::vector<float> got = download(out, c.n);
         for (size_t i = 0; i < c.n; ++i) {
@@ -428,6 +431,7 @@ TEST_F(CudaSmallOps, ElementwiseMatchCpu) {
         // add: exact
         cpu_->add(a.data() + c.offset, b.data() + c.offset, static_cast<int64_t>(c.n), expected.data());
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, total * 4));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::add(pa, pb, static_cast<int64_t>(c.n), out, nullptr));
         got = download(out, c.n);
         for (size_t i = 0; i < c.n; ++i) ASSERT_TRUE(same_bits(got[i], expected[i])) << "add " << what << " " << i;
@@ -437,6 +441,7 @@ TEST_F(CudaSmallOps, ElementwiseMatchCpu) {
         std::vector<float> scaled(a.begin() + static_cast<long>(c.offset), a.end());
         cpu_->scale(scaled.data(), static_cast<int64_t>(c.n), 73.3212f);
         CUDA_OK(cudaMemcpy(out, a.data() + c.offset, c.n * 4, cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::scale(out, static_cast<int64_t>(c.n), 73.3212f, nullptr));
         got = download(out, c.n);
         for (size_t i = 0; i < c.n; ++i) ASSERT_TRUE(same_bits(got[i], scaled[i])) << "scale " << what << " " << i;
@@ -454,6 +459,7 @@ TEST_F(CudaSmallOps, ElementwiseMatchCpu) {
         std::vector<float> capped = logits;
         cpu::softcap(capped.data(), static_cast<int64_t>(c.n), 30.0f);
         CUDA_OK(cudaMemcpy(out, logits.data(), c.n * 4, cudaMemcpyHostToDevice));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::softcap(out, static_cast<int64_t>(c.n), 30.0f, nullptr));
         got = download(out, c.n);
         for (size_t i = 0; i < c.n; ++i) {
@@ -484,6 +490,7 @@ TEST_F(CudaSmallOps, EmbedMatchesCpuBitForBit) {
         upload(dids, ids);
         CUDA_OK(dout.alloc(expected.size() * 4));
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, expected.size() * 4));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::embed(dids.as<int32_t>(), static_cast<int64_t>(ids.size()), dtable.as<float>(), c.vocab, c.dim,
                               gemma4_scale, dout.as<float>(), nullptr));
         const std::vector<float> got = download(dout.as<float>(), expected.size());
@@ -515,6 +522,7 @@ TEST_F(CudaSmallOps, EmbedMatchesCpuBitForBit) {
         upload(dids, ids);
         CUDA_OK(dout.alloc(expected.size() * 4));
         CUDA_OK(cudaMemset(dout.as<void>(), 0xff, expected.size() * 4));
+        kestrel::testing::wait_for_host_copies();
         const cuda::W4DeviceView view = dw.view;
         STATUS_OK(cuda::embed(dids.as<int32_t>(), static_cast<int64_t>(ids.size()), view, gemma4_scale,
                               dout.as<float>(), nullptr));
@@ -539,6 +547,7 @@ TEST_F(CudaSmallOps, EmbedOfAnIdOutsideTheVocabIsNaN) {
     const cuda::W4DeviceView view = dw.view;
     for (int w4 = 0; w4 < 2; ++w4) {
         CUDA_OK(cudaMemset(dout.as<void>(), 0, ids.size() * dim * 4));
+        kestrel::testing::wait_for_host_copies();
         STATUS_OK(w4 ? cuda::embed(dids.as<int32_t>(), 4, view, 1.0f, dout.as<float>(), nullptr)
                      : cuda::embed(dids.as<int32_t>(), 4, dtable.as<float>(), vocab, dim, 1.0f, dout.as<float>(),
                                    nullptr));

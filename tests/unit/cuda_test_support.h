@@ -59,12 +59,22 @@ private:
     void* ptr_ = nullptr;
 };
 
+// cudaMemcpy from pageable host memory may return before its DMA into device memory is done
+// (CUDA runtime API, "API synchronization behavior"), and cudaMemset is asynchronous: both are
+// ordered only on the legacy default stream, with which the ops' non-blocking stream does not
+// synchronise. A kernel launched next could read the old contents (seen: CudaKvTq4's centre test
+// failed 2 times in 24 with six test processes sharing the GPU). So wait for the device.
+inline void wait_for_host_copies() {
+    CUDA_OK(cudaDeviceSynchronize());
+}
+
 // Allocates `device` to hold `host` and copies it there.
 template <class T>
 void upload(DeviceBuffer& device, const std::vector<T>& host) {
     CUDA_OK(device.alloc(host.size() * sizeof(T)));
     CUDA_OK(cudaMemcpy(device.as<void>(), host.data(), host.size() * sizeof(T),
                        cudaMemcpyHostToDevice));
+    wait_for_host_copies();
 }
 
 // Overwrites memory that is already allocated (e.g. between replays of a captured graph, whose
@@ -72,6 +82,7 @@ void upload(DeviceBuffer& device, const std::vector<T>& host) {
 template <class T>
 void copy_to_device(T* device, const std::vector<T>& host) {
     CUDA_OK(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    wait_for_host_copies();
 }
 
 // EXPECT, not ASSERT: gtest's fatal assertions need a void function. A failed copy still fails

@@ -130,6 +130,7 @@ TEST_F(CudaWeightsExtra, FillRandomW4MatchesItsDescription) {
         CUDA_OK(cudaMemset(qs.as<void>(), kPoison, qs_bytes + kGuardBytes));
         CUDA_OK(cudaMemset(gs.as<void>(), kPoison, gs_bytes + kGuardBytes));
         CUDA_OK(cudaMemset(ss.as<void>(), kPoison, ss_bytes + kGuardBytes));
+        kestrel::testing::wait_for_host_copies();
         const float a = std::sqrt(3.0f / static_cast<float>(k));
         ++seed;
         const Status s = cuda::fill_random_w4(qs.as<uint8_t>(), gs.as<uint16_t>(),
