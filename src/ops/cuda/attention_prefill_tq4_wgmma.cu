@@ -156,9 +156,9 @@ __device__ __forceinline__ void store_levels(unsigned char* tile, int key_in_til
     }
 }
 
-// Warpgroup 0: K tiles and both tiles' norms. Thread (warp pw, lane): key 16 pw + lane / 2 of every
-// tile, of its row the chunks at byte 16 (lane % 2) + 32 m (m = 0..7: column block m); two lanes
-// read one 32-byte sector. Each tile's index bytes and norms are loaded a tile ahead, so that
+// Warpgroup 0: K tiles, and each tile's K and V norms. Thread (warp pw, lane): key 16 pw + lane / 2
+// of every tile, of its row the chunks at byte 16 (lane % 2) + 32 m (m = 0..7: column block m); two
+// lanes read one 32-byte sector. Each tile's index bytes and norms are loaded a tile ahead, so that
 // their latency is not on the way to the hand-over.
 __device__ __forceinline__ void produce_keys(const AttentionKernelArgs& a, int kv_head,
                                              int key_begin, int key_end, int n_tiles,
@@ -448,7 +448,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 bool attention_prefill_tq4_wgmma_built_for_device() {
     // The sm_90a build of the kernel is what this device runs only if both the binary and the PTX
-    // it came from are sm_90 (an sm_80 PTX JIT-compiled here has an empty body).
+    // it came from are sm_90 (an sm_80 PTX JIT-compiled here holds only a trap).
     cudaFuncAttributes attributes{};
     if (cudaFuncGetAttributes(&attributes, attention_prefill_tq4_wgmma_kernel) != cudaSuccess) {
         (void)cudaGetLastError();
