@@ -30,12 +30,13 @@
 // dequantisation then sits between P V and the next S); each consumer dequantising half of its
 // own K rows while its P V runs (246); each consumer computing S for all 64 keys, so that the two
 // exchange nothing and P V takes P from registers (215: S's MMAs and their shared-memory reads
-// double); 136 producer and 184 consumer registers (181, the consumers spill); a 4th warpgroup
-// (does not compile: m64n256k16's accumulator needs >= 154 registers at entry, 512 threads allow
-// 128). Issuing S(t + 1) behind P V(t) made ptxas insert a wait at the loop's end (C7517), which
-// undoes the overlap. What limits it (ncu, an earlier state at 250): the integer pipe at ~56% and
-// 0.9 eligible warps a scheduler, i.e. the dequantisation's dependent byte permutes with three
-// warps a scheduler to hide them.
+// double); each consumer computing S over its half of the dims for all 64 keys, adding the other's
+// partial S through shared memory, P from registers (211); 136 producer and 184 consumer registers
+// (181, the consumers spill); a 4th warpgroup (does not compile: m64n256k16's accumulator needs >=
+// 154 registers at entry, 512 threads allow 128). Issuing S(t + 1) behind P V(t) made ptxas insert
+// a wait at the loop's end (C7517), which undoes the overlap. What limits it (ncu, an earlier state
+// at 250): the integer pipe at ~56% and 0.9 eligible warps a scheduler, i.e. the dequantisation's
+// dependent byte permutes with three warps a scheduler to hide them.
 #include <cuda_bf16.h>
 
 #include "ops/cuda/attention.h"
