@@ -197,6 +197,16 @@ __host__ __device__ inline int attention_first_visible(int position, int window)
     return window > 0 ? (position - window + 1 > 0 ? position - window + 1 : 0) : 0;
 }
 
+// The keys packed query row `packed` sees: lo <= key <= hi, hi clipped to the call's last key
+// (key_end - 1); none (hi = -1) for a padding row past the call's rows.
+__device__ __forceinline__ void visible_keys(const AttentionKernelArgs& a, int packed, int key_end,
+                                             int& lo, int& hi) {
+    const int position =
+        packed < a.n_tokens * a.group ? static_cast<int>(a.positions[packed / a.group]) : -1;
+    lo = a.window > 0 ? position - a.window + 1 : 0;
+    hi = position < key_end - 1 ? position : key_end - 1;
+}
+
 // Splits a decode call uses for `n_keys` live keys (the same on every block and in the reduce).
 __host__ __device__ inline int decode_splits_used(int n_keys, int max_splits,
                                                   int single_pass_keys) {
@@ -569,10 +579,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
     int row_hi[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-        const int packed = row0 + row_group * 16 + g + 8 * i;
-        const int position = packed < rows_total ? static_cast<int>(a.positions[packed / a.group]) : -1;
-        row_lo[i] = a.window > 0 ? position - a.window + 1 : 0;
-        row_hi[i] = position < key_end - 1 ? position : key_end - 1;
+        visible_keys(a, row0 + row_group * 16 + g + 8 * i, key_end, row_lo[i], row_hi[i]);
         st.m[i] = -INFINITY;
         st.l[i] = 0.0f;
     }

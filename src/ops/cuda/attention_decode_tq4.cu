@@ -267,11 +267,7 @@ __global__ void __launch_bounds__(Tq4DecodeConfig<kHeadDimPad>::kThreads, kTq4De
     float m[2], l_part[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-        const int packed = row0 + 2 * c + i;
-        const int position =
-            packed < rows_total ? static_cast<int>(a.positions[packed / a.group]) : -1;
-        row_lo[i] = a.window > 0 ? position - a.window + 1 : 0;
-        row_hi[i] = position < key_end - 1 ? position : key_end - 1;
+        visible_keys(a, row0 + 2 * c + i, key_end, row_lo[i], row_hi[i]);
         m[i] = -INFINITY;
         l_part[i] = 0.0f;
     }

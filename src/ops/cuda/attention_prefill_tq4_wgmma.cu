@@ -219,11 +219,7 @@ __device__ __forceinline__ void consume_tiles(const AttentionKernelArgs& a, int 
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         row[i] = 16 * warp + g + 8 * i;
-        const int packed = row0 + row[i];
-        const int position =
-            packed < rows_total ? static_cast<int>(a.positions[packed / a.group]) : -1;
-        row_lo[i] = a.window > 0 ? position - a.window + 1 : 0;
-        row_hi[i] = position < key_end - 1 ? position : key_end - 1;
+        visible_keys(a, row0 + row[i], key_end, row_lo[i], row_hi[i]);
         m[i] = -INFINITY;
         l[i] = 0.0f;
     }
