@@ -292,6 +292,10 @@ __device__ __forceinline__ void cp_async_wait_pending() {
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Signals named barrier `id` without waiting (the waiters use named_barrier with the same count).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // kBf16Stages: K/V tile stages over a bf16 cache (kBf16Stages - 1 tiles in flight while one is
 // computed). Decode uses 3 (it has the shared memory: one block per SM). Measured on the H100

@@ -1,9 +1,8 @@
 // Hopper warpgroup MMA (wgmma) and what goes with it, as PTX (ISA 8.x, "Asynchronous
 // Warpgroup Level Matrix Multiply-Accumulate Instructions"): shared-memory matrix descriptors
 // for 128-byte-swizzled tiles, the fence / commit / wait of the asynchronous MMAs, the proxy
-// fence that makes ordinary shared-memory stores visible to them, register reallocation between
-// warpgroups, and named-barrier arrive. sm_90a only: include from code compiled under
-// KESTREL_HAS_WGMMA.
+// fence that makes ordinary shared-memory stores visible to them, and register reallocation
+// between warpgroups. Those are defined only where KESTREL_HAS_WGMMA (an sm_90a compile).
 //
 // The 128-byte swizzle (the layout every operand here uses): a tile is made of 1024-byte atoms of
 // 8 rows x 128 bytes; the 16-byte chunk c of row r of an atom lives at chunk c ^ (r % 8). Atoms
@@ -138,10 +137,5 @@ __device__ __forceinline__ void wgmma_m64n256k16_b_mn_major(float (&d)[128], uin
 }
 
 #endif  // KESTREL_HAS_WGMMA
-
-// Signals named barrier `id` without waiting (the waiters use bar.sync with the same count).
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 
 }  // namespace kestrel::cuda
