@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace kestrel {
 
 int64_t logit_row_count(LogitRows rows, int64_t n_tokens) {
@@ -34,6 +36,35 @@ void dump(Ops& ops, const ForwardOptions& options, std::string_view name, int64_
     const Status copied = ops.copy_to_host(host.data(), data, host.size() * sizeof(float));
     if (!copied.ok()) return;  // the forward's own error check reports the backend's failure
     (*options.debug)(name, layer, host.data(), rows, cols);
+}
+
+Status attention_block(Ops& ops, float* q, float* k, float* v, const float* q_norm,
+                       const float* k_norm, std::span<const int64_t> positions,
+                       const AttentionInputsParams& inputs, const KvLayerView& kv,
+                       const AttentionParams& params, float* attn_out, bool keep_attn_out,
+                       const Weight& wo, float* attn_proj) {
+    const auto n_tokens = static_cast<int64_t>(positions.size());
+    const int64_t step = kv.step_tokens;
+    if (step <= 0 || n_tokens <= step) {
+        KESTREL_RETURN_IF_ERROR(
+            ops.attention_inputs(q, k, v, q_norm, k_norm, positions, inputs, kv));
+        ops.attention_linear(q, positions, kv, params, attn_out, keep_attn_out, wo, attn_proj);
+        return ok_status();
+    }
+    const int64_t q_row = inputs.n_heads * inputs.head_dim;
+    const int64_t k_row = inputs.n_kv_heads * inputs.head_dim;
+    const int64_t v_row = inputs.n_kv_heads * kv.v_head_dim;
+    const int64_t out_row = params.n_heads * kv.v_head_dim;
+    for (int64_t first = 0; first < n_tokens; first += step) {
+        const int64_t count = std::min(step, n_tokens - first);
+        const std::span<const int64_t> step_positions = positions.subspan(first, count);
+        KESTREL_RETURN_IF_ERROR(ops.attention_inputs(q + first * q_row, k + first * k_row,
+                                                     v + first * v_row, q_norm, k_norm,
+                                                     step_positions, inputs, kv));
+        ops.attention(q + first * q_row, step_positions, kv, params, attn_out + first * out_row);
+    }
+    ops.linear(attn_out, n_tokens, wo, attn_proj);
+    return ok_status();
 }
 
 Status output_head(Ops& ops, const ModelConfig& config, const float* x, int64_t n_tokens, const float* norm_weight,

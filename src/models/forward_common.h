@@ -22,6 +22,19 @@ Status check_forward_arguments(std::string_view model, const ModelConfig& config
 void dump(Ops& ops, const ForwardOptions& options, std::string_view name, int64_t layer, const float* data,
           int64_t rows, int64_t cols);
 
+// One softmax-attention layer from its projected q | k | v to attn_proj [T, d]:
+// ops.attention_inputs (q, k norms and RoPE, the cache write), then attention and the output
+// projection (ops.attention_linear; attn_out [T, n_heads * v_head_dim] is written only when
+// keep_attn_out). A sliding ring shorter than its window plus the batch (kv.step_tokens) takes the
+// write and the attention in steps of kv.step_tokens tokens, in order, so that no write
+// overwrites a key a query of its step still needs; then attn_out is always written and
+// projected once for all rows.
+Status attention_block(Ops& ops, float* q, float* k, float* v, const float* q_norm,
+                       const float* k_norm, std::span<const int64_t> positions,
+                       const AttentionInputsParams& inputs, const KvLayerView& kv,
+                       const AttentionParams& params, float* attn_out, bool keep_attn_out,
+                       const Weight& wo, float* attn_proj);
+
 // The head every model ends with: RMSNorm of the last logit rows of the residual stream
 // x [T, d] (dumped as "result_norm"), then lm_head [vocab, d] with config.final_logit_softcap,
 // into logits (backend memory).

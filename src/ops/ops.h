@@ -80,11 +80,24 @@ const char* weight_format_name(WeightFormat format);
 // A backend that multiplies a prefill chunk by a W4 / W8 weight through a bf16 copy of it (the
 // CUDA backend: dequantise, then a tensor-core GEMM) makes that copy in slices of output rows of
 // at most this many bytes, so that its scratch stays bounded whatever the matrix: a perplexity
-// run's lm_head over every row (262144 x 5376 in bf16 is 2.8 GB at Gemma's width). 512 MiB keeps
-// every layer's projection whole (Gemma 4 31B's largest, gate | up, is 441 MiB): slicing those
-// costs prefill speed (gemm_bench on the H100 at 32 MiB slices: 7-27% slower GEMMs, pp2048
-// 6964 tok/s against 7331). Memory plans count one slice.
-constexpr int64_t kPrefillWeightSliceBytes = int64_t{512} << 20;
+// run's lm_head over every row (262144 x 5376 in bf16 is 2.8 GB at Gemma's width). Small slices
+// cost prefill speed (gemm_bench on the H100 at 32 MiB slices: 7-27% slower GEMMs, pp2048 6964
+// tok/s against 7331); 256 MiB keeps every layer's projection whole but Gemma 4 31B's gate | up
+// (441 MiB), which goes in two halves of 21504 rows, and saves 221 MiB at 128k context on a
+// 24 GB card. Memory plans count one slice.
+constexpr int64_t kPrefillWeightSliceBytes = int64_t{256} << 20;
+
+// Output rows per slice of an [n, k] weight's bf16 copy under slices of at most `slice_bytes`
+// (0: the whole matrix): as few slices as fit, of equal rows (a multiple of 64, at least 64; the
+// last may be shorter), so that no GEMM runs on a thin remainder.
+inline int64_t prefill_weight_slice_rows(int64_t n, int64_t k, int64_t slice_bytes) {
+    if (slice_bytes <= 0) return n;
+    const int64_t most = slice_bytes / (k * 2) / 64 * 64;
+    if (most <= 64) return n <= 64 ? n : 64;
+    if (n <= most) return n;
+    const int64_t slices = (n + most - 1) / most;
+    return ((n + slices - 1) / slices + 63) / 64 * 64;
+}
 
 // A model tensor in backend memory: a linear layer's weight [out, in] (y = x W^T), or a vector
 // (a norm's weight: out = its length, in = 1, always kF32).
@@ -143,8 +156,9 @@ enum class KvDtype { kF32, kBF16, kTq4 };
 
 // One attention layer's KV cache of one sequence. Position p lives in slot p % capacity: a flat
 // cache has capacity >= every position it will hold; a sliding layer's ring has capacity
-// >= window + chunk - 1, so that writing a chunk never overwrites a key an earlier query of the
-// same chunk still needs (spec §10.6).
+// >= window + step - 1, so that writing `step` tokens never overwrites a key an earlier query of
+// the same step still needs (spec §10.6). A step is a whole prefill chunk, or where the ring is
+// shorter than window + chunk - 1 (step_tokens > 0), at most step_tokens of its tokens.
 struct KvLayerView {
     // kF32 / kBF16: [capacity, n_kv_heads, head_dim] of `dtype`. kTq4: uint8 [capacity,
     // n_kv_heads, head_dim / 2], TQ4 indices packed as in ops/kv_tq4.h (element 2b in the low
@@ -164,6 +178,10 @@ struct KvLayerView {
     // [n_kv_heads, head_dim] fp32, or null: the key centre mu (ops/kv_tq4.h, "Key centring"):
     // keys are stored as k - mu, which moves every score of a query by the same q . mu.
     float* k_center = nullptr;
+    // A sliding ring shorter than window + prefill chunk - 1 (runtime/kv_cache.h
+    // kSlidingAttentionStep): the most tokens one cache write and its attention may take,
+    // capacity - window + 1. 0: no limit (flat caches, and rings that hold a whole chunk).
+    int64_t step_tokens = 0;
 };
 
 struct AttentionParams {
@@ -378,7 +396,8 @@ public:
     virtual void attention(const float* q, std::span<const int64_t> positions,
                            const KvLayerView& cache, const AttentionParams& params, float* out) = 0;
 
-    // out[i] = gelu_tanh(gate[i]) * up[i]   (HF `gelu_pytorch_tanh`).   gate, up, out [n]
+    // out[i] = gelu_tanh(gate[i]) * up[i]   (HF `gelu_pytorch_tanh`).   gate, up, out [n]; out
+    // may be gate (in place).
     virtual void gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) = 0;
 
     // out[i] = a[i] + b[i]; out may alias a or b.
@@ -499,7 +518,8 @@ public:
                                              std::span<const int64_t> widths, float* out);
 
     // act = gelu_tanh(gate) * up [rows, dim], then out = act W^T: the feed-forward's end. `act` is
-    // written only when keep_act (a backend may quantise it for its GEMV without storing it).
+    // written only when keep_act (a backend may quantise it for its GEMV without storing it); it
+    // may be gate.
     virtual void gelu_tanh_and_mul_linear(const float* gate, const float* up, int64_t rows, int64_t dim, float* act,
                                           bool keep_act, const Weight& w, float* out);
 

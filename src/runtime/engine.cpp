@@ -137,7 +137,8 @@ int64_t Engine::default_prefill_chunk() const {
 }
 
 Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t prefill_chunk,
-                                                     KvCacheFormat kv_cache) const {
+                                                     KvCacheFormat kv_cache,
+                                                     int64_t sliding_step) const {
     const int64_t trained = config().context_length;
     if (context < 0 || prefill_chunk < 0) {
         return Status(StatusCode::kInvalidArgument,
@@ -151,8 +152,8 @@ Result<std::unique_ptr<Session>> Engine::new_session(int64_t context, int64_t pr
     // 0: the default chunk, or a smaller one where the default does not fit.
     KESTREL_ASSIGN_OR_RETURN(prefill_chunk, fit_prefill_chunk(context, prefill_chunk, kv_cache));
     const std::vector<KvLayerSpec> layout = model_->kv_layout();
-    KESTREL_ASSIGN_OR_RETURN(KvCache cache,
-                             KvCache::create(layout, context, prefill_chunk, *ops_, kv_cache));
+    KESTREL_ASSIGN_OR_RETURN(KvCache cache, KvCache::create(layout, context, prefill_chunk, *ops_,
+                                                            kv_cache, sliding_step));
     auto session = std::make_unique<Session>(*this, std::move(cache), context, prefill_chunk);
     KESTREL_RETURN_IF_ERROR(session->allocate_staging());
     return session;

@@ -14,6 +14,7 @@
 #include "models/model.h"
 #include "models/model_config.h"
 #include "ops/ops.h"
+#include "runtime/kv_cache.h"
 #include "runtime/kv_cache_format.h"
 #include "tokenizer/tokenizer.h"
 
@@ -62,10 +63,13 @@ public:
     // or on a GPU where that does not fit the largest halving of it that does (said in the log);
     // kv_cache = how full-attention layers store K and V (`--kv-cache`). On a GPU, a session whose
     // memory plan does not fit in the free device memory is refused here (kOutOfMemory naming
-    // the sizes and a -c or -b that fits), not part-way through a long prompt.
+    // the sizes and a -c or -b that fits), not part-way through a long prompt. sliding_step:
+    // tokens per sliding-attention step (runtime/kv_cache.h kSlidingAttentionStep; tests take
+    // smaller ones).
     Result<std::unique_ptr<Session>> new_session(
         int64_t context = 0, int64_t prefill_chunk = 0,
-        KvCacheFormat kv_cache = KvCacheFormat::kNative) const;
+        KvCacheFormat kv_cache = KvCacheFormat::kNative,
+        int64_t sliding_step = kSlidingAttentionStep) const;
     // 512 on the CPU; 2048 on CUDA, where each chunk dequantises every weight matrix once for
     // the tensor cores, so longer chunks amortise it (and the GEMMs run at a better shape).
     int64_t default_prefill_chunk() const;

@@ -21,8 +21,9 @@ size_t element_bytes(KvDtype dtype) {
 
 }  // namespace
 
-int64_t KvCache::ring_capacity(int64_t window, int64_t context, int64_t prefill_chunk) {
-    return std::min(context, window + prefill_chunk - 1);
+int64_t KvCache::ring_capacity(int64_t window, int64_t context, int64_t prefill_chunk,
+                               int64_t sliding_step) {
+    return std::min(context, window + std::min(prefill_chunk, sliding_step) - 1);
 }
 
 Result<const float*> KvCache::rotation(int64_t head_dim, Ops& ops) {
@@ -39,10 +40,14 @@ Result<const float*> KvCache::rotation(int64_t head_dim, Ops& ops) {
 }
 
 Result<KvCache> KvCache::create(std::span<const KvLayerSpec> layout, int64_t context,
-                                int64_t prefill_chunk, Ops& ops, KvCacheFormat format) {
-    if (context <= 0 || prefill_chunk <= 0) {
-        return Status(StatusCode::kInvalidArgument,
-                      fmt::format("KV cache: context {} and prefill chunk {} must be positive", context, prefill_chunk));
+                                int64_t prefill_chunk, Ops& ops, KvCacheFormat format,
+                                int64_t sliding_step) {
+    if (context <= 0 || prefill_chunk <= 0 || sliding_step <= 0) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            fmt::format(
+                "KV cache: context {}, prefill chunk {} and sliding step {} must be positive",
+                context, prefill_chunk, sliding_step));
     }
     const int64_t n_full = std::count_if(layout.begin(), layout.end(), is_full_attention);
     const bool tq4 = format == KvCacheFormat::kTq4 && n_full > 0;
@@ -63,7 +68,9 @@ Result<KvCache> KvCache::create(std::span<const KvLayerSpec> layout, int64_t con
     const KvDtype native = ops.kv_dtype();
     for (size_t il = 0; il < layout.size(); ++il) {
         const KvLayerSpec& spec = layout[il];
-        const int64_t capacity = spec.window > 0 ? ring_capacity(spec.window, context, prefill_chunk) : context;
+        const int64_t capacity =
+            spec.window > 0 ? ring_capacity(spec.window, context, prefill_chunk, sliding_step)
+                            : context;
         const bool layer_tq4 = tq4 && is_full_attention(spec);
         KvLayerView view{nullptr,
                          nullptr,
@@ -72,6 +79,12 @@ Result<KvCache> KvCache::create(std::span<const KvLayerSpec> layout, int64_t con
                          spec.head_dim,
                          spec.v_head_dim,
                          layer_tq4 ? KvDtype::kTq4 : native};
+        // A ring that wraps within a chunk: steps of the tokens whose writes keep every key a
+        // query of the step needs (position p - window + 1 survives the writes up to
+        // p + capacity - window).
+        if (spec.window > 0 && capacity < context && capacity - spec.window + 1 < prefill_chunk) {
+            view.step_tokens = capacity - spec.window + 1;
+        }
         const auto entries = static_cast<size_t>(capacity * spec.n_kv_heads);
         Buffer k, v, k_norm, v_norm, k_center;
         if (layer_tq4) {

@@ -15,20 +15,31 @@
 
 namespace kestrel {
 
+// Tokens a sliding layer writes to its ring and attends with in one step, at most. A prefill
+// chunk longer than this takes its sliding layers' attention in steps (the model's forward,
+// KvLayerView::step_tokens), so the rings need not grow with the chunk: Gemma 4 31B's 50 rings
+// of window 1024 hold 1535 entries (1.17 GiB) at every chunk, where a 1024-token chunk's whole
+// width would need 2047 (1.56 GiB) and crowd a 128k context out of 24 GB.
+inline constexpr int64_t kSlidingAttentionStep = 512;
+
 class KvCache {
 public:
-    // A sliding layer's ring holds window + prefill_chunk - 1 entries (capped by the context):
-    // a chunk's first query still sees window - 1 earlier keys while the chunk writes its own
-    // prefill_chunk keys (spec §10.6).
-    static int64_t ring_capacity(int64_t window, int64_t context, int64_t prefill_chunk);
+    // A sliding layer's ring holds window + min(prefill_chunk, sliding_step) - 1 entries (capped
+    // by the context): a step's first query still sees window - 1 earlier keys while the step
+    // writes its own keys (spec §10.6).
+    static int64_t ring_capacity(int64_t window, int64_t context, int64_t prefill_chunk,
+                                 int64_t sliding_step = kSlidingAttentionStep);
 
     // In `ops`'s memory: every layer in its native KV dtype, or with kTq4 the full-attention
     // layers in TQ4. kTq4 is refused (kUnsupported) on a backend without TQ4 attention, and
     // (kInvalidArgument) for a full layer whose head_dim and v_head_dim differ or are odd; a
     // model without full-attention layers keeps its cache as it is (said once in the log).
+    // sliding_step: see kSlidingAttentionStep (tests take smaller ones to reach the steps with
+    // short prompts).
     static Result<KvCache> create(std::span<const KvLayerSpec> layout, int64_t context,
                                   int64_t prefill_chunk, Ops& ops,
-                                  KvCacheFormat format = KvCacheFormat::kNative);
+                                  KvCacheFormat format = KvCacheFormat::kNative,
+                                  int64_t sliding_step = kSlidingAttentionStep);
 
     // One view per layer, valid while the cache lives (moving it keeps the storage).
     std::span<const KvLayerView> views() const { return views_; }

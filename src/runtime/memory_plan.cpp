@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "ops/kv_tq4.h"
+#include "runtime/kv_cache.h"
 
 namespace kestrel {
 
@@ -306,11 +307,12 @@ MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOption
     plan.context = options.context > 0 ? options.context : config.context_length;
     const int64_t prefill_chunk =
         options.prefill_chunk > 0 ? options.prefill_chunk : default_prefill_chunk(config);
-    // Sliding layers keep a ring: the window plus the rest of a prefill chunk that may still
-    // attend to the window's oldest entry.
+    // Sliding layers keep a ring: the window plus the rest of an attention step (a prefill
+    // chunk, or kSlidingAttentionStep of its tokens) that may still attend to the window's
+    // oldest entry.
     plan.sliding_ring_entries =
         config.sliding_window > 0
-            ? std::min(plan.context, config.sliding_window + prefill_chunk - 1)
+            ? KvCache::ring_capacity(config.sliding_window, plan.context, prefill_chunk)
             : 0;
     int64_t widest_projection = config.hidden_size;
     for (const LayerConfig& layer : config.layers) {
@@ -354,11 +356,13 @@ MemoryPlan plan_session_memory(const ModelConfig& config, const MemoryPlanOption
     for (const LayerConfig& layer : config.layers) {
         widest_input = std::max(widest_input, config.n_heads * layer.v_head_dim);
     }
-    const int64_t largest_matrix =
-        std::max(widest_projection, config.vocab_size) * config.hidden_size * 2;
+    const auto slice_bytes = [](int64_t n, int64_t k) {
+        return prefill_weight_slice_rows(n, k, kPrefillWeightSliceBytes) * k * 2;
+    };
     plan.workspace_bytes +=
-        chunk * widest_input * 2 +
-        std::min(largest_matrix, std::max(kPrefillWeightSliceBytes, 64 * widest_input * 2));
+        chunk * widest_input * 2 + std::max({slice_bytes(widest_projection, config.hidden_size),
+                                             slice_bytes(config.vocab_size, config.hidden_size),
+                                             slice_bytes(config.hidden_size, widest_input)});
     if (config.n_experts > 0) {
         // The grouped expert GEMMs' scratch (ops/cuda/moe_prefill.h) per slot (top-k and the
         // stacked shared expert): x and act in bf16, each slot's fp32 output row.

@@ -33,7 +33,7 @@ struct MemoryPlan {
     int64_t context = 0;
     int64_t weight_bytes = 0;           // in the engine's GPU formats (see engine_weight_bytes)
     int64_t kv_cache_bytes = 0;  // full layers: context entries; sliding: a ring; TQ4 rotations
-    int64_t sliding_ring_entries = 0;   // window + chunk - 1, capped by the context
+    int64_t sliding_ring_entries = 0;   // KvCache::ring_capacity: window + min(chunk, 512) - 1
     int64_t recurrent_state_bytes = 0;  // Gated DeltaNet conv + recurrent state, fp32
     int64_t workspace_bytes = 0;        // activations of one prefill chunk and the logits
     int64_t runtime_bytes = 0;          // CUDA context and library workspaces (an estimate)

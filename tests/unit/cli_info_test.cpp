@@ -45,9 +45,9 @@ TEST(CliInfo, JsonAtAGivenContext) {
     EXPECT_EQ(info["tokenizer"]["tokens"], 262144);
     EXPECT_EQ(info["chat_template"], false);
     EXPECT_EQ(info["memory"]["context"], 4096);
-    // bf16 K and V, 1 kv head of 256: full layers hold 4096 entries, sliding rings 512 + 2048 - 1
-    // (the CUDA backend's 2048-token prefill chunks).
-    EXPECT_EQ(info["memory"]["kv_cache"], (3 * 4096 + 15 * 2559) * 1024);
+    // bf16 K and V, 1 kv head of 256: full layers hold 4096 entries, sliding rings 512 + 512 - 1
+    // (the CUDA backend's 2048-token prefill chunks attend in sliding steps of 512).
+    EXPECT_EQ(info["memory"]["kv_cache"], (3 * 4096 + 15 * 1023) * 1024);
     // Parameters: every element of every tensor (Gemma 3 270M has ~268 M).
     EXPECT_GT(info["parameters"].get<int64_t>(), 260'000'000);
     EXPECT_LT(info["parameters"].get<int64_t>(), 275'000'000);

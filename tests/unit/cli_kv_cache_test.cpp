@@ -32,9 +32,9 @@ TEST(CliKvCache, InfoPlansTq4ForGemma4At128K) {
     EXPECT_EQ(tq4["memory"]["kv_cache_format"], "tq4");
     // 10 global layers x 4 kv heads x (512 / 2 + 2) bytes x K and V.
     EXPECT_EQ(tq4["memory"]["kv_bytes_per_token"], 10 * 4 * 258 * 2);
-    // Plus the 50 bf16 sliding rings (3071 entries x 16 KiB), one 512 x 512 fp32 rotation and the
+    // Plus the 50 bf16 sliding rings (1535 entries x 16 KiB), one 512 x 512 fp32 rotation and the
     // global layers' fp32 key centres (4 kv heads x 512 each).
-    const int64_t rings = int64_t{3071} * 16 * 1024 * 50;
+    const int64_t rings = int64_t{1535} * 16 * 1024 * 50;
     EXPECT_EQ(tq4["memory"]["kv_cache"],
               int64_t{131072} * 10 * 4 * 258 * 2 + rings + 512 * 512 * 4 + 10 * 4 * 512 * 4);
     EXPECT_EQ(tq4["memory"]["weights"], bf16["memory"]["weights"]);

@@ -2,10 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <vector>
 
 #include "ops/cpu/cpu_ops.h"
+#include "ops/ops.h"
 
 namespace kestrel::cpu {
 namespace {
@@ -19,6 +21,32 @@ TEST(CpuOps, RmsNormOfAConstantVectorIsTheWeight) {
     for (int i = 0; i < 8; ++i) EXPECT_NEAR(out[i], w[i], 1e-5f);
     rms_norm(x.data(), nullptr, 1, 8, 0.0f, out.data());
     for (float v : out) EXPECT_FLOAT_EQ(v, 1.0f);
+}
+
+// The forward's bump allocator: small buffers share 16 MiB blocks, a larger one gets a block of
+// its own size (not the size of the largest before it), and the next forward of the same shape
+// gets the same addresses without allocating.
+TEST(Workspace, BlocksFitTheirBuffersAndAreReused) {
+    const std::unique_ptr<Ops> ops = make_cpu_ops(1);
+    Workspace& ws = ops->workspace();
+    constexpr int64_t kMiBFloats = int64_t{1} << 18;
+    const std::vector<int64_t> sizes = {kMiBFloats,      kMiBFloats,      168 * kMiBFloats,
+                                        84 * kMiBFloats, 80 * kMiBFloats, kMiBFloats};
+    std::vector<float*> first;
+    for (const int64_t n : sizes) {
+        Result<float*> p = ws.floats(n);
+        ASSERT_TRUE(p.ok());
+        first.push_back(*p);
+    }
+    // 16 (two 1 MiB buffers), 168, 84, 80 and 16 MiB (the last 1 MiB buffer: no room after 80).
+    EXPECT_EQ(ws.bytes_reserved(), (16 + 168 + 84 + 80 + 16) << 20);
+    ws.reset();
+    for (size_t i = 0; i < sizes.size(); ++i) {
+        Result<float*> p = ws.floats(sizes[i]);
+        ASSERT_TRUE(p.ok());
+        EXPECT_EQ(*p, first[i]) << i;
+    }
+    EXPECT_EQ(ws.bytes_reserved(), (16 + 168 + 84 + 80 + 16) << 20);
 }
 
 TEST(CpuOps, RmsNormHandComputed) {

@@ -89,10 +89,11 @@ double top2_gap(std::span<const float> logits) {
 // Prefills `prompt` on both, then decodes `steps` tokens feeding both the CPU's greedy choice.
 Comparison compare_greedy(const Engine& cpu, const Engine& gpu, const std::vector<int32_t>& prompt,
                           int steps, double budget, int64_t chunk,
-                          KvCacheFormat kv_cache = KvCacheFormat::kNative) {
+                          KvCacheFormat kv_cache = KvCacheFormat::kNative,
+                          int64_t sliding_step = kSlidingAttentionStep) {
     Comparison result;
-    auto cpu_session = cpu.new_session(512, chunk, kv_cache);
-    auto gpu_session = gpu.new_session(512, chunk, kv_cache);
+    auto cpu_session = cpu.new_session(512, chunk, kv_cache, sliding_step);
+    auto gpu_session = gpu.new_session(512, chunk, kv_cache, sliding_step);
     EXPECT_TRUE(cpu_session.ok() && gpu_session.ok());
     if (!cpu_session.ok() || !gpu_session.ok()) return result;
     Result<std::span<const float>> a = (*cpu_session)->prefill(prompt);
@@ -149,6 +150,24 @@ TEST_F(CudaEngine, TinyGemma4Bf16WeightsMatchTheCpuReference) {
     std::printf("tiny gemma4, bf16 weights: worst max|diff|/max|logit| %.3g, %d binding greedy steps\n",
                 c.worst_relative, c.greedy_checked);
     EXPECT_GE(c.greedy_checked, 20);
+}
+
+// Rings of window + 3 - 1 entries under chunks of 16: the sliding layers write and attend in
+// steps of 3 tokens on both backends (forward_common.h attention_block), the GPU's steps through
+// its prefill attention kernel and one projection GEMM of all rows. Same budget as above.
+TEST_F(CudaEngine, TinyGemma4SlidingAttentionInStepsMatchesTheCpuReference) {
+    auto cpu = load(kTinyGemma4, Device::kCpu, WeightFormat::kW4);
+    auto gpu = load(kTinyGemma4, Device::kCuda, WeightFormat::kBF16);
+    ASSERT_TRUE(cpu && gpu);
+    std::vector<int32_t> prompt;
+    for (int i = 0; i < 40; ++i) prompt.push_back(2 + (i * 37) % 390);
+    const Comparison c = compare_greedy(*cpu, *gpu, prompt, 24, 0.1, 16, KvCacheFormat::kNative,
+                                        /*sliding_step=*/3);
+    std::printf(
+        "tiny gemma4, sliding steps of 3: worst max|diff|/max|logit| %.3g, %d binding greedy "
+        "steps\n",
+        c.worst_relative, c.greedy_checked);
+    EXPECT_GE(c.greedy_checked, 12);
 }
 
 // The TQ4 KV cache on both backends (the full layers; the sliding ones stay native): the CUDA

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/gemm_prefill.h"
 #include "ops/weight_format.h"
 
@@ -532,6 +533,35 @@ TEST_F(CudaGemm, CapturedInAGraph) {
     EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
     EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
     EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+}
+
+// The backend's prefill GEMM scratch (a bf16 copy of the largest weight so far) grows in place:
+// before any graph is captured the buffer it outgrows is freed (the first prefill chunk grows it
+// from q | k | v to gate | up); after a capture the old one is kept, since the graph may use it.
+TEST_F(CudaGemm, BackendScratchKeepsAnOutgrownBufferOnlyForCapturedGraphs) {
+    Result<std::unique_ptr<Ops> > made = make_cuda_ops();
+    ASSERT_TRUE(made.ok()) << made.status().message();
+    auto* ops = dynamic_cast<cuda::CudaOps*>(made->get());
+    ASSERT_NE(ops, nullptr);
+    const int64_t rows = 16, in = 512;
+    Result<Buffer> x = ops->allocate(static_cast<size_t>(rows * in) * 4);
+    Result<Buffer> y = ops->allocate(static_cast<size_t>(rows * 4096) * 4);
+    ASSERT_TRUE(x.ok() && y.ok());
+    ASSERT_TRUE(ops->fill_zero(x->data(), x->bytes()).ok());
+    const auto run = [&](int64_t out, uint64_t seed) {
+        Result<Weight> w = ops->random_weight(WeightFormat::kW4, out, in, seed);
+        ASSERT_TRUE(w.ok()) << w.status().message();
+        ops->linear(static_cast<const float*>(x->data()), rows, *w, static_cast<float*>(y->data()));
+        ASSERT_TRUE(ops->synchronize().ok());
+        ASSERT_TRUE(ops->take_error().ok());
+    };
+    run(1024, 1);
+    run(2048, 2);  // grows, nothing captured yet: freed
+    EXPECT_EQ(ops->retired_bytes(), 0u);
+    Result<std::unique_ptr<CapturedStep> > graph = ops->capture([] { return ok_status(); });
+    ASSERT_TRUE(graph.ok()) << graph.status().message();
+    run(4096, 3);  // grows after a capture: the 2048-row buffer (bf16 weight and x) is kept
+    EXPECT_EQ(ops->retired_bytes(), cuda::gemm_scratch_bytes(rows, 2048, in));
 }
 
 TEST_F(CudaGemm, NaNActivationGivesNaNRow) {

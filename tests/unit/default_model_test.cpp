@@ -132,9 +132,10 @@ TEST_F(DefaultModel, ConfigAndMemoryPlan) {
 
     GgufSource source(file_);
     const MemoryPlan plan = plan_memory(*config, source, {.context = 4096});
-    // Sliding rings: window 512 plus the rest of a 2048-token prefill chunk (CUDA's default).
-    EXPECT_EQ(plan.sliding_ring_entries, 512 + 2048 - 1);
-    EXPECT_EQ(plan.kv_cache_bytes, 3 * 4096 * 1024 + 15 * 2559 * 1024);
+    // Sliding rings: window 512 plus the rest of a 512-token attention step (CUDA's default
+    // chunk of 2048 takes its sliding attention in steps of kSlidingAttentionStep).
+    EXPECT_EQ(plan.sliding_ring_entries, 512 + 512 - 1);
+    EXPECT_EQ(plan.kv_cache_bytes, 3 * 4096 * 1024 + 15 * 1023 * 1024);
     EXPECT_GT(plan.weight_bytes, 200 << 20);
     EXPECT_LT(plan.weight_bytes, 400 << 20);
 }

@@ -86,8 +86,10 @@ protected:
         ASSERT_EQ(engine_->config().vocab_size, vocab_);
     }
 
-    std::unique_ptr<Session> session(int64_t chunk) const {
-        Result<std::unique_ptr<Session>> s = engine_->new_session(128, chunk);
+    std::unique_ptr<Session> session(int64_t chunk,
+                                     int64_t sliding_step = kSlidingAttentionStep) const {
+        Result<std::unique_ptr<Session>> s =
+            engine_->new_session(128, chunk, KvCacheFormat::kNative, sliding_step);
         EXPECT_TRUE(s.ok()) << s.status().message();
         return std::move(s).value();
     }
@@ -179,6 +181,18 @@ TEST_P(Gemma4Reference, ChunkedPrefillEqualsOneShotEqualsDecode) {
         std::vector<float> logits;
         ASSERT_TRUE(s->forward_all_logits(ids, logits).ok());
         EXPECT_EQ(max_abs_diff(logits, expected), 0.0) << "chunk " << chunk;
+    }
+    // Rings shorter than window + chunk - 1: the sliding layers write and attend in steps
+    // (forward_common.h attention_block). Without the steps a chunk's later keys overwrite
+    // earlier ones its first queries still read.
+    for (const auto& [chunk, step] :
+         {std::pair<int64_t, int64_t>{50, 1}, {50, 3}, {16, 7}, {71, 8}}) {
+        auto s = session(chunk, step);
+        ASSERT_EQ(s->kv_cache().capacity(0), std::min<int64_t>(8 + step - 1, 128))
+            << "chunk " << chunk;
+        std::vector<float> logits;
+        ASSERT_TRUE(s->forward_all_logits(ids, logits).ok());
+        EXPECT_EQ(max_abs_diff(logits, expected), 0.0) << "chunk " << chunk << ", step " << step;
     }
 
     auto stepped = session(5);

@@ -40,6 +40,34 @@ TEST(KvCache, NativeFormatKeepsEveryLayerInTheBackendsDtype) {
     EXPECT_EQ(cache->bytes(), (11 * 2 * 32 + 100 * 1 * 64 + 100 * 2 * 128) * 4);
 }
 
+// A chunk longer than the sliding step: the ring holds window + step - 1 entries, and its view
+// tells the forward to write and attend in steps of that many tokens (forward_common.h
+// attention_block); full layers and rings that hold a whole chunk take no steps.
+TEST(KvCache, RingsHoldOneSlidingStepOfALongChunk) {
+    const std::unique_ptr<Ops> ops = make_cpu_ops(1);
+    Result<KvCache> stepped =
+        KvCache::create(kLayout, kContext, 40, *ops, KvCacheFormat::kNative, 8);
+    ASSERT_TRUE(stepped.ok()) << stepped.status().message();
+    EXPECT_EQ(stepped->capacity(0), 4 + 8 - 1);
+    EXPECT_EQ(stepped->views()[0].step_tokens, 8);
+    EXPECT_EQ(stepped->views()[1].step_tokens, 0);
+    EXPECT_EQ(stepped->views()[3].step_tokens, 0);
+
+    // The default step (kSlidingAttentionStep) is longer than this chunk: the whole chunk.
+    Result<KvCache> whole = KvCache::create(kLayout, kContext, kChunk, *ops);
+    ASSERT_TRUE(whole.ok());
+    EXPECT_EQ(whole->capacity(0), 4 + kChunk - 1);
+    EXPECT_EQ(whole->views()[0].step_tokens, 0);
+    // A ring capped by a short context never wraps: no steps either.
+    Result<KvCache> short_context =
+        KvCache::create(kLayout, 10, 40, *ops, KvCacheFormat::kNative, 8);
+    ASSERT_TRUE(short_context.ok());
+    EXPECT_EQ(short_context->capacity(0), 10);
+    EXPECT_EQ(short_context->views()[0].step_tokens, 0);
+
+    EXPECT_FALSE(KvCache::create(kLayout, kContext, 40, *ops, KvCacheFormat::kNative, 0).ok());
+}
+
 TEST(KvCache, Tq4PutsFullAttentionLayersInTq4AndKeepsTheRings) {
     const std::unique_ptr<Ops> ops = make_cpu_ops(1);
     Result<KvCache> cache = KvCache::create(kLayout, kContext, kChunk, *ops, KvCacheFormat::kTq4);

@@ -60,11 +60,12 @@ TEST(MemoryPlanGemma4, PlanAt128K) {
     const FakeWeightSource weights = gemma4_31b_gguf_weights();
     const MemoryPlan plan = plan_memory(config, weights, {.context = 131072});
     EXPECT_EQ(plan.context, 131072);
-    // Sliding rings: window 1024 plus the rest of a 2048-token prefill chunk (CUDA's default).
-    EXPECT_EQ(plan.sliding_ring_entries, 1024 + 2048 - 1);
+    // Sliding rings: window 1024 plus the rest of a 512-token attention step (CUDA's default
+    // chunk of 2048 takes its sliding attention in steps of kSlidingAttentionStep).
+    EXPECT_EQ(plan.sliding_ring_entries, 1024 + 512 - 1);
     // §1.1: full layers "10 GiB at 128K, bf16"; sliding "16 KiB/layer" per ring slot over 50 layers.
     const int64_t full_bytes = 10 * kGiB;
-    const int64_t sliding_bytes = int64_t{3071} * 16 * kKiB * 50;
+    const int64_t sliding_bytes = int64_t{1535} * 16 * kKiB * 50;
     EXPECT_EQ(plan.kv_cache_bytes, full_bytes + sliding_bytes);
     EXPECT_EQ(plan.recurrent_state_bytes, 0);
     EXPECT_GT(plan.workspace_bytes, 0);
@@ -78,7 +79,7 @@ TEST(MemoryPlanGemma4, ContextDefaultsToTrainedAndCapsTheRing) {
 
     const MemoryPlan trained = plan_memory(config, weights, {});
     EXPECT_EQ(trained.context, 262144);
-    EXPECT_EQ(trained.kv_cache_bytes, 20 * kGiB + int64_t{3071} * 16 * kKiB * 50);
+    EXPECT_EQ(trained.kv_cache_bytes, 20 * kGiB + int64_t{1535} * 16 * kKiB * 50);
 
     // A context shorter than the window: the ring never holds more than the context.
     const MemoryPlan small = plan_memory(config, weights, {.context = 300});

@@ -26,8 +26,8 @@ constexpr int64_t kGiB = kMiB * 1024;
 
 // Gemma 4 31B: 10 global layers x 4 kv heads x (512 / 2 + 2) bytes x (K and V) per token.
 constexpr int64_t kGemma4Tq4PerToken = 10 * 4 * (256 + 2) * 2;
-// 50 sliding layers keep bf16 rings of window 1024 + chunk 2048 - 1 entries, 16 KiB each.
-constexpr int64_t kGemma4Rings = int64_t{3071} * 16 * kKiB * 50;
+// 50 sliding layers keep bf16 rings of window 1024 + sliding step 512 - 1 entries, 16 KiB each.
+constexpr int64_t kGemma4Rings = int64_t{1535} * 16 * kKiB * 50;
 constexpr int64_t kGemma4Rotation = 512 * 512 * 4;  // one head dim among the global layers
 constexpr int64_t kGemma4Centers = 10 * 4 * 512 * 4;  // a key centre per global layer and kv head
 
@@ -127,8 +127,9 @@ TEST(MemoryPlanTq4, RefusesUpFrontWithAContextThatFits) {
 }
 
 // With the default chunk (-b 0) a session that does not fit gets the largest halving of the
-// default chunk that does (a 24 GB card at 128k: rings of window + chunk - 1 entries and the
-// chunk's workspace shrink); an explicit -b is kept and refused, naming the -b that fits.
+// default chunk that does (a 24 GB card at 128k: the chunk's workspace shrinks, and below the
+// sliding step of 512 the rings of window + chunk - 1 entries too); an explicit -b is kept and
+// refused, naming the -b that fits.
 TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
     const ModelConfig config = config_from_json(gemma4_31b_config_json());
     const MemoryPlanOptions automatic{.context = 131072, .kv_cache = KvCacheFormat::kTq4};
@@ -143,8 +144,11 @@ TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
     ASSERT_GT(session_at(2048), session_at(1024));
     ASSERT_GT(session_at(1024), session_at(512));
     ASSERT_GT(session_at(512), session_at(256));
-    // the rings alone shrink by 1024 entries of 16 KiB in 50 layers
-    EXPECT_GE(session_at(2048) - session_at(1024), int64_t{1024} * 16 * kKiB * 50);
+    // Above the sliding step the rings stay at window + 512 - 1 entries: only the workspace
+    // shrinks (at least the chunk's [T, 2 x 21504] fp32 gate | up); below it they shrink too.
+    EXPECT_GE(session_at(2048) - session_at(1024), int64_t{1024} * 2 * 21504 * 4);
+    EXPECT_LT(session_at(2048) - session_at(1024), int64_t{1024} * 16 * kKiB * 50);
+    EXPECT_GE(session_at(512) - session_at(256), int64_t{256} * 16 * kKiB * 50);
 
     // Room for the default: the default.
     Result<int64_t> chunk = choose_prefill_chunk(config, automatic, session_at(2048), true);
@@ -165,9 +169,10 @@ TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
     EXPECT_NE(refused.status().message().find("-b 512 at this context"), std::string::npos)
         << refused.status().message();
     // A 24 GB card (the target): after the CUDA context (~0.5 GiB) and the W4 weights the
-    // engine picks 256 at 128k with TQ4 (measured on the H100 at -b 256: 23.46 GB peak,
-    // bench/results/2026-11-23-gemma4-31b-tq4-24gb-h100.md), and the whole plan stays within the
-    // card.
+    // engine picks 512 at 128k with TQ4 (its sliding rings no longer grow with the chunk; measured
+    // on the H100 at -b 512: 21.76 GiB peak, and at -b 1024, which the plan's runtime reserve
+    // still keeps from being chosen, 23.65 GB: bench/results/2026-11-24-h100-sliding-steps.md),
+    // and the whole plan stays within the card.
     // The synthetic model's weights (every matrix Q4_K -> W4, 16.53 GiB), as the bench measured.
     const ShapeOnlySource weights("gemma4-31b", model_tensor_shapes(config, DType::kQ4_K));
     constexpr int64_t kCard = 24'000'000'000;
@@ -175,7 +180,7 @@ TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
         kCard - 512 * kMiB - plan_memory(config, weights, automatic).weight_bytes;
     const Result<int64_t> on_24gb = choose_prefill_chunk(config, automatic, free_after_load, true);
     ASSERT_TRUE(on_24gb.ok()) << on_24gb.status().message();
-    EXPECT_EQ(*on_24gb, 256);
+    EXPECT_EQ(*on_24gb, 512);
     MemoryPlanOptions picked = automatic;
     picked.prefill_chunk = *on_24gb;
     EXPECT_LE(plan_memory(config, weights, picked).total_bytes(), kCard);
@@ -189,19 +194,25 @@ TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
 }
 
 // The prefill GEMM's scratch is planned: the chunk's widest dense input (Gemma 4 31B: the FFN's
-// 21504) in bf16 and one bf16 weight slice (the CUDA backend dequantises W4 in slices, so a
-// perplexity run's 262144 x 5376 lm_head takes 512 MiB, not 2.8 GB); a model whose largest matrix
-// is smaller than a slice needs only that matrix.
+// 21504) in bf16 and one bf16 weight slice (the CUDA backend dequantises W4 in slices of at most
+// 256 MiB, so a perplexity run's 262144 x 5376 lm_head takes 11 of ~244 MiB, not 2.8 GB at once,
+// and gate | up two halves of 21504 rows); a model whose largest matrix is smaller than a slice
+// needs only that matrix.
 TEST(MemoryPlanTq4, WorkspaceHoldsThePrefillGemmScratch) {
     const ModelConfig config = config_from_json(gemma4_31b_config_json());
     const MemoryPlan plan = plan_session_memory(config, {.context = 4096, .prefill_chunk = 2048});
     // One chunk's activations, a row of logits and the session's 4096 positions.
     const int64_t activations =
         int64_t{2048} * (3 * 5376 + 2 * (2 * 21504)) * 4 + 262144 * 4 + 4096 * 8;
+    // The lm_head's slices: ceil(262144 / 24960) = 11 of 23872 rows (a multiple of 64).
+    EXPECT_EQ(prefill_weight_slice_rows(262144, 5376, kPrefillWeightSliceBytes), 23872);
+    EXPECT_EQ(prefill_weight_slice_rows(43008, 5376, kPrefillWeightSliceBytes), 21504);
+    EXPECT_EQ(prefill_weight_slice_rows(16384, 5376, kPrefillWeightSliceBytes), 16384);
+    EXPECT_EQ(prefill_weight_slice_rows(1000, 5376, 0), 1000);
+    EXPECT_EQ(prefill_weight_slice_rows(1000, 5376, 1024), 64);
     EXPECT_EQ(plan.workspace_bytes - activations,
-              int64_t{2048} * 21504 * 2 + kPrefillWeightSliceBytes);
-    EXPECT_LT(kPrefillWeightSliceBytes, int64_t{262144} * 5376 * 2);
-    EXPECT_GE(kPrefillWeightSliceBytes, int64_t{43008} * 5376 * 2) << "gate | up stays whole";
+              int64_t{2048} * 21504 * 2 + int64_t{23872} * 5376 * 2);
+    EXPECT_LE(int64_t{23872} * 5376 * 2, kPrefillWeightSliceBytes);
 
     ModelConfig small = config;
     small.vocab_size = 1024;

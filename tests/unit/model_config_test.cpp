@@ -470,11 +470,12 @@ TEST(ModelConfigHfFixture, KestrelInfoJson) {
     }
     EXPECT_EQ(info["tensors"]["count"], expected["tensors"].size());
     EXPECT_EQ(info["parameters"], elements);
-    // 1 kv head x (16 + 16) x 2 bytes in the full layer; the sliding ring, 512 + 2048 - 1 for
-    // 2048-token prefill chunks, is capped by the context of 2048.
+    // 1 kv head x (16 + 16) x 2 bytes in the full layer; the sliding ring holds the window of
+    // 512 plus the rest of a 512-token attention step (kSlidingAttentionStep; 2048-token chunks
+    // take their sliding attention in steps).
     EXPECT_EQ(info["memory"]["kv_bytes_per_token"], 64);
-    EXPECT_EQ(info["memory"]["sliding_ring_entries"], 2048);
-    EXPECT_EQ(info["memory"]["kv_cache"], 2048 * 64 + 2048 * 64);
+    EXPECT_EQ(info["memory"]["sliding_ring_entries"], 512 + 512 - 1);
+    EXPECT_EQ(info["memory"]["kv_cache"], 2048 * 64 + 1023 * 64);
 }
 
 }  // namespace

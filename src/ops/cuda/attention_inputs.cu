@@ -12,7 +12,10 @@
 //   (j, j + pair_distance), j < rotary_pairs: head_norm_rope's (distance head_dim / 2) or
 //   rope_neox_partial's (distance and count rotary_dim / 2, frequencies over rotary_dim), as
 //   rope_kernel (rope.cu) turns them. Latency bound at decode (T * 18..48 warps): 4 warps per
-//   block spread the few items over more SMs than 8 would.
+//   block spread the few items over more SMs than 8 would. The kernel holds kChunks float4 of a
+//   row per lane, the fewest for the head dim (2 up to 256, 4 up to 512, 8 up to 1024): at 8 for
+//   every head dim it took 134 registers, 3 blocks an SM, and 140 us for a 1024-token chunk of
+//   Gemma 4 31B's sliding layer (ncu on the H100, DRAM 27%).
 #include "ops/cuda/attention_inputs.h"
 #include "ops/cuda/bf16_bits.cuh"
 
@@ -71,14 +74,15 @@ __device__ __forceinline__ void store_output_chunk(float* row, uint16_t* cache_r
 // head_norm_rope_kernel's row (norm.cu) from the raw row already in registers: normalise into
 // shared memory, rotate pairs (j, j + pair_distance) for j < rotary_pairs (the others stay as
 // normalised), then store the row (and its cache row). Every lane of the warp calls this.
-__device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], float inv_rms,
-                                              const float4 (&weight)[kNormChunks], bool has_weight,
+template <int kChunks>
+__device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kChunks], float inv_rms,
+                                              const float4 (&weight)[kChunks], bool has_weight,
                                               int64_t position, const KernelArgs& a,
                                               const RopeTable& table, float* staged, int lane,
                                               float* row, uint16_t* cache_row) {
     const int chunks = a.head_dim / 4;
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kChunks; ++k) {
         const int c = lane + k * 32;
         if (c >= chunks) break;
         // normalise_chunk's products, without taking the weight's address (which would put the
@@ -102,9 +106,11 @@ __device__ __forceinline__ void norm_rope_row(const float4 (&raw)[kNormChunks], 
     }
 }
 
+template <int kChunks>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     attention_inputs_kernel(KernelArgs a, RopeTable table) {
-    __shared__ __align__(16) float stage[kWarpsPerBlock][kMaxHeadDim];
+    static_assert(kChunks <= kNormChunks, "load_row_inv_rms<32> holds at most kNormChunks");
+    __shared__ __align__(16) float stage[kWarpsPerBlock][32 * kChunks * 4];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) & 31;
     const int item = static_cast<int>(blockIdx.x) * kWarpsPerBlock + warp;
@@ -115,9 +121,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     // trip is left after the GEMV that writes them.
     const float* norm_weight = head < a.n_heads ? a.q_norm : a.k_norm;
     const bool norm_weight_vec4 = head < a.n_heads ? a.q_norm_vec4 : a.k_norm_vec4;
-    float4 weight[kNormChunks];
+    float4 weight[kChunks];
 #pragma unroll
-    for (int k = 0; k < kNormChunks; ++k) {
+    for (int k = 0; k < kChunks; ++k) {
         const int c = lane + k * 32;
         weight[k] = norm_weight != nullptr && c < a.head_dim / 4
                         ? load_chunk(norm_weight, c, a.head_dim, norm_weight_vec4)
@@ -127,12 +133,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     allow_downstream();
     const int64_t position = a.positions[token];
     float* staged = stage[warp];
-    float4 raw[kNormChunks];
+    float4 raw[kChunks];
 
     if (head < a.n_heads) {
         float* q_row = a.q + (static_cast<int64_t>(token) * a.n_heads + head) * a.head_dim;
         const float inv_rms =
-            load_row_inv_rms<32>(q_row, a.head_dim, a.eps, true, lane, raw, nullptr);
+            load_row_inv_rms<32, kChunks>(q_row, a.head_dim, a.eps, true, lane, raw, nullptr);
         norm_rope_row(raw, inv_rms, weight, norm_weight != nullptr, position, a, table, staged,
                       lane, q_row, nullptr);
         return;
@@ -149,13 +155,13 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     float* v_row = a.v + row_offset;
     const int chunks = a.head_dim / 4;
     const float k_inv_rms =
-        load_row_inv_rms<32>(k_row, a.head_dim, a.eps, true, lane, raw, nullptr);
+        load_row_inv_rms<32, kChunks>(k_row, a.head_dim, a.eps, true, lane, raw, nullptr);
 
     // V first, while raw k is still in registers: rms_norm(v, no weight) is x * inv_rms of the
     // same row sum as k's norm when v is the raw k.
     if (a.v_from_raw_k) {
 #pragma unroll
-        for (int k = 0; k < kNormChunks; ++k) {
+        for (int k = 0; k < kChunks; ++k) {
             const int c = lane + k * 32;
             if (c >= chunks) break;
             const float4 y = a.v_norm
@@ -164,11 +170,11 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
             store_output_chunk(v_row, v_cache_row, c, y);
         }
     } else {
-        float4 v_raw[kNormChunks];
+        float4 v_raw[kChunks];
         const float v_inv_rms =
-            load_row_inv_rms<32>(v_row, a.head_dim, a.eps, true, lane, v_raw, nullptr);
+            load_row_inv_rms<32, kChunks>(v_row, a.head_dim, a.eps, true, lane, v_raw, nullptr);
 #pragma unroll
-        for (int k = 0; k < kNormChunks; ++k) {
+        for (int k = 0; k < kChunks; ++k) {
             const int c = lane + k * 32;
             if (c >= chunks) break;
             if (a.v_norm) {
@@ -264,8 +270,10 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
     // fp32 on the host.
     const RopeTable table = make_rope_table(rotary_pairs, frequency_dim, inputs.theta);
     const int64_t blocks = (n_tokens * heads_per_token + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    KESTREL_CUDA_CHECK(launch_overlapped(attention_inputs_kernel,
-                                         dim3(static_cast<unsigned>(blocks)),
+    const auto kernel = hd <= 32 * 2 * 4   ? attention_inputs_kernel<2>
+                        : hd <= 32 * 4 * 4 ? attention_inputs_kernel<4>
+                                           : attention_inputs_kernel<kNormChunks>;
+    KESTREL_CUDA_CHECK(launch_overlapped(kernel, dim3(static_cast<unsigned>(blocks)),
                                          dim3(32 * kWarpsPerBlock), 0, stream, args, table));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();

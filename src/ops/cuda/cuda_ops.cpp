@@ -142,6 +142,12 @@ Status CudaOps::take_error() {
     return error;
 }
 
+size_t CudaOps::retired_bytes() const {
+    size_t total = 0;
+    for (const Buffer& buffer : retired_) total += buffer.bytes();
+    return total;
+}
+
 Result<void*> CudaOps::ensure(Scratch& scratch, size_t bytes) {
     if (scratch.buffer.bytes() >= bytes) return scratch.buffer.data();
     if (capturing_) {
@@ -150,11 +156,21 @@ Result<void*> CudaOps::ensure(Scratch& scratch, size_t bytes) {
                                   "eager step before it)",
                                   bytes));
     }
-    KESTREL_ASSIGN_OR_RETURN(Buffer grown, allocate(bytes));
     log_debug("CUDA scratch: a buffer grows from {} to {} bytes", scratch.buffer.bytes(), bytes);
-    // A graph captured earlier may still point at the old buffer: keep it.
-    if (!scratch.buffer.empty()) retired_.push_back(std::move(scratch.buffer));
-    scratch.buffer = std::move(grown);
+    if (!scratch.buffer.empty()) {
+        if (scratch.graphs_before < graphs_captured_) {
+            // A captured graph may still point at the old buffer: keep it.
+            retired_.push_back(std::move(scratch.buffer));
+        } else {
+            // No graph has seen it: free it once the work queued on it is done, before the
+            // larger one is made (the first prefill chunk grows the GEMM scratch from its
+            // q | k | v weight to its gate | up weight; keeping both cost Gemma 4 31B 174 MiB).
+            KESTREL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+            scratch.buffer = Buffer();
+        }
+    }
+    KESTREL_ASSIGN_OR_RETURN(scratch.buffer, allocate(bytes));
+    scratch.graphs_before = graphs_captured_;
     return scratch.buffer.data();
 }
 
@@ -304,6 +320,7 @@ Result<std::unique_ptr<CapturedStep>> CudaOps::capture(const std::function<Statu
         (void)cudaGraphDestroy(graph);
         return cuda_status(instantiated, "cudaGraphInstantiate");
     }
+    ++graphs_captured_;
     auto captured = std::make_unique<CudaGraphStep>(graph, exec, stream_);
     // Capture records without running: run the step once now, as the caller expects.
     KESTREL_RETURN_IF_ERROR(captured->replay());

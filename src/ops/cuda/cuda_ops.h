@@ -2,8 +2,8 @@
 // is an asynchronous launch on it; errors are kept (the first one) and returned by take_error.
 // Linear layers dispatch on the weight format and the row count: the W4A8 / W8A8 dp4a GEMVs
 // for up to kGemvMaxRows rows (decode), dequantise-to-bf16 + cuBLASLt above (prefill).
-// Scratch buffers grow outside graph capture only, and retired ones are kept until the backend
-// dies, so a captured decode graph never points at freed memory.
+// Scratch buffers grow outside graph capture only; one outgrown after a graph was captured is
+// retired (kept until the backend dies), so a captured decode graph never points at freed memory.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -47,6 +47,8 @@ public:
     std::vector<OpTiming> take_profile() override;
 
     cudaStream_t stream() const { return stream_; }
+    // Bytes of replaced scratch buffers kept for the graphs captured while they lived.
+    size_t retired_bytes() const;
 
     void embed(std::span<const int32_t> ids, const Weight& table, float scale, float* out) override;
     void rms_norm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) override;
@@ -136,9 +138,12 @@ private:
     // Lands copy `slot`'s bytes at its dst once its event has passed.
     Status finish_host_copy(int slot);
 
-    // A device scratch buffer that only grows, outside capture; replaced buffers are retired.
+    // A device scratch buffer that only grows, outside capture. A replaced buffer is retired
+    // (kept until the backend dies) once a graph has been captured since it was made; before
+    // that it is freed.
     struct Scratch {
         Buffer buffer;
+        int64_t graphs_before = 0;  // graphs_captured_ when `buffer` was made
     };
 
     CudaOps() = default;
@@ -174,6 +179,7 @@ private:
     Scratch
         tq4_rows_;  // TQ4 attention's rotated q, then in place its rotated output [T, n_heads, d]
     std::vector<Buffer> retired_;
+    int64_t graphs_captured_ = 0;       // by capture(), ever
     void* host_copy_pinned_ = nullptr;  // kHostCopySlots x kAsyncHostCopyBytes, cudaMallocHost
     HostCopy host_copies_[kHostCopySlots];
     int64_t next_host_copy_ = 0;

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "ops/cuda/cuda_check.h"
+#include "ops/ops.h"  // prefill_weight_slice_rows
 
 namespace kestrel::cuda {
 
@@ -38,9 +39,7 @@ int64_t x_scratch_bytes(int64_t m, int64_t k) { return round_up(m * k * 2, 256);
 
 // Output rows per dequantise + GEMM step.
 int64_t slice_rows(const GemmContext& context, int64_t n, int64_t k) {
-    if (context.weight_slice_bytes() == 0) return n;
-    const int64_t rows = static_cast<int64_t>(context.weight_slice_bytes() / static_cast<size_t>(k * 2)) / 64 * 64;
-    return std::min(n, std::max<int64_t>(64, rows));
+    return prefill_weight_slice_rows(n, k, static_cast<int64_t>(context.weight_slice_bytes()));
 }
 
 std::string shape_text(int64_t m, int64_t n, int64_t k) {

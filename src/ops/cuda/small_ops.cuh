@@ -100,12 +100,14 @@ cudaError_t launch_row_kernel(int64_t rows, int64_t dim, Launch launch) {
 // it from the sum of squares. warp_totals: kThreads / 32 floats of shared memory (unused for
 // one-warp rows), not reused by the caller before a barrier. For kThreads > 32 every thread of
 // the block must call this (it synchronises the block).
-template <int kThreads>
-__device__ __forceinline__ float row_inv_rms(const float4 (&v)[kRowChunks<kThreads>], int dim,
-                                             float eps, int thread_in_row, float* warp_totals) {
+// kChunks below kRowChunks<kThreads> serves rows known to be shorter with fewer registers; the
+// chunks it leaves out are zeros, which add nothing to the sum, so the bits are the same.
+template <int kThreads, int kChunks = kRowChunks<kThreads>>
+__device__ __forceinline__ float row_inv_rms(const float4 (&v)[kChunks], int dim, float eps,
+                                             int thread_in_row, float* warp_totals) {
     float sum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+    for (int k = 0; k < kChunks; ++k) {
         sum = __fadd_rn(sum, __fmul_rn(v[k].x, v[k].x));
         sum = __fadd_rn(sum, __fmul_rn(v[k].y, v[k].y));
         sum = __fadd_rn(sum, __fmul_rn(v[k].z, v[k].z));
@@ -126,13 +128,12 @@ __device__ __forceinline__ float row_inv_rms(const float4 (&v)[kRowChunks<kThrea
 
 // This thread's chunks of a row (chunk k = chunk thread_in_row + k * kThreads), zero past the
 // row, and all zero where row is null (no weight, or a thread past the last row).
-template <int kThreads>
+template <int kThreads, int kChunks = kRowChunks<kThreads>>
 __device__ __forceinline__ void load_row_chunks(const float* row, int dim, bool vec4,
-                                                int thread_in_row,
-                                                float4 (&out)[kRowChunks<kThreads>]) {
+                                                int thread_in_row, float4 (&out)[kChunks]) {
     const int chunks = (dim + 3) / 4;
 #pragma unroll
-    for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+    for (int k = 0; k < kChunks; ++k) {
         const int c = thread_in_row + k * kThreads;
         out[k] = row != nullptr && c < chunks ? load_chunk(row, c, dim, vec4)
                                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -141,13 +142,12 @@ __device__ __forceinline__ void load_row_chunks(const float* row, int dim, bool 
 
 // Loads the row into v (chunk k of this thread = chunk t + k * kThreads) and returns its
 // row_inv_rms.
-template <int kThreads>
+template <int kThreads, int kChunks = kRowChunks<kThreads>>
 __device__ __forceinline__ float load_row_inv_rms(const float* row, int dim, float eps, bool vec4,
-                                                  int thread_in_row,
-                                                  float4 (&v)[kRowChunks<kThreads>],
+                                                  int thread_in_row, float4 (&v)[kChunks],
                                                   float* warp_totals) {
-    load_row_chunks<kThreads>(row, dim, vec4, thread_in_row, v);
-    return row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals);
+    load_row_chunks<kThreads, kChunks>(row, dim, vec4, thread_in_row, v);
+    return row_inv_rms<kThreads, kChunks>(v, dim, eps, thread_in_row, warp_totals);
 }
 
 // The normalised chunk with its weight chunk already loaded (has_weight false: no weight). By
