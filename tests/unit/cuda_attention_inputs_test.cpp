@@ -118,6 +118,8 @@ const Case kCases[] = {
     {"gemma3 T=20", 4, 1, 256, 128, 1e6, false, false, 20, 37, 37 * 5 - 7, 0},
     {"tiny 4/2 x 16", 4, 2, 16, 8, 1e4, false, true, 3, 7, 12, 0},
     {"tiny 4/1 x 32 v = raw k", 4, 1, 32, 4, 1e4, true, false, 2, 5, 9, 0},
+    // 3 items a token: a block's 4 warps span up to 3 tokens (their cos / sin tables apart).
+    {"tiny 2/1 x 16", 2, 1, 16, 8, 1e4, false, true, 9, 11, 17, 0},
     // Qwen3.5: rotary_pairs is ignored with partial_rotary_dim (the tiny case sets a stray 5).
     {"qwen3.5 T=1", 16, 2, 256, 0, 1e7, false, false, 1, 1031, 262143, 64},
     {"qwen3.5 T=5", 16, 2, 256, 0, 1e7, false, false, 5, 61, 61 * 7 - 3, 64},
