@@ -32,7 +32,9 @@
 #include <string>
 #include <vector>
 
+#include "core/half.h"
 #include "ops/cuda/fused_ffn.h"
+#include "ops/cuda/gemm_prefill.h"  // convert_f32_to_bf16
 #include "ops/cuda/gemv_w4a8.h"
 #include "ops/cuda/small_ops.h"
 #include "ops/ops.h"
@@ -219,6 +221,69 @@ TEST_F(CudaFusedFfn, GeluQuantizeIsGeluThenQuantize) {
     std::printf("gelu_tanh_and_mul_quantize_q8 vs CPU: max |d - d_cpu| = %.2f u d_cpu, %lld blocks with a code "
                 "off by one\n",
                 worst_d, static_cast<long long>(blocks_off_by_one));
+}
+
+// ---- gelu_tanh_and_mul_bf16
+// ------------------------------------------------------------------------
+
+// The prefill FFN's GEMM input: bit for bit the GPU's gelu_tanh_and_mul then convert_f32_to_bf16,
+// and the CPU twin's gelu_tanh_and_mul then fp32_to_bf16 within the gelu's tolerance (the GPU's
+// tanhf is not the host's std::tanh) and one bf16 rounding; nothing written past the end.
+TEST_F(CudaFusedFfn, GeluBf16IsGeluThenBf16) {
+    uint32_t seed = 100;
+    for (const Case& c : kGeluCases) {
+        const size_t n = static_cast<size_t>(c.rows * c.dim);
+        const size_t total = n + static_cast<size_t>(c.offset);
+        std::vector<float> gate = random_vector(total, ++seed, 2.0f);
+        std::vector<float> up = random_vector(total, ++seed, 2.0f);
+        add_special_rows(gate, c.rows, c.dim, c.offset);
+        gate[static_cast<size_t>(c.offset) + std::min<size_t>(n - 1, 33)] = 3e13f;
+        DeviceBuffer dgate, dup, dact, dfused, dsplit;
+        upload(dgate, gate);
+        upload(dup, up);
+        CUDA_OK(dact.alloc(n * 4));
+        CUDA_OK(dfused.alloc((n + 8) * 2));  // + 8: a guard after the end
+        CUDA_OK(dsplit.alloc(n * 2));
+        CUDA_OK(cudaMemset(dfused.as<void>(), 0xff, (n + 8) * 2));
+        CUDA_OK(cudaMemset(dsplit.as<void>(), 0xff, n * 2));
+        kestrel::testing::wait_for_host_copies();
+        const float* pgate = dgate.as<float>() + c.offset;
+        const float* pup = dup.as<float>() + c.offset;
+        STATUS_OK(cuda::gelu_tanh_and_mul_bf16(pgate, pup, static_cast<int64_t>(n),
+                                               dfused.as<uint16_t>(), nullptr));
+        STATUS_OK(cuda::gelu_tanh_and_mul(pgate, pup, static_cast<int64_t>(n), dact.as<float>(),
+                                          nullptr));
+        STATUS_OK(cuda::convert_f32_to_bf16(dact.as<float>(), static_cast<int64_t>(n),
+                                            dsplit.as<uint16_t>(), nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        const std::vector<uint16_t> fused = download(dfused.as<uint16_t>(), n + 8);
+        const std::vector<uint16_t> split = download(dsplit.as<uint16_t>(), n);
+        for (size_t i = 0; i < n; ++i) {
+            ASSERT_EQ(fused[i], split[i]) << c.what << ": element " << i;
+        }
+        for (size_t i = n; i < n + 8; ++i)
+            ASSERT_EQ(fused[i], 0xffff) << c.what << ": wrote past the end";
+
+        std::vector<float> act(n);
+        cpu_->gelu_tanh_and_mul(gate.data() + c.offset, up.data() + c.offset,
+                                static_cast<int64_t>(n), act.data());
+        for (size_t i = 0; i < n; ++i) {
+            const float got = bf16_to_fp32(fused[i]);
+            const float want = act[i];
+            if (std::isnan(want) || std::isinf(want)) {
+                ASSERT_TRUE(std::isnan(want) ? std::isnan(got) : got == want)
+                    << c.what << ": element " << i << " got " << got << " cpu " << want;
+                continue;
+            }
+            const size_t k = static_cast<size_t>(c.offset) + i;
+            const double tol = 8 * kU * (std::fabs(0.5 * gate[k] * up[k]) + std::fabs(want)) +
+                               std::fabs(static_cast<double>(want)) / 256.0;
+            ASSERT_LE(std::fabs(static_cast<double>(got) - want), tol)
+                << c.what << ": element " << i << " got " << got << " cpu " << want;
+        }
+    }
+    EXPECT_EQ(cuda::gelu_tanh_and_mul_bf16(nullptr, nullptr, 6, nullptr, nullptr).code(),
+              StatusCode::kInvalidArgument);  // not a multiple of 4
 }
 
 // ---- rms_norm_add_scale ------------------------------------------------------------------------

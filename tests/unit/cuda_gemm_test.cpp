@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -533,6 +534,54 @@ TEST_F(CudaGemm, CapturedInAGraph) {
     EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
     EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
     EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+}
+
+// x already in bf16 at the scratch's start (the prefill FFN writes gelu(gate) * up there): the
+// same bits as the fp32 x whose rounding it is, for W4 and W8, at a Gemma 4 down projection's
+// K and a ragged small shape, whole and in weight slices.
+TEST_F(CudaGemm, Bf16XInTheScratchEqualsFp32X) {
+    uint64_t seed = 5000;
+    for (WeightMaker make : {WeightMaker{make_w4}, WeightMaker{make_w8}}) {
+        for (const auto& [m, n, k] : {std::array<int64_t, 3>{40, 512, 21504}, {13, 200, 96}}) {
+            const auto w = make(n, k, ++seed);
+            const std::vector<float> x = random_x(m, k, ++seed);
+            for (const size_t slice_bytes : {size_t{0}, static_cast<size_t>(64 * k * 2)}) {
+                context_->set_weight_slice_bytes(slice_bytes);
+                DeviceBuffer dx, dx_bf16, dy, dy_bf16, scratch;
+                upload(dx, x);
+                CUDA_OK(dy.alloc(static_cast<size_t>(m * n) * 4));
+                CUDA_OK(dy_bf16.alloc(static_cast<size_t>(m * n) * 4));
+                CUDA_OK(scratch.alloc(cuda::gemm_scratch_bytes(*context_, m, n, k)));
+                CUDA_OK(cudaMemset(dy_bf16.as<void>(), 0xff, static_cast<size_t>(m * n) * 4));
+                kestrel::testing::wait_for_host_copies();
+                ASSERT_TRUE(w->gemm(*context_, dx.as<float>(), m, scratch.as<void>(),
+                                    dy.as<float>(), nullptr)
+                                .ok());
+                // Overwrite the x region with a fresh conversion, as the FFN would write it.
+                ASSERT_TRUE(cuda::convert_f32_to_bf16(dx.as<float>(), m * k,
+                                                      cuda::gemm_scratch_x(scratch.as<void>()),
+                                                      nullptr)
+                                .ok());
+                const Status s =
+                    w->format == "w4"
+                        ? cuda::gemm_w4_bf16_x(*context_, m, w->w4.view, scratch.as<void>(),
+                                               dy_bf16.as<float>(), nullptr)
+                        : cuda::gemm_w8_bf16_x(
+                              *context_, m,
+                              cuda::W8DeviceView{w->qs.as<int8_t>(), w->scale_min.as<uint32_t>(), n,
+                                                 k},
+                              scratch.as<void>(), dy_bf16.as<float>(), nullptr);
+                ASSERT_TRUE(s.ok()) << s.message();
+                CUDA_OK(cudaDeviceSynchronize());
+                const std::vector<float> a = download<float>(dy, static_cast<size_t>(m * n));
+                const std::vector<float> b = download<float>(dy_bf16, static_cast<size_t>(m * n));
+                ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0)
+                    << w->format << " m " << m << " n " << n << " k " << k << " slices "
+                    << slice_bytes;
+            }
+        }
+    }
+    context_->set_weight_slice_bytes(0);
 }
 
 // The backend's prefill GEMM scratch (a bf16 copy of the largest weight so far) grows in place:

@@ -571,6 +571,26 @@ void CudaOps::gelu_tanh_and_mul_linear(const float* gate, const float* up, int64
         }
         return gemv(q8, rows, w, out);
     }
+    if (!keep_act && !gemv_path(rows, w) &&
+        (w.format == WeightFormat::kW4 || w.format == WeightFormat::kW8) && w.in == dim &&
+        (rows * dim) % 4 == 0) {
+        // Prefill: gelu(gate) * up goes to the GEMM's bf16 input directly (fused_ffn.h
+        // gelu_tanh_and_mul_bf16), not through an fp32 act that the GEMM would convert.
+        Result<void*> scratch =
+            ensure(gemm_scratch_, gemm_scratch_bytes(*gemm_, rows, w.out, w.in));
+        if (!scratch.ok()) return note(scratch.status());
+        {
+            const ProfileScope scope(*this, "gelu_tanh_and_mul_bf16");
+            note(gelu_tanh_and_mul_bf16(gate, up, rows * dim, gemm_scratch_x(*scratch), stream_));
+        }
+        const ProfileScope scope(*this, w.format == WeightFormat::kW4 ? "gemm_w4" : "gemm_w8");
+        if (w.format == WeightFormat::kW4) {
+            note(gemm_w4_bf16_x(*gemm_, rows, w4_view(w), *scratch, out, stream_));
+        } else {
+            note(gemm_w8_bf16_x(*gemm_, rows, w8_view(w), *scratch, out, stream_));
+        }
+        return;
+    }
     Ops::gelu_tanh_and_mul_linear(gate, up, rows, dim, act, keep_act, w, out);
 }
 

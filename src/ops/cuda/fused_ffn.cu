@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/fused_ffn.h"
 #include "ops/cuda/launch.cuh"
@@ -67,6 +68,24 @@ __global__ void __launch_bounds__(kGeluThreads)
                         gelu_tanh_times(g.w, u.w));
     }
     quantize_q8_lanes(y, mine, out + c / 8);
+}
+
+// gelu_tanh(gate) * up rounded to bf16 (fp32_to_bf16), 4 elements a thread: the prefill GEMM's
+// input written once, in the width it reads (cuda_ops.cpp gelu_tanh_and_mul_linear), where
+// gelu_tanh_and_mul then convert_f32_to_bf16 wrote and read back an fp32 [T, f] (Gemma 4 31B:
+// 88 MB of the 396 MB each layer's two launches moved at 1024 tokens).
+__global__ void __launch_bounds__(kGeluThreads)
+    gelu_tanh_and_mul_bf16_kernel(const float* __restrict__ gate, const float* __restrict__ up,
+                                  int64_t chunks, bool vec4, uint2* __restrict__ out) {
+    wait_for_upstream();
+    allow_downstream();
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * kGeluThreads + threadIdx.x;
+    if (c >= chunks) return;
+    const float4 g = load_flat_chunk(gate, c, vec4);
+    const float4 u = load_flat_chunk(up, c, vec4);
+    out[c] = make_uint2(
+        bf16_bits(gelu_tanh_times(g.x, u.x)) | (bf16_bits(gelu_tanh_times(g.y, u.y)) << 16),
+        bf16_bits(gelu_tanh_times(g.z, u.z)) | (bf16_bits(gelu_tanh_times(g.w, u.w)) << 16));
 }
 
 // ---- rms_norm, residual add, scale (then the next block's norm -> Q8) ---------------------------
@@ -220,6 +239,30 @@ Status gelu_tanh_and_mul_quantize_q8(const float* gate, const float* up, int64_t
     KESTREL_CUDA_CHECK(launch_overlapped(gelu_tanh_and_mul_q8_kernel,
                                          dim3(static_cast<unsigned>(grid)), dim3(kGeluThreads), 0,
                                          stream, gate, up, chunks, vec4, out));
+    KESTREL_CUDA_CHECK(cudaGetLastError());
+    return ok_status();
+}
+
+Status gelu_tanh_and_mul_bf16(const float* gate, const float* up, int64_t n, uint16_t* out,
+                              cudaStream_t stream) {
+    constexpr int64_t kMaxInt = (int64_t{1} << 31) - 1;
+    if (n < 0 || n % 4 != 0 || n / 4 > kMaxInt * kGeluThreads) {
+        return Status(StatusCode::kInvalidArgument,
+                      "gelu_tanh_and_mul_bf16: " + std::to_string(n) +
+                          " elements, a non-negative multiple of 4 needed");
+    }
+    if (n == 0) return ok_status();
+    if (gate == nullptr || up == nullptr || out == nullptr ||
+        reinterpret_cast<uintptr_t>(out) % 8 != 0) {
+        return Status(StatusCode::kInvalidArgument,
+                      "gelu_tanh_and_mul_bf16: null pointer, or output not 8-byte aligned");
+    }
+    const int64_t chunks = n / 4;
+    const bool vec4 = aligned16(gate) && aligned16(up);
+    const int64_t grid = (chunks + kGeluThreads - 1) / kGeluThreads;
+    KESTREL_CUDA_CHECK(launch_overlapped(
+        gelu_tanh_and_mul_bf16_kernel, dim3(static_cast<unsigned>(grid)), dim3(kGeluThreads), 0,
+        stream, gate, up, chunks, vec4, reinterpret_cast<uint2*>(out)));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
 }

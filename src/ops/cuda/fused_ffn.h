@@ -24,6 +24,12 @@ namespace kestrel::cuda {
 Status gelu_tanh_and_mul_quantize_q8(const float* gate, const float* up, int64_t rows, int64_t dim, Q8Block* out,
                                      cudaStream_t stream);
 
+// out[i] = fp32_to_bf16(gelu_tanh(gate[i]) * up[i]) (core/half.h's rounding; raw bf16 bits):
+// bit for bit gelu_tanh_and_mul then convert_f32_to_bf16 (gemm_prefill.h), the prefill GEMM's
+// bf16 input without the fp32 round trip. n % 4 == 0; out 8-byte aligned.
+Status gelu_tanh_and_mul_bf16(const float* gate, const float* up, int64_t n, uint16_t* out,
+                              cudaStream_t stream);
+
 // residual[r, :] = (residual[r, :] + rms_norm(x[r, :]) * weight) * scale: bit for bit
 // rms_norm_add then scale (small_ops.h) — Gemma 4's post-FFN sandwich norm, residual add and
 // layer_scalar. x, residual [rows, dim], 0 < dim <= kMaxNormDim (small_ops.h); weight [dim] or

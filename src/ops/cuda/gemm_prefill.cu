@@ -66,7 +66,8 @@ Status gemm_quantized(GemmContext& context, const float* x, int64_t m, const Vie
                       cudaStream_t stream, Dequantize dequantize) {
     uint16_t* x_bf16 = static_cast<uint16_t*>(scratch);
     uint16_t* w_bf16 = reinterpret_cast<uint16_t*>(static_cast<char*>(scratch) + x_scratch_bytes(m, w.k));
-    KESTREL_RETURN_IF_ERROR(convert_f32_to_bf16(x, m * w.k, x_bf16, stream));
+    // x null: the caller has written x in bf16 at the scratch's start (gemm_scratch_x).
+    if (x != nullptr) KESTREL_RETURN_IF_ERROR(convert_f32_to_bf16(x, m * w.k, x_bf16, stream));
     const int64_t step = slice_rows(context, w.n, w.k);
     for (int64_t row = 0; row < w.n; row += step) {
         const int64_t rows = std::min(step, w.n - row);
@@ -196,6 +197,20 @@ Status gemm_w4(GemmContext& context, const float* x, int64_t m, const W4DeviceVi
                cudaStream_t stream) {
     KESTREL_RETURN_IF_ERROR(check_gemm("gemm_w4", x, m, w.n, w.k, 32, scratch, y));
     return gemm_quantized(context, x, m, w, scratch, y, stream, dequantize_w4_to_bf16);
+}
+
+Status gemm_w4_bf16_x(GemmContext& context, int64_t m, const W4DeviceView& w, void* scratch,
+                      float* y, cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_gemm("gemm_w4_bf16_x", static_cast<const float*>(scratch), m, w.n,
+                                       w.k, 32, scratch, y));
+    return gemm_quantized(context, nullptr, m, w, scratch, y, stream, dequantize_w4_to_bf16);
+}
+
+Status gemm_w8_bf16_x(GemmContext& context, int64_t m, const W8DeviceView& w, void* scratch,
+                      float* y, cudaStream_t stream) {
+    KESTREL_RETURN_IF_ERROR(check_gemm("gemm_w8_bf16_x", static_cast<const float*>(scratch), m, w.n,
+                                       w.k, 32, scratch, y));
+    return gemm_quantized(context, nullptr, m, w, scratch, y, stream, dequantize_w8_to_bf16);
 }
 
 Status gemm_w8(GemmContext& context, const float* x, int64_t m, const W8DeviceView& w, void* scratch, float* y,

@@ -80,6 +80,17 @@ Status gemm_w4(GemmContext& context, const float* x, int64_t m, const W4DeviceVi
                cudaStream_t stream);
 Status gemm_w8(GemmContext& context, const float* x, int64_t m, const W8DeviceView& w, void* scratch, float* y,
                cudaStream_t stream);
+// The same with x already in bf16 at the scratch's start (gemm_scratch_x, [m, k] contiguous),
+// written there by the caller (cuda_ops.cpp: the FFN's gelu_tanh_and_mul_bf16), so no fp32 x is
+// read or converted. Bit for bit gemm_w4 / gemm_w8 of the fp32 x whose rounding that is.
+Status gemm_w4_bf16_x(GemmContext& context, int64_t m, const W4DeviceView& w, void* scratch,
+                      float* y, cudaStream_t stream);
+Status gemm_w8_bf16_x(GemmContext& context, int64_t m, const W8DeviceView& w, void* scratch,
+                      float* y, cudaStream_t stream);
+// Where gemm_w4 / gemm_w8 / gemm_bf16 keep x in bf16: the scratch's start.
+inline uint16_t* gemm_scratch_x(void* scratch) {
+    return static_cast<uint16_t*>(scratch);
+}
 // w: [n, k] raw bf16 bits, 16-byte aligned, k % 8 == 0 (16-byte rows for the tensor-core loads).
 Status gemm_bf16(GemmContext& context, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k,
                  void* scratch, float* y, cudaStream_t stream);
