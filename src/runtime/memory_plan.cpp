@@ -18,12 +18,15 @@ namespace {
 
 constexpr int64_t kGroup = 32;
 // The CUDA context, cuBLAS / cuBLASLt (their kernels and workspace), graphs and allocation
-// granularity: what a run holds beyond the plan's other parts. Measured on the H100: Gemma 4 31B at
-// 131072 tokens with TQ4 (prefill chunk 2048, 32 MiB weight slices) peaked at 23.98 GiB
-// device-wide where the other parts came to 22.45 GiB: about 1.5 GiB, of which about 0.5 (the
-// context) exists before a session is made and the rest, kLateRuntimeBytes, comes with its first
-// forward steps.
-constexpr int64_t kRuntimeReserve = int64_t{1536} << 20;
+// granularity: what a run holds beyond the plan's other parts. Measured on the H100 (2026-11-24,
+// bench/results/2026-11-24-h100-sliding-steps.md): Gemma 4 31B at 131072 tokens with TQ4 peaked
+// at 22.02 GiB device-wide at -b 1024 (prefill and decode) where the other parts came to 20.98
+// GiB, and at 21.76 against 20.72 at -b 512: 1.04 GiB, of which about 0.5 (the context) exists
+// before a session is made and the rest comes with its first forward steps. Reserved: 1.25 GiB,
+// of it kLateRuntimeBytes 0.75. (An earlier 1.5 GiB was measured when the workspace's blocks
+// grew to the largest buffer's size and the GEMM scratch kept the buffers it outgrew, ~0.5 GiB
+// at -b 2048, which this estimate then absorbed.)
+constexpr int64_t kRuntimeReserve = int64_t{1280} << 20;
 static_assert(kLateRuntimeBytes < kRuntimeReserve);
 
 bool is_float_type(DType type) {

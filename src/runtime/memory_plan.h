@@ -84,7 +84,7 @@ int64_t kv_bytes_per_token(const ModelConfig& config, int64_t kv_bytes_per_eleme
 // GPU memory the runtime takes once a session runs, beyond the CUDA context that exists before
 // it (cuBLAS / cuBLASLt kernels and workspace, graphs, allocation granularity; memory_plan.cpp
 // kRuntimeReserve says how it was measured): a session must leave room for it.
-constexpr int64_t kLateRuntimeBytes = int64_t{1} << 30;
+constexpr int64_t kLateRuntimeBytes = int64_t{768} << 20;
 
 // The up-front refusal (issue 8): ok when a session planned by `options` (its KV cache, state
 // and workspace, and kLateRuntimeBytes; the weights already loaded) fits in `available_bytes`; else

@@ -169,10 +169,9 @@ TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
     EXPECT_NE(refused.status().message().find("-b 512 at this context"), std::string::npos)
         << refused.status().message();
     // A 24 GB card (the target): after the CUDA context (~0.5 GiB) and the W4 weights the
-    // engine picks 512 at 128k with TQ4 (its sliding rings no longer grow with the chunk; measured
-    // on the H100 at -b 512: 21.76 GiB peak, and at -b 1024, which the plan's runtime reserve
-    // still keeps from being chosen, 23.65 GB: bench/results/2026-11-24-h100-sliding-steps.md),
-    // and the whole plan stays within the card.
+    // engine picks 1024 at 128k with TQ4 (its sliding rings no longer grow with the chunk; measured
+    // on the H100 at -b 1024: 23.65 GB peak, bench/results/2026-11-24-h100-sliding-steps.md), and
+    // the whole plan stays within the card.
     // The synthetic model's weights (every matrix Q4_K -> W4, 16.53 GiB), as the bench measured.
     const ShapeOnlySource weights("gemma4-31b", model_tensor_shapes(config, DType::kQ4_K));
     constexpr int64_t kCard = 24'000'000'000;
@@ -180,7 +179,7 @@ TEST(MemoryPlanTq4, ChoosesASmallerPrefillChunkWhereTheDefaultDoesNotFit) {
         kCard - 512 * kMiB - plan_memory(config, weights, automatic).weight_bytes;
     const Result<int64_t> on_24gb = choose_prefill_chunk(config, automatic, free_after_load, true);
     ASSERT_TRUE(on_24gb.ok()) << on_24gb.status().message();
-    EXPECT_EQ(*on_24gb, 512);
+    EXPECT_EQ(*on_24gb, 1024);
     MemoryPlanOptions picked = automatic;
     picked.prefill_chunk = *on_24gb;
     EXPECT_LE(plan_memory(config, weights, picked).total_bytes(), kCard);
