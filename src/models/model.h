@@ -40,7 +40,7 @@ struct KvLayerSpec {
     int64_t n_kv_heads = 0;
     int64_t head_dim = 0;
     int64_t v_head_dim = 0;
-    int64_t window = 0;  // 0: full attention (flat cache); W: sliding (ring of >= W + chunk - 1)
+    int64_t window = 0;  // 0: full attention (flat cache); W: sliding (KvCache::ring_capacity)
 };
 
 // The cache every layer of `config` needs: full layers flat, sliding layers a ring of their window,

@@ -99,9 +99,9 @@ constexpr int64_t kSmallestAutoPrefillChunk = 256;
 // The prefill chunk a session runs with: options.prefill_chunk when given (> 0) and the session
 // fits; with 0, default_prefill_chunk(config) or, when that does not fit in `available_bytes`, the
 // largest halving of it down to kSmallestAutoPrefillChunk that does. A smaller chunk shrinks the
-// sliding-window rings (window + chunk - 1 entries) and the workspace, at some prefill speed (the
-// GEMMs run on fewer rows). Else check_session_fits' refusal for the chunk asked for (or the
-// default), which names a -b that fits where a smaller chunk would.
+// workspace and, below 512, the sliding-window rings (window + min(chunk, 512) - 1 entries), at
+// some prefill speed (the GEMMs run on fewer rows). Else check_session_fits' refusal for the chunk
+// asked for (or the default), which names a -b that fits where a smaller chunk would.
 Result<int64_t> choose_prefill_chunk(const ModelConfig& config, const MemoryPlanOptions& options,
                                      int64_t available_bytes, bool tq4_available);
 
