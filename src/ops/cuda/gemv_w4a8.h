@@ -80,10 +80,13 @@ Result<int> gemv_sm_count();
 // that kernel, and a latency-bound norm or attention kernel then waits behind them. Measured on
 // the H100 (tg128, 2026-11-24): without any prefetch Gemma 4 31B (every matrix >= 25 MB) went
 // from 130.5 / 130.8 to 131.1 / 131.0 tok/s at depth 512 and 114.1 to 114.4 at 32768, while
-// Qwen3.5 (its projections 5-15 MB) fell from 509.8 to 491.2; 2 steps: Gemma 4 129.4.
+// Qwen3.5 (its projections 5-15 MB) fell from 509.8 to 491.2; 2 steps: Gemma 4 129.4. The cap
+// at 32 MiB takes in Gemma 4's sliding o-projection (22 MB of nibbles), whose predecessor is the
+// attention reduce, not a norm: its GEMV 10.70 -> 9.93 us, the reduce 4.50 -> 4.82, tg128 @ d512
+// 131.85 / 131.86 -> 132.26 / 132.26 (2026-11-24, same machine; the cap was 16 MiB).
 // KESTREL_GEMV_PREFETCH=N in the environment sets every GEMV's steps (to measure).
 constexpr int kGemvPrefetchSteps = 1;
-constexpr int64_t kGemvPrefetchMaxBytes = int64_t{16} << 20;
+constexpr int64_t kGemvPrefetchMaxBytes = int64_t{32} << 20;
 int gemv_prefetch_steps(int64_t weight_bytes);
 
 // x [m, k] (row stride ldx elements, k % 32 == 0) -> out [m, k/32] Q8 blocks (16-aligned),
