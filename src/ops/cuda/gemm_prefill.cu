@@ -64,7 +64,7 @@ Status check_gemm(const char* what, const float* x, int64_t m, int64_t n, int64_
 template <class View, class Dequantize>
 Status gemm_quantized(GemmContext& context, const float* x, int64_t m, const View& w, void* scratch, float* y,
                       cudaStream_t stream, Dequantize dequantize) {
-    uint16_t* x_bf16 = static_cast<uint16_t*>(scratch);
+    uint16_t* x_bf16 = gemm_scratch_x(scratch);
     uint16_t* w_bf16 = reinterpret_cast<uint16_t*>(static_cast<char*>(scratch) + x_scratch_bytes(m, w.k));
     // x null: the caller has written x in bf16 at the scratch's start (gemm_scratch_x).
     if (x != nullptr) KESTREL_RETURN_IF_ERROR(convert_f32_to_bf16(x, m * w.k, x_bf16, stream));
@@ -222,7 +222,7 @@ Status gemm_w8(GemmContext& context, const float* x, int64_t m, const W8DeviceVi
 Status gemm_bf16(GemmContext& context, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k,
                  void* scratch, float* y, cudaStream_t stream) {
     KESTREL_RETURN_IF_ERROR(check_gemm("gemm_bf16", x, m, n, k, 8, scratch, y));
-    uint16_t* x_bf16 = static_cast<uint16_t*>(scratch);
+    uint16_t* x_bf16 = gemm_scratch_x(scratch);
     KESTREL_RETURN_IF_ERROR(convert_f32_to_bf16(x, m * k, x_bf16, stream));
     return matmul_bf16(context, x_bf16, m, w, n, k, y, n, stream);
 }
