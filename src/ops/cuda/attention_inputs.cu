@@ -136,8 +136,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
                         ? load_chunk(norm_weight, c, a.head_dim, norm_weight_vec4)
                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    wait_for_upstream();
-    allow_downstream();
+    // The positions are staged before the step's first kernel (no kernel of the stream writes
+    // them), so the rotations are computed before the wait too, off the path from the GEMV that
+    // writes the rows.
     const int last_token = (min(first_item + kWarpsPerBlock, a.items) - 1) / a.heads_per_token;
     const int entries = (last_token - first_token + 1) * a.rotary_pairs;
     for (int e = static_cast<int>(threadIdx.x); e < entries; e += 32 * kWarpsPerBlock) {
@@ -148,6 +149,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
         cos_sin[t][j] = make_float2(c, s);
     }
     __syncthreads();
+    wait_for_upstream();
+    allow_downstream();
     if (!active) return;  // whole warps leave: the shuffles below always see 32 lanes
     const int64_t position = a.positions[token];
     const float2* token_cos_sin = cos_sin[token - first_token];

@@ -12,7 +12,9 @@
 //   - call wait_for_upstream() before the first access to memory that an earlier kernel of the
 //     stream writes or reads (activations, caches, logits, anything but constant weights). One
 //     exception, decode attention: the K/V of keys older than the step's first position, which
-//     no kernel of the step writes, may be read before (flash_attend's early_keys_end);
+//     no kernel of the step writes, may be read before (flash_attend's early_keys_end); and any
+//     kernel may read the step's positions before it: only copies write them, before the
+//     step's first kernel (runtime/session.cpp stage, decode_sampled_on_device);
 //   - call allow_downstream() (anywhere; at entry is fine) so the next kernel may launch before
 //     this one ends. Without it the next kernel launches at this one's end, as without PDL.
 //     Early is not always better: measured on the H100, two decode kernels gain from letting
