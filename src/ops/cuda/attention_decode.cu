@@ -182,6 +182,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
 
 __global__ void __launch_bounds__(kReduceThreads)
     attention_decode_reduce_kernel(AttentionKernelArgs a) {
+    allow_downstream();  // the o-projection's GEMV streams its first weights towards L2 meanwhile
     __shared__ float weight[kDecodeMaxSplits];
     const int prow = static_cast<int>(blockIdx.x);  // t * n_heads + h
     const int partial_rows = a.n_tokens * a.n_heads;
@@ -191,7 +192,6 @@ __global__ void __launch_bounds__(kReduceThreads)
     decode_key_span(a, lo, hi);
     const int splits = decode_splits_used(hi - lo, a.max_splits, a.single_pass_keys);
     wait_for_upstream();  // also after a single pass: the next kernel's wait covers only this one
-    allow_downstream();
     if (splits == 1) return;  // the decode kernel wrote the row
 
     // The first kReduceBatch splits' partials of the thread's columns do not depend on (m, l), so

@@ -138,7 +138,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     }
     // The positions are staged before the step's first kernel (no kernel of the stream writes
     // them), so the rotations are computed before the wait too, off the path from the GEMV that
-    // writes the rows.
+    // writes the rows. The attention kernel after this one may launch from here on, as early as
+    // before, to issue its loads of the older keys (attention_decode.cu).
+    allow_downstream();
     const int last_token = (min(first_item + kWarpsPerBlock, a.items) - 1) / a.heads_per_token;
     const int entries = (last_token - first_token + 1) * a.rotary_pairs;
     for (int e = static_cast<int>(threadIdx.x); e < entries; e += 32 * kWarpsPerBlock) {
@@ -150,7 +152,6 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     }
     __syncthreads();
     wait_for_upstream();
-    allow_downstream();
     if (!active) return;  // whole warps leave: the shuffles below always see 32 lanes
     const int64_t position = a.positions[token];
     const float2* token_cos_sin = cos_sin[token - first_token];
