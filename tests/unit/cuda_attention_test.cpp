@@ -16,7 +16,10 @@
 // Gemma 3 270M (1 kv head), odd shapes (head dims 32..384, group 5, different v head dim,
 // softcap, window 5). q ~ N(0, 1), k ~ N(0, s^2) with s making scores' std ~2.5, v ~ N(0, 1).
 // attention_decode_quantize_q8 (the o-projection's Q8 blocks from the reduce kernel) must equal
-// attention_decode then quantize_q8 byte for byte on every decode query. Skips without a GPU.
+// attention_decode then quantize_q8 byte for byte on every decode query. Where the splits combine
+// in clusters (attention_decode_combines_in_clusters: Gemma 4's sliding layers, and a 12 kv head
+// odd shape with v head dim 48), every output and Q8 byte must equal the reduce kernel's.
+// Skips without a GPU.
 #include <gtest/gtest.h>
 
 #if KESTREL_HAS_CUDA
@@ -216,7 +219,7 @@ void compare(const LayerShape& s, const Cache& cache, const std::vector<float>& 
 void check_decode_q8_output(const LayerShape& s, Cache& cache, const DeviceBuffer& q_dev,
                             const DeviceBuffer& positions_dev, int64_t n_tokens,
                             DeviceBuffer& workspace, const DeviceBuffer& decoded_dev,
-                            const std::vector<float>& decoded) {
+                            const std::vector<float>& decoded, cuda::DecodeCombine combine) {
     const int64_t row = s.n_heads * s.v_head_dim;
     const size_t blocks = static_cast<size_t>(n_tokens * row / 32);
     const size_t q8_bytes = blocks * sizeof(Q8Block);
@@ -231,11 +234,11 @@ void check_decode_q8_output(const LayerShape& s, Cache& cache, const DeviceBuffe
     kestrel::testing::wait_for_host_copies();
     Status status = cuda::attention_decode_quantize_q8(
         q_dev.as<float>(), positions_dev.as<int64_t>(), n_tokens, cache.device_view, s.attention(),
-        workspace.as<void>(), out_dev.as<float>(), q8_with_out.as<Q8Block>(), nullptr);
+        workspace.as<void>(), out_dev.as<float>(), q8_with_out.as<Q8Block>(), nullptr, combine);
     ASSERT_TRUE(status.ok()) << status.message();
     status = cuda::attention_decode_quantize_q8(
         q_dev.as<float>(), positions_dev.as<int64_t>(), n_tokens, cache.device_view, s.attention(),
-        workspace.as<void>(), nullptr, q8_alone.as<Q8Block>(), nullptr);
+        workspace.as<void>(), nullptr, q8_alone.as<Q8Block>(), nullptr, combine);
     ASSERT_TRUE(status.ok()) << status.message();
     status = cuda::quantize_q8(decoded_dev.as<float>(), n_tokens, row, row,
                                q8_reference.as<Q8Block>(), nullptr);
@@ -254,6 +257,32 @@ void check_decode_q8_output(const LayerShape& s, Cache& cache, const DeviceBuffe
         << s.name << ": Q8 blocks (with out) differ";
     ASSERT_EQ(std::memcmp(alone.data(), reference.data(), q8_bytes), 0)
         << s.name << ": Q8 blocks (alone) differ";
+}
+
+// Decode queries whose splits were combined in clusters, over the whole test program: a test of
+// the cluster path checks that it ran.
+int64_t cluster_queries = 0;
+
+// The query through the reduce kernel against `decoded` (kAuto's output): the same bits.
+void check_reduce_kernel_equal(const LayerShape& s, Cache& cache, const DeviceBuffer& q_dev,
+                               const DeviceBuffer& positions_dev, int64_t n_tokens,
+                               DeviceBuffer& workspace, const std::vector<float>& decoded) {
+    DeviceBuffer out_dev;
+    CUDA_OK(out_dev.alloc(decoded.size() * 4));
+    CUDA_OK(cudaMemset(out_dev.as<void>(), 0xff, decoded.size() * 4));
+    kestrel::testing::wait_for_host_copies();
+    const Status status = cuda::attention_decode(
+        q_dev.as<float>(), positions_dev.as<int64_t>(), n_tokens, cache.device_view, s.attention(),
+        workspace.as<void>(), out_dev.as<float>(), nullptr, cuda::DecodeCombine::kReduceKernel);
+    ASSERT_TRUE(status.ok()) << status.message();
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<float> out(decoded.size());
+    CUDA_OK(cudaMemcpy(out.data(), out_dev.as<void>(), out.size() * 4, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < out.size(); ++i) {
+        ASSERT_EQ(std::memcmp(&out[i], &decoded[i], 4), 0)
+            << s.name << " T=" << n_tokens << ": element " << i << ", clusters " << decoded[i]
+            << ", reduce kernel " << out[i];
+    }
 }
 
 enum class Path { kAuto, kPrefill, kDecode };
@@ -301,9 +330,19 @@ void check_query(const LayerShape& s, Cache& cache, int64_t start, int64_t n_tok
     const char* path_name = path == Path::kAuto ? "auto" : path == Path::kPrefill ? "prefill" : "decode";
     const bool decoded = path == Path::kDecode ||
                          (path == Path::kAuto && n_tokens <= cuda::kAttentionDecodeMaxTokens);
+    const bool clusters = decoded && cuda::attention_decode_combines_in_clusters(
+                                         n_tokens, cache.device_view, s.attention());
+    if (clusters) {
+        ++cluster_queries;
+        ASSERT_NO_FATAL_FAILURE(
+            check_reduce_kernel_equal(s, cache, q_dev, positions_dev, n_tokens, workspace, gpu));
+    }
     if (decoded && s.v_head_dim % 32 == 0) {
-        ASSERT_NO_FATAL_FAILURE(check_decode_q8_output(s, cache, q_dev, positions_dev, n_tokens,
-                                                       workspace, out_dev, gpu));
+        for (const cuda::DecodeCombine combine :
+             {cuda::DecodeCombine::kAuto, cuda::DecodeCombine::kReduceKernel}) {
+            ASSERT_NO_FATAL_FAILURE(check_decode_q8_output(s, cache, q_dev, positions_dev, n_tokens,
+                                                           workspace, out_dev, gpu, combine));
+        }
     }
     compare(s, cache, q, positions, gpu,
             std::string(path_name) + " T=" + std::to_string(n_tokens) + " at " + std::to_string(start), worst);
@@ -350,7 +389,9 @@ TEST_F(CudaAttention, Gemma4SlidingLayer) {
         {2511, {{2500, 3, Path::kPrefill}, {2000, 12, Path::kDecode}}},
     };
     for (int64_t t = 2; t <= 8; ++t) scenarios.push_back({2500 + t - 1, {{2500, t}}});
+    const int64_t clustered_before = cluster_queries;
     run_scenarios(s, scenarios);
+    EXPECT_GT(cluster_queries, clustered_before) << "no query combined its splits in clusters";
 }
 
 TEST_F(CudaAttention, Gemma4FullLayer) {
@@ -387,6 +428,12 @@ TEST_F(CudaAttention, OddShapes) {
     run_scenarios(d16, {{39, {{0, 16}, {16, 16}, {32, 8}, {39, 1}}}});
     const LayerShape d384{"head 384", 6, 3, 384, 384, 700, 0, 0.05f, 0.0f};
     run_scenarios(d384, {{699, {{0, 1}, {699, 1}, {300, 65}, {690, 8}}}});
+    // Clusters of 8 splits (12 kv heads), and of 4 at two row tiles (T = 8, group 3): head 96
+    // (padded to 128) with v head dim 48, whose last 32-column group is half outside the row.
+    const LayerShape clustered{"head 96/48 12 kv heads", 36, 12, 96, 48, 600, 0, 0.1f, 0.0f};
+    const int64_t clustered_before = cluster_queries;
+    run_scenarios(clustered, {{599, {{599, 1}, {300, 1}, {100, 1}, {592, 8}, {400, 5}}}});
+    EXPECT_GT(cluster_queries, clustered_before) << "no query combined its splits in clusters";
 }
 
 // kv_write_bf16 against fp32_to_bf16 bit for bit: specials (NaN payloads, infinities, -0,

@@ -81,19 +81,29 @@ Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tok
 
 // The same for a few tokens as split-K flash-decoding: one block per (split, kv head) serves all
 // query heads of that kv head, so K and V are read once; the split count follows the live length
-// read on the device; a second kernel combines the splits (up to a few dozen live keys one block
-// per kv head makes a single pass and writes the output itself). Any T >= 1 (cheap for T <= 8).
-Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens, const KvCacheBf16View& cache,
-                        const AttentionShape& shape, void* workspace, float* out, cudaStream_t stream);
+// read on the device; the splits are combined as `combine` says (up to a few dozen live keys one
+// block per kv head makes a single pass and writes the output itself). Any T >= 1 (cheap for T <=
+// 8). combine: how the splits are combined. kAuto: in the decode kernel itself, through the
+// distributed shared memory of a thread block cluster per (kv head, row tile), when
+// attention_decode_combines_in_clusters (at most 8 splits, and the GPU holds such a cluster);
+// otherwise, and with kReduceKernel always, by the second kernel. The output bits are the same.
+enum class DecodeCombine { kAuto, kReduceKernel };
+bool attention_decode_combines_in_clusters(int64_t n_tokens, const KvCacheBf16View& cache,
+                                           const AttentionShape& shape);
+Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens,
+                        const KvCacheBf16View& cache, const AttentionShape& shape, void* workspace,
+                        float* out, cudaStream_t stream,
+                        DecodeCombine combine = DecodeCombine::kAuto);
 
-// attention_decode whose reduce kernel also writes the Q8 blocks (quantize_q8, gemv_w4a8.h) of
-// each output row [T, n_heads * v_head_dim] to out_q8 [T, n_heads * v_head_dim / 32] (16-byte
-// aligned): bit for bit attention_decode then quantize_q8, one launch fewer before the
-// o-projection's GEMV. out may be null (only the Q8 blocks). v_head_dim % 32 == 0.
+// attention_decode whose combine (the reduce kernel or the clusters) also writes the Q8 blocks
+// (quantize_q8, gemv_w4a8.h) of each output row [T, n_heads * v_head_dim] to out_q8 [T, n_heads *
+// v_head_dim / 32] (16-byte aligned): bit for bit attention_decode then quantize_q8, one launch
+// fewer before the o-projection's GEMV. out may be null (only the Q8 blocks). v_head_dim % 32 == 0.
 Status attention_decode_quantize_q8(const float* q, const int64_t* positions, int64_t n_tokens,
                                     const KvCacheBf16View& cache, const AttentionShape& shape,
                                     void* workspace, float* out, Q8Block* out_q8,
-                                    cudaStream_t stream);
+                                    cudaStream_t stream,
+                                    DecodeCombine combine = DecodeCombine::kAuto);
 
 // attention_prefill / attention_decode over a TQ4 cache, in the rotated space (techniques.md §4):
 // q_rotated = R q per head (tq4_rotate_rows, kv_cache_tq4.h), and out_rotated = sum_j p_j

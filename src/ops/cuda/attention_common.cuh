@@ -78,6 +78,9 @@ struct AttentionKernelArgs {
         nullptr;  // decode: null, or the Q8 blocks of out [T, n_heads * v_head_dim / 32]
     float* partial_acc = nullptr;         // decode: [max_splits, T * n_heads, v_head_dim], unnormalised O
     float* partial_ml = nullptr;  // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
+    // bf16 decode launched in clusters of max_splits blocks (attention_decode.cu): the splits
+    // combine through distributed shared memory instead of the partials and the reduce kernel.
+    bool cluster_combine = false;
     int n_tokens = 0;
     int n_heads = 0;
     int n_kv_heads = 0;

@@ -79,4 +79,27 @@ cudaError_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, 
     return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
 }
 
+// launch_overlapped for a kernel launched in thread block clusters of cluster_x blocks along x
+// (grid.x a multiple of cluster_x; sm_90).
+template <class... Params, class... Args>
+cudaError_t launch_overlapped_clusters(void (*kernel)(Params...), dim3 grid, dim3 block,
+                                       size_t shared_bytes, cudaStream_t stream, unsigned cluster_x,
+                                       Args&&... args) {
+    cudaLaunchAttribute attributes[2] = {};
+    attributes[0].id = cudaLaunchAttributeClusterDimension;
+    attributes[0].val.clusterDim.x = cluster_x;
+    attributes[0].val.clusterDim.y = 1;
+    attributes[0].val.clusterDim.z = 1;
+    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[1].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = attributes;
+    config.numAttrs = overlapped_launches_enabled() ? 2 : 1;
+    return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+}
+
 }  // namespace kestrel::cuda
