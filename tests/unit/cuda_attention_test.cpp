@@ -431,6 +431,11 @@ TEST_F(CudaAttention, OddShapes) {
     // Clusters of 8 splits (12 kv heads), and of 4 at two row tiles (T = 8, group 3): head 96
     // (padded to 128) with v head dim 48, whose last 32-column group is half outside the row.
     const LayerShape clustered{"head 96/48 12 kv heads", 36, 12, 96, 48, 600, 0, 0.1f, 0.0f};
+    const cuda::KvCacheBf16View shape_only{nullptr, nullptr, 600, 12, 96, 48};
+    EXPECT_TRUE(cuda::attention_decode_cluster_shape(1, shape_only, clustered.attention()));
+    const cuda::KvCacheBf16View one_kv_head{nullptr, nullptr, 4096, 1, 256, 256};
+    EXPECT_FALSE(cuda::attention_decode_cluster_shape(1, one_kv_head, {4, 0.0625f, 0, 0.0f}))
+        << "99 splits of one kv head are too many for a cluster";
     const int64_t clustered_before = cluster_queries;
     run_scenarios(clustered, {{599, {{599, 1}, {300, 1}, {100, 1}, {592, 8}, {400, 5}}}});
     EXPECT_GT(cluster_queries, clustered_before) << "no query combined its splits in clusters";

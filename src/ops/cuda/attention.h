@@ -90,6 +90,10 @@ Status attention_prefill(const float* q, const int64_t* positions, int64_t n_tok
 enum class DecodeCombine { kAuto, kReduceKernel };
 bool attention_decode_combines_in_clusters(int64_t n_tokens, const KvCacheBf16View& cache,
                                            const AttentionShape& shape);
+// The shape's half of that (2 to 8 splits), whatever the GPU can hold: where it holds and the
+// other does not, the GPU refused the clusters (the engine says so once).
+bool attention_decode_cluster_shape(int64_t n_tokens, const KvCacheBf16View& cache,
+                                    const AttentionShape& shape);
 Status attention_decode(const float* q, const int64_t* positions, int64_t n_tokens,
                         const KvCacheBf16View& cache, const AttentionShape& shape, void* workspace,
                         float* out, cudaStream_t stream,

@@ -486,11 +486,17 @@ bool cluster_fits(int splits) {
 
 }  // namespace
 
+bool attention_decode_cluster_shape(int64_t n_tokens, const KvCacheBf16View& cache,
+                                    const AttentionShape& shape) {
+    if (n_tokens < 1 || cache.n_kv_heads < 1 || shape.n_heads < cache.n_kv_heads) return false;
+    const int64_t splits = decode_max_splits(n_tokens, cache, shape, false);
+    return splits >= 2 && splits <= kDecodeClusterMaxSplits;
+}
+
 bool attention_decode_combines_in_clusters(int64_t n_tokens, const KvCacheBf16View& cache,
                                            const AttentionShape& shape) {
-    if (n_tokens < 1 || cache.n_kv_heads < 1 || shape.n_heads < cache.n_kv_heads) return false;
+    if (!attention_decode_cluster_shape(n_tokens, cache, shape)) return false;
     const int splits = static_cast<int>(decode_max_splits(n_tokens, cache, shape, false));
-    if (splits < 2 || splits > kDecodeClusterMaxSplits) return false;
     switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
         case 64:
             return cluster_fits<64>(splits);

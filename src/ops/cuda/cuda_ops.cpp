@@ -629,6 +629,22 @@ Result<void*> CudaOps::attention_workspace(const KvCacheBf16View& cache,
     return ensure(attention_, bytes);
 }
 
+void CudaOps::note_cluster_refusal(const KvCacheBf16View& cache, const AttentionShape& shape,
+                                   int64_t tokens) {
+    static bool said = false;
+    if (said || tokens > kAttentionDecodeMaxTokens ||
+        !attention_decode_cluster_shape(tokens, cache, shape) ||
+        attention_decode_combines_in_clusters(tokens, cache, shape)) {
+        return;
+    }
+    said = true;
+    log_info(
+        "decode attention: this GPU cannot hold the thread block clusters that combine the splits "
+        "of {} kv "
+        "heads x {} in the attention kernel; a second kernel combines them",
+        cache.n_kv_heads, cache.head_dim);
+}
+
 void CudaOps::attention(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
                         const AttentionParams& params, float* out) {
     if (cache.dtype == KvDtype::kTq4) return attention_tq4(q, positions, cache, params, out);
@@ -639,6 +655,7 @@ void CudaOps::attention(const float* q, std::span<const int64_t> positions, cons
     const auto tokens = static_cast<int64_t>(positions.size());
     Result<void*> workspace = attention_workspace(view, shape, tokens);
     if (!workspace.ok()) return note(workspace.status());
+    note_cluster_refusal(view, shape, tokens);
     note(cuda::attention(q, positions.data(), tokens, view, shape, *workspace, out, stream_));
 }
 
@@ -688,6 +705,7 @@ void CudaOps::attention_linear(const float* q, std::span<const int64_t> position
         if (!workspace.ok()) return note(workspace.status());
         Result<Q8Block*> blocks = q8_blocks(w);
         if (!blocks.ok()) return note(blocks.status());
+        note_cluster_refusal(view, shape, tokens);
         {
             const ProfileScope scope(*this, "attention_quantize_q8");
             note(attention_decode_quantize_q8(q, positions.data(), tokens, view, shape, *workspace,

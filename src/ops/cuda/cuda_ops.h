@@ -159,6 +159,10 @@ private:
     // The decode attention's split-K partials, grown for this call's shape.
     Result<void*> attention_workspace(const KvCacheBf16View& cache, const AttentionShape& shape,
                                       int64_t tokens);
+    // Says once in the log when a decode call's splits could combine in clusters but the GPU
+    // cannot hold them (attention.h), so the reduce kernel runs instead.
+    static void note_cluster_refusal(const KvCacheBf16View& cache, const AttentionShape& shape,
+                                     int64_t tokens);
     // Attention over a TQ4 layer: q turned into the rotated space, attention there, the output
     // turned back (attention.h attention_*_tq4, kv_cache_tq4.h).
     void attention_tq4(const float* q, std::span<const int64_t> positions, const KvLayerView& cache,
