@@ -454,14 +454,16 @@ Status launch_decode(const AttentionKernelArgs& args, cudaStream_t stream) {
     return launch_reduce(args, stream);
 }
 
-// Whether the GPU can hold a cluster of `splits` decode blocks of this head dim (one per SM).
+// How many clusters of `splits` decode blocks of this head dim (one per SM) the GPU holds at
+// once (0: none).
 template <int kHeadDimPad>
-bool cluster_fits(int splits) {
+int clusters_held(int splits) {
     using C = DecodeConfig<kHeadDimPad>;
-    static int fits[kDecodeClusterMaxSplits + 1] = {};  // 0 unknown, 1 yes, -1 no
-    if (fits[splits] != 0) return fits[splits] > 0;
-    bool ok = cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+    static int held[kDecodeClusterMaxSplits + 1] = {};
+    static bool asked[kDecodeClusterMaxSplits + 1] = {};
+    if (asked[splits]) return held[splits];
+    const auto kernel = attention_decode_kernel<kHeadDimPad, true>;
+    bool ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    C::kSharedBytes) == cudaSuccess;
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeClusterDimension;
@@ -475,13 +477,11 @@ bool cluster_fits(int splits) {
     config.attrs = &attribute;
     config.numAttrs = 1;
     int clusters = 0;
-    ok = ok &&
-         cudaOccupancyMaxActiveClusters(&clusters, attention_decode_kernel<kHeadDimPad, true>,
-                                        &config) == cudaSuccess &&
-         clusters > 0;
+    ok = ok && cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess;
     (void)cudaGetLastError();  // a refusal is an answer here, not a sticky error
-    fits[splits] = ok ? 1 : -1;
-    return ok;
+    held[splits] = ok ? clusters : 0;
+    asked[splits] = true;
+    return held[splits];
 }
 
 }  // namespace
@@ -497,16 +497,27 @@ bool attention_decode_combines_in_clusters(int64_t n_tokens, const KvCacheBf16Vi
                                            const AttentionShape& shape) {
     if (!attention_decode_cluster_shape(n_tokens, cache, shape)) return false;
     const int splits = static_cast<int>(decode_max_splits(n_tokens, cache, shape, false));
+    int held = 0;
     switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
         case 64:
-            return cluster_fits<64>(splits);
+            held = clusters_held<64>(splits);
+            break;
         case 128:
-            return cluster_fits<128>(splits);
+            held = clusters_held<128>(splits);
+            break;
         case 256:
-            return cluster_fits<256>(splits);
+            held = clusters_held<256>(splits);
+            break;
         default:
-            return cluster_fits<512>(splits);
+            held = clusters_held<512>(splits);
+            break;
     }
+    // Every cluster of the grid at once, or none: in a second wave a cluster would start only
+    // when one of the first has finished, doubling the kernel for the launch it saves.
+    const int64_t group = shape.n_heads / cache.n_kv_heads;
+    const int64_t row_tiles =
+        (n_tokens * group + DecodeConfig<64>::kRows - 1) / DecodeConfig<64>::kRows;
+    return held >= cache.n_kv_heads * row_tiles;
 }
 
 int decode_single_pass_keys(int64_t head_dim, int64_t v_head_dim) {
