@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
 
 __global__ void __launch_bounds__(kReduceThreads)
     attention_decode_reduce_kernel(AttentionKernelArgs a) {
-    allow_downstream();  // the o-projection's GEMV streams its first weights towards L2 meanwhile
+    allow_downstream();  // at entry, as before the split plan moved ahead of the wait
     __shared__ float weight[kDecodeMaxSplits];
     const int prow = static_cast<int>(blockIdx.x);  // t * n_heads + h
     const int partial_rows = a.n_tokens * a.n_heads;

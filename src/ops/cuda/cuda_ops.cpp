@@ -639,9 +639,8 @@ void CudaOps::note_cluster_refusal(const KvCacheBf16View& cache, const Attention
     }
     said = true;
     log_info(
-        "decode attention: this GPU cannot hold the thread block clusters that combine the splits "
-        "of {} kv "
-        "heads x {} in the attention kernel; a second kernel combines them",
+        "decode attention: this GPU cannot hold at once the thread block clusters that would "
+        "combine the splits of {} kv heads x {}; a second kernel combines them",
         cache.n_kv_heads, cache.head_dim);
 }
 
