@@ -62,44 +62,42 @@ inline bool overlapped_launches_enabled() {
 }
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args...) with the programmatic stream
-// serialization attribute; returns the launch's error (callers check it like cudaGetLastError).
-template <class... Params, class... Args>
-cudaError_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-                              cudaStream_t stream, Args&&... args) {
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = shared_bytes;
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = overlapped_launches_enabled() ? 1 : 0;
-    return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
-}
-
-// launch_overlapped for a kernel launched in thread block clusters of cluster_x blocks along x
-// (grid.x a multiple of cluster_x; sm_90).
+// serialization attribute, and, with cluster_x > 0, in thread block clusters of cluster_x blocks
+// along x (grid.x a multiple of cluster_x; sm_90); returns the launch's error (callers check it
+// like cudaGetLastError).
 template <class... Params, class... Args>
 cudaError_t launch_overlapped_clusters(void (*kernel)(Params...), dim3 grid, dim3 block,
                                        size_t shared_bytes, cudaStream_t stream, unsigned cluster_x,
                                        Args&&... args) {
     cudaLaunchAttribute attributes[2] = {};
-    attributes[0].id = cudaLaunchAttributeClusterDimension;
-    attributes[0].val.clusterDim.x = cluster_x;
-    attributes[0].val.clusterDim.y = 1;
-    attributes[0].val.clusterDim.z = 1;
-    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[1].val.programmaticStreamSerializationAllowed = 1;
+    unsigned count = 0;
+    if (overlapped_launches_enabled()) {
+        attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attributes[count].val.programmaticStreamSerializationAllowed = 1;
+        ++count;
+    }
+    if (cluster_x > 0) {
+        attributes[count].id = cudaLaunchAttributeClusterDimension;
+        attributes[count].val.clusterDim.x = cluster_x;
+        attributes[count].val.clusterDim.y = 1;
+        attributes[count].val.clusterDim.z = 1;
+        ++count;
+    }
     cudaLaunchConfig_t config{};
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
     config.attrs = attributes;
-    config.numAttrs = overlapped_launches_enabled() ? 2 : 1;
+    config.numAttrs = count;
     return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+}
+
+template <class... Params, class... Args>
+cudaError_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                              cudaStream_t stream, Args&&... args) {
+    return launch_overlapped_clusters(kernel, grid, block, shared_bytes, stream, 0u,
+                                      std::forward<Args>(args)...);
 }
 
 }  // namespace kestrel::cuda
