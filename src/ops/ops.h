@@ -509,7 +509,10 @@ public:
     // The seam between two blocks of a sandwich-norm decoder: rms_norm_add_scale(x,
     // post_norm_weight, scale, residual) finishes one block (scale 1, or Gemma 4's layer scalar),
     // then rms_norm_linear_blocks(residual, pre_norm_weight, ..., w, widths, out) starts the next.
-    // A backend may do the residual update and the next norm's quantisation in one pass.
+    // A backend may do the residual update and the next norm's quantisation in one pass. x must
+    // be the output of the finished block's last linear, the op called right before this one,
+    // and residual not written since the op before that: a backend may read residual while that
+    // linear still runs (CudaOps does, cuda/fused_ffn.h ResidualRead).
     virtual void residual_norm_linear_blocks(const float* x, const float* post_norm_weight,
                                              float scale, float* residual,
                                              const float* pre_norm_weight, int64_t rows,

@@ -379,59 +379,66 @@ TEST_F(CudaFusedFfn, RmsNormAddScaleNormQuantizeIsTheThreeLaunches) {
     int checked = 0;
     for (const Case& c : kNormCases) {
         if (c.dim % 32 != 0) continue;  // the Q8 blocks need whole groups of 32
-        for (const bool weighted : {true, false}) {
-            const float scale = weighted ? 0.8671875f : 1.0f;
-            const size_t n = static_cast<size_t>(c.rows * c.dim);
-            const size_t total = n + static_cast<size_t>(c.offset);
-            std::vector<float> x = random_vector(total, ++seed);
-            add_special_rows(x, c.rows, c.dim, c.offset);
-            const std::vector<float> residual = random_vector(total, ++seed, 3.0f);
-            const std::vector<float> w = random_weight(static_cast<size_t>(c.dim), ++seed);
-            const std::vector<float> next_w = random_weight(static_cast<size_t>(c.dim), ++seed);
-            const std::string what =
-                std::string(c.what) + (weighted ? "" : " (no weight, scale 1)");
-            const size_t blocks = n / 32;
-            const std::vector<uint8_t> poison(blocks * sizeof(Q8Block), 0xff);
-            DeviceBuffer dx, dw, dnext, dfused, dsplit, dq8_fused, dq8_split;
-            upload(dx, x);
-            upload(dw, w);
-            upload(dnext, next_w);
-            upload(dfused, residual);
-            upload(dsplit, residual);
-            upload(dq8_fused, poison);
-            upload(dq8_split, poison);
-            const float* px = dx.as<float>() + c.offset;
-            const float* pw = weighted ? dw.as<float>() : nullptr;
-            const float* pnext = weighted ? dnext.as<float>() : nullptr;
-            float* fused_residual = dfused.as<float>() + c.offset;
-            float* split_residual = dsplit.as<float>() + c.offset;
+        for (const bool weighted : {true, false})
+            for (const cuda::ResidualRead read :
+                 {cuda::ResidualRead::kAfterWait, cuda::ResidualRead::kBeforeWait}) {
+                const float scale = weighted ? 0.8671875f : 1.0f;
+                const size_t n = static_cast<size_t>(c.rows * c.dim);
+                const size_t total = n + static_cast<size_t>(c.offset);
+                std::vector<float> x = random_vector(total, ++seed);
+                add_special_rows(x, c.rows, c.dim, c.offset);
+                const std::vector<float> residual = random_vector(total, ++seed, 3.0f);
+                const std::vector<float> w = random_weight(static_cast<size_t>(c.dim), ++seed);
+                const std::vector<float> next_w = random_weight(static_cast<size_t>(c.dim), ++seed);
+                const std::string what =
+                    std::string(c.what) + (weighted ? "" : " (no weight, scale 1)") +
+                    (read == cuda::ResidualRead::kBeforeWait ? ", residual read before the wait"
+                                                             : "");
+                const size_t blocks = n / 32;
+                const std::vector<uint8_t> poison(blocks * sizeof(Q8Block), 0xff);
+                DeviceBuffer dx, dw, dnext, dfused, dsplit, dq8_fused, dq8_split;
+                upload(dx, x);
+                upload(dw, w);
+                upload(dnext, next_w);
+                upload(dfused, residual);
+                upload(dsplit, residual);
+                upload(dq8_fused, poison);
+                upload(dq8_split, poison);
+                const float* px = dx.as<float>() + c.offset;
+                const float* pw = weighted ? dw.as<float>() : nullptr;
+                const float* pnext = weighted ? dnext.as<float>() : nullptr;
+                float* fused_residual = dfused.as<float>() + c.offset;
+                float* split_residual = dsplit.as<float>() + c.offset;
 
-            STATUS_OK(cuda::rms_norm_add_scale_norm_quantize_q8(px, pw, c.rows, c.dim, 1e-6f, scale,
-                                                                fused_residual, pnext,
-                                                                dq8_fused.as<Q8Block>(), nullptr));
-            STATUS_OK(cuda::rms_norm_add_scale(px, pw, c.rows, c.dim, 1e-6f, scale, split_residual,
-                                               nullptr));
-            STATUS_OK(cuda::rms_norm_quantize_q8(split_residual, pnext, c.rows, c.dim, 1e-6f,
-                                                 dq8_split.as<Q8Block>(), nullptr));
-            CUDA_OK(cudaDeviceSynchronize());
-            const std::vector<float> got = download(fused_residual, n);
-            const std::vector<float> want = download(split_residual, n);
-            for (size_t i = 0; i < n; ++i) {
-                ASSERT_TRUE(same_value(got[i], want[i]))
-                    << what << " residual " << i << ": fused " << got[i] << " launches " << want[i];
+                STATUS_OK(cuda::rms_norm_add_scale_norm_quantize_q8(
+                    px, pw, c.rows, c.dim, 1e-6f, scale, fused_residual, pnext,
+                    dq8_fused.as<Q8Block>(), read, nullptr));
+                STATUS_OK(cuda::rms_norm_add_scale(px, pw, c.rows, c.dim, 1e-6f, scale,
+                                                   split_residual, nullptr));
+                STATUS_OK(cuda::rms_norm_quantize_q8(split_residual, pnext, c.rows, c.dim, 1e-6f,
+                                                     dq8_split.as<Q8Block>(), nullptr));
+                CUDA_OK(cudaDeviceSynchronize());
+                const std::vector<float> got = download(fused_residual, n);
+                const std::vector<float> want = download(split_residual, n);
+                for (size_t i = 0; i < n; ++i) {
+                    ASSERT_TRUE(same_value(got[i], want[i]))
+                        << what << " residual " << i << ": fused " << got[i] << " launches "
+                        << want[i];
+                }
+                const std::vector<uint8_t> q8_got =
+                    download(dq8_fused.as<uint8_t>(), poison.size());
+                const std::vector<uint8_t> q8_want =
+                    download(dq8_split.as<uint8_t>(), poison.size());
+                for (size_t b = 0; b < blocks; ++b) {
+                    ASSERT_EQ(std::memcmp(q8_got.data() + b * sizeof(Q8Block),
+                                          q8_want.data() + b * sizeof(Q8Block), sizeof(Q8Block)),
+                              0)
+                        << what << ": Q8 block " << b << " differs";
+                }
+                ++checked;
             }
-            const std::vector<uint8_t> q8_got = download(dq8_fused.as<uint8_t>(), poison.size());
-            const std::vector<uint8_t> q8_want = download(dq8_split.as<uint8_t>(), poison.size());
-            for (size_t b = 0; b < blocks; ++b) {
-                ASSERT_EQ(std::memcmp(q8_got.data() + b * sizeof(Q8Block),
-                                      q8_want.data() + b * sizeof(Q8Block), sizeof(Q8Block)),
-                          0)
-                    << what << ": Q8 block " << b << " differs";
-            }
-            ++checked;
-        }
     }
-    EXPECT_GE(checked, 12);
+    EXPECT_GE(checked, 24);
 }
 
 // Decode-step cost (T = 1, Gemma 4): each side captured 100 times into a CUDA graph, so the times
@@ -512,15 +519,17 @@ TEST(CudaFusedFfnArguments, RejectsBadShapesAndPointers) {
     EXPECT_FALSE(cuda::rms_norm_add_scale(data, data, 1, 64, 1e-6f, 1.0f, nullptr, nullptr).ok());
     EXPECT_TRUE(cuda::rms_norm_add_scale(data, data, 0, 64, 1e-6f, 1.0f, data, nullptr).ok());
     EXPECT_FALSE(cuda::rms_norm_add_scale_norm_quantize_q8(data, data, 1, 48, 1e-6f, 1.0f, data,
-                                                           data, blocks, nullptr)
+                                                           data, blocks,
+                                                           cuda::ResidualRead::kAfterWait, nullptr)
                      .ok());  // dim % 32
     EXPECT_FALSE(cuda::rms_norm_add_scale_norm_quantize_q8(data, data, 1, 32, 1e-6f, 1.0f, data,
-                                                           data, nullptr, nullptr)
+                                                           data, nullptr,
+                                                           cuda::ResidualRead::kAfterWait, nullptr)
                      .ok());
-    EXPECT_FALSE(
-        cuda::rms_norm_add_scale_norm_quantize_q8(data, data, 1, 32, 1e-6f, 1.0f, data, data,
-                                                  reinterpret_cast<Q8Block*>(data + 1), nullptr)
-            .ok());
+    EXPECT_FALSE(cuda::rms_norm_add_scale_norm_quantize_q8(
+                     data, data, 1, 32, 1e-6f, 1.0f, data, data,
+                     reinterpret_cast<Q8Block*>(data + 1), cuda::ResidualRead::kAfterWait, nullptr)
+                     .ok());
 }
 
 #endif  // KESTREL_HAS_CUDA

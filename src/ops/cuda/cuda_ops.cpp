@@ -460,6 +460,19 @@ void CudaOps::rms_norm_linear_blocks(const float* x, const float* norm_weight, i
     Ops::rms_norm_linear_blocks(x, norm_weight, rows, dim, eps, normed, keep_normed, w, widths, out);
 }
 
+namespace {
+
+// ResidualRead::kBeforeWait unless KESTREL_SEAM_RESIDUAL_EARLY=0 in the environment (to measure).
+ResidualRead seam_residual_read() {
+    static const bool early = [] {
+        const char* value = std::getenv("KESTREL_SEAM_RESIDUAL_EARLY");
+        return value == nullptr || std::string_view(value) != "0";
+    }();
+    return early ? ResidualRead::kBeforeWait : ResidualRead::kAfterWait;
+}
+
+}  // namespace
+
 void CudaOps::residual_norm_linear_blocks(const float* x, const float* post_norm_weight,
                                           float scale, float* residual,
                                           const float* pre_norm_weight, int64_t rows, int64_t dim,
@@ -468,13 +481,17 @@ void CudaOps::residual_norm_linear_blocks(const float* x, const float* post_norm
                                           float* out) {
     if (rows == 1 && !keep_normed && gemv_path(rows, w)) {
         // Decode: post-norm, residual update and the next pre-norm's Q8 blocks in one kernel, then
-        // one GEMV over the stacked weight.
+        // one GEMV over the stacked weight. x is the output of the block's last linear (ops.h),
+        // a GEMV or GEMM launched right before, and the residual was written before that: so
+        // the kernel may read the residual before its wait (ResidualRead, fused_ffn.h), taking
+        // that round trip off the path between the two GEMVs.
         Result<Q8Block*> blocks = q8_blocks(w);
         if (!blocks.ok()) return note(blocks.status());
         {
             const ProfileScope scope(*this, "rms_norm_add_scale_norm_quantize_q8");
             note(rms_norm_add_scale_norm_quantize_q8(x, post_norm_weight, rows, dim, eps, scale,
-                                                     residual, pre_norm_weight, *blocks, stream_));
+                                                     residual, pre_norm_weight, *blocks,
+                                                     seam_residual_read(), stream_));
         }
         return gemv(*blocks, rows, w, out);
     }

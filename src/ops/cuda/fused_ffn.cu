@@ -13,7 +13,8 @@
 //   same thread count per row for the same dim, so the same sum-of-squares order, small_ops.cuh),
 //   with elementwise.cu's Scale applied to each sum before it is stored; with kNextNormQ8 it goes
 //   on to the next block's pre-norm and its Q8 blocks (norm.cu's rms_norm_q8_kernel) from the
-//   registers, so the residual is written once and never read back.
+//   registers, so the residual is written once and never read back. With ResidualRead::kBeforeWait
+//   (fused_ffn.h) the residual is loaded before the wait, with the weights.
 // add_rms_norm_q8_kernel<kThreads>: the same row ownership; the residual add first (add's one
 //   rounding), then the norm and its Q8 blocks from the registers.
 #include <cuda_runtime.h>
@@ -100,7 +101,7 @@ template <int kThreads, bool kNextNormQ8>
 __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
     rms_norm_add_scale_kernel(const float* x, const float* weight, int rows, int dim, float eps,
                               float scale, float* residual, const float* next_weight,
-                              Q8Block* next_q8, bool vec4) {
+                              Q8Block* next_q8, bool vec4, bool residual_early) {
     // Two arrays: the second reduction must not overwrite totals another warp may still be reading.
     __shared__ float warp_totals[2][kThreads / 32];
     const int thread_in_row = static_cast<int>(threadIdx.x) % kThreads;
@@ -117,17 +118,25 @@ __global__ void __launch_bounds__(kThreads* kRowsPerBlock<kThreads>)
         load_row_chunks<kThreads>(row < rows ? next_weight : nullptr, dim, vec4, thread_in_row,
                                   next_w);
     }
+    const float* x_row = x + row * dim;
+    float* residual_row = residual + row * dim;
+    // ResidualRead::kBeforeWait (fused_ffn.h): the residual's last writer has completed.
+    if (residual_early && row < rows) {
+#pragma unroll
+        for (int k = 0; k < kRowChunks<kThreads>; ++k) {
+            const int c = thread_in_row + k * kThreads;
+            r[k] = c < chunks ? load_chunk(residual_row, c, dim, vec4) : zero;
+        }
+    }
     wait_for_upstream();
     allow_downstream();
     if (row >= rows) return;  // one row per block above 32 threads: the whole block leaves together
-    const float* x_row = x + row * dim;
-    float* residual_row = residual + row * dim;
 #pragma unroll
     for (int k = 0; k < kRowChunks<kThreads>; ++k) {
         const int c = thread_in_row + k * kThreads;
         const bool in_row = c < chunks;
         v[k] = in_row ? load_chunk(x_row, c, dim, vec4) : zero;
-        r[k] = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
+        if (!residual_early) r[k] = in_row ? load_chunk(residual_row, c, dim, vec4) : zero;
     }
     const float inv_rms = row_inv_rms<kThreads>(v, dim, eps, thread_in_row, warp_totals[0]);
 #pragma unroll
@@ -272,7 +281,8 @@ namespace {
 template <bool kNextNormQ8>
 Status launch_rms_norm_add_scale(const char* what, const float* x, const float* weight,
                                  int64_t rows, int64_t dim, float eps, float scale, float* residual,
-                                 const float* next_weight, Q8Block* next_q8, cudaStream_t stream) {
+                                 const float* next_weight, Q8Block* next_q8, bool residual_early,
+                                 cudaStream_t stream) {
     if (rows < 0 || dim <= 0 || dim > kMaxNormDim || rows > (int64_t{1} << 31) - 1 ||
         (kNextNormQ8 && dim % 32 != 0)) {
         return Status(StatusCode::kInvalidArgument,
@@ -295,7 +305,7 @@ Status launch_rms_norm_add_scale(const char* what, const float* x, const float* 
     KESTREL_CUDA_CHECK(launch_row_kernel(rows, dim, [&](auto threads, dim3 grid, dim3 block) {
         return launch_overlapped(rms_norm_add_scale_kernel<decltype(threads)::value, kNextNormQ8>,
                                  grid, block, 0, stream, x, weight, r, d, eps, scale, residual,
-                                 next_weight, next_q8, vec4);
+                                 next_weight, next_q8, vec4, residual_early);
     }));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
@@ -306,15 +316,16 @@ Status launch_rms_norm_add_scale(const char* what, const float* x, const float* 
 Status rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
                           float scale, float* residual, cudaStream_t stream) {
     return launch_rms_norm_add_scale<false>("rms_norm_add_scale", x, weight, rows, dim, eps, scale,
-                                            residual, nullptr, nullptr, stream);
+                                            residual, nullptr, nullptr, false, stream);
 }
 
 Status rms_norm_add_scale_norm_quantize_q8(const float* x, const float* weight, int64_t rows,
                                            int64_t dim, float eps, float scale, float* residual,
                                            const float* next_weight, Q8Block* out,
-                                           cudaStream_t stream) {
+                                           ResidualRead residual_read, cudaStream_t stream) {
     return launch_rms_norm_add_scale<true>("rms_norm_add_scale_norm_quantize_q8", x, weight, rows,
-                                           dim, eps, scale, residual, next_weight, out, stream);
+                                           dim, eps, scale, residual, next_weight, out,
+                                           residual_read == ResidualRead::kBeforeWait, stream);
 }
 
 Status add_rms_norm_quantize_q8(const float* x, float* residual, const float* weight, int64_t rows,

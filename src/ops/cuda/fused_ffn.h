@@ -37,6 +37,14 @@ Status gelu_tanh_and_mul_bf16(const float* gate, const float* up, int64_t n, uin
 Status rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float scale,
                           float* residual, cudaStream_t stream);
 
+// When a kernel launched with programmatic dependent launch (launch.cuh) may read the residual:
+// after waiting for the previous kernel (always right), or before, while that kernel may still
+// run. kBeforeWait is the caller's promise that every kernel that wrote the residual has
+// completed by the time this one starts: true when the previous kernel lets its dependents launch
+// only after its own wait (every GEMV here), or not at all (a library GEMM), and the residual's
+// last writer came before that kernel. Then its completion implies the writer's.
+enum class ResidualRead { kAfterWait, kBeforeWait };
+
 // rms_norm_add_scale, then out = the Q8 blocks of rms_norm(residual, next_weight): bit for bit
 // rms_norm_add_scale then rms_norm_quantize_q8 (small_ops.h). The seam between two blocks of a
 // sandwich-norm decoder (post-norm and residual update of one, pre-norm of the next) in one launch.
@@ -44,7 +52,7 @@ Status rms_norm_add_scale(const float* x, const float* weight, int64_t rows, int
 Status rms_norm_add_scale_norm_quantize_q8(const float* x, const float* weight, int64_t rows,
                                            int64_t dim, float eps, float scale, float* residual,
                                            const float* next_weight, Q8Block* out,
-                                           cudaStream_t stream);
+                                           ResidualRead residual_read, cudaStream_t stream);
 
 // residual[r, :] += x[r, :], then normed = rms_norm(residual, weight) (written when normed is not
 // null) and out = its Q8 blocks: bit for bit add (small_ops.h), rms_norm, then quantize_q8 — the

@@ -14,7 +14,11 @@
 //     exception, decode attention: the K/V of keys older than the step's first position, which
 //     no kernel of the step writes, may be read before (flash_attend's early_keys_end); and any
 //     kernel may read the step's positions before it: only copies write them, before the
-//     step's first kernel (runtime/session.cpp stage, decode_sampled_on_device);
+//     step's first kernel (runtime/session.cpp stage, decode_sampled_on_device); and the
+//     decode seam (fused_ffn.h ResidualRead::kBeforeWait) may read the residual, whose last
+//     writer is two kernels back or more (each kernel below waits; one that calls
+//     allow_downstream() after its wait thus lets the next start only once every kernel before
+//     it has completed);
 //   - call allow_downstream() (anywhere; at entry is fine) so the next kernel may launch before
 //     this one ends. Without it the next kernel launches at this one's end, as without PDL.
 //     Early is not always better: measured on the H100, two decode kernels gain from letting
