@@ -32,9 +32,8 @@
 // Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
 //   for the previous kernel, a GEMV warp only asks L2 for the lines of weights and scales (W4:
 //   nibbles, group_scales and super_scales) of its first gemv_prefetch_steps() steps
-//   (constants, which no kernel writes), so DRAM is already busy when the wait ends; in a large
-//   matrix the first gemv_bulk_prefetch_blocks() blocks instead ask for all of their rows, three
-//   bulk prefetches (gemv_w4a8.h).
+//   (constants, which no kernel writes), so DRAM is already busy when the wait ends; a large
+//   matrix prefetches nothing (gemv_w4a8.h).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -318,7 +317,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
     gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint16_t* __restrict__ gs,
                      const uint32_t* __restrict__ ss, const uint4* __restrict__ act,
                      float* __restrict__ y, int n, int groups, int prefetch_steps,
-                     int bulk_prefetch_blocks, const Epilogue epilogue) {
+                     const Epilogue epilogue) {
     static_assert(!Epilogue::kOneRow || (M == 1 && R == 1), "the epilogue handles one row");
     using Place = GemvWarpPlace<R, S>;
     constexpr int kStride = Place::kSliceStride;
@@ -343,18 +342,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
         drow[r] = ss + row * supers + static_cast<unsigned>(place.first_unit) / 8u;
     }
     const uint4* lane_act = act + static_cast<int64_t>(place.first_unit) * 3;
-    if (static_cast<int>(blockIdx.x) < bulk_prefetch_blocks && threadIdx.x < 3) {
-        // The block's rows are consecutive, so each array's share is one range.
-        const int64_t first_row = static_cast<int64_t>(blockIdx.x) * Place::kRowsPerBlock;
-        const int64_t rows = min(static_cast<int64_t>(Place::kRowsPerBlock), n - first_row);
-        if (threadIdx.x == 0) {
-            prefetch_l2_bulk(qs + first_row * groups, static_cast<uint64_t>(rows * groups) * 16u);
-        } else if (threadIdx.x == 1) {
-            prefetch_l2_bulk(gs + first_row * groups, static_cast<uint64_t>(rows * groups) * 2u);
-        } else {
-            prefetch_l2_bulk(ss + first_row * supers, static_cast<uint64_t>(rows * supers) * 4u);
-        }
-    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         if (u < prefetch_steps && kStride * u < lane_groups) {
