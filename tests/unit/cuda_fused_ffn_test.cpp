@@ -372,7 +372,8 @@ TEST_F(CudaFusedFfn, RmsNormAddScaleIsRmsNormAddThenScale) {
 
 // The block seam: rms_norm_add_scale, then the next pre-norm's Q8 blocks from the registers. Bit
 // for bit the launches it replaces (rms_norm_add_scale, then rms_norm_quantize_q8 reading the
-// residual back), both outputs: the residual and all 48 bytes of every Q8 block (poisoned first).
+// residual back), both outputs: the residual and all 48 bytes of every Q8 block (poisoned first),
+// with the residual read after the wait and before it (ResidualRead: the decode step's mode).
 // Each of those launches is held to its CPU twin above and in cuda_small_ops_test.cpp.
 TEST_F(CudaFusedFfn, RmsNormAddScaleNormQuantizeIsTheThreeLaunches) {
     uint32_t seed = 500;
