@@ -82,7 +82,8 @@ Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, const Epi
         gemv_w4a8_kernel<M, R, U, S, Epilogue>, dim3(static_cast<unsigned>(grid)),
         dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs), w.group_scales,
         w.super_scales, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
-        static_cast<int>(w.k / 32), gemv_prefetch_steps(w.n * w.k / 2), epilogue));
+        static_cast<int>(w.k / 32), gemv_prefetch_steps(w.n * w.k / 2),
+        gemv_bulk_prefetch_blocks(w.n * w.k / 2, grid), epilogue));
     return ok_status();
 }
 
@@ -193,6 +194,18 @@ int gemv_prefetch_steps(int64_t weight_bytes) {
     }();
     if (from_environment >= 0) return from_environment;
     return weight_bytes < kGemvPrefetchMaxBytes ? kGemvPrefetchSteps : 0;
+}
+
+int gemv_bulk_prefetch_blocks(int64_t weight_bytes, int64_t grid) {
+    static const int from_environment = [] {
+        const char* value = std::getenv("KESTREL_GEMV_BULK_PREFETCH");
+        return value != nullptr ? std::clamp(std::atoi(value), 0, 64) : -1;
+    }();
+    if (weight_bytes < kGemvPrefetchMaxBytes) return 0;
+    const int per_sm = from_environment >= 0 ? from_environment : kGemvBulkPrefetchBlocksPerSm;
+    const Result<int> sm_count = gemv_sm_count();
+    if (!sm_count.ok()) return 0;  // the launch reports the device's error
+    return static_cast<int>(std::min<int64_t>(grid, int64_t{*sm_count} * per_sm));
 }
 
 Result<int> gemv_sm_count() {

@@ -32,8 +32,9 @@
 // Both kernels are launched with programmatic dependent launch (launch.cuh): before waiting
 //   for the previous kernel, a GEMV warp only asks L2 for the lines of weights and scales (W4:
 //   nibbles, group_scales and super_scales) of its first gemv_prefetch_steps() steps
-//   (constants, which no kernel writes), so DRAM is already busy when the wait ends; a large
-//   matrix prefetches nothing (gemv_w4a8.h).
+//   (constants, which no kernel writes), so DRAM is already busy when the wait ends; in a large
+//   matrix the first gemv_bulk_prefetch_blocks() blocks instead ask for all of their rows, three
+//   bulk prefetches (gemv_w4a8.h).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -300,6 +301,24 @@ __device__ __forceinline__ void store_rows(const GemvWarpPlace<R, S>& place,
     store_rows(place, acc, y, n, none, tail);
 }
 
+// Thread t < 3 of a block asks L2 for array t's share of rows [first_row, first_row + rows) (the
+// block's rows are consecutive, so each share is one range): nibbles, group scales, super scales.
+// Not inlined, so that the kernel's own code stays what it was without it (the inlined branch
+// cost ~3%: bench/results/2026-11-24-h100-gemv-bulk-prefetch.md).
+static __device__ __noinline__ void gemv_bulk_prefetch_rows(const uint4* qs, const uint16_t* gs,
+                                                            const uint32_t* ss, int64_t first_row,
+                                                            int64_t block_rows, int64_t n,
+                                                            int groups, int supers) {
+    const int64_t rows = min(block_rows, n - first_row);
+    if (threadIdx.x == 0) {
+        prefetch_l2_bulk(qs + first_row * groups, static_cast<uint64_t>(rows * groups) * 16u);
+    } else if (threadIdx.x == 1) {
+        prefetch_l2_bulk(gs + first_row * groups, static_cast<uint64_t>(rows * groups) * 2u);
+    } else {
+        prefetch_l2_bulk(ss + first_row * supers, static_cast<uint64_t>(rows * supers) * 4u);
+    }
+}
+
 // Blocks per SM that gemv_w4a8_kernel<M, ...> is compiled to fit (__launch_bounds__' second
 // argument, i.e. a register cap of 64 for M <= 2 and 128 above). Measured on the H100 with the
 // two-level scales (bench/gemv_w4a8_bench.cu, median of 5 runs over the Gemma 4 31B shapes):
@@ -317,7 +336,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
     gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint16_t* __restrict__ gs,
                      const uint32_t* __restrict__ ss, const uint4* __restrict__ act,
                      float* __restrict__ y, int n, int groups, int prefetch_steps,
-                     const Epilogue epilogue) {
+                     int bulk_prefetch_blocks, const Epilogue epilogue) {
     static_assert(!Epilogue::kOneRow || (M == 1 && R == 1), "the epilogue handles one row");
     using Place = GemvWarpPlace<R, S>;
     constexpr int kStride = Place::kSliceStride;
@@ -342,6 +361,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
         drow[r] = ss + row * supers + static_cast<unsigned>(place.first_unit) / 8u;
     }
     const uint4* lane_act = act + static_cast<int64_t>(place.first_unit) * 3;
+    if (static_cast<int>(blockIdx.x) < bulk_prefetch_blocks && threadIdx.x < 3) {
+        gemv_bulk_prefetch_rows(qs, gs, ss, static_cast<int64_t>(blockIdx.x) * Place::kRowsPerBlock,
+                                Place::kRowsPerBlock, n, groups, supers);
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         if (u < prefetch_steps && kStride * u < lane_groups) {

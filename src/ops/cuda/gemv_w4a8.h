@@ -76,7 +76,8 @@ Result<int> gemv_sm_count();
 
 // How many of a lane's first load steps a GEMV of a matrix of `weight_bytes` prefetches into L2
 // before it waits for the previous kernel (PDL, launch.cuh): kGemvPrefetchSteps below
-// kGemvPrefetchMaxBytes, none from there. More is not better: the prefetches share DRAM with
+// kGemvPrefetchMaxBytes, none from there (those prefetch whole rows of a few blocks instead,
+// gemv_bulk_prefetch_blocks). More is not better: the prefetches share DRAM with
 // that kernel, and a latency-bound norm or attention kernel then waits behind them. Measured on
 // the H100 (tg128, 2026-11-24): without any prefetch Gemma 4 31B (every matrix >= 25 MB) went
 // from 130.5 / 130.8 to 131.1 / 131.0 tok/s at depth 512 and 114.1 to 114.4 at 32768, while
@@ -88,6 +89,22 @@ Result<int> gemv_sm_count();
 constexpr int kGemvPrefetchSteps = 1;
 constexpr int64_t kGemvPrefetchMaxBytes = int64_t{32} << 20;
 int gemv_prefetch_steps(int64_t weight_bytes);
+
+// How many of a grid's first blocks, when its weights (nibbles) take kGemvPrefetchMaxBytes or
+// more, ask L2 for all of their rows' weights and scales before the wait: one bulk prefetch
+// (cp.async.bulk.prefetch.L2, prefetch_l2_bulk) per array, the block's rows being consecutive.
+// The first blocks are those a GEMV launched during a small kernel makes resident first, so
+// DRAM streams their rows while the norm or the gelu before them runs, and their first loads hit
+// L2. Only kGemvBulkPrefetchBlocksPerSm blocks per SM. Measured on the H100 (Gemma 4 31B tg128 @
+// d512, two runs each, same machine, 2026-11-25): without 134.48 / 134.53 tok/s; 1 per SM
+// 133.91 / 134.03, 2 134.99 / 134.99, 3 134.39 / 134.38, 4 134.45 / 134.49. Inlined in the
+// kernel the same prefetch lost more than it won, hence gemv_bulk_prefetch_rows' noinline
+// (bench/results/2026-11-24-h100-gemv-bulk-prefetch.md). Smaller matrices keep the per-lane steps
+// above: the sliding o-projection's predecessor is the attention, which reads DRAM itself (bulk
+// at 4 per SM on it and the smaller ones: 130.80 against 131.40 without, 2026-11-24).
+// KESTREL_GEMV_BULK_PREFETCH=N in the environment takes N blocks per SM (0: none), to measure.
+constexpr int kGemvBulkPrefetchBlocksPerSm = 2;
+int gemv_bulk_prefetch_blocks(int64_t weight_bytes, int64_t grid);
 
 // x [m, k] (row stride ldx elements, k % 32 == 0) -> out [m, k/32] Q8 blocks (16-aligned),
 // exactly as quantize_q8_row. fp32 or bf16 (raw bits) input.

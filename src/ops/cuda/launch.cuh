@@ -31,6 +31,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <string_view>
 #include <utility>
@@ -53,6 +54,20 @@ __device__ __forceinline__ void allow_downstream() {
 // Hint that `p`'s 128-byte line will be read soon (no register result, so it does not stall).
 __device__ __forceinline__ void prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// Asks L2 for the lines of [p, p + bytes) through the bulk-copy unit (sm_90): one instruction for
+// a whole range. p and bytes are rounded out to 16 bytes, as the instruction requires.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint64_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const uint64_t start = reinterpret_cast<uint64_t>(p) & ~uint64_t{15};
+    const uint64_t end = (reinterpret_cast<uint64_t>(p) + bytes + 15) & ~uint64_t{15};
+    if (end > start) {
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(start),
+                     "r"(static_cast<uint32_t>(end - start))
+                     : "memory");
+    }
+#endif
 }
 
 // KESTREL_PDL=0 in the environment launches without the attribute (each kernel then starts after
