@@ -46,10 +46,8 @@ Status attention_block(Ops& ops, float* q, float* k, float* v, const float* q_no
     const auto n_tokens = static_cast<int64_t>(positions.size());
     const int64_t step = kv.step_tokens;
     if (step <= 0 || n_tokens <= step) {
-        KESTREL_RETURN_IF_ERROR(
-            ops.attention_inputs(q, k, v, q_norm, k_norm, positions, inputs, kv));
-        ops.attention_linear(q, positions, kv, params, attn_out, keep_attn_out, wo, attn_proj);
-        return ok_status();
+        return ops.attention_inputs_linear(q, k, v, q_norm, k_norm, positions, inputs, kv, params,
+                                           attn_out, keep_attn_out, wo, attn_proj);
     }
     const int64_t q_row = inputs.n_heads * inputs.head_dim;
     const int64_t k_row = inputs.n_kv_heads * inputs.head_dim;

@@ -25,8 +25,9 @@ void dump(Ops& ops, const ForwardOptions& options, std::string_view name, int64_
 // One softmax-attention layer from its projected q | k | v to attn_proj [T, d]:
 // ops.attention_inputs (q, k norms and RoPE, the cache write), then attention and the output
 // projection (ops.attention_linear; attn_out [T, n_heads * v_head_dim] is written only when
-// keep_attn_out). A sliding ring shorter than its window plus the batch (kv.step_tokens) takes the
-// write and the attention in steps of kv.step_tokens tokens, in order, so that no write
+// keep_attn_out), as one ops.attention_inputs_linear: q, k and v keep the normalised rows only
+// when keep_attn_out. A sliding ring shorter than its window plus the batch (kv.step_tokens) takes
+// the write and the attention in steps of kv.step_tokens tokens, in order, so that no write
 // overwrites a key a query of its step still needs; then attn_out is always written and
 // projected once for all rows.
 Status attention_block(Ops& ops, float* q, float* k, float* v, const float* q_norm,

@@ -105,6 +105,16 @@ void Ops::attention_linear(const float* q, std::span<const int64_t> positions,
     linear(attn_out, static_cast<int64_t>(positions.size()), w, out);
 }
 
+Status Ops::attention_inputs_linear(float* q, float* k, float* v, const float* q_norm,
+                                    const float* k_norm, std::span<const int64_t> positions,
+                                    const AttentionInputsParams& inputs, const KvLayerView& cache,
+                                    const AttentionParams& params, float* attn_out,
+                                    bool keep_attn_out, const Weight& w, float* out) {
+    KESTREL_RETURN_IF_ERROR(attention_inputs(q, k, v, q_norm, k_norm, positions, inputs, cache));
+    attention_linear(q, positions, cache, params, attn_out, keep_attn_out, w, out);
+    return ok_status();
+}
+
 void Ops::residual_norm_linear_blocks(const float* x, const float* post_norm_weight, float scale_by,
                                       float* residual, const float* pre_norm_weight, int64_t rows,
                                       int64_t dim, float eps, float* normed, bool keep_normed,

@@ -506,6 +506,17 @@ public:
                                   const KvLayerView& cache, const AttentionParams& params,
                                   float* attn_out, bool keep_attn_out, const Weight& w, float* out);
 
+    // attention_inputs(q, k, v, ...), then attention_linear(q, ...): a layer's attention from its
+    // raw projections to the output projection. Afterwards q, k and v hold what attention_inputs
+    // leaves in them when keep_attn_out, and unspecified values otherwise (a backend may
+    // normalise and rotate the rows inside its attention without storing them).
+    virtual Status attention_inputs_linear(float* q, float* k, float* v, const float* q_norm,
+                                           const float* k_norm, std::span<const int64_t> positions,
+                                           const AttentionInputsParams& inputs,
+                                           const KvLayerView& cache, const AttentionParams& params,
+                                           float* attn_out, bool keep_attn_out, const Weight& w,
+                                           float* out);
+
     // The seam between two blocks of a sandwich-norm decoder: rms_norm_add_scale(x,
     // post_norm_weight, scale, residual) finishes one block (scale 1, or Gemma 4's layer scalar),
     // then rms_norm_linear_blocks(residual, pre_norm_weight, ..., w, widths, out) starts the next.

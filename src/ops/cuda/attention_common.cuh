@@ -27,6 +27,7 @@
 
 #include "kestrel/status.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/attention_decode_inputs.cuh"
 #include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/launch.cuh"  // wait_for_upstream
 #include "ops/kv_tq4.h"
@@ -379,10 +380,20 @@ struct FlashState {
 // them, and no later one can have started: launch.cuh): if the first tiles hold only such keys
 // they are issued before wait_for_upstream(), so their DRAM latency overlaps the previous
 // kernel's tail (which then is the only one still running).
-template <class C, bool kTq4 = false>
+//
+// kFusedInputs (decode of one token over a bf16 cache, head dim 256 or 512; `inputs` set): a.q
+// holds the raw q rows, and the token's attention inputs are done here
+// (attention_decode_inputs.cuh): the Q tile from the raw rows, and, in the block whose keys hold
+// the token's own key, its k and v rows into the cache and into that key's tile row, over
+// whatever the tile's copy of the slot brought. No tile then depends on the previous kernel,
+// so the caller passes an early_keys_end past every key.
+template <class C, bool kTq4 = false, bool kFusedInputs = false>
 __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int kv_head, int row0,
                                              int key_begin, int key_end, unsigned char* shared,
-                                             FlashState<C>& st, int early_keys_end = -1) {
+                                             FlashState<C>& st, int early_keys_end = -1,
+                                             const DecodeInputsArgs* inputs = nullptr) {
+    static_assert(!kFusedInputs || (!kTq4 && (C::kHeadDim == 256 || C::kHeadDim == 512)),
+                  "fused inputs: bf16 cache, each lane's RoPE pairs in its own chunks");
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -564,11 +575,40 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         }
     }
 
+    // Fused inputs: the token's key (T = 1) and the constants of its rows, before the wait. The
+    // RoPE table goes to the last stage's K tile, which the prologue leaves empty and the main
+    // loop fills only after the Q tile is built.
+    constexpr int kInputChunks = kFusedInputs ? C::kHeadDim / 128 : 2;
+    int new_tile = -1;  // the tile holding the token's key, in the block that has it
+    int64_t new_position = 0;
+    float2* rotations = reinterpret_cast<float2*>(k_s(C::kStages - 1));
+    float4 q_weight[kInputChunks];
+    float4 k_weight[kInputChunks];
+    uint2 new_row[kInputChunks];  // warp 0: the token's k row, warp 1: its v row, as bf16
+    if constexpr (kFusedInputs) {
+        static_assert(C::kStages >= 2 && C::kTileBytes >= C::kHeadDim / 2 * 8,
+                      "the RoPE table fits the last stage's K tile");
+        new_position = a.positions[0];
+        const int new_key = static_cast<int>(new_position);
+        if (new_key >= key_begin && new_key < key_end) new_tile = (new_key - key_begin) / C::kKeys;
+        load_row_chunks<32, kInputChunks>(inputs->q_norm, a.head_dim, inputs->q_norm_vec4, lane,
+                                          q_weight);
+        load_row_chunks<32, kInputChunks>(inputs->k_norm, a.head_dim, inputs->k_norm_vec4, lane,
+                                          k_weight);
+        decode_input_rotations<C::kThreads>(*inputs, new_position, rotations);
+        __syncthreads();
+    }
+
     if (!waited) wait_for_upstream();  // q is the previous kernel's output
 
     // Q tile -> bf16 in shared memory; rows past the call and columns past head_dim are zeros.
     constexpr int kQuads = C::kHeadDim / 4;
-    for (int i = tid; i < C::kRows * kQuads; i += C::kThreads) {
+    if constexpr (kFusedInputs) {
+        decode_inputs_fill<kInputChunks, C::kRows, C::kStride, C::kThreads / 32>(
+            a, *inputs, kv_head, row0, new_tile >= 0, new_position, rotations, q_weight, k_weight,
+            q_s, new_row);
+    }
+    for (int i = tid; !kFusedInputs && i < C::kRows * kQuads; i += C::kThreads) {
         const int r = i / kQuads;
         const int col = (i % kQuads) * 4;
         const int packed = row0 + r;
@@ -634,6 +674,19 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
                 load_tile((tile + kAhead) % C::kStages, k0 + kAhead * C::kKeys);
             }
             cp_async_commit();
+            if constexpr (kFusedInputs) {
+                if (tile == new_tile) {  // the whole block: the tile holds the token's key
+                    if (warp < 2) {
+                        uint16_t* row = (warp == 0 ? k_s(stage) : v_s(stage)) +
+                                        (static_cast<int>(new_position) - k0) * C::kStride;
+#pragma unroll
+                        for (int k = 0; k < kInputChunks; ++k) {
+                            *reinterpret_cast<uint2*>(row + 4 * (lane + 32 * k)) = new_row[k];
+                        }
+                    }
+                    __syncthreads();
+                }
+            }
         }
 
         // S = Q K^T over this warp's keys [key_off, key_off + kKeysPerWarp) of the tile.

@@ -27,13 +27,20 @@
 //   for the o-projection's GEMV it can also write the row's Q8 blocks, saving a quantise launch.
 //   After a single pass it returns at once (the graph still holds its launch).
 // kv_write_bf16_kernel: one thread per 8 elements (two 16-byte fp32 loads, one 16-byte store).
+// attention_decode_fused_inputs_kernel: attention_decode_kernel that also does one token's
+//   attention inputs (attention_decode_inputs.cuh), so no launch sits between the q | k | v GEMV
+//   and the attention. H100, Gemma 4 31B tg128 @ d512, same machine: 134.83 / 134.92 tok/s with
+//   attention_inputs launched before the plain kernel, 135.65 / 135.50 fused; d32768 117.86
+//   against 117.79 (bench/results/2026-11-25-h100-decode-what-ifs.md).
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <string>
 
 #include "ops/cuda/attention.h"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/attention_decode_tq4.h"
+#include "ops/cuda/attention_inputs.h"
 #include "ops/cuda/bf16_bits.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/launch.cuh"
@@ -86,11 +93,13 @@ __device__ __forceinline__ void emit_value(const AttentionKernelArgs& a, int64_t
 }
 
 // The block attends to all keys [lo, hi) and writes its rows normalised: O * (1 / l).
-template <class C>
+template <class C, bool kFusedInputs>
 __device__ void single_pass(const AttentionKernelArgs& a, int kv_head, int row0, int lo, int hi,
-                            unsigned char* shared, int early_keys_end) {
+                            unsigned char* shared, int early_keys_end,
+                            const DecodeInputsArgs* inputs) {
     FlashState<C> st;
-    flash_attend<C>(a, kv_head, row0, lo, hi, shared, st, early_keys_end);
+    flash_attend<C, false, kFusedInputs>(a, kv_head, row0, lo, hi, shared, st, early_keys_end,
+                                         inputs);
     // Through shared memory, which the K/V tiles no longer need, to a column-per-thread layout.
     static_assert(C::kSharedBytes >= C::kRows * C::kHeadDim * 4, "a tile of output rows fits");
     float* rows = reinterpret_cast<float*>(shared);
@@ -207,9 +216,10 @@ __device__ void cluster_combine(const AttentionKernelArgs& a, int kv_head, int r
 // kClusters: launched in clusters, combining the splits (a.cluster_combine). A kernel of its
 // own: with the cluster code in the plain kernel too, the plain launches got slower (Gemma 4's
 // full layers at depth 512: decode kernel 7.4 -> 14.4 us, its reduce 4.8 -> 6.7; H100, traced).
-template <int kHeadDimPad, bool kClusters>
-__global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
-    attention_decode_kernel(AttentionKernelArgs a) {
+// kFusedInputs: the token's attention inputs too (attention_decode_inputs.cuh; inputs set).
+template <int kHeadDimPad, bool kClusters, bool kFusedInputs>
+__device__ __forceinline__ void attention_decode_body(const AttentionKernelArgs& a,
+                                                      const DecodeInputsArgs* inputs) {
     // Waits inside flash_attend, or before its first global write: the key span comes from the
     // positions, staged before the step's first kernel, and the first K/V tiles of keys older
     // than the step may be read before the wait (flash_attend's early_keys_end). It lets the
@@ -235,9 +245,12 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     const int key_begin = lo + split * chunk;
     const int key_end = min(hi, key_begin + chunk);
 
-    const int first_new_key = static_cast<int>(a.positions[0]);  // this step's keys start here
+    // This step's keys start here; with the inputs fused no key waits for the previous kernel.
+    const int first_new_key = kFusedInputs ? INT_MAX : static_cast<int>(a.positions[0]);
     if (splits == 1) {
-        if (split == 0) single_pass<C>(a, kv_head, row0, lo, hi, shared, first_new_key);
+        if (split == 0) {
+            single_pass<C, kFusedInputs>(a, kv_head, row0, lo, hi, shared, first_new_key, inputs);
+        }
         return;
     }
 
@@ -245,7 +258,8 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
         const bool has_keys = split < splits && key_begin < key_end;
         FlashState<C> st;
         if (has_keys) {
-            flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st, first_new_key);
+            flash_attend<C, false, kFusedInputs>(a, kv_head, row0, key_begin, key_end, shared, st,
+                                                 first_new_key, inputs);
         } else {
             wait_for_upstream();  // before the combine's writes of the output
         }
@@ -267,7 +281,8 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
     }
 
     FlashState<C> st;
-    flash_attend<C>(a, kv_head, row0, key_begin, key_end, shared, st, first_new_key);
+    flash_attend<C, false, kFusedInputs>(a, kv_head, row0, key_begin, key_end, shared, st,
+                                         first_new_key, inputs);
 
     const int lane = threadIdx.x & 31;
     const int col_part = static_cast<int>(threadIdx.x >> 5);  // one row group: warp = column part
@@ -292,6 +307,19 @@ __global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
         }
     }
     allow_downstream();  // late on purpose: see the top of the kernel
+}
+
+template <int kHeadDimPad, bool kClusters>
+__global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
+    attention_decode_kernel(AttentionKernelArgs a) {
+    attention_decode_body<kHeadDimPad, kClusters, false>(a, nullptr);
+}
+
+// The same with the token's attention inputs (attention_decode_fused_inputs_quantize_q8).
+template <int kHeadDimPad, bool kClusters>
+__global__ void __launch_bounds__(DecodeConfig<kHeadDimPad>::kThreads, 1)
+    attention_decode_fused_inputs_kernel(AttentionKernelArgs a, DecodeInputsArgs inputs) {
+    attention_decode_body<kHeadDimPad, kClusters, true>(a, &inputs);
 }
 
 __global__ void __launch_bounds__(kReduceThreads)
@@ -425,8 +453,9 @@ Status launch_reduce(const AttentionKernelArgs& args, cudaStream_t stream) {
     return ok_status();
 }
 
-template <int kHeadDimPad>
-Status launch_decode(const AttentionKernelArgs& args, cudaStream_t stream) {
+template <int kHeadDimPad, bool kFusedInputs>
+Status launch_decode(const AttentionKernelArgs& args, const DecodeInputsArgs* inputs,
+                     cudaStream_t stream) {
     using C = DecodeConfig<kHeadDimPad>;
     const int64_t row_tiles =
         (static_cast<int64_t>(args.n_tokens) * args.group + C::kRows - 1) / C::kRows;
@@ -436,20 +465,37 @@ Status launch_decode(const AttentionKernelArgs& args, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(args.max_splits), static_cast<unsigned>(args.n_kv_heads),
                     static_cast<unsigned>(row_tiles));
     if (args.cluster_combine) {
-        KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, true>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                C::kSharedBytes));
-        KESTREL_CUDA_CHECK(launch_overlapped_clusters(
-            attention_decode_kernel<kHeadDimPad, true>, grid, dim3(C::kThreads), C::kSharedBytes,
-            stream, static_cast<unsigned>(args.max_splits), args));
+        const auto launch = [&](auto kernel, const auto&... arguments) {
+            const cudaError_t set = cudaFuncSetAttribute(
+                kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSharedBytes);
+            if (set != cudaSuccess) return set;
+            return launch_overlapped_clusters(kernel, grid, dim3(C::kThreads), C::kSharedBytes,
+                                              stream, static_cast<unsigned>(args.max_splits),
+                                              arguments...);
+        };
+        if constexpr (kFusedInputs) {
+            KESTREL_CUDA_CHECK(
+                launch(attention_decode_fused_inputs_kernel<kHeadDimPad, true>, args, *inputs));
+        } else {
+            KESTREL_CUDA_CHECK(launch(attention_decode_kernel<kHeadDimPad, true>, args));
+        }
         KESTREL_CUDA_CHECK(cudaGetLastError());
         return ok_status();
     }
-    KESTREL_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kHeadDimPad, false>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            C::kSharedBytes));
-    KESTREL_CUDA_CHECK(launch_overlapped(attention_decode_kernel<kHeadDimPad, false>, grid,
-                                         dim3(C::kThreads), C::kSharedBytes, stream, args));
+    const auto launch = [&](auto kernel, const auto&... arguments) {
+        const cudaError_t set = cudaFuncSetAttribute(
+            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSharedBytes);
+        if (set != cudaSuccess) return set;
+        return launch_overlapped(kernel, grid, dim3(C::kThreads), C::kSharedBytes, stream,
+                                 arguments...);
+    };
+    if constexpr (kFusedInputs) {
+        KESTREL_CUDA_CHECK(
+            launch(attention_decode_fused_inputs_kernel<kHeadDimPad, false>, args, *inputs));
+    } else {
+        (void)inputs;
+        KESTREL_CUDA_CHECK(launch(attention_decode_kernel<kHeadDimPad, false>, args));
+    }
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return launch_reduce(args, stream);
 }
@@ -586,7 +632,8 @@ Status launch_attention_decode(const char* what, const float* q, const int64_t* 
                                int64_t n_tokens, const KvCacheBf16View& cache,
                                const AttentionShape& shape, void* workspace, float* out,
                                Q8Block* out_q8, const KvCacheTq4View* tq4, cudaStream_t stream,
-                               DecodeCombine combine = DecodeCombine::kReduceKernel) {
+                               DecodeCombine combine = DecodeCombine::kReduceKernel,
+                               const DecodeInputsArgs* fused_inputs = nullptr) {
     KESTREL_RETURN_IF_ERROR(
         check_attention_arguments(what, q, positions, n_tokens, cache, shape,
                                   out != nullptr ? static_cast<const void*>(out) : out_q8));
@@ -625,15 +672,19 @@ Status launch_attention_decode(const char* what, const float* q, const int64_t* 
     }();
     args.cluster_combine = combine == DecodeCombine::kAuto && clusters_allowed &&
                            attention_decode_combines_in_clusters(n_tokens, cache, shape);
+    if (fused_inputs != nullptr) {  // head dims 256 and 512 (attention_decode_fuses_inputs)
+        return cache.head_dim == 256 ? launch_decode<256, true>(args, fused_inputs, stream)
+                                     : launch_decode<512, true>(args, fused_inputs, stream);
+    }
     switch (attention_padded_head_dim(cache.head_dim, cache.v_head_dim)) {
         case 64:
-            return launch_decode<64>(args, stream);
+            return launch_decode<64, false>(args, nullptr, stream);
         case 128:
-            return launch_decode<128>(args, stream);
+            return launch_decode<128, false>(args, nullptr, stream);
         case 256:
-            return launch_decode<256>(args, stream);
+            return launch_decode<256, false>(args, nullptr, stream);
         default:
-            return launch_decode<512>(args, stream);
+            return launch_decode<512, false>(args, nullptr, stream);
     }
 }
 
@@ -655,6 +706,69 @@ Status attention_decode_quantize_q8(const float* q, const int64_t* positions, in
     }
     return launch_attention_decode("attention_decode_quantize_q8", q, positions, n_tokens, cache,
                                    shape, workspace, out, out_q8, nullptr, stream, combine);
+}
+
+bool attention_decode_fuses_inputs(const AttentionInputs& inputs, int64_t n_tokens,
+                                   const KvCacheBf16View& cache) {
+    // KESTREL_DECODE_FUSED_INPUTS=0 in the environment keeps the two launches (to measure).
+    static const bool allowed = [] {
+        const char* value = std::getenv("KESTREL_DECODE_FUSED_INPUTS");
+        return value == nullptr || std::string(value) != "0";
+    }();
+    const int64_t hd = inputs.head_dim;
+    return allowed && n_tokens == 1 && inputs.partial_rotary_dim == 0 && (hd == 256 || hd == 512) &&
+           cache.head_dim == hd && cache.v_head_dim == hd &&
+           cache.n_kv_heads == inputs.n_kv_heads && inputs.rotary_pairs >= 0 &&
+           inputs.rotary_pairs <= hd / 2 && cache.k != nullptr && cache.v != nullptr;
+}
+
+Status attention_decode_fused_inputs_quantize_q8(const AttentionInputs& inputs,
+                                                 const float* inv_freq, const int64_t* positions,
+                                                 const KvCacheBf16View& cache,
+                                                 const AttentionShape& shape, void* workspace,
+                                                 float* out, Q8Block* out_q8, cudaStream_t stream,
+                                                 DecodeCombine combine) {
+    const char* what = "attention_decode_fused_inputs_quantize_q8";
+    if (!attention_decode_fuses_inputs(inputs, 1, cache)) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": " + std::to_string(inputs.n_heads) + " / " +
+                          std::to_string(inputs.n_kv_heads) + " heads x " +
+                          std::to_string(inputs.head_dim) + " over a cache of " +
+                          std::to_string(cache.n_kv_heads) + " x " +
+                          std::to_string(cache.head_dim) +
+                          " is not a fused shape (attention_decode_fuses_inputs), or "
+                          "KESTREL_DECODE_FUSED_INPUTS=0");
+    }
+    if (out_q8 == nullptr || inputs.n_heads != shape.n_heads) {
+        return Status(StatusCode::kInvalidArgument,
+                      std::string(what) + ": null Q8 output, or inputs of " +
+                          std::to_string(inputs.n_heads) + " heads for an attention of " +
+                          std::to_string(shape.n_heads));
+    }
+    if (inputs.k == nullptr || (!inputs.v_from_raw_k && inputs.v == nullptr) ||
+        (inv_freq == nullptr && inputs.rotary_pairs > 0) || !attention_aligned16(inputs.k) ||
+        !attention_aligned16(inputs.v) || !attention_aligned16(cache.k) ||
+        !attention_aligned16(cache.v)) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            std::string(what) + ": null k / v / inv_freq, or k / v / cache not 16-byte aligned");
+    }
+    DecodeInputsArgs fused;
+    fused.k_raw = inputs.k;
+    fused.v_raw = inputs.v;
+    fused.q_norm = inputs.q_norm;
+    fused.k_norm = inputs.k_norm;
+    fused.k_cache = cache.k;
+    fused.v_cache = cache.v;
+    fused.eps = inputs.eps;
+    fused.rotary_pairs = static_cast<int>(inputs.rotary_pairs);
+    fused.v_from_raw_k = inputs.v_from_raw_k;
+    fused.v_norm = inputs.v_norm;
+    fused.q_norm_vec4 = attention_aligned16(inputs.q_norm);
+    fused.k_norm_vec4 = attention_aligned16(inputs.k_norm);
+    fused.inv_freq = inv_freq;
+    return launch_attention_decode(what, inputs.q, positions, 1, cache, shape, workspace, out,
+                                   out_q8, nullptr, stream, combine, &fused);
 }
 
 Status attention_decode_tq4(const float* q_rotated, const int64_t* positions, int64_t n_tokens,

@@ -22,6 +22,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -300,6 +301,14 @@ Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions,
                                          dim3(32 * kWarpsPerBlock), 0, stream, args, table));
     KESTREL_CUDA_CHECK(cudaGetLastError());
     return ok_status();
+}
+
+std::vector<float> rope_inv_freq(int64_t n_pairs, int64_t frequency_dim, double theta) {
+    std::vector<float> inv_freq(static_cast<size_t>(std::max<int64_t>(n_pairs, 0)));
+    for (size_t j = 0; j < inv_freq.size(); ++j) {
+        inv_freq[j] = rope_inv_freq_of_pair(static_cast<int64_t>(j), frequency_dim, theta);
+    }
+    return inv_freq;
 }
 
 }  // namespace kestrel::cuda

@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kestrel/status.h"
 #include "ops/cuda/attention.h"  // KvCacheBf16View
@@ -63,5 +64,29 @@ constexpr int64_t kMaxAttentionInputsHeadDim = 512;
 // with new device positions.
 Status attention_inputs(const AttentionInputs& inputs, const int64_t* positions, int64_t n_tokens,
                         const KvCacheBf16View& cache, cudaStream_t stream);
+
+// RoPE's inv_freq[j] = 1 / theta^(2j / frequency_dim), j < n_pairs, in fp32: attention_inputs'
+// own table (small_ops.cuh make_rope_table), for a device copy.
+std::vector<float> rope_inv_freq(int64_t n_pairs, int64_t frequency_dim, double theta);
+
+// attention_inputs for one token, then attention_decode_quantize_q8 (attention.h) over its rows,
+// in the decode kernel's one launch (attention_decode_inputs.cuh): no launch, and no round trip
+// of the rows through memory, between the q | k | v projection and the attention. inputs.q, k and
+// v hold the raw rows and are left as they are (the normalised rows exist only inside the
+// kernel); the cache gets the token's k and v rows, out (may be null) and out_q8 the attention's
+// rows. Bit for bit attention_inputs then attention_decode_quantize_q8 (the rows of q, k and v
+// aside). inv_freq: device memory holding rope_inv_freq(inputs.rotary_pairs, inputs.head_dim,
+// inputs.theta) (may be null when no pair rotates).
+// Takes the calls attention_decode_fuses_inputs accepts: one token, Gemma's RoPE pairing
+// (partial_rotary_dim 0), head dim 256 or 512 for q, k, v and the cache alike, a bf16 cache;
+// KESTREL_DECODE_FUSED_INPUTS=0 in the environment accepts none (to measure the two launches).
+bool attention_decode_fuses_inputs(const AttentionInputs& inputs, int64_t n_tokens,
+                                   const KvCacheBf16View& cache);
+Status attention_decode_fused_inputs_quantize_q8(const AttentionInputs& inputs,
+                                                 const float* inv_freq, const int64_t* positions,
+                                                 const KvCacheBf16View& cache,
+                                                 const AttentionShape& shape, void* workspace,
+                                                 float* out, Q8Block* out_q8, cudaStream_t stream,
+                                                 DecodeCombine combine = DecodeCombine::kAuto);
 
 }  // namespace kestrel::cuda

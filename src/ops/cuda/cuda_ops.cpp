@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -536,12 +535,11 @@ void CudaOps::rms_norm_gated_linear(const float* x, const float* z, const float*
     Ops::rms_norm_gated_linear(x, z, weight, rows, heads, head_dim, eps, gated, keep_gated, w, out);
 }
 
-Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_norm, const float* k_norm,
-                                 std::span<const int64_t> positions, const AttentionInputsParams& p,
-                                 const KvLayerView& cache) {
-    if (cache.dtype != KvDtype::kBF16 && cache.dtype != KvDtype::kTq4)
-        return unsupported_kv(cache.dtype);
-    const ProfileScope scope(*this, "attention_inputs");
+namespace {
+
+// The launcher's description of one layer's attention inputs (attention_inputs.h).
+AttentionInputs attention_inputs_of(float* q, float* k, float* v, const float* q_norm,
+                                    const float* k_norm, const AttentionInputsParams& p) {
     AttentionInputs inputs;
     inputs.q = q;
     inputs.k = k;
@@ -557,6 +555,18 @@ Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_no
     inputs.eps = p.eps;
     inputs.theta = p.theta;
     inputs.partial_rotary_dim = p.partial_rotary_dim;
+    return inputs;
+}
+
+}  // namespace
+
+Status CudaOps::attention_inputs(float* q, float* k, float* v, const float* q_norm,
+                                 const float* k_norm, std::span<const int64_t> positions,
+                                 const AttentionInputsParams& p, const KvLayerView& cache) {
+    if (cache.dtype != KvDtype::kBF16 && cache.dtype != KvDtype::kTq4)
+        return unsupported_kv(cache.dtype);
+    const ProfileScope scope(*this, "attention_inputs");
+    const AttentionInputs inputs = attention_inputs_of(q, k, v, q_norm, k_norm, p);
     if (cache.dtype == KvDtype::kTq4) {
         // The rows in place (no bf16 cache), then the TQ4 write encodes k and v.
         KESTREL_RETURN_IF_ERROR(cuda::attention_inputs(inputs, positions.data(),
@@ -646,6 +656,30 @@ Result<void*> CudaOps::attention_workspace(const KvCacheBf16View& cache,
     return ensure(attention_, bytes);
 }
 
+Result<const float*> CudaOps::rope_inv_freq_table(int64_t n_pairs, int64_t frequency_dim,
+                                                  double theta) {
+    if (n_pairs <= 0) return static_cast<const float*>(nullptr);  // nothing rotates
+    for (const RopeInvFreq& known : rope_inv_freq_) {
+        if (known.n_pairs == n_pairs && known.frequency_dim == frequency_dim &&
+            known.theta == theta) {
+            return static_cast<const float*>(known.table.floats());
+        }
+    }
+    if (capturing_) {
+        return Status(StatusCode::kInternal,
+                      "CUDA RoPE table needed while capturing a graph (not made by the eager step "
+                      "before it)");
+    }
+    const std::vector<float> host = rope_inv_freq(n_pairs, frequency_dim, theta);
+    KESTREL_ASSIGN_OR_RETURN(Buffer table, allocate(host.size() * sizeof(float)));
+    KESTREL_RETURN_IF_ERROR(
+        copy_to_backend(table.data(), host.data(), host.size() * sizeof(float)));
+    // The host vector goes out of scope here: wait for the copy that reads it.
+    KESTREL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    rope_inv_freq_.push_back(RopeInvFreq{n_pairs, frequency_dim, theta, std::move(table)});
+    return static_cast<const float*>(rope_inv_freq_.back().table.floats());
+}
+
 void CudaOps::note_cluster_refusal(const KvCacheBf16View& cache, const AttentionShape& shape,
                                    int64_t tokens) {
     static bool said = false;
@@ -731,6 +765,41 @@ void CudaOps::attention_linear(const float* q, std::span<const int64_t> position
         return gemv(*blocks, tokens, w, out);
     }
     Ops::attention_linear(q, positions, cache, params, attn_out, keep_attn_out, w, out);
+}
+
+Status CudaOps::attention_inputs_linear(float* q, float* k, float* v, const float* q_norm,
+                                        const float* k_norm, std::span<const int64_t> positions,
+                                        const AttentionInputsParams& p, const KvLayerView& cache,
+                                        const AttentionParams& params, float* attn_out,
+                                        bool keep_attn_out, const Weight& w, float* out) {
+    const auto tokens = static_cast<int64_t>(positions.size());
+    if (cache.dtype == KvDtype::kBF16 && !keep_attn_out && gemv_path(tokens, w) &&
+        w.in == params.n_heads * cache.v_head_dim) {
+        const AttentionInputs inputs = attention_inputs_of(q, k, v, q_norm, k_norm, p);
+        const KvCacheBf16View view = bf16_cache(cache);
+        if (attention_decode_fuses_inputs(inputs, tokens, view)) {
+            // Decode: the token's q, k and v rows are normalised, rotated and cached by the
+            // attention kernel itself, which writes the o-projection's Q8 blocks.
+            const AttentionShape shape{params.n_heads, params.scale, params.window, params.softcap};
+            Result<void*> workspace = attention_workspace(view, shape, tokens);
+            if (!workspace.ok()) return workspace.status();
+            Result<Q8Block*> blocks = q8_blocks(w);
+            if (!blocks.ok()) return blocks.status();
+            KESTREL_ASSIGN_OR_RETURN(const float* inv_freq,
+                                     rope_inv_freq_table(p.rotary_pairs, p.head_dim, p.theta));
+            note_cluster_refusal(view, shape, tokens);
+            {
+                const ProfileScope scope(*this, "attention_inputs_quantize_q8");
+                KESTREL_RETURN_IF_ERROR(attention_decode_fused_inputs_quantize_q8(
+                    inputs, inv_freq, positions.data(), view, shape, *workspace, nullptr, *blocks,
+                    stream_));
+            }
+            gemv(*blocks, tokens, w, out);
+            return ok_status();
+        }
+    }
+    return Ops::attention_inputs_linear(q, k, v, q_norm, k_norm, positions, p, cache, params,
+                                        attn_out, keep_attn_out, w, out);
 }
 
 void CudaOps::gelu_tanh_and_mul(const float* gate, const float* up, int64_t n, float* out) {

@@ -82,6 +82,11 @@ public:
     void attention_linear(const float* q, std::span<const int64_t> positions,
                           const KvLayerView& cache, const AttentionParams& params, float* attn_out,
                           bool keep_attn_out, const Weight& w, float* out) override;
+    Status attention_inputs_linear(float* q, float* k, float* v, const float* q_norm,
+                                   const float* k_norm, std::span<const int64_t> positions,
+                                   const AttentionInputsParams& inputs, const KvLayerView& cache,
+                                   const AttentionParams& params, float* attn_out,
+                                   bool keep_attn_out, const Weight& w, float* out) override;
     void residual_norm_linear_blocks(const float* x, const float* post_norm_weight, float scale,
                                      float* residual, const float* pre_norm_weight, int64_t rows,
                                      int64_t dim, float eps, float* normed, bool keep_normed,
@@ -159,6 +164,9 @@ private:
     // The decode attention's split-K partials, grown for this call's shape.
     Result<void*> attention_workspace(const KvCacheBf16View& cache, const AttentionShape& shape,
                                       int64_t tokens);
+    // A device copy of rope_inv_freq(n_pairs, frequency_dim, theta) (attention_inputs.h), made
+    // on first use outside capture and kept for the backend's life (a layer kind has one).
+    Result<const float*> rope_inv_freq_table(int64_t n_pairs, int64_t frequency_dim, double theta);
     // Says once in the log when a decode call's splits could combine in clusters but the GPU
     // cannot hold them (attention.h), so the reduce kernel runs instead.
     static void note_cluster_refusal(const KvCacheBf16View& cache, const AttentionShape& shape,
@@ -183,6 +191,13 @@ private:
     Scratch
         tq4_rows_;  // TQ4 attention's rotated q, then in place its rotated output [T, n_heads, d]
     std::vector<Buffer> retired_;
+    struct RopeInvFreq {
+        int64_t n_pairs = 0;
+        int64_t frequency_dim = 0;
+        double theta = 0.0;
+        Buffer table;
+    };
+    std::vector<RopeInvFreq> rope_inv_freq_;
     int64_t graphs_captured_ = 0;       // by capture(), ever
     void* host_copy_pinned_ = nullptr;  // kHostCopySlots x kAsyncHostCopyBytes, cudaMallocHost
     HostCopy host_copies_[kHostCopySlots];

@@ -238,12 +238,15 @@ struct RopeTable {
 };
 
 // ops/cpu/rope.cpp: inv_freq[j] = 1 / theta^(2j / frequency_dim) in fp32 (HF's fp32 inv_freq).
+inline float rope_inv_freq_of_pair(int64_t j, int64_t frequency_dim, double theta) {
+    const float exponent = static_cast<float>(2 * j) / static_cast<float>(frequency_dim);
+    return 1.0f / std::pow(static_cast<float>(theta), exponent);
+}
+
 inline RopeTable make_rope_table(int64_t n_pairs, int64_t frequency_dim, double theta) {
     RopeTable table{};
-    for (int64_t j = 0; j < n_pairs; ++j) {
-        const float exponent = static_cast<float>(2 * j) / static_cast<float>(frequency_dim);
-        table.inv_freq[j] = 1.0f / std::pow(static_cast<float>(theta), exponent);
-    }
+    for (int64_t j = 0; j < n_pairs; ++j)
+        table.inv_freq[j] = rope_inv_freq_of_pair(j, frequency_dim, theta);
     return table;
 }
 
