@@ -48,6 +48,7 @@ using kestrel::testing::copy_to_device;
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
+using kestrel::testing::random_vector;
 using kestrel::testing::upload;
 
 constexpr float kEps = 1e-6f;
@@ -79,15 +80,6 @@ const Case kCases[] = {
     {"gemma4 full", 32, 4, 512, 64, 1e6, true, true, 0, 4099, {0, 100, 700, 3000}},
     {"gemma3", 4, 1, 256, 128, 1e6, false, false, 512, 515, {3, 600}},
 };
-
-std::vector<float> random_vector(size_t n, uint32_t seed, float sigma) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, sigma);
-    std::vector<float> x(n);
-    for (float& v : x) v = normal(rng);
-    for (size_t i = 13; i < n; i += 701) x[i] *= 25.0f;  // the occasional outlier
-    return x;
-}
 
 // Finite bf16 bits (|x| < 4): the keys and values of the earlier positions.
 std::vector<uint16_t> random_cache(size_t n, uint32_t seed) {

@@ -55,21 +55,12 @@ TEST(CudaFusedFfn, NeedsTheCudaBuild) { GTEST_SKIP() << "built without CUDA (KES
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
+using kestrel::testing::random_vector;
 using kestrel::testing::upload;
 
 constexpr double kU = 0x1.0p-24;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// Activations with the occasional outlier, as real ones have.
-std::vector<float> random_vector(size_t n, uint32_t seed, float sigma = 1.0f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, sigma);
-    std::vector<float> x(n);
-    for (float& v : x) v = normal(rng);
-    for (size_t i = 13; i < n; i += 701) x[i] *= 25.0f;
-    return x;
-}
 
 // Norm weights around 1, as trained ones are.
 std::vector<float> random_weight(size_t n, uint32_t seed) {

@@ -47,6 +47,7 @@ using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
 using kestrel::testing::DeviceW4;
 using kestrel::testing::download;
+using kestrel::testing::random_vector;
 using kestrel::testing::random_w4;
 using kestrel::testing::upload;
 using kestrel::testing::upload_w4;
@@ -84,15 +85,6 @@ constexpr Case kCases[] = {
     // 257 groups = 8 slices, one block: S = 8; no state at all.
     {"kernel 1, null state", 8224, 37, 30, 1, true},
 };
-
-std::vector<float> random_normal(size_t n, uint32_t seed, float sigma) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, sigma);
-    std::vector<float> x(n);
-    for (float& v : x) v = normal(rng);
-    for (size_t i = 13; i < n; i += 701) x[i] *= 25.0f;  // outliers, as real activations have
-    return x;
-}
 
 // Index of the first element whose bits differ, or -1.
 int64_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
@@ -170,8 +162,8 @@ void run_case(const Case& c, uint32_t seed) {
 
     // Conv weights of a few sizes, signs mixed; the state on the scale of y's outputs.
     const std::vector<float> weight =
-        random_normal(static_cast<size_t>(channels * kernel), seed + 1, 0.4f);
-    std::vector<float> state = random_normal(static_cast<size_t>(state_count), seed + 2, 1.0f);
+        random_vector(static_cast<size_t>(channels * kernel), seed + 1, 0.4f);
+    std::vector<float> state = random_vector(static_cast<size_t>(state_count), seed + 2, 1.0f);
     DeviceBuffer dx, da, dweight, dstate_ref, dstate, dy_ref, dy, dout_ref, dout;
     upload(dweight, weight);
     upload(dstate_ref, state);
@@ -193,7 +185,7 @@ void run_case(const Case& c, uint32_t seed) {
     for (int token = 0; token < kTokens; ++token) {
         const std::string what = std::string(c.name) + " token " + std::to_string(token);
         const std::vector<float> x =
-            random_normal(static_cast<size_t>(k), seed + 10 + static_cast<uint32_t>(token), 1.0f);
+            random_vector(static_cast<size_t>(k), seed + 10 + static_cast<uint32_t>(token), 1.0f);
         CUDA_OK(cudaMemcpy(dx.as<void>(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
         kestrel::testing::wait_for_host_copies();
         STATUS_OK(cuda::quantize_q8(dx.as<float>(), 1, k, k, da.as<Q8Block>(), nullptr));

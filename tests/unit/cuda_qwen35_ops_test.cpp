@@ -78,20 +78,11 @@ TEST(CudaQwen35Ops, NeedsTheCudaBuild) {
 using kestrel::testing::cuda_device_present;
 using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
+using kestrel::testing::random_vector;
 using kestrel::testing::upload;
 
 constexpr double kU = 0x1.0p-24;
 constexpr double kSubnormal = 0x1.0p-149;
-
-// Activations with the occasional outlier, as real ones have.
-std::vector<float> random_vector(size_t n, uint32_t seed, float sigma = 1.0f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, sigma);
-    std::vector<float> x(n);
-    for (float& v : x) v = normal(rng);
-    for (size_t i = 13; i < n; i += 701) x[i] *= 25.0f;
-    return x;
-}
 
 // Gates as random_vector, plus every 97th at +-80 .. +-109: exp(-gate) overflows, underflows to
 // a subnormal or to zero there, and silu / sigmoid become subnormal or zero.

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <random>
 #include <vector>
 
 #include "kestrel/status.h"
@@ -97,6 +99,17 @@ std::vector<T> download(const T* device, size_t n) {
 template <class T>
 std::vector<T> download(const DeviceBuffer& device, size_t n) {
     return download(device.as<const T>(), n);
+}
+
+// Activations: normal(0, sigma) from `seed`, with every 701st element from the 13th 25 times
+// larger (the occasional outlier, as real activations have).
+inline std::vector<float> random_vector(size_t n, uint32_t seed, float sigma = 1.0f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, sigma);
+    std::vector<float> x(n);
+    for (float& v : x) v = normal(rng);
+    for (size_t i = 13; i < n; i += 701) x[i] *= 25.0f;
+    return x;
 }
 
 // For the fixtures' SetUp: false (skip) when the driver is missing as well as when no device is.
