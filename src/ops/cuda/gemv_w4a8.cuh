@@ -15,10 +15,18 @@
 //   multiple of 32, so each row keeps one pointer per array and every step adds constants). All
 //   U x R x 3 loads of a step (groups g, g + 32 S, ...) are issued before any math. Then
 //   scale = d * sc and min = dmin * m in fp32 (exact: 11 x 8 bits). Per activation row m the Q8
-//   block is three 16-byte loads (reused across the R weight rows), then 8 dp4a per weight row:
-//     lo = p & 0x0F0F0F0F  (weights b..b+3 of the group)    x activation bytes 0..15
-//     hi = (p >> 4) & 0x0F0F0F0F (weights b+16..b+19)       x activation bytes 16..31
-//   acc += d_a * (scale * dot - min * sum_a). Lanes are reduced with xor shuffles; with S > 1
+//   block is three 16-byte loads (reused across the R weight rows), then 8 dp4a per weight row
+//   (dot_group), in two independent sums:
+//     p & 0x0F0F0F0F  (weights b..b+3 of the group)              x activation bytes 0..15
+//     p & 0xF0F0F0F0  (16 x weights b+16..b+19, unsigned bytes)  x activation bytes 16..31
+//   dot = low + (high >> 4), and acc += d_a * (scale * dot - min * sum_a); at M = 1 as
+//   d_a * (d * (sc * dot) - dmin * (m * sum_a)), the same roundings with integer products.
+//   The loop is short of issue slots more than of bandwidth. Measured on the H100 (Gemma 4 31B
+//   tg128 @ d512, 3 rounds, same machine, 2026-11-25): these savings, ~45 -> ~36 instructions
+//   per group and row at M = 1 (the shift of each high word, the conversions of sc and m, the
+//   activation block's 64-bit index), took 135.87 tok/s to 136.79, and one more load and four
+//   shuffles per group had cost 6% (bench/results/2026-11-25-h100-gemv-instructions.md).
+//   Lanes are reduced with xor shuffles; with S > 1
 //   lane 0 of each warp leaves its partial sums in shared memory and, after one barrier, one
 //   thread per (m, row) adds the S partials in slice order (deterministic: a shape gives the
 //   same bits on every run on a given GPU model, S depending on its SM count). Warps past n
@@ -86,18 +94,29 @@ __global__ void __launch_bounds__(256) quantize_q8_kernel(const T* __restrict__ 
     }
 }
 
+// dp4a with unsigned bytes in a and signed bytes in b: c + Σ a.u8[i] * b.s8[i].
+__device__ __forceinline__ int dp4a_unsigned_signed(uint32_t a, uint32_t b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Σ q_w[i] q_a[i] over a group. The high nibbles are multiplied where they stand, as 16 q (bytes
+// up to 240, hence the unsigned dp4a), and the sum divided by 16 once: a shift, exact since it
+// is a multiple of 16. Saves the shift of each word, and the two sums are independent chains.
 __device__ __forceinline__ int dot_group(const uint4& w, const uint4& a_lo, const uint4& a_hi) {
-    constexpr uint32_t kMask = 0x0F0F0F0Fu;
-    int dot = 0;
-    dot = __dp4a(static_cast<int>(w.x & kMask), static_cast<int>(a_lo.x), dot);
-    dot = __dp4a(static_cast<int>(w.y & kMask), static_cast<int>(a_lo.y), dot);
-    dot = __dp4a(static_cast<int>(w.z & kMask), static_cast<int>(a_lo.z), dot);
-    dot = __dp4a(static_cast<int>(w.w & kMask), static_cast<int>(a_lo.w), dot);
-    dot = __dp4a(static_cast<int>((w.x >> 4) & kMask), static_cast<int>(a_hi.x), dot);
-    dot = __dp4a(static_cast<int>((w.y >> 4) & kMask), static_cast<int>(a_hi.y), dot);
-    dot = __dp4a(static_cast<int>((w.z >> 4) & kMask), static_cast<int>(a_hi.z), dot);
-    dot = __dp4a(static_cast<int>((w.w >> 4) & kMask), static_cast<int>(a_hi.w), dot);
-    return dot;
+    constexpr uint32_t kLow = 0x0F0F0F0Fu;
+    constexpr uint32_t kHigh = 0xF0F0F0F0u;
+    int low = 0, high16 = 0;
+    low = dp4a_unsigned_signed(w.x & kLow, a_lo.x, low);
+    high16 = dp4a_unsigned_signed(w.x & kHigh, a_hi.x, high16);
+    low = dp4a_unsigned_signed(w.y & kLow, a_lo.y, low);
+    high16 = dp4a_unsigned_signed(w.y & kHigh, a_hi.y, high16);
+    low = dp4a_unsigned_signed(w.z & kLow, a_lo.z, low);
+    high16 = dp4a_unsigned_signed(w.z & kHigh, a_hi.z, high16);
+    low = dp4a_unsigned_signed(w.w & kLow, a_lo.w, low);
+    high16 = dp4a_unsigned_signed(w.w & kHigh, a_hi.w, high16);
+    return low + (high16 >> 4);
 }
 
 // Where a warp works under a split of S warps per row group of R rows.
@@ -392,6 +411,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
     for (int j0 = 0; j0 < lane_groups; j0 += kStride * U) {
         // j0 / 8: the step's offset in super words (j0 >= 0, a multiple of 32).
         const int s0 = static_cast<int>(static_cast<unsigned>(j0) / 8u);
+        // The step's activation blocks: constant offsets from one pointer (indexing each from
+        // lane_act took a 64-bit multiply-add per group).
+        const uint4* step_act = lane_act + static_cast<int64_t>(j0) * 3;
         uint4 wv[U][R];
         uint16_t gv[U][R];
         uint32_t dv[U][R];
@@ -411,26 +433,41 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
         for (int u = 0; u < U; ++u) {
             const int j = j0 + kStride * u;
             if (j < lane_groups) {
+                float2 d[R];
                 float scale[R], mn[R];
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
                     // (d, dmin) widened exactly; d * sc and dmin * m are exact in fp32.
-                    const float2 d = __half22float2(*reinterpret_cast<const __half2*>(&dv[u][r]));
-                    scale[r] = d.x * static_cast<float>(gv[u][r] & 0xffu);
-                    mn[r] = d.y * static_cast<float>(gv[u][r] >> 8);
+                    d[r] = __half22float2(*reinterpret_cast<const __half2*>(&dv[u][r]));
+                    scale[r] = d[r].x * static_cast<float>(gv[u][r] & 0xffu);
+                    mn[r] = d[r].y * static_cast<float>(gv[u][r] >> 8);
                 }
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
-                    const uint4* blk = lane_act + (static_cast<int64_t>(m) * groups + j) * 3;
+                    const uint4* blk =
+                        step_act + (static_cast<int64_t>(m) * groups + kStride * u) * 3;
                     const uint4 a_lo = __ldg(blk);
                     const uint4 a_hi = __ldg(blk + 1);
                     const uint2 a_ds = __ldg(reinterpret_cast<const uint2*>(blk + 2));
                     const float d_a = __uint_as_float(a_ds.x);
-                    const float sum_a = static_cast<float>(static_cast<int>(a_ds.y));
+                    const int sum_a = static_cast<int>(a_ds.y);
 #pragma unroll
                     for (int r = 0; r < R; ++r) {
                         const int dot = dot_group(wv[u][r], a_lo, a_hi);
-                        acc[m][r] += d_a * (scale[r] * static_cast<float>(dot) - mn[r] * sum_a);
+                        if constexpr (M == 1) {
+                            // d * (sc * dot) is the same single rounding of the exact product as
+                            // (d * sc) * dot: sc * dot is an exact integer below 2^24 (255 * 32
+                            // * 15 * 127), and d * sc was exact. Likewise dmin * (m * sum_a).
+                            // The integer products save the conversions of sc and m (scale and
+                            // mn are then unused); at M > 1 they would be made per activation row.
+                            const auto sc_dot = static_cast<int>(gv[u][r] & 0xffu) * dot;
+                            const auto m_sum = static_cast<int>(gv[u][r] >> 8) * sum_a;
+                            acc[m][r] += d_a * (d[r].x * static_cast<float>(sc_dot) -
+                                                d[r].y * static_cast<float>(m_sum));
+                        } else {
+                            acc[m][r] += d_a * (scale[r] * static_cast<float>(dot) -
+                                                mn[r] * static_cast<float>(sum_a));
+                        }
                     }
                 }
             }
