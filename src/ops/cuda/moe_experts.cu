@@ -489,8 +489,10 @@ W8Format::Stack w8_stack(const ExpertStackView& view) {
 // U, units in flight per lane and row: 1, so 4 loads of 16 bytes per lane over its 4 rows, and
 // the kernel is bounded to 64 registers so that two blocks of 512 threads share an SM: at decode
 // with the shared expert stacked (k = 9) the grid is 144 blocks, a second wave on 132 SMs at one
-// block per SM (U = 2 took 99 registers; bounding U = 2 to 64 spilled 144 bytes, U = 1 spills 20).
-// Per SM that is still 2 x 512 x 4 loads of 16 bytes in flight, as U = 2 at one block had.
+// block per SM (U = 2 took 99 registers; bounding U = 2 to 64 spilled 144 bytes, U = 1 spills 20;
+// 24 since dot_group sums in two chains, which Qwen3.5's decode still gained from: 518.71 ->
+// 522.56 tok/s, bench/results/2026-11-25-h100-gemv-instructions.md). Per SM that is still 2 x 512 x
+// 4 loads of 16 bytes in flight, as U = 2 at one block had.
 template <class Format, int U>
 Status launch_gate_up(const float* x, int64_t rows, const int32_t* ids, int64_t k,
                       typename Format::Stack stack, int64_t n_experts, int64_t ffn, int64_t dim,
