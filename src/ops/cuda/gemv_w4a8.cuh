@@ -343,7 +343,8 @@ static __device__ __noinline__ void gemv_bulk_prefetch_rows(const uint4* qs, con
 // two-level scales (bench/gemv_w4a8_bench.cu, median of 5 runs over the Gemma 4 31B shapes):
 // left to itself ptxas took 68-80 registers at M = 2 (3 blocks per SM) and 98-128 at M >= 4; the
 // caps made M = 2 12% faster, M = 4 11% and M = 8 4%, with no spills; M = 1 (51-56 registers)
-// fits 4 blocks either way and kept its time.
+// fits 4 blocks either way and kept its time. (Since then M = 1's long rows run U = 3 at 48
+// registers, which fits 5 blocks; capping U = 4 at 48 to fit 5 was slower: gemv_w4a8.cu.)
 constexpr int gemv_w4a8_min_blocks(int m) {
     return m <= 2 ? 4 : 2;
 }
