@@ -435,13 +435,15 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
             const int j = j0 + kStride * u;
             if (j < lane_groups) {
                 float2 d[R];
-                float scale[R], mn[R];
+                float scale[R], mn[R];  // M > 1 only
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
                     // (d, dmin) widened exactly; d * sc and dmin * m are exact in fp32.
                     d[r] = __half22float2(*reinterpret_cast<const __half2*>(&dv[u][r]));
-                    scale[r] = d[r].x * static_cast<float>(gv[u][r] & 0xffu);
-                    mn[r] = d[r].y * static_cast<float>(gv[u][r] >> 8);
+                    if constexpr (M > 1) {
+                        scale[r] = d[r].x * static_cast<float>(gv[u][r] & 0xffu);
+                        mn[r] = d[r].y * static_cast<float>(gv[u][r] >> 8);
+                    }
                 }
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
@@ -459,8 +461,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
                             // d * (sc * dot) is the same single rounding of the exact product as
                             // (d * sc) * dot: sc * dot is an exact integer below 2^24 (255 * 32
                             // * 15 * 127), and d * sc was exact. Likewise dmin * (m * sum_a).
-                            // The integer products save the conversions of sc and m (scale and
-                            // mn are then unused); at M > 1 they would be made per activation row.
+                            // The integer products save the conversions of sc and m; at M > 1
+                            // they would be made per activation row.
                             const auto sc_dot = static_cast<int>(gv[u][r] & 0xffu) * dot;
                             const auto m_sum = static_cast<int>(gv[u][r] >> 8) * sum_a;
                             acc[m][r] += d_a * (d[r].x * static_cast<float>(sc_dot) -
