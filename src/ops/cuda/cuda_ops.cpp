@@ -537,6 +537,16 @@ void CudaOps::rms_norm_gated_linear(const float* x, const float* z, const float*
 
 namespace {
 
+// KESTREL_DECODE_WARP_KEYS=0 in the environment keeps Gemma 4's sliding layers on the flash
+// decode kernel (attention_decode_fused_inputs_quantize_q8), to measure the two against each other.
+bool warp_keys_allowed() {
+    static const bool allowed = [] {
+        const char* value = std::getenv("KESTREL_DECODE_WARP_KEYS");
+        return value == nullptr || std::string_view(value) != "0";
+    }();
+    return allowed;
+}
+
 // The launcher's description of one layer's attention inputs (attention_inputs.h).
 AttentionInputs attention_inputs_of(float* q, float* k, float* v, const float* q_norm,
                                     const float* k_norm, const AttentionInputsParams& p) {
@@ -787,6 +797,25 @@ Status CudaOps::attention_inputs_linear(float* q, float* k, float* v, const floa
             if (!blocks.ok()) return blocks.status();
             KESTREL_ASSIGN_OR_RETURN(const float* inv_freq,
                                      rope_inv_freq_table(p.rotary_pairs, p.head_dim, p.theta));
+            const bool warp_keys =
+                warp_keys_allowed() && attention_decode_warp_keys_shape(inputs, view, shape);
+            if (warp_keys && !attention_decode_warp_keys_applies(inputs, view, shape)) {
+                static bool said = false;
+                if (!said) {
+                    said = true;
+                    log_info(
+                        "decode attention: this GPU cannot hold at once a cluster of 4 to 8 "
+                        "blocks for each of {} kv heads for the warp-keys kernel of the sliding "
+                        "layers; the flash decode kernel runs them",
+                        view.n_kv_heads);
+                }
+            } else if (warp_keys) {
+                const ProfileScope scope(*this, "attention_warp_keys_quantize_q8");
+                KESTREL_RETURN_IF_ERROR(attention_decode_warp_keys_quantize_q8(
+                    inputs, inv_freq, positions.data(), view, shape, nullptr, *blocks, stream_));
+                gemv(*blocks, tokens, w, out);
+                return ok_status();
+            }
             note_cluster_refusal(view, shape, tokens);
             {
                 const ProfileScope scope(*this, "attention_inputs_quantize_q8");
