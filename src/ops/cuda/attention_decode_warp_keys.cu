@@ -5,9 +5,9 @@
 // sliding layer, whose ~9.4 MB of K and V take ~3.1 us at 3 TB/s. Under ncu it is a serial chain
 // with one warp per scheduler: K/V tiles issued 16 bytes a thread, a barrier per tile, the mma
 // fragments (bench/results/2026-11-25-h100-decode-step-bounds.md). A token's attention over at
-// most a window of keys needs none of that: every warp loads its 8 keys' K and V rows into
-// registers at entry, before the wait, so all of a layer's bytes are in flight at once and the
-// chain after the wait is short arithmetic.
+// most a window of keys needs none of that: every warp loads its 8 keys' K and V rows at entry,
+// before the wait, so all of a layer's bytes are in flight at once and the chain after the wait is
+// short arithmetic.
 //
 // Grid: (splits, n_kv_heads) in clusters of `splits` blocks (gridDim.x: warp_keys_splits), one
 // cluster per kv head; block = kWarps warps. The token's live keys [lo, hi) are cut into `splits`
@@ -21,21 +21,26 @@
 //   1. Before the wait: the split plan from the positions; the K and V rows of the first batch's
 //      keys older than the token (no kernel of the step writes them: launch.cuh's contract), and
 //      an L2 prefetch of later batches'; the norm weights; the RoPE table.
-//   2. After it: each warp builds both query rows of its kv head from the raw q, and the warp
-//      whose batch holds the token's own key builds that key's k and v rows, writes them to the
-//      cache and uses them for the key. attention_inputs' functions in its order, so the cache
-//      rows are its bits and q is what the flash kernels' Q tile holds (rounded to bf16).
+//   2. After it: warps 0 and 1 build the two query rows from the raw q, and in the block whose
+//      keys hold the token's own key warps 2 and 3 build that key's k and v rows and write them to
+//      the cache; the rows reach every warp through shared memory. attention_inputs' functions
+//      in its order, so the cache rows are its bits and q is what the flash kernels' Q tile holds
+//      (rounded to bf16). Each warp building both query rows itself, and the key's warp its k
+//      and v rows after them: 138.1 tok/s against 139.0 (H100, tg128 @ d512, same machine).
 //   3. Scores: each lane's 16 partial dot products (8 keys x 2 query heads) are summed across the
 //      warp by a transposing butterfly, 16 shuffles, that leaves the score of key l / 4, query
 //      head (l / 2) % 2 in lane l (and l ^ 1).
 //   4. Online softmax in base 2 (as flash_attend: scale, softcap, log2 e), P V in fp32: each
 //      probability is shuffled to every lane, which adds it times its V columns.
-//   5. Combine: the warps' partials (m, l, O) through shared memory into the block's, then the
-//      splits' through distributed shared memory after a cluster barrier, in the reduce kernel's
-//      formula; warp w of rank r takes the 32-column group w * splits + r of the two rows and
-//      writes out and its Q8 block (quantize_q8_warp).
-#include <cooperative_groups.h>
-
+//   5. Combine: the warps' partials (m, l, O) through shared memory into the block's, thread t
+//      holding column t % 256 of head t / 256, so warp w holds column group w; it pushes the
+//      group by st.async into the shared memory of the rank that combines it (w % splits),
+//      counted on that rank's mbarrier; each rank's warp i waits for its item i's partials from
+//      every split, combines them in the reduce kernel's formula and writes out and its Q8 block
+//      (quantize_q8_warp). Against pulling the partials through distributed shared memory
+//      between two cluster barriers (a release one, which compiles to MEMBAR.ALL.GPU, and one
+//      at exit): H100, Gemma 4 31B tg128 @ d512, same machine, 3 rounds: 138.85 / 139.02 /
+//      138.91 -> 139.37 / 139.24 / 139.20 tok/s; d32768 119.16 -> 119.65.
 #include <climits>
 #include <cstdlib>
 #include <string>
@@ -62,6 +67,8 @@ constexpr int kChunks = kHeadDim / 128;  // float4 chunks a lane holds of a row
 // GPC holds 1), 17 of 6: Gemma 4's 16 kv heads take 6.
 constexpr int kMaxSplits = 8;
 constexpr int kColumnGroups = kGroup * kHeadDim / 32;  // 32-column groups (Q8 blocks) of the rows
+constexpr int kMinSplits = 4;
+constexpr int kMaxItems = (kColumnGroups + kMinSplits - 1) / kMinSplits;  // groups a rank combines
 constexpr int kSharedBytes = kWarps * kBatchKeys * kHeadDim * 2;  // the warps' V rows, 64 KiB
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -96,6 +103,61 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float sum) {
     sum = fmaf(a.y, b.y, sum);
     sum = fmaf(a.z, b.z, sum);
     return fmaf(a.w, b.w, sum);
+}
+
+// ---- the push combine's cluster operations (PTX ISA: mbarrier, st.async, mapa, barrier.cluster)
+
+// Arms `bar` for one phase that completes when `bytes` have landed on it (one arrival: this one),
+// and makes the initialisation visible to the cluster's st.async before the cluster barrier.
+__device__ __forceinline__ void init_receive_bar(uint64_t& bar, int bytes) {
+    const uint32_t address = shared_address(&bar);
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(address) : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes)
+                 : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+
+// The shared::cluster address of `local`'s twin in block `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_address(const void* local, int rank) {
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+                 : "=r"(remote)
+                 : "r"(shared_address(local)), "r"(rank));
+    return remote;
+}
+
+// Stores to another block's shared memory, counted on its mbarrier (complete_tx, bytes).
+__device__ __forceinline__ void store_async(uint32_t remote, float value, uint32_t remote_bar) {
+    asm volatile(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];" ::"r"(remote),
+        "f"(value), "r"(remote_bar)
+        : "memory");
+}
+__device__ __forceinline__ void store_async(uint32_t remote, float x, float y,
+                                            uint32_t remote_bar) {
+    asm volatile(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(
+            remote),
+        "f"(x), "f"(y), "r"(remote_bar)
+        : "memory");
+}
+
+__device__ __forceinline__ void wait_parity(uint64_t& bar, uint32_t parity) {
+    asm volatile(
+        "{\n\t.reg .pred done;\n"
+        "wait_%=:\n\t"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+        "@!done bra wait_%=;\n}" ::"r"(shared_address(&bar)),
+        "r"(parity)
+        : "memory");
 }
 
 // 8 bytes global -> shared, asynchronously; `valid` false writes 8 zero bytes instead.
@@ -252,7 +314,6 @@ __device__ __forceinline__ void attend_batch(const WarpKeysArgs& a,
 
 __global__ void __launch_bounds__(kThreads, 1)
     attention_decode_warp_keys_kernel(WarpKeysArgs a, DecodeInputsArgs in) {
-    namespace cg = cooperative_groups;
     // Each warp's V rows, then (same bytes, once read) its partial O [kGroup][kHeadDim].
     extern __shared__ __align__(16) unsigned char shared[];
     __shared__ float2 rotations[kHeadDim / 2];
@@ -260,9 +321,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     __shared__ uint2 new_rows[2][kChunks][32];      // the token's k and v rows, bf16
     __shared__ float warp_m[kWarps][kGroup];
     __shared__ float warp_l[kWarps][kGroup];
-    __shared__ __align__(16) float block_o[kGroup][kHeadDim];
-    __shared__ float block_m[kGroup];
-    __shared__ float block_l[kGroup];
+    // What this block combines: item i (column group i * splits + split) of every split.
+    __shared__ float receive_o[kMaxItems][kMaxSplits][32];
+    __shared__ float2 receive_ml[kMaxItems][kMaxSplits];  // (m, l) of the item's head
+    __shared__ __align__(8) uint64_t receive_bar;
 
     const int lane = static_cast<int>(threadIdx.x) & 31;
     const int warp = static_cast<int>(threadIdx.x) >> 5;
@@ -270,6 +332,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int split = static_cast<int>(blockIdx.x);  // the cluster rank: grid.x = cluster size
     const int splits = static_cast<int>(gridDim.x);
     const int kv_head = static_cast<int>(blockIdx.y);
+
+    // The mbarrier the splits' partials land on, initialised and armed for them before the
+    // cluster barrier's arrive (its wait comes before the first send).
+    if (threadIdx.x == 0) {
+        const int items = (kColumnGroups - split + splits - 1) / splits;
+        init_receive_bar(receive_bar, items * splits * (32 * 4 + 8));
+    }
+    cluster_arrive_relaxed();
 
     // 1. The split plan, the first batch's older keys, the constants.
     const int64_t position = a.positions[0];
@@ -422,65 +492,70 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
     }
     __syncthreads();
-    {
-        static_assert(kThreads == kGroup * kHeadDim, "a thread per column of the two rows");
-        const int h = static_cast<int>(threadIdx.x) / kHeadDim;
-        const int col = static_cast<int>(threadIdx.x) % kHeadDim;
-        const int active = min(kWarps, (max(0, end - begin) + kBatchKeys - 1) / kBatchKeys);
-        float m_max = -INFINITY;
-        for (int w = 0; w < active; ++w) m_max = fmaxf(m_max, warp_m[w][h]);
-        float denominator = 0.0f;
-        float sum = 0.0f;
-        for (int w = 0; w < active; ++w) {
-            const float weight = exp2f(warp_m[w][h] - m_max);
-            denominator = fmaf(weight, warp_l[w][h], denominator);
-            sum = fmaf(weight,
-                       reinterpret_cast<const float*>(shared + w * kWarpBytes)[h * kHeadDim + col],
-                       sum);
-        }
-        block_o[h][col] = sum;
-        if (col == 0) {
-            block_m[h] = m_max;
-            block_l[h] = denominator;
-        }
+    static_assert(kThreads == kGroup * kHeadDim, "a thread per column of the two rows");
+    const int h = static_cast<int>(threadIdx.x) / kHeadDim;
+    const int col = static_cast<int>(threadIdx.x) % kHeadDim;
+    const int active = min(kWarps, (max(0, end - begin) + kBatchKeys - 1) / kBatchKeys);
+    float m_max = -INFINITY;
+    for (int w = 0; w < active; ++w) m_max = fmaxf(m_max, warp_m[w][h]);
+    float denominator = 0.0f;
+    float sum = 0.0f;
+    for (int w = 0; w < active; ++w) {
+        const float weight = exp2f(warp_m[w][h] - m_max);
+        denominator = fmaf(weight, warp_l[w][h], denominator);
+        sum =
+            fmaf(weight,
+                 reinterpret_cast<const float*>(shared + w * kWarpBytes)[h * kHeadDim + col], sum);
     }
 
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();      // every split's partial visible to the cluster
+    // Push: warp w now holds the block's partial of column group w (32 columns of head w / 8), and
+    // sends it to the rank that combines that group, w % splits, as its item w / splits: every
+    // peer's mbarrier was initialised before the cluster barrier's arrive at entry.
+    cluster_wait();
     allow_downstream();  // the o-projection's GEMV may start streaming its weights
-
-    for (int item = warp * splits + split; item < kColumnGroups; item += kWarps * splits) {
-        const int h = item / (kHeadDim / 32);
-        const int col = (item % (kHeadDim / 32)) * 32 + lane;
-        float m[kMaxSplits], l[kMaxSplits], o[kMaxSplits];
-#pragma unroll
-        for (int s = 0; s < kMaxSplits; ++s) {  // every load in flight at once
-            const bool mine = s < splits;
-            m[s] = mine ? *cluster.map_shared_rank(&block_m[h], s) : -INFINITY;
-            l[s] = mine ? *cluster.map_shared_rank(&block_l[h], s) : 0.0f;
-            o[s] = mine ? *cluster.map_shared_rank(&block_o[h][col], s) : 0.0f;
+    {
+        static_assert(kColumnGroups == kWarps, "a column group a warp");
+        const int rank = warp % splits;
+        const int item = warp / splits;
+        const uint32_t remote_bar = cluster_address(&receive_bar, rank);
+        store_async(cluster_address(&receive_o[item][split][lane], rank), sum, remote_bar);
+        if (lane == 0) {
+            store_async(cluster_address(&receive_ml[item][split], rank), m_max, denominator,
+                        remote_bar);
         }
-        float m_max = -INFINITY;
-#pragma unroll
-        for (int s = 0; s < kMaxSplits; ++s) m_max = fmaxf(m_max, m[s]);
-        float denominator = 0.0f;
-        float sum = 0.0f;
-#pragma unroll
-        for (int s = 0; s < kMaxSplits; ++s) {
-            // A split without keys has m = -inf: weight 0 (m_max is finite: the token's key).
-            const float weight = exp2f(m[s] - m_max);
-            denominator = fmaf(weight, l[s], denominator);
-            sum = fmaf(weight, o[s], sum);
-        }
-        const float value = sum / denominator;
-        const int64_t index = static_cast<int64_t>(kv_head * kGroup + h) * kHeadDim + col;
-        if (a.out != nullptr) a.out[index] = value;
-        quantize_q8_warp(value, a.out_q8 + index / 32);
     }
-    // No block leaves while a peer still reads its shared memory; every value read from the peers
-    // was used above, so the arrive is relaxed (attention_decode.cu's cluster_combine, measured).
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::
-                     : "memory");
+
+    // Combine: warp w takes its item, the column group w * splits + split, once every split's
+    // partial of it has landed (the reduce kernel's formula).
+    const int item = warp * splits + split;
+    if (item >= kColumnGroups) return;
+    wait_parity(receive_bar, 0);
+    float m[kMaxSplits], l[kMaxSplits], o[kMaxSplits];
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) {
+        const bool mine = s < splits;
+        m[s] = mine ? receive_ml[warp][s].x : -INFINITY;
+        l[s] = mine ? receive_ml[warp][s].y : 0.0f;
+        o[s] = mine ? receive_o[warp][s][lane] : 0.0f;
+    }
+    float total_max = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) total_max = fmaxf(total_max, m[s]);
+    float total_denominator = 0.0f;
+    float total = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) {
+        // A split without keys has m = -inf: weight 0 (total_max is finite: the token's key).
+        const float weight = exp2f(m[s] - total_max);
+        total_denominator = fmaf(weight, l[s], total_denominator);
+        total = fmaf(weight, o[s], total);
+    }
+    const float value = total / total_denominator;
+    const int64_t index =
+        static_cast<int64_t>(kv_head * kGroup + item / (kHeadDim / 32)) * kHeadDim +
+        (item % (kHeadDim / 32)) * 32 + lane;
+    if (a.out != nullptr) a.out[index] = value;
+    quantize_q8_warp(value, a.out_q8 + index / 32);
 }
 
 // How many clusters of `splits` blocks the GPU holds at once (0: none).
