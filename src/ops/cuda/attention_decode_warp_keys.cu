@@ -174,22 +174,26 @@ __device__ __forceinline__ void load_batch(const DecodeInputsArgs& in, const War
                                            int kv_head, int key0, int n_valid, int64_t position,
                                            RowPiece (&k)[kBatchKeys], uint16_t* v_rows) {
     const int lane = static_cast<int>(threadIdx.x) & 31;
-    const int64_t slot_stride = static_cast<int64_t>(a.n_kv_heads) * kHeadDim;
-    const int64_t head_offset = static_cast<int64_t>(kv_head) * kHeadDim + 4 * lane;
-    int slot = key0 % a.capacity;
+    // 32-bit byte offsets into the ring, stepped a slot at a time (the host keeps the ring under
+    // 4 GiB): a 64-bit multiply per key's address was most of this loop's instructions.
+    const int64_t head_bytes = (static_cast<int64_t>(kv_head) * kHeadDim + 4 * lane) * 2;
+    const auto* k_base = reinterpret_cast<const unsigned char*>(in.k_cache) + head_bytes;
+    const auto* v_base = reinterpret_cast<const unsigned char*>(in.v_cache) + head_bytes;
+    const uint32_t slot_bytes = static_cast<uint32_t>(a.n_kv_heads) * kHeadDim * 2;
+    const uint32_t ring_bytes = static_cast<uint32_t>(a.capacity) * slot_bytes;
+    uint32_t offset = static_cast<uint32_t>(key0 % a.capacity) * slot_bytes;
 #pragma unroll
     for (int j = 0; j < kBatchKeys; ++j) {
         const bool old = j < n_valid && key0 + j < position;
-        const int64_t offset = slot * slot_stride + head_offset;
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
-            k[j].chunk[c] =
-                old ? __ldg(reinterpret_cast<const uint2*>(in.k_cache + offset + 128 * c))
-                    : make_uint2(0u, 0u);
+            k[j].chunk[c] = old ? __ldg(reinterpret_cast<const uint2*>(k_base + offset + 256 * c))
+                                : make_uint2(0u, 0u);
             cp_async_8(v_rows + j * kHeadDim + 4 * lane + 128 * c,
-                       in.v_cache + (old ? offset + 128 * c : 0), old);
+                       old ? v_base + offset + 256 * c : v_base, old);
         }
-        slot = slot + 1 == a.capacity ? 0 : slot + 1;
+        offset += slot_bytes;
+        if (offset == ring_bytes) offset = 0;
     }
     cp_async_commit();
 }
@@ -604,7 +608,8 @@ bool attention_decode_warp_keys_shape(const AttentionInputs& inputs, const KvCac
            shape.n_heads == inputs.n_heads && inputs.partial_rotary_dim == 0 &&
            inputs.rotary_pairs >= 0 && inputs.rotary_pairs <= kHeadDim / 2 && shape.window >= 1 &&
            shape.window <= kWarpKeysMaxKeys && cache.capacity >= 1 &&
-           cache.capacity < (int64_t{1} << 31) && cache.k != nullptr && cache.v != nullptr;
+           cache.capacity * cache.n_kv_heads * kHeadDim * 2 < (int64_t{1} << 32) &&
+           cache.k != nullptr && cache.v != nullptr;
 }
 
 bool attention_decode_warp_keys_applies(const AttentionInputs& inputs, const KvCacheBf16View& cache,
