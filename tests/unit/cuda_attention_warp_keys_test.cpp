@@ -41,12 +41,14 @@
 //
 // Cases: Gemma 4 31B sliding (32 q / 16 kv heads x 256, 128 rotating pairs, V-norm, window 1024
 // on a ring of 1031 and on the engine's ring of window + 512 - 1 = 1535). The kernel cuts the
-// live keys into 8 split ranges of whole 8-key batches, so the positions cover: the token alone
-// and 7 empty splits (0); one batch part-filled or full (1, 7); a second split holding one key
-// (8); ranges that are even (127: 8 x 16), leave the last splits empty (37, 128) or end short
-// (300, 513); a window not yet full (600 on the larger ring); the window full exactly (1023);
-// sliding before the ring wraps (1024, 1030, 1534: the last slot); the token in slot 0 as the ring
-// wraps (1031, 1535); and a window straddling the wrap (1500, 4000, 5000). Then the things the
+// live keys into one split range per block of a cluster (8, 6 or 4, as the GPU holds them: 6 on
+// the H100) in whole 8-key batches, which its 16 warps take in turn, so the positions cover: the
+// token alone with every other split empty (0); one batch part-filled or full (1, 7); a second
+// split holding one key (8); ranges that leave the last splits empty (37, 128) or end short (127,
+// 300, 513); a window not yet full (600 on the larger ring); the window full (from 1023: past 768
+// keys at 6 splits some warps take a second batch); sliding before the ring wraps (1024, 1030,
+// 1534: the last slot); the token in slot 0 as the ring wraps (1031, 1535); and a window
+// straddling the wrap (1500, 4000, 5000). Then the things the
 // kernel must honour, a few positions each: softcap (30, with scale 1/16), fewer rotating pairs
 // (64), no q / k norm weights, V = the raw K (V's input NaN, to prove it is ignored), no V-norm, a
 // small model (4 / 2 heads, window 512 on 515 slots), the shortest windows (1 key; 100 keys,

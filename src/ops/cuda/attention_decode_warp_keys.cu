@@ -2,12 +2,13 @@
 // that own keys (host API: attention_decode_warp_keys_quantize_q8, attention_inputs.h).
 //
 // Why not the flash decode kernel (attention_decode.cu): at depth 512 it adds 11.5 us to each
-// sliding layer, whose ~9.4 MB of K and V take ~3.1 us at 3 TB/s. Under ncu it is a serial chain
-// with one warp per scheduler: K/V tiles issued 16 bytes a thread, a barrier per tile, the mma
-// fragments (bench/results/2026-11-25-h100-decode-step-bounds.md). A token's attention over at
-// most a window of keys needs none of that: every warp loads its 8 keys' K and V rows at entry,
-// before the wait, so all of a layer's bytes are in flight at once and the chain after the wait is
-// short arithmetic.
+// sliding layer, whose ~9.4 MB of K and V take ~3.1 us at 3 TB/s; this one adds ~9 us and took
+// Gemma 4 31B from 137.5 to 140.0 tok/s (bench/results/2026-11-25-h100-warp-keys-attention.md).
+// Under ncu it is a serial chain with one warp per scheduler: K/V tiles issued 16 bytes a thread, a
+// barrier per tile, the mma fragments (bench/results/2026-11-25-h100-decode-step-bounds.md). A
+// token's attention over at most a window of keys needs none of that: every warp loads its 8 keys'
+// K and V rows at entry, before the wait, so all of a layer's bytes are in flight at once and the
+// chain after the wait is short arithmetic.
 //
 // Grid: (splits, n_kv_heads) in clusters of `splits` blocks (gridDim.x: warp_keys_splits), one
 // cluster per kv head; block = kWarps warps. The token's live keys [lo, hi) are cut into `splits`
@@ -26,7 +27,9 @@
 //      the cache; the rows reach every warp through shared memory. attention_inputs' functions
 //      in its order, so the cache rows are its bits and q is what the flash kernels' Q tile holds
 //      (rounded to bf16). Each warp building both query rows itself, and the key's warp its k
-//      and v rows after them: 138.1 tok/s against 139.0 (H100, tg128 @ d512, same machine).
+//      and v rows after them (so the key's block chained four rows), with the constants' loads
+//      after the rows' instead of before: 138.1 tok/s against 139.0 (H100, tg128 @ d512, same
+//      machine).
 //   3. Scores: each lane's 16 partial dot products (8 keys x 2 query heads) are summed across the
 //      warp by a transposing butterfly, 16 shuffles, that leaves the score of key l / 4, query
 //      head (l / 2) % 2 in lane l (and l ^ 1).
@@ -41,8 +44,7 @@
 //      between two cluster barriers (a release one, which compiles to MEMBAR.ALL.GPU, and one
 //      at exit): H100, Gemma 4 31B tg128 @ d512, same machine, 3 rounds: 138.85 / 139.02 /
 //      138.91 -> 139.37 / 139.24 / 139.20 tok/s; d32768 119.16 -> 119.65.
-#include <climits>
-#include <cstdlib>
+#include <cstdint>
 #include <string>
 
 #include "ops/cuda/attention.h"
@@ -356,8 +358,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const auto batch_key0 = [&](int b) { return begin + (b * kWarps + warp) * kBatchKeys; };
     const auto batch_valid = [&](int b) { return max(0, min(kBatchKeys, end - batch_key0(b))); };
 
-    // The constants' loads go first: the rows' loads queue ahead of anything issued after them.
-    // rotary_pairs <= kThreads: a thread per pair of the RoPE table (decode_input_rotations').
+    // The constants: the RoPE table's inv_freq (rotary_pairs <= kThreads: a thread per pair, as
+    // decode_input_rotations) and the norm weights. Forcing inv_freq's load ahead of the rows'
+    // (ptxas issues it after them) measured the same: 139.14 / 139.20 / 139.31 against 139.21 /
+    // 139.12 / 139.20 (H100, tg128 @ d512).
     const int tid = static_cast<int>(threadIdx.x);
     const float inv_freq = tid < in.rotary_pairs ? in.inv_freq[tid] : 0.0f;
     float4 q_weight[kChunks];
@@ -391,8 +395,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 2. Warps 0 and 1 build the query rows, as attention_inputs then the flash kernels' Q tile
     // make them, and, in the block whose keys hold the token's own key, warps 2 and 3 build that
     // key's k and v rows (decode_inputs_fill's items) and write them to the cache slot: four rows
-    // side by side, then shared with every warp. (Each warp building both query rows itself, and
-    // one warp the k and v rows after them, made the layer's slowest block chain four rows.)
+    // side by side, then shared with every warp.
     const bool block_has_new = position >= begin && position < end;
     if (warp < kGroup || (block_has_new && warp < kGroup + 2)) {  // warp-uniform
         const bool is_q = warp < kGroup;
@@ -447,7 +450,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
     }
 
-    // 3 and 4, batch after batch (one, up to kWarpKeysMaxKeys keys at 8 splits).
+    // 3 and 4, batch after batch (one a warp up to 768 keys at 6 splits).
     WarpState st;
 #pragma unroll
     for (int h = 0; h < kGroup; ++h) {
