@@ -91,15 +91,15 @@ Status attention_decode_fused_inputs_quantize_q8(const AttentionInputs& inputs,
 
 // attention_decode_fused_inputs_quantize_q8's work for Gemma 4's sliding layers, on warps that
 // each own 8 keys instead of the flash kernel's tiles (attention_decode_warp_keys.cu): one launch
-// of 8-block clusters, one cluster per kv head, no workspace. The token's k and v rows go to the
-// cache bit for bit as attention_inputs writes them; out (may be null) is softmax(scale q . K,
-// softcap) V over the keys the token sees, with q normalised, rotated and rounded to bf16 as
-// attention_inputs then the attention do it, and fp32 scores, probabilities and sums (the flash
-// kernels round the probabilities to bf16, so the bits differ from theirs); out_q8 holds
-// quantize_q8 of those rows, bit for bit. Takes what attention_decode_warp_keys_applies accepts:
-// attention_decode_fuses_inputs' calls with head dim 256, two query heads per kv head, a sliding
-// window of 1 to kWarpKeysMaxKeys keys, and a GPU that holds a cluster per kv head at once (the
-// shape alone: attention_decode_warp_keys_shape; where it holds and the GPU does not, the GPU
+// of 4- to 8-block clusters (6 on the H100), one cluster per kv head, no workspace. The token's k
+// and v rows go to the cache bit for bit as attention_inputs writes them; out (may be null) is
+// softmax(scale q . K, softcap) V over the keys the token sees, with q normalised, rotated and
+// rounded to bf16 as attention_inputs then the attention do it, and fp32 scores, probabilities and
+// sums (the flash kernels round the probabilities to bf16, so the bits differ from theirs); out_q8
+// holds quantize_q8 of those rows, bit for bit. Takes what attention_decode_warp_keys_applies
+// accepts: attention_decode_fuses_inputs' calls with head dim 256, two query heads per kv head, a
+// sliding window of 1 to kWarpKeysMaxKeys keys, and a GPU that holds a cluster per kv head at once
+// (the shape alone: attention_decode_warp_keys_shape; where it holds and the GPU does not, the GPU
 // refused the clusters and the engine says so once).
 constexpr int64_t kWarpKeysMaxKeys = 1024;
 bool attention_decode_warp_keys_shape(const AttentionInputs& inputs, const KvCacheBf16View& cache,
