@@ -230,7 +230,8 @@ __device__ __forceinline__ void attend_batch(const WarpKeysArgs& a,
     }
     // Transposing butterfly: at offset 16 the lanes with bit 4 set keep the upper half of the
     // indices (their partner the lower) and add the partner's copy of it; and so on down to
-    // offset 2. Index bit b + 1 is then lane bit b + 2 ... : the index is lane >> 1.
+    // offset 2, then a plain sum with lane ^ 1. Index bit b ends up as lane bit b + 1: a lane
+    // holds the score of index lane >> 1.
     float r8[8], r4[4], r2[2];
     {
         const bool upper = (lane & 16) != 0;
