@@ -759,20 +759,7 @@ Status attention_decode_fused_inputs_quantize_q8(const AttentionInputs& inputs,
             StatusCode::kInvalidArgument,
             std::string(what) + ": null k / v / inv_freq, or k / v / cache not 16-byte aligned");
     }
-    DecodeInputsArgs fused;
-    fused.k_raw = inputs.k;
-    fused.v_raw = inputs.v;
-    fused.q_norm = inputs.q_norm;
-    fused.k_norm = inputs.k_norm;
-    fused.k_cache = cache.k;
-    fused.v_cache = cache.v;
-    fused.eps = inputs.eps;
-    fused.rotary_pairs = static_cast<int>(inputs.rotary_pairs);
-    fused.v_from_raw_k = inputs.v_from_raw_k;
-    fused.v_norm = inputs.v_norm;
-    fused.q_norm_vec4 = attention_aligned16(inputs.q_norm);
-    fused.k_norm_vec4 = attention_aligned16(inputs.k_norm);
-    fused.inv_freq = inv_freq;
+    const DecodeInputsArgs fused = make_decode_inputs_args(inputs, cache, inv_freq);
     return launch_attention_decode(what, inputs.q, positions, 1, cache, shape, workspace, out,
                                    out_q8, nullptr, stream, combine, &fused);
 }

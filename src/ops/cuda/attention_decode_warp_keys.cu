@@ -200,6 +200,21 @@ __device__ __forceinline__ void load_batch(const DecodeInputsArgs& in, const War
     cp_async_commit();
 }
 
+// One step of attend_batch's transposing butterfly over 2 kHalf partial sums: with its partner
+// at offset 2 kHalf, a lane keeps one half of the indices (the upper where its bit of that offset
+// is set) and adds the partner's copy of that half.
+template <int kHalf>
+__device__ __forceinline__ void butterfly_step(const float (&in)[2 * kHalf], float (&out)[kHalf],
+                                               int lane) {
+    const bool upper = (lane & (2 * kHalf)) != 0;
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i) {
+        const float send = upper ? in[i] : in[i + kHalf];
+        const float keep = upper ? in[i + kHalf] : in[i];
+        out[i] = keep + __shfl_xor_sync(kFullMask, send, 2 * kHalf);
+    }
+}
+
 // A warp's running softmax state for both query heads: m in log2 units, l, and O's lane columns.
 struct WarpState {
     float m[kGroup];
@@ -232,36 +247,12 @@ __device__ __forceinline__ void attend_batch(const WarpKeysArgs& a,
     // indices (their partner the lower) and add the partner's copy of it; and so on down to
     // offset 2, then a plain sum with lane ^ 1. Index bit b ends up as lane bit b + 1: a lane
     // holds the score of index lane >> 1.
-    float r8[8], r4[4], r2[2];
-    {
-        const bool upper = (lane & 16) != 0;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const float send = upper ? part[i] : part[i + 8];
-            const float keep = upper ? part[i + 8] : part[i];
-            r8[i] = keep + __shfl_xor_sync(kFullMask, send, 16);
-        }
-    }
-    {
-        const bool upper = (lane & 8) != 0;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float send = upper ? r8[i] : r8[i + 4];
-            const float keep = upper ? r8[i + 4] : r8[i];
-            r4[i] = keep + __shfl_xor_sync(kFullMask, send, 8);
-        }
-    }
-    {
-        const bool upper = (lane & 4) != 0;
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const float send = upper ? r4[i] : r4[i + 2];
-            const float keep = upper ? r4[i + 2] : r4[i];
-            r2[i] = keep + __shfl_xor_sync(kFullMask, send, 4);
-        }
-    }
-    const bool upper = (lane & 2) != 0;
-    float score = (upper ? r2[1] : r2[0]) + __shfl_xor_sync(kFullMask, upper ? r2[0] : r2[1], 2);
+    float r8[8], r4[4], r2[2], r1[1];
+    butterfly_step(part, r8, lane);
+    butterfly_step(r8, r4, lane);
+    butterfly_step(r4, r2, lane);
+    butterfly_step(r2, r1, lane);
+    float score = r1[0];
     score += __shfl_xor_sync(kFullMask, score, 1);
 
     // This lane's key and query head; scale, softcap and mask as flash_attend.
@@ -664,20 +655,7 @@ Status attention_decode_warp_keys_quantize_q8(const AttentionInputs& inputs, con
     args.window = static_cast<int>(shape.window);
     args.scale = shape.scale;
     args.softcap = shape.softcap;
-    DecodeInputsArgs fused;
-    fused.k_raw = inputs.k;
-    fused.v_raw = inputs.v;
-    fused.q_norm = inputs.q_norm;
-    fused.k_norm = inputs.k_norm;
-    fused.k_cache = cache.k;
-    fused.v_cache = cache.v;
-    fused.eps = inputs.eps;
-    fused.rotary_pairs = static_cast<int>(inputs.rotary_pairs);
-    fused.v_from_raw_k = inputs.v_from_raw_k;
-    fused.v_norm = inputs.v_norm;
-    fused.q_norm_vec4 = attention_aligned16(inputs.q_norm);
-    fused.k_norm_vec4 = attention_aligned16(inputs.k_norm);
-    fused.inv_freq = inv_freq;
+    const DecodeInputsArgs fused = make_decode_inputs_args(inputs, cache, inv_freq);
     const auto splits = static_cast<unsigned>(warp_keys_splits(cache.n_kv_heads));
     KESTREL_CUDA_CHECK(launch_overlapped_clusters(
         attention_decode_warp_keys_kernel, dim3(splits, static_cast<unsigned>(cache.n_kv_heads)),
