@@ -63,10 +63,10 @@ int decode_single_pass_keys(int64_t head_dim, int64_t v_head_dim);
 
 // Everything a kernel needs, by value. Sizes fit int: the host checks them.
 struct AttentionKernelArgs {
-    const float* q = nullptr;            // [T, n_heads, head_dim]
-    const int64_t* positions = nullptr;  // [T], device
-    const uint16_t* k_cache = nullptr;   // [capacity, n_kv_heads, head_dim] bf16
-    const uint16_t* v_cache = nullptr;   // [capacity, n_kv_heads, v_head_dim] bf16
+    const float* q = nullptr;             // [T, n_heads, head_dim]
+    const int64_t* positions = nullptr;   // [T], device
+    const uint16_t* k_cache = nullptr;    // [capacity, n_kv_heads, head_dim] bf16
+    const uint16_t* v_cache = nullptr;    // [capacity, n_kv_heads, v_head_dim] bf16
     // A TQ4 cache (kv_tq4.h) instead: k_tq4 / v_tq4 the 4-bit indices [capacity, n_kv_heads,
     // head_dim / 2], k_norm / v_norm the bf16 norms [capacity, n_kv_heads], tq4_levels the
     // codebook; q and out are then in the rotated space. Null k_tq4: the bf16 cache above.
@@ -78,8 +78,8 @@ struct AttentionKernelArgs {
     float* out = nullptr;  // [T, n_heads, v_head_dim]; decode: may be null with out_q8
     Q8Block* out_q8 =
         nullptr;  // decode: null, or the Q8 blocks of out [T, n_heads * v_head_dim / 32]
-    float* partial_acc = nullptr;  // decode: [max_splits, T * n_heads, v_head_dim], unnormalised O
-    float* partial_ml = nullptr;   // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
+    float* partial_acc = nullptr;         // decode: [max_splits, T * n_heads, v_head_dim], unnormalised O
+    float* partial_ml = nullptr;  // decode: [max_splits, T * n_heads, 2]: (m in log2 units, l)
     // bf16 decode launched in clusters of max_splits blocks (attention_decode.cu): the splits
     // combine through distributed shared memory instead of the partials and the reduce kernel.
     bool cluster_combine = false;
@@ -103,9 +103,7 @@ inline int attention_padded_head_dim(int64_t head_dim, int64_t v_head_dim) {
     return d <= 64 ? 64 : d <= 128 ? 128 : d <= 256 ? 256 : 512;
 }
 
-inline bool attention_aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
+inline bool attention_aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Shapes and pointers both launchers require (see attention.h).
 inline Status check_attention_arguments(const char* what, const float* q, const int64_t* positions,
@@ -114,33 +112,27 @@ inline Status check_attention_arguments(const char* what, const float* q, const 
     const auto fail = [&](const std::string& message) {
         return Status(StatusCode::kInvalidArgument, std::string(what) + ": " + message);
     };
-    if (n_tokens < 1 || n_tokens > (int64_t{1} << 24))
-        return fail("n_tokens " + std::to_string(n_tokens));
+    if (n_tokens < 1 || n_tokens > (int64_t{1} << 24)) return fail("n_tokens " + std::to_string(n_tokens));
     if (cache.n_kv_heads < 1 || cache.n_kv_heads > 65535 || shape.n_heads < cache.n_kv_heads ||
         shape.n_heads % cache.n_kv_heads != 0 || shape.n_heads > 4096) {
-        return fail(std::to_string(shape.n_heads) + " query heads over " +
-                    std::to_string(cache.n_kv_heads) +
+        return fail(std::to_string(shape.n_heads) + " query heads over " + std::to_string(cache.n_kv_heads) +
                     " kv heads (needs a whole number of query heads per kv head)");
     }
     for (const int64_t d : {cache.head_dim, cache.v_head_dim}) {
         // Rows are loaded in 8-element (16-byte) chunks masked by the real head dim, so any
         // multiple of 16 works; the tiny test fixtures use 16.
         if (d < 16 || d > 512 || d % 16 != 0) {
-            return fail("head dims " + std::to_string(cache.head_dim) + " / " +
-                        std::to_string(cache.v_head_dim) + " (each a multiple of 16, at most 512)");
+            return fail("head dims " + std::to_string(cache.head_dim) + " / " + std::to_string(cache.v_head_dim) +
+                        " (each a multiple of 16, at most 512)");
         }
     }
-    if (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31))
-        return fail("capacity " + std::to_string(cache.capacity));
-    if (shape.window < 0 || shape.window >= (int64_t{1} << 31))
-        return fail("window " + std::to_string(shape.window));
-    if (!(shape.softcap >= 0.0f) || !(shape.scale == shape.scale))
-        return fail("softcap must be >= 0 and scale a number");
-    if (n_tokens * shape.n_heads >= (int64_t{1} << 31))
-        return fail("too many query rows");  // int row indices
-    if (q == nullptr || positions == nullptr || cache.k == nullptr || cache.v == nullptr ||
-        out == nullptr || !attention_aligned16(q) || !attention_aligned16(cache.k) ||
-        !attention_aligned16(cache.v) || !attention_aligned16(out)) {
+    if (cache.capacity < 1 || cache.capacity >= (int64_t{1} << 31)) return fail("capacity " + std::to_string(cache.capacity));
+    if (shape.window < 0 || shape.window >= (int64_t{1} << 31)) return fail("window " + std::to_string(shape.window));
+    if (!(shape.softcap >= 0.0f) || !(shape.scale == shape.scale)) return fail("softcap must be >= 0 and scale a number");
+    if (n_tokens * shape.n_heads >= (int64_t{1} << 31)) return fail("too many query rows");  // int row indices
+    if (q == nullptr || positions == nullptr || cache.k == nullptr || cache.v == nullptr || out == nullptr ||
+        !attention_aligned16(q) || !attention_aligned16(cache.k) || !attention_aligned16(cache.v) ||
+        !attention_aligned16(out)) {
         return fail("null pointer, or q / cache / out not 16-byte aligned");
     }
     return ok_status();
@@ -177,10 +169,9 @@ inline void set_tq4_arguments(const KvCacheTq4View& cache, AttentionKernelArgs& 
     for (int i = 0; i < kTq4Levels; ++i) a.tq4_levels[i] = levels[i];
 }
 
-inline AttentionKernelArgs make_attention_kernel_args(const float* q, const int64_t* positions,
-                                                      int64_t n_tokens,
-                                                      const KvCacheBf16View& cache,
-                                                      const AttentionShape& shape, float* out) {
+inline AttentionKernelArgs make_attention_kernel_args(const float* q, const int64_t* positions, int64_t n_tokens,
+                                                      const KvCacheBf16View& cache, const AttentionShape& shape,
+                                                      float* out) {
     AttentionKernelArgs a;
     a.q = q;
     a.positions = positions;
@@ -286,11 +277,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
 }
 
 // d += a (16x16, row-major) * b (16x8, column-major), bf16 in, fp32 accumulate.
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                 uint32_t b1) {
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, "
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -298,8 +287,8 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 
 // 16 bytes global -> shared, asynchronously; `valid` false writes 16 zero bytes instead.
 __device__ __forceinline__ void cp_async_16(uint16_t* shared, const uint16_t* global, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)),
-                 "l"(global), "r"(valid ? 16 : 0)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+                 "r"(valid ? 16 : 0)
                  : "memory");
 }
 __device__ __forceinline__ void cp_async_16_bytes(unsigned char* shared, const uint8_t* global,
@@ -318,12 +307,8 @@ __device__ __forceinline__ uint32_t tq4_pair(uint32_t lane_table, uint32_t byte)
     asm("ld.shared.b32 %0, [%1];\n" : "=r"(pair) : "r"(lane_table + byte * (4 * kCopies)));
     return pair;
 }
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 // Waits until at most kPending of the thread's newest commit groups are still in flight.
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait_pending() {
@@ -350,18 +335,18 @@ struct FlashConfig {
     static constexpr int kGroups = kRowGroups;
     static constexpr int kSplit = kColSplit;
     static constexpr int kStages = kBf16Stages;
-    static constexpr int kRows = 16 * kRowGroups;  // packed query rows per block
+    static constexpr int kRows = 16 * kRowGroups;             // packed query rows per block
     static constexpr int kKeys =
         kHeadDimPad >= 512 ? 32 : 64;  // keys per K/V tile (a K + V stage ~ 66 KiB)
     static constexpr int kWarps = kRowGroups * kColSplit;
     static constexpr int kThreads = 32 * kWarps;
-    static constexpr int kStride = kHeadDimPad + 8;               // bf16 per Q/K/V shared row
-    static constexpr int kPStride = kKeys + 8;                    // bf16 per P shared row
-    static constexpr int kKeysPerWarp = kKeys / kColSplit;        // S columns of one warp
+    static constexpr int kStride = kHeadDimPad + 8;            // bf16 per Q/K/V shared row
+    static constexpr int kPStride = kKeys + 8;                 // bf16 per P shared row
+    static constexpr int kKeysPerWarp = kKeys / kColSplit;     // S columns of one warp
     static constexpr int kColsPerWarp = kHeadDimPad / kColSplit;  // O columns of one warp
     static constexpr int kKeyTiles = kKeysPerWarp / 8;
     static constexpr int kColTiles = kColsPerWarp / 8;
-    static constexpr int kChunks = kHeadDimPad / 8;  // 16-byte chunks per K/V row
+    static constexpr int kChunks = kHeadDimPad / 8;            // 16-byte chunks per K/V row
     // Q fragments in registers (64 at head dim 256) unless that would spill next to O.
     static constexpr bool kQInRegisters = kHeadDimPad <= 256;
 
@@ -387,8 +372,7 @@ struct FlashConfig {
     static constexpr int kTq4TableBytes = 256 * kTq4TableCopies * 4;
 
     static_assert(kKeysPerWarp % 8 == 0 && kColsPerWarp % 16 == 0 && kKeys % 16 == 0);
-    static_assert(kThreads % kChunks == 0,
-                  "each thread loads one fixed 16-byte column of the K/V rows");
+    static_assert(kThreads % kChunks == 0, "each thread loads one fixed 16-byte column of the K/V rows");
     static_assert(kStages >= 2 && kSharedBytes <= 227 * 1024);
     static_assert(kTq4SharedBytes + kTq4TableBytes + 1024 <= 227 * 1024);
     static_assert(kTq4RawRowBytes % 16 == 0, "a raw row is whole 16-byte cp.async chunks");
@@ -444,9 +428,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
 
     uint16_t* q_s = reinterpret_cast<uint16_t*>(shared);
     // Stage s: K tile at kQBytes + 2 s kTileBytes, V tile right after it.
-    const auto k_s = [&](int stage) {
-        return reinterpret_cast<uint16_t*>(shared + C::kQBytes + 2 * stage * C::kTileBytes);
-    };
+    const auto k_s = [&](int stage) { return reinterpret_cast<uint16_t*>(shared + C::kQBytes + 2 * stage * C::kTileBytes); };
     const auto v_s = [&](int stage) {
         return reinterpret_cast<uint16_t*>(shared + C::kQBytes + (2 * stage + 1) * C::kTileBytes);
     };
@@ -657,11 +639,9 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
         if (packed < rows_total && col < a.head_dim) {
             const int t = packed / a.group;
             const int h = kv_head * a.group + packed % a.group;
-            x = *reinterpret_cast<const float4*>(
-                a.q + (static_cast<int64_t>(t) * a.n_heads + h) * a.head_dim + col);
+            x = *reinterpret_cast<const float4*>(a.q + (static_cast<int64_t>(t) * a.n_heads + h) * a.head_dim + col);
         }
-        *reinterpret_cast<uint2*>(q_s + r * C::kStride + col) =
-            make_uint2(pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w));
+        *reinterpret_cast<uint2*>(q_s + r * C::kStride + col) = make_uint2(pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w));
     }
 
     // The visible keys of the thread's two rows: row_lo <= key <= row_hi (empty for padding rows).
@@ -690,12 +670,11 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
 #pragma unroll
         for (int kk = 0; kk < C::kHeadDim / 16; ++kk) ldmatrix_x4(q_frag[kk], q_warp + kk * 16);
     }
-    // B fragments of K (stored [key][dim] = column-major B): matrices (keys 0-7 | 8-15) x (dims 0-7
-    // | 8-15) in the order b0, b1 of keys 0-7, then b0, b1 of keys 8-15.
+    // B fragments of K (stored [key][dim] = column-major B): matrices (keys 0-7 | 8-15) x (dims 0-7 | 8-15)
+    // in the order b0, b1 of keys 0-7, then b0, b1 of keys 8-15.
     const int b_row = (lane & 7) + 8 * (lane >> 4);
     const int b_col = 8 * ((lane >> 3) & 1);
-    // B fragments of V (stored [key][col] = row-major B, so .trans): (keys 0-7 | 8-15) x (cols 0-7
-    // | 8-15).
+    // B fragments of V (stored [key][col] = row-major B, so .trans): (keys 0-7 | 8-15) x (cols 0-7 | 8-15).
     const int v_row = (lane & 7) + 8 * ((lane >> 3) & 1);
     const int v_col = 8 * (lane >> 4);
     constexpr float kLog2e = 1.4426950408889634f;
@@ -760,8 +739,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
             }
             if constexpr (C::kKeyTiles % 2 == 1) {
                 uint32_t b[2];
-                ldmatrix_x2(b, k_warp + ((C::kKeyTiles - 1) * 8 + (lane & 7)) * C::kStride +
-                                   kk * 16 + b_col);
+                ldmatrix_x2(b, k_warp + ((C::kKeyTiles - 1) * 8 + (lane & 7)) * C::kStride + kk * 16 + b_col);
                 mma_bf16_16x8x16(s[C::kKeyTiles - 1], qa, b[0], b[1]);
             }
         }
@@ -862,8 +840,7 @@ __device__ __forceinline__ void flash_attend(const AttentionKernelArgs& a, int k
 
         // O += P V over all keys of the tile, this warp's columns.
         const uint16_t* p_group = p_s + (row_group * 16 + a_row) * C::kPStride + a_col;
-        const uint16_t* v_warp =
-            v_s(stage) + v_row * C::kStride + col_part * C::kColsPerWarp + v_col;
+        const uint16_t* v_warp = v_s(stage) + v_row * C::kStride + col_part * C::kColsPerWarp + v_col;
 #pragma unroll
         for (int kk = 0; kk < C::kKeys / 16; ++kk) {
             uint32_t pa[4];
