@@ -514,24 +514,8 @@ int clusters_held(int splits) {
     static int held[kDecodeClusterMaxSplits + 1] = {};
     static bool asked[kDecodeClusterMaxSplits + 1] = {};
     if (asked[splits]) return held[splits];
-    const auto kernel = attention_decode_kernel<kHeadDimPad, true>;
-    bool ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   C::kSharedBytes) == cudaSuccess;
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = static_cast<unsigned>(splits);
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(splits));
-    config.blockDim = dim3(C::kThreads);
-    config.dynamicSmemBytes = C::kSharedBytes;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    ok = ok && cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess;
-    (void)cudaGetLastError();  // a refusal is an answer here, not a sticky error
-    held[splits] = ok ? clusters : 0;
+    held[splits] = max_active_clusters(attention_decode_kernel<kHeadDimPad, true>,
+                                       static_cast<unsigned>(splits), C::kThreads, C::kSharedBytes);
     asked[splits] = true;
     return held[splits];
 }

@@ -567,25 +567,8 @@ int clusters_held(int splits) {
     static int held[kMaxSplits + 1] = {};
     static bool asked[kMaxSplits + 1] = {};
     if (asked[splits]) return held[splits];
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = static_cast<unsigned>(splits);
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(splits));
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = kSharedBytes;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    const bool ok = cudaFuncSetAttribute(attention_decode_warp_keys_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         kSharedBytes) == cudaSuccess &&
-                    cudaOccupancyMaxActiveClusters(&clusters, attention_decode_warp_keys_kernel,
-                                                   &config) == cudaSuccess;
-    (void)cudaGetLastError();  // a refusal is an answer here, not a sticky error
-    held[splits] = ok ? clusters : 0;
+    held[splits] = max_active_clusters(attention_decode_warp_keys_kernel,
+                                       static_cast<unsigned>(splits), kThreads, kSharedBytes);
     asked[splits] = true;
     return held[splits];
 }

@@ -112,6 +112,32 @@ cudaError_t launch_overlapped_clusters(void (*kernel)(Params...), dim3 grid, dim
     return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
 }
 
+// How many clusters of cluster_x blocks of `threads` threads and `shared_bytes` of dynamic shared
+// memory the GPU holds at once for `kernel` (cudaOccupancyMaxActiveClusters; it also raises the
+// kernel's dynamic shared memory limit to shared_bytes). 0 where the GPU or the driver refuses:
+// a refusal is an answer here, so no error is left sticky.
+template <class... Params>
+int max_active_clusters(void (*kernel)(Params...), unsigned cluster_x, unsigned threads,
+                        size_t shared_bytes) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = cluster_x;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(cluster_x);
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = shared_bytes;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    const bool ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(shared_bytes)) == cudaSuccess &&
+                    cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess;
+    (void)cudaGetLastError();
+    return ok ? clusters : 0;
+}
+
 template <class... Params, class... Args>
 cudaError_t launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
                               cudaStream_t stream, Args&&... args) {
