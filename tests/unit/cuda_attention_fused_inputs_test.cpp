@@ -21,7 +21,6 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,6 +29,7 @@
 #include "ops/cuda/attention_inputs.h"
 #include "ops/weight_format.h"
 
+#include "cuda_decode_inputs_test_support.h"
 #include "cuda_test_support.h"
 #endif
 
@@ -46,40 +46,37 @@ TEST(CudaAttentionFusedInputs, NeedsTheCudaBuild) {
 
 using kestrel::testing::copy_to_device;
 using kestrel::testing::cuda_device_present;
+using kestrel::testing::decode_output_floats;
+using kestrel::testing::decode_q8_bytes;
+using kestrel::testing::DecodeInputsHost;
+using kestrel::testing::DecodeInputsShape;
+using kestrel::testing::DecodeInputsSide;
 using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
-using kestrel::testing::random_vector;
-using kestrel::testing::upload;
+using kestrel::testing::expect_same_bits;
+using kestrel::testing::expect_same_caches;
 
-constexpr float kEps = 1e-6f;
-
-struct Case {
+// The shape (q / k norm weights always, scale 1, no softcap) and the positions of one decode call
+// each.
+struct Case : DecodeInputsShape {
     const char* what;
-    int64_t n_heads, n_kv_heads, head_dim, rotary_pairs;
-    double theta;
-    bool v_from_raw_k, v_norm;
-    int64_t window, capacity;
-    std::vector<int64_t> positions;  // one decode call at each
+    std::vector<int64_t> positions;
 };
 
+// DecodeInputsShape's fields in order: n_heads, n_kv_heads, head_dim, rotary_pairs, theta,
+// qk_norm, v_from_raw_k, v_norm, window, capacity, scale, softcap.
+// clang-format off
 const Case kCases[] = {
     // 0: single pass; 37: one split; 300 / 513: the key alone in the last split or in a tile
     // loaded before the wait; 800: three tiles a split, the key's loaded in the main loop; 5000:
     // the ring wrapped.
-    {"gemma4 sliding",
-     32,
-     16,
-     256,
-     128,
-     1e4,
-     false,
-     true,
-     1024,
-     1031,
+    {{32, 16, 256, 128, 1e4, true, false, true, 1024, 1031, 1.0f, 0.0f}, "gemma4 sliding",
      {0, 37, 300, 513, 800, 5000}},
-    {"gemma4 full", 32, 4, 512, 64, 1e6, true, true, 0, 4099, {0, 100, 700, 3000}},
-    {"gemma3", 4, 1, 256, 128, 1e6, false, false, 512, 515, {3, 600}},
+    {{32, 4, 512, 64, 1e6, true, true, true, 0, 4099, 1.0f, 0.0f}, "gemma4 full",
+     {0, 100, 700, 3000}},
+    {{4, 1, 256, 128, 1e6, true, false, false, 512, 515, 1.0f, 0.0f}, "gemma3", {3, 600}},
 };
+// clang-format on
 
 // Finite bf16 bits (|x| < 4): the keys and values of the earlier positions.
 std::vector<uint16_t> random_cache(size_t n, uint32_t seed) {
@@ -92,79 +89,20 @@ std::vector<uint16_t> random_cache(size_t n, uint32_t seed) {
     return c;
 }
 
-// One side's device state: the token's raw rows, the cache, the outputs.
-struct Side {
-    DeviceBuffer q, k, v, q_norm, k_norm, inv_freq, position, k_cache, v_cache, out, q8, workspace;
-    cuda::AttentionInputs inputs;
-    cuda::KvCacheBf16View cache;
-    cuda::AttentionShape shape;
-};
-
-struct HostState {
-    std::vector<float> q, k, v, q_norm, k_norm;
-    std::vector<uint16_t> k_cache, v_cache;
-};
-
-HostState make_host_state(const Case& c, uint32_t seed) {
-    HostState h;
-    const size_t kv = static_cast<size_t>(c.n_kv_heads * c.head_dim);
-    h.q = random_vector(static_cast<size_t>(c.n_heads * c.head_dim), seed + 1, 1.0f);
-    h.k = random_vector(kv, seed + 2, 3.0f);
-    // V's input is ignored when V is the raw K: NaN there proves it.
-    h.v =
-        c.v_from_raw_k ? std::vector<float>(kv, std::nanf("")) : random_vector(kv, seed + 3, 0.5f);
-    h.q_norm = random_vector(static_cast<size_t>(c.head_dim), seed + 4, 0.3f);
-    h.k_norm = random_vector(static_cast<size_t>(c.head_dim), seed + 5, 0.3f);
-    for (float& w : h.q_norm) w += 1.0f;
-    for (float& w : h.k_norm) w += 1.0f;
-    const size_t cache_n = static_cast<size_t>(c.capacity) * kv;
-    h.k_cache = random_cache(cache_n, seed + 6);
-    h.v_cache = random_cache(cache_n, seed + 7);
+DecodeInputsHost make_host_state(const Case& c, uint32_t seed) {
+    DecodeInputsHost h = kestrel::testing::random_decode_inputs_rows(c, seed);
+    h.k_cache = random_cache(kestrel::testing::decode_cache_elements(c), seed + 6);
+    h.v_cache = random_cache(kestrel::testing::decode_cache_elements(c), seed + 7);
     return h;
 }
 
-size_t output_floats(const Case& c) {
-    return static_cast<size_t>(c.n_heads * c.head_dim);
-}
-size_t q8_bytes(const Case& c) {
-    return output_floats(c) / 32 * sizeof(Q8Block);
-}
+// One side's device state, with the split-K workspace.
+struct Side : DecodeInputsSide {
+    DeviceBuffer workspace;
+};
 
-void make_side(const Case& c, const HostState& h, int64_t position, Side& s) {
-    upload(s.q, h.q);
-    upload(s.k, h.k);
-    upload(s.v, h.v);
-    upload(s.q_norm, h.q_norm);
-    upload(s.k_norm, h.k_norm);
-    upload(s.inv_freq, cuda::rope_inv_freq(c.rotary_pairs, c.head_dim, c.theta));
-    upload(s.position, std::vector<int64_t>{position});
-    upload(s.k_cache, h.k_cache);
-    upload(s.v_cache, h.v_cache);
-    CUDA_OK(s.out.alloc(output_floats(c) * sizeof(float)));
-    CUDA_OK(s.q8.alloc(q8_bytes(c)));
-    CUDA_OK(cudaMemset(s.out.as<void>(), 0xff, output_floats(c) * sizeof(float)));
-    CUDA_OK(cudaMemset(s.q8.as<void>(), 0xff, q8_bytes(c)));
-    s.inputs = cuda::AttentionInputs{s.q.as<float>(),
-                                     s.k.as<float>(),
-                                     s.v.as<float>(),
-                                     s.q_norm.as<float>(),
-                                     s.k_norm.as<float>(),
-                                     c.v_from_raw_k,
-                                     c.v_norm,
-                                     c.n_heads,
-                                     c.n_kv_heads,
-                                     c.head_dim,
-                                     c.rotary_pairs,
-                                     kEps,
-                                     c.theta,
-                                     0};
-    s.cache = cuda::KvCacheBf16View{s.k_cache.as<uint16_t>(),
-                                    s.v_cache.as<uint16_t>(),
-                                    c.capacity,
-                                    c.n_kv_heads,
-                                    c.head_dim,
-                                    c.head_dim};
-    s.shape = cuda::AttentionShape{c.n_heads, 1.0f, c.window, 0.0f};
+void make_side(const Case& c, const DecodeInputsHost& h, int64_t position, Side& s) {
+    ASSERT_NO_FATAL_FAILURE(kestrel::testing::make_decode_inputs_side(c, h, position, s));
     const size_t workspace_bytes = cuda::attention_decode_workspace_bytes(1, s.cache, s.shape);
     ASSERT_GT(workspace_bytes, 0u);
     CUDA_OK(s.workspace.alloc(workspace_bytes));
@@ -185,30 +123,17 @@ Status fused_launch(Side& s, cuda::DecodeCombine combine, cudaStream_t stream) {
         s.workspace.as<void>(), s.out.as<float>(), s.q8.as<Q8Block>(), stream, combine);
 }
 
-template <class T>
-void expect_same_bits(const std::vector<T>& got, const std::vector<T>& want,
-                      const std::string& what) {
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < got.size(); ++i) {
-        ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(T)), 0)
-            << what << ": element " << i << " differs (fused " << +got[i] << ", two launches "
-            << +want[i] << ")";
-    }
-}
-
 void expect_same_outputs(const Case& c, const Side& fused, const Side& split,
                          const std::string& what) {
-    const std::vector<float> out = download(fused.out.as<float>(), output_floats(c));
+    const std::vector<float> out = download(fused.out.as<float>(), decode_output_floats(c));
     for (size_t i = 0; i < out.size(); ++i)
         ASSERT_FALSE(std::isnan(out[i])) << what << ": NaN at " << i;
-    expect_same_bits(out, download(split.out.as<float>(), output_floats(c)), what + " out");
-    expect_same_bits(download(fused.q8.as<uint8_t>(), q8_bytes(c)),
-                     download(split.q8.as<uint8_t>(), q8_bytes(c)), what + " Q8 blocks");
-    const size_t cache_n = static_cast<size_t>(c.capacity * c.n_kv_heads * c.head_dim);
-    expect_same_bits(download(fused.k_cache.as<uint16_t>(), cache_n),
-                     download(split.k_cache.as<uint16_t>(), cache_n), what + " k cache");
-    expect_same_bits(download(fused.v_cache.as<uint16_t>(), cache_n),
-                     download(split.v_cache.as<uint16_t>(), cache_n), what + " v cache");
+    ASSERT_NO_FATAL_FAILURE(expect_same_bits(
+        out, download(split.out.as<float>(), decode_output_floats(c)), what + " out"));
+    ASSERT_NO_FATAL_FAILURE(expect_same_bits(download(fused.q8.as<uint8_t>(), decode_q8_bytes(c)),
+                                             download(split.q8.as<uint8_t>(), decode_q8_bytes(c)),
+                                             what + " Q8 blocks"));
+    ASSERT_NO_FATAL_FAILURE(expect_same_caches(c, fused, split, what));
 }
 
 class CudaAttentionFusedInputs : public ::testing::Test {
@@ -228,7 +153,7 @@ TEST_F(CudaAttentionFusedInputs, BitIdenticalToTheTwoLaunches) {
                 const std::string what =
                     std::string(c.what) + " at " + std::to_string(position) +
                     (combine == cuda::DecodeCombine::kAuto ? " (auto)" : " (reduce)");
-                const HostState h = make_host_state(c, seed);
+                const DecodeInputsHost h = make_host_state(c, seed);
                 Side fused, split;
                 ASSERT_NO_FATAL_FAILURE(make_side(c, h, position, fused));
                 ASSERT_NO_FATAL_FAILURE(make_side(c, h, position, split));
@@ -250,7 +175,7 @@ TEST_F(CudaAttentionFusedInputs, BitIdenticalToTheTwoLaunches) {
 // sliding shape: the cluster combine).
 TEST_F(CudaAttentionFusedInputs, CapturedGraphReplaysAtNewPositions) {
     const Case& c = kCases[0];
-    const HostState first = make_host_state(c, 7000);
+    const DecodeInputsHost first = make_host_state(c, 7000);
     Side fused, split;
     ASSERT_NO_FATAL_FAILURE(make_side(c, first, 0, fused));
     ASSERT_NO_FATAL_FAILURE(make_side(c, first, 0, split));
@@ -266,15 +191,13 @@ TEST_F(CudaAttentionFusedInputs, CapturedGraphReplaysAtNewPositions) {
     uint32_t seed = 7100;
     for (const int64_t position : {int64_t{5}, int64_t{513}, int64_t{900}, int64_t{2100}}) {
         seed += 10;
-        const HostState h = make_host_state(c, seed);
+        const DecodeInputsHost h = make_host_state(c, seed);
         for (Side* s : {&fused, &split}) {
             copy_to_device(s->q.as<float>(), h.q);
             copy_to_device(s->k.as<float>(), h.k);
             copy_to_device(s->v.as<float>(), h.v);
             copy_to_device(s->position.as<int64_t>(), std::vector<int64_t>{position});
-            CUDA_OK(cudaMemset(s->out.as<void>(), 0xff, output_floats(c) * sizeof(float)));
-            CUDA_OK(cudaMemset(s->q8.as<void>(), 0xff, q8_bytes(c)));
-            CUDA_OK(cudaDeviceSynchronize());
+            ASSERT_NO_FATAL_FAILURE(kestrel::testing::poison_decode_outputs(c, *s));
         }
         CUDA_OK(cudaGraphLaunch(exec, stream));
         CUDA_OK(cudaStreamSynchronize(stream));
@@ -291,7 +214,7 @@ TEST_F(CudaAttentionFusedInputs, CapturedGraphReplaysAtNewPositions) {
 // What the kernel does not fuse is refused, with a message, rather than computed wrongly.
 TEST_F(CudaAttentionFusedInputs, RefusesWhatItDoesNotFuse) {
     const Case& c = kCases[0];
-    const HostState h = make_host_state(c, 9000);
+    const DecodeInputsHost h = make_host_state(c, 9000);
     Side s;
     ASSERT_NO_FATAL_FAILURE(make_side(c, h, 10, s));
     EXPECT_TRUE(cuda::attention_decode_fuses_inputs(s.inputs, 1, s.cache));

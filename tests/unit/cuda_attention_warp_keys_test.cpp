@@ -70,7 +70,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -81,6 +80,7 @@
 #include "ops/cuda/gemv_w4a8.h"  // quantize_q8
 #include "ops/weight_format.h"
 
+#include "cuda_decode_inputs_test_support.h"
 #include "cuda_test_support.h"
 #endif
 
@@ -97,52 +97,57 @@ TEST(CudaAttentionWarpKeys, NeedsTheCudaBuild) {
 
 using kestrel::testing::copy_to_device;
 using kestrel::testing::cuda_device_present;
+using kestrel::testing::decode_cache_elements;
+using kestrel::testing::decode_output_floats;
+using kestrel::testing::decode_q8_bytes;
+using kestrel::testing::DecodeInputsHost;
+using kestrel::testing::DecodeInputsShape;
+using kestrel::testing::DecodeInputsSide;
 using kestrel::testing::DeviceBuffer;
 using kestrel::testing::download;
-using kestrel::testing::random_vector;
-using kestrel::testing::upload;
+using kestrel::testing::expect_same_bits;
+using kestrel::testing::expect_same_caches;
+using kestrel::testing::make_decode_inputs_side;
+using kestrel::testing::poison_decode_outputs;
 
-constexpr float kEps = 1e-6f;
+using Side = DecodeInputsSide;
+
 constexpr float kOldKeySigma = 1.0f / 16.0f;
 constexpr float kHiddenValue = 4096.0f;  // exact in bf16
 
-struct Case {
+// The shape and the positions of one decode call each.
+struct Case : DecodeInputsShape {
     const char* what;
-    int64_t n_heads, n_kv_heads, head_dim, rotary_pairs;
-    double theta;
-    bool qk_norm, v_from_raw_k, v_norm;
-    int64_t window, capacity;
-    float scale, softcap;
-    std::vector<int64_t> positions;  // one decode call at each
+    std::vector<int64_t> positions;
 };
 
 // clang-format off
 const Case kCases[] = {
-    // what, n_heads, n_kv_heads, head_dim, rotary_pairs, theta, qk_norm, v_from_raw_k, v_norm,
-    // window, capacity, scale, softcap, positions
-    {"gemma4 sliding", 32, 16, 256, 128, 1e4, true, false, true, 1024, 1031, 1.0f, 0.0f,
+    // {n_heads, n_kv_heads, head_dim, rotary_pairs, theta, qk_norm, v_from_raw_k, v_norm,
+    //  window, capacity, scale, softcap}, what, positions
+    {{32, 16, 256, 128, 1e4, true, false, true, 1024, 1031, 1.0f, 0.0f}, "gemma4 sliding",
      {0, 1, 7, 8, 37, 127, 128, 300, 513, 1023, 1024, 1030, 1031, 1500, 5000}},
-    {"gemma4 sliding, ring 1535", 32, 16, 256, 128, 1e4, true, false, true, 1024, 1535, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, true, false, true, 1024, 1535, 1.0f, 0.0f}, "gemma4 sliding, ring 1535",
      {600, 1534, 1535, 4000}},
-    {"softcap 30, scale 1/16", 32, 16, 256, 128, 1e4, true, false, true, 1024, 1031, 1.0f / 16.0f,
-     30.0f, {5, 700, 3000}},
-    {"64 rotating pairs", 32, 16, 256, 64, 1e4, true, false, true, 1024, 1031, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, true, false, true, 1024, 1031, 1.0f / 16.0f, 30.0f},
+     "softcap 30, scale 1/16", {5, 700, 3000}},
+    {{32, 16, 256, 64, 1e4, true, false, true, 1024, 1031, 1.0f, 0.0f}, "64 rotating pairs",
      {5, 700, 3000}},
-    {"no q / k norm weights", 32, 16, 256, 128, 1e4, false, false, true, 1024, 1031, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, false, false, true, 1024, 1031, 1.0f, 0.0f}, "no q / k norm weights",
      {5, 700, 3000}},
-    {"v = raw k", 32, 16, 256, 128, 1e4, true, true, true, 1024, 1031, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, true, true, true, 1024, 1031, 1.0f, 0.0f}, "v = raw k",
      {5, 700, 3000}},
-    {"no v norm", 32, 16, 256, 128, 1e4, true, false, false, 1024, 1031, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, true, false, false, 1024, 1031, 1.0f, 0.0f}, "no v norm",
      {5, 700, 3000}},
-    {"small model", 4, 2, 256, 128, 1e4, true, false, true, 512, 515, 1.0f, 0.0f,
+    {{4, 2, 256, 128, 1e4, true, false, true, 512, 515, 1.0f, 0.0f}, "small model",
      {5, 700, 3000}},
     // A context shorter than the window: the engine sizes the sliding cache to the context
     // (kestrel bench at depth 512: 520 slots), so every position is below the capacity.
-    {"context of 520 < window", 32, 16, 256, 128, 1e4, true, false, true, 1024, 520, 1.0f, 0.0f,
-     {0, 9, 511, 519}},
-    {"window 1", 32, 16, 256, 128, 1e4, true, false, true, 1, 1031, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, true, false, true, 1024, 520, 1.0f, 0.0f},
+     "context of 520 < window", {0, 9, 511, 519}},
+    {{32, 16, 256, 128, 1e4, true, false, true, 1, 1031, 1.0f, 0.0f}, "window 1",
      {0, 5, 3000}},
-    {"window 100", 32, 16, 256, 128, 1e4, true, false, true, 100, 103, 1.0f, 0.0f,
+    {{32, 16, 256, 128, 1e4, true, false, true, 100, 103, 1.0f, 0.0f}, "window 100",
      {5, 99, 100, 3000}},
 };
 // clang-format on
@@ -156,26 +161,10 @@ std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float sigma) {
     return c;
 }
 
-struct HostState {
-    std::vector<float> q, k, v, q_norm, k_norm;
-    std::vector<uint16_t> k_cache, v_cache;
-};
-
-HostState make_host_state(const Case& c, uint32_t seed) {
-    HostState h;
-    const size_t kv = static_cast<size_t>(c.n_kv_heads * c.head_dim);
-    h.q = random_vector(static_cast<size_t>(c.n_heads * c.head_dim), seed + 1, 1.0f);
-    h.k = random_vector(kv, seed + 2, 3.0f);
-    // V's input is ignored when V is the raw K: NaN there proves it.
-    h.v =
-        c.v_from_raw_k ? std::vector<float>(kv, std::nanf("")) : random_vector(kv, seed + 3, 0.5f);
-    h.q_norm = random_vector(static_cast<size_t>(c.head_dim), seed + 4, 0.3f);
-    h.k_norm = random_vector(static_cast<size_t>(c.head_dim), seed + 5, 0.3f);
-    for (float& w : h.q_norm) w += 1.0f;
-    for (float& w : h.k_norm) w += 1.0f;
-    const size_t cache_n = static_cast<size_t>(c.capacity) * kv;
-    h.k_cache = random_bf16(cache_n, seed + 6, kOldKeySigma);
-    h.v_cache = random_bf16(cache_n, seed + 7, 1.0f);
+DecodeInputsHost make_host_state(const Case& c, uint32_t seed) {
+    DecodeInputsHost h = kestrel::testing::random_decode_inputs_rows(c, seed);
+    h.k_cache = random_bf16(decode_cache_elements(c), seed + 6, kOldKeySigma);
+    h.v_cache = random_bf16(decode_cache_elements(c), seed + 7, 1.0f);
     return h;
 }
 
@@ -185,7 +174,7 @@ int64_t first_visible(const Case& c, int64_t position) {
 
 // Every slot the token at `position` may not see (its own slot included: the write replaces it)
 // gets V = kHiddenValue, so a key read from outside the window cannot hide in the budget.
-void hide_invisible_values(const Case& c, int64_t position, HostState& h) {
+void hide_invisible_values(const Case& c, int64_t position, DecodeInputsHost& h) {
     std::vector<bool> visible(static_cast<size_t>(c.capacity), false);
     for (int64_t kp = first_visible(c, position); kp < position; ++kp) {
         visible[static_cast<size_t>(kp % c.capacity)] = true;
@@ -198,102 +187,21 @@ void hide_invisible_values(const Case& c, int64_t position, HostState& h) {
     }
 }
 
-size_t output_floats(const Case& c) {
-    return static_cast<size_t>(c.n_heads * c.head_dim);
-}
-size_t q8_bytes(const Case& c) {
-    return output_floats(c) / 32 * sizeof(Q8Block);
-}
-size_t cache_elements(const Case& c) {
-    return static_cast<size_t>(c.capacity * c.n_kv_heads * c.head_dim);
-}
-
-// One side's device state: the token's raw rows, the cache, the outputs.
-struct Side {
-    DeviceBuffer q, k, v, q_norm, k_norm, inv_freq, position, k_cache, v_cache, out, q8;
-    cuda::AttentionInputs inputs;
-    cuda::KvCacheBf16View cache;
-    cuda::AttentionShape shape;
-};
-
-void poison_outputs(const Case& c, Side& s) {
-    CUDA_OK(cudaMemset(s.out.as<void>(), 0xff, output_floats(c) * sizeof(float)));
-    CUDA_OK(cudaMemset(s.q8.as<void>(), 0xff, q8_bytes(c)));
-    CUDA_OK(cudaDeviceSynchronize());
-}
-
-void make_side(const Case& c, const HostState& h, int64_t position, Side& s) {
-    upload(s.q, h.q);
-    upload(s.k, h.k);
-    upload(s.v, h.v);
-    upload(s.q_norm, h.q_norm);
-    upload(s.k_norm, h.k_norm);
-    upload(s.inv_freq, cuda::rope_inv_freq(c.rotary_pairs, c.head_dim, c.theta));
-    upload(s.position, std::vector<int64_t>{position});
-    upload(s.k_cache, h.k_cache);
-    upload(s.v_cache, h.v_cache);
-    CUDA_OK(s.out.alloc(output_floats(c) * sizeof(float)));
-    CUDA_OK(s.q8.alloc(q8_bytes(c)));
-    ASSERT_NO_FATAL_FAILURE(poison_outputs(c, s));
-    s.inputs = cuda::AttentionInputs{s.q.as<float>(),
-                                     s.k.as<float>(),
-                                     s.v.as<float>(),
-                                     c.qk_norm ? s.q_norm.as<float>() : nullptr,
-                                     c.qk_norm ? s.k_norm.as<float>() : nullptr,
-                                     c.v_from_raw_k,
-                                     c.v_norm,
-                                     c.n_heads,
-                                     c.n_kv_heads,
-                                     c.head_dim,
-                                     c.rotary_pairs,
-                                     kEps,
-                                     c.theta,
-                                     0};
-    s.cache = cuda::KvCacheBf16View{s.k_cache.as<uint16_t>(),
-                                    s.v_cache.as<uint16_t>(),
-                                    c.capacity,
-                                    c.n_kv_heads,
-                                    c.head_dim,
-                                    c.head_dim};
-    s.shape = cuda::AttentionShape{c.n_heads, c.scale, c.window, c.softcap};
-}
-
 Status warp_keys(Side& s, float* out, cudaStream_t stream) {
     return cuda::attention_decode_warp_keys_quantize_q8(s.inputs, s.inv_freq.as<float>(),
                                                         s.position.as<int64_t>(), s.cache, s.shape,
                                                         out, s.q8.as<Q8Block>(), stream);
 }
 
-template <class T>
-void expect_same_bits(const std::vector<T>& got, const std::vector<T>& want,
-                      const std::string& what) {
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < got.size(); ++i) {
-        ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(T)), 0)
-            << what << ": element " << i << " differs (got " << +got[i] << ", want " << +want[i]
-            << ")";
-    }
-}
-
-void expect_same_caches(const Case& c, const Side& got, const Side& want, const std::string& what) {
-    const size_t n = cache_elements(c);
-    ASSERT_NO_FATAL_FAILURE(expect_same_bits(download(got.k_cache.as<uint16_t>(), n),
-                                             download(want.k_cache.as<uint16_t>(), n),
-                                             what + " k cache"));
-    ASSERT_NO_FATAL_FAILURE(expect_same_bits(download(got.v_cache.as<uint16_t>(), n),
-                                             download(want.v_cache.as<uint16_t>(), n),
-                                             what + " v cache"));
-}
-
 // The Q8 blocks against cuda::quantize_q8 of the kernel's own fp32 rows.
 void expect_q8_of_out(const Case& c, const Side& s, const std::string& what) {
-    const int64_t row = static_cast<int64_t>(output_floats(c));
+    const int64_t row = static_cast<int64_t>(decode_output_floats(c));
     DeviceBuffer want;
-    CUDA_OK(want.alloc(q8_bytes(c)));
+    CUDA_OK(want.alloc(decode_q8_bytes(c)));
     STATUS_OK(cuda::quantize_q8(s.out.as<float>(), 1, row, row, want.as<Q8Block>(), nullptr));
     CUDA_OK(cudaDeviceSynchronize());
-    expect_same_bits(download(s.q8.as<uint8_t>(), q8_bytes(c)),
-                     download(want.as<uint8_t>(), q8_bytes(c)), what + " Q8 blocks");
+    expect_same_bits(download(s.q8.as<uint8_t>(), decode_q8_bytes(c)),
+                     download(want.as<uint8_t>(), decode_q8_bytes(c)), what + " Q8 blocks");
 }
 
 // out against the double reference over attention_inputs' q (rounded to bf16) and cache; the
@@ -382,11 +290,11 @@ TEST_F(CudaAttentionWarpKeys, MatchesTheInputsKernelAndAHostReference) {
         for (const int64_t position : c.positions) {
             seed += 10;
             const std::string what = std::string(c.what) + " at " + std::to_string(position);
-            HostState h = make_host_state(c, seed);
+            DecodeInputsHost h = make_host_state(c, seed);
             hide_invisible_values(c, position, h);
             Side warp, staged;
-            ASSERT_NO_FATAL_FAILURE(make_side(c, h, position, warp));
-            ASSERT_NO_FATAL_FAILURE(make_side(c, h, position, staged));
+            ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(c, h, position, warp));
+            ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(c, h, position, staged));
             ASSERT_TRUE(
                 cuda::attention_decode_warp_keys_applies(warp.inputs, warp.cache, warp.shape))
                 << what;
@@ -399,22 +307,23 @@ TEST_F(CudaAttentionWarpKeys, MatchesTheInputsKernelAndAHostReference) {
             expect_same_bits(download(warp.q.as<float>(), h.q.size()), h.q, what + " raw q");
             expect_same_bits(download(warp.k.as<float>(), h.k.size()), h.k, what + " raw k");
             expect_same_bits(download(warp.v.as<float>(), h.v.size()), h.v, what + " raw v");
-            const std::vector<float> out = download(warp.out.as<float>(), output_floats(c));
+            const std::vector<float> out = download(warp.out.as<float>(), decode_output_floats(c));
             for (size_t i = 0; i < out.size(); ++i) {
                 ASSERT_FALSE(std::isnan(out[i])) << what << ": NaN at " << i;
             }
             ASSERT_NO_FATAL_FAILURE(expect_near_reference(
                 c, position, download(staged.q.as<float>(), h.q.size()),
-                download(staged.k_cache.as<uint16_t>(), cache_elements(c)),
-                download(staged.v_cache.as<uint16_t>(), cache_elements(c)), out, what, worst));
+                download(staged.k_cache.as<uint16_t>(), decode_cache_elements(c)),
+                download(staged.v_cache.as<uint16_t>(), decode_cache_elements(c)), out, what,
+                worst));
             ASSERT_NO_FATAL_FAILURE(expect_q8_of_out(c, warp, what));
             // Only the Q8 blocks (out null), called again on the state the first call left (the
             // token's rows already in their slot): the same blocks.
-            const std::vector<uint8_t> q8 = download(warp.q8.as<uint8_t>(), q8_bytes(c));
-            ASSERT_NO_FATAL_FAILURE(poison_outputs(c, warp));
+            const std::vector<uint8_t> q8 = download(warp.q8.as<uint8_t>(), decode_q8_bytes(c));
+            ASSERT_NO_FATAL_FAILURE(poison_decode_outputs(c, warp));
             STATUS_OK(warp_keys(warp, nullptr, nullptr));
             CUDA_OK(cudaDeviceSynchronize());
-            expect_same_bits(download(warp.q8.as<uint8_t>(), q8_bytes(c)), q8,
+            expect_same_bits(download(warp.q8.as<uint8_t>(), decode_q8_bytes(c)), q8,
                              what + " Q8 blocks without out");
         }
         std::printf("%s: max |gpu - ref| / budget = %.3f\n", c.what, worst);
@@ -425,10 +334,10 @@ TEST_F(CudaAttentionWarpKeys, MatchesTheInputsKernelAndAHostReference) {
 // direct calls on a second side that gets the same rows (the caches of both grow alike).
 TEST_F(CudaAttentionWarpKeys, CapturedGraphReplaysAtNewPositions) {
     const Case& c = kCases[0];
-    const HostState first = make_host_state(c, 7000);
+    const DecodeInputsHost first = make_host_state(c, 7000);
     Side graphed, direct;
-    ASSERT_NO_FATAL_FAILURE(make_side(c, first, 0, graphed));
-    ASSERT_NO_FATAL_FAILURE(make_side(c, first, 0, direct));
+    ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(c, first, 0, graphed));
+    ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(c, first, 0, direct));
     // The engine's order: it asks before it captures (the call itself is left to do its first
     // launch's setup inside the capture).
     ASSERT_TRUE(
@@ -446,28 +355,28 @@ TEST_F(CudaAttentionWarpKeys, CapturedGraphReplaysAtNewPositions) {
     for (const int64_t position :
          {int64_t{5}, int64_t{513}, int64_t{900}, int64_t{1023}, int64_t{2100}}) {
         seed += 10;
-        const HostState h = make_host_state(c, seed);
+        const DecodeInputsHost h = make_host_state(c, seed);
         for (Side* s : {&graphed, &direct}) {
             copy_to_device(s->q.as<float>(), h.q);
             copy_to_device(s->k.as<float>(), h.k);
             copy_to_device(s->v.as<float>(), h.v);
             copy_to_device(s->position.as<int64_t>(), std::vector<int64_t>{position});
-            ASSERT_NO_FATAL_FAILURE(poison_outputs(c, *s));
+            ASSERT_NO_FATAL_FAILURE(poison_decode_outputs(c, *s));
         }
         CUDA_OK(cudaGraphLaunch(exec, stream));
         CUDA_OK(cudaStreamSynchronize(stream));
         STATUS_OK(warp_keys(direct, direct.out.as<float>(), nullptr));
         CUDA_OK(cudaDeviceSynchronize());
         const std::string what = "graph replay at " + std::to_string(position);
-        const std::vector<float> out = download(graphed.out.as<float>(), output_floats(c));
+        const std::vector<float> out = download(graphed.out.as<float>(), decode_output_floats(c));
         for (size_t i = 0; i < out.size(); ++i) {
             ASSERT_FALSE(std::isnan(out[i])) << what << ": NaN at " << i;
         }
         ASSERT_NO_FATAL_FAILURE(expect_same_bits(
-            out, download(direct.out.as<float>(), output_floats(c)), what + " out"));
-        ASSERT_NO_FATAL_FAILURE(expect_same_bits(download(graphed.q8.as<uint8_t>(), q8_bytes(c)),
-                                                 download(direct.q8.as<uint8_t>(), q8_bytes(c)),
-                                                 what + " Q8 blocks"));
+            out, download(direct.out.as<float>(), decode_output_floats(c)), what + " out"));
+        ASSERT_NO_FATAL_FAILURE(expect_same_bits(
+            download(graphed.q8.as<uint8_t>(), decode_q8_bytes(c)),
+            download(direct.q8.as<uint8_t>(), decode_q8_bytes(c)), what + " Q8 blocks"));
         ASSERT_NO_FATAL_FAILURE(expect_same_caches(c, graphed, direct, what));
     }
     CUDA_OK(cudaGraphExecDestroy(exec));
@@ -490,9 +399,9 @@ void expect_refused(const cuda::AttentionInputs& inputs, const cuda::KvCacheBf16
 // shape named, so a call that went ahead would not run off them).
 TEST_F(CudaAttentionWarpKeys, RefusesWhatItDoesNotTake) {
     const Case& c = kCases[0];
-    const HostState h = make_host_state(c, 9000);
+    const DecodeInputsHost h = make_host_state(c, 9000);
     Side s;
-    ASSERT_NO_FATAL_FAILURE(make_side(c, h, 10, s));
+    ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(c, h, 10, s));
     EXPECT_TRUE(cuda::attention_decode_warp_keys_applies(s.inputs, s.cache, s.shape));
 
     // Gemma 4's full layers: 32 q / 4 kv heads x 512; and head dim 512 alone (two query heads
@@ -501,9 +410,9 @@ TEST_F(CudaAttentionWarpKeys, RefusesWhatItDoesNotTake) {
     full.n_kv_heads = 4;
     full.head_dim = 512;
     full.rotary_pairs = 64;
-    const HostState full_h = make_host_state(full, 9100);
+    const DecodeInputsHost full_h = make_host_state(full, 9100);
     Side wide;
-    ASSERT_NO_FATAL_FAILURE(make_side(full, full_h, 10, wide));
+    ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(full, full_h, 10, wide));
     expect_refused(wide.inputs, wide.cache, wide.shape, wide, "head dim 512, 8 groups");
     cuda::AttentionInputs two_groups = wide.inputs;
     two_groups.n_heads = 8;
@@ -525,9 +434,9 @@ TEST_F(CudaAttentionWarpKeys, RefusesWhatItDoesNotTake) {
     Case long_window = c;
     long_window.window = 2 * cuda::kWarpKeysMaxKeys;
     long_window.capacity = 2 * cuda::kWarpKeysMaxKeys + 5;
-    const HostState long_h = make_host_state(long_window, 9200);
+    const DecodeInputsHost long_h = make_host_state(long_window, 9200);
     Side long_side;
-    ASSERT_NO_FATAL_FAILURE(make_side(long_window, long_h, 10, long_side));
+    ASSERT_NO_FATAL_FAILURE(make_decode_inputs_side(long_window, long_h, 10, long_side));
     expect_refused(long_side.inputs, long_side.cache, long_side.shape, long_side, "window 2048");
 
     cuda::AttentionInputs partial = s.inputs;
