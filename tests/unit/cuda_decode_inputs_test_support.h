@@ -49,8 +49,9 @@ struct DecodeInputsHost {
     std::vector<uint16_t> k_cache, v_cache;  // left empty here: each test fills its own
 };
 
-// q ~ N(0, 1), k ~ N(0, 3^2), v ~ N(0, 0.5^2), norm weights 1 + N(0, 0.3^2), from seeds seed + 1
-// to seed + 5. V's input is NaN when V is the raw K: a kernel that read it would show.
+// q ~ N(0, 1), k ~ N(0, 3^2), v ~ N(0, 0.5^2), norm weights 1 + N(0, 0.3^2) (random_vector's
+// draws, with its sparse outliers), from seeds seed + 1 to seed + 5. V's input is NaN when V is the
+// raw K: a kernel that read it would show.
 inline DecodeInputsHost random_decode_inputs_rows(const DecodeInputsShape& s, uint32_t seed) {
     DecodeInputsHost h;
     const size_t kv = static_cast<size_t>(s.n_kv_heads * s.head_dim);
