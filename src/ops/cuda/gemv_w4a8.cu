@@ -73,17 +73,24 @@ Status quantize_q8_impl(const T* x, int64_t m, int64_t k, int64_t ldx, Q8Block* 
     return ok_status();
 }
 
+// The kernel of the matrix's prefetch (GemvPrefetch, gemv_w4a8.cuh): its lanes' first steps
+// where there are any, else its first blocks' rows (none when that count is 0 too).
 template <int M, int R, int U, int S, class Epilogue>
 Status launch_split(const W4DeviceView& w, const Q8Block* a, float* y, const Epilogue& epilogue,
                     cudaStream_t stream) {
     const int64_t rows_per_block = GemvWarpPlace<R, S>::kRowsPerBlock;
     const int64_t grid = (w.n + rows_per_block - 1) / rows_per_block;
+    const int64_t weight_bytes = w.n * w.k / 2;
+    const int prefetch_steps = gemv_prefetch_steps(weight_bytes);
+    const auto kernel = prefetch_steps > 0
+                            ? gemv_w4a8_kernel<M, R, U, S, Epilogue, GemvPrefetch::kLaneSteps>
+                            : gemv_w4a8_kernel<M, R, U, S, Epilogue, GemvPrefetch::kBulkRows>;
     KESTREL_CUDA_CHECK(launch_overlapped(
-        gemv_w4a8_kernel<M, R, U, S, Epilogue>, dim3(static_cast<unsigned>(grid)),
-        dim3(kGemvWarps * 32), 0, stream, reinterpret_cast<const uint4*>(w.qs), w.group_scales,
-        w.super_scales, reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n),
-        static_cast<int>(w.k / 32), gemv_prefetch_steps(w.n * w.k / 2),
-        gemv_bulk_prefetch_blocks(w.n * w.k / 2, grid), epilogue));
+        kernel, dim3(static_cast<unsigned>(grid)), dim3(kGemvWarps * 32), 0, stream,
+        reinterpret_cast<const uint4*>(w.qs), w.group_scales, w.super_scales,
+        reinterpret_cast<const uint4*>(a), y, static_cast<int>(w.n), static_cast<int>(w.k / 32),
+        prefetch_steps, prefetch_steps > 0 ? 0 : gemv_bulk_prefetch_blocks(weight_bytes, grid),
+        epilogue));
     return ok_status();
 }
 

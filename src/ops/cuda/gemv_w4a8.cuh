@@ -42,7 +42,7 @@
 //   nibbles, group_scales and super_scales) of its first gemv_prefetch_steps() steps
 //   (constants, which no kernel writes), so DRAM is already busy when the wait ends; in a large
 //   matrix the first gemv_bulk_prefetch_blocks() blocks instead ask for all of their rows, three
-//   bulk prefetches (gemv_w4a8.h).
+//   bulk prefetches (gemv_w4a8.h). Each form is its own kernel (GemvPrefetch).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -349,9 +349,19 @@ constexpr int gemv_w4a8_min_blocks(int m) {
     return m <= 2 ? 4 : 2;
 }
 
+// The prefetch a GEMV makes before its wait: its lanes' first steps (gemv_prefetch_steps, small
+// matrices) or its first blocks' whole rows (gemv_bulk_prefetch_blocks, large ones). A launch takes
+// one, so each is a kernel of its own, which holds only that one's code. With both in one kernel
+// every block also ran the other's (the lane prefetches, predicated off, and their addresses): 71
+// instructions before the wait of gemv_w4a8_kernel<1, 2, 2, 4> against 16 for the bulk form
+// alone, which also needs 48 registers instead of 62 (5 blocks per SM, not 4). H100, Gemma 4 31B
+// tg128 @ d512, same machine, 3 rounds: 139.92 / 139.93 / 140.10 -> 141.06 / 140.92 / 140.84
+// tok/s; d32768 120.14 -> 120.93 (bench/results/2026-11-25-h100-decode-boundaries-what-ifs.md).
+enum class GemvPrefetch { kLaneSteps, kBulkRows };
+
 // qs: [n, groups] 16-byte groups; gs: [n, groups] uint16 sc | m << 8; ss: [n, ceil(groups / 8)]
 // (d, dmin) half2 words; act: [M, groups] Q8 blocks as 3 uint4 each; y: [M, n].
-template <int M, int R, int U, int S, class Epilogue>
+template <int M, int R, int U, int S, class Epilogue, GemvPrefetch kPrefetch>
 __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
     gemv_w4a8_kernel(const uint4* __restrict__ qs, const uint16_t* __restrict__ gs,
                      const uint32_t* __restrict__ ss, const uint4* __restrict__ act,
@@ -381,18 +391,22 @@ __global__ void __launch_bounds__(kGemvWarps * 32, gemv_w4a8_min_blocks(M))
         drow[r] = ss + row * supers + static_cast<unsigned>(place.first_unit) / 8u;
     }
     const uint4* lane_act = act + static_cast<int64_t>(place.first_unit) * 3;
-    if (static_cast<int>(blockIdx.x) < bulk_prefetch_blocks && threadIdx.x < 3) {
-        gemv_bulk_prefetch_rows(qs, gs, ss, static_cast<int64_t>(blockIdx.x) * Place::kRowsPerBlock,
-                                Place::kRowsPerBlock, n, groups, supers);
-    }
+    if constexpr (kPrefetch == GemvPrefetch::kBulkRows) {
+        if (static_cast<int>(blockIdx.x) < bulk_prefetch_blocks && threadIdx.x < 3) {
+            gemv_bulk_prefetch_rows(qs, gs, ss,
+                                    static_cast<int64_t>(blockIdx.x) * Place::kRowsPerBlock,
+                                    Place::kRowsPerBlock, n, groups, supers);
+        }
+    } else {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        if (u < prefetch_steps && kStride * u < lane_groups) {
+        for (int u = 0; u < U; ++u) {
+            if (u < prefetch_steps && kStride * u < lane_groups) {
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                prefetch_l2(wrow[r] + kStride * u);
-                prefetch_l2(grow[r] + kStride * u);
-                prefetch_l2(drow[r] + kSuperStride * u);
+                for (int r = 0; r < R; ++r) {
+                    prefetch_l2(wrow[r] + kStride * u);
+                    prefetch_l2(grow[r] + kStride * u);
+                    prefetch_l2(drow[r] + kSuperStride * u);
+                }
             }
         }
     }
