@@ -354,9 +354,10 @@ constexpr int gemv_w4a8_min_blocks(int m) {
 // one, so each is a kernel of its own, which holds only that one's code. With both in one kernel
 // every block also ran the other's (the lane prefetches, predicated off, and their addresses): 71
 // instructions before the wait of gemv_w4a8_kernel<1, 2, 2, 4> against 16 for the bulk form
-// alone, which also needs 48 registers instead of 62 (5 blocks per SM, not 4). H100, Gemma 4 31B
-// tg128 @ d512, same machine, 3 rounds: 139.92 / 139.93 / 140.10 -> 141.06 / 140.92 / 140.84
-// tok/s; d32768 120.14 -> 120.93 (bench/results/2026-11-25-h100-decode-boundaries-what-ifs.md).
+// alone, which also needs 48 registers instead of 62: 5 blocks per SM, not 4, and the short-row
+// GEMVs 2-2.7% faster (traced). H100, Gemma 4 31B tg128 @ d512, same machine, 3 rounds: 139.92 /
+// 139.93 / 140.10 -> 141.06 / 140.92 / 140.84 tok/s; d32768 120.14 -> 120.93
+// (bench/results/2026-11-25-h100-decode-boundaries-what-ifs.md).
 enum class GemvPrefetch { kLaneSteps, kBulkRows };
 
 // qs: [n, groups] 16-byte groups; gs: [n, groups] uint16 sc | m << 8; ss: [n, ceil(groups / 8)]
