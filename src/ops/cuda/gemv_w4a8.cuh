@@ -3,7 +3,7 @@
 //
 // quantize_q8_kernel: one warp per 32-element block; lane i owns element i. Same float ops as
 //   quantize_q8_row (IEEE division, round-to-nearest-even), so the blocks match bit for bit.
-// gemv_w4a8_kernel<M, R, U, S, Epilogue>: 8 warps per block form 8 / S row groups of R
+// gemv_w4a8_kernel<M, R, U, S, Epilogue, kPrefetch>: 8 warps per block form 8 / S row groups of R
 //   consecutive output rows; the S warps of a group split each row's K (split-K inside the block),
 //   because at N = 5376 a warp per row leaves too few blocks to balance over the SMs
 //   (gemv_warps_per_row, gemv_w4a8.h). Warp s of a group, lane l, handles groups g = 32 s + l + 32
